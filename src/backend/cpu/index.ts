@@ -1,0 +1,114 @@
+// The CPU reference backend: every op as plain TypeScript; the twin every GPU kernel is tested against.
+import type { DType } from "../dtype.js";
+import { dtypeBytes, f32ToBf16, f32ToF16 } from "../dtype.js";
+import type { AttentionOptions, Backend, GateActivation, MemoryStats, RopeOptions, Tensor } from "../ops.js";
+import * as math from "./math.js";
+import { CpuTensor, cpu, f32Tensor } from "./tensor.js";
+
+export class CpuBackend implements Backend {
+  readonly name = "cpu" as const;
+  readonly memory: MemoryStats = { deviceBytes: 0, deviceBytesPeak: 0 };
+  private readonly live = new Set<CpuTensor>();
+  private readonly scopes: CpuTensor[][] = [];
+
+  alloc(shape: readonly number[], dtype: DType): Tensor {
+    return this.track(new CpuTensor(shape, dtype));
+  }
+
+  async upload(t: Tensor, bytes: Uint8Array, offset = 0): Promise<void> {
+    const dst = cpu(t);
+    new Uint8Array(dst.data.buffer, dst.data.byteOffset + offset, bytes.byteLength).set(bytes);
+  }
+
+  writeRows(dst: Tensor, dstRow: number, src: Tensor, srcRow: number, count: number): void {
+    const d = cpu(dst);
+    const cols = d.shape[d.shape.length - 1]!;
+    const values = cpu(src).f32().subarray(srcRow * cols, (srcRow + count) * cols);
+    const base = dstRow * cols;
+    if (base + values.length > d.data.length) throw new RangeError(`writeRows: rows ${dstRow}.. do not fit [${d.shape.join(", ")}]`);
+    if (d.data instanceof Float32Array) {
+      d.data.set(values, base);
+    } else {
+      const convert = d.dtype === "bf16" ? f32ToBf16 : f32ToF16;
+      for (let i = 0; i < values.length; i++) d.data[base + i] = convert(values[i]!);
+    }
+  }
+
+  async read(t: Tensor): Promise<Float32Array> {
+    return Float32Array.from(cpu(t).f32());
+  }
+
+  async readRows(t: Tensor, start: number, count: number): Promise<Uint8Array> {
+    const c = cpu(t);
+    const rowBytes = (c.shape[c.shape.length - 1]! * dtypeBytes[c.dtype]);
+    return new Uint8Array(c.data.buffer, c.data.byteOffset + start * rowBytes, count * rowBytes).slice();
+  }
+
+  free(t: Tensor): void {
+    const c = cpu(t);
+    if (this.live.delete(c)) this.memory.deviceBytes -= c.byteLength;
+  }
+
+  pushScope(): void {
+    this.scopes.push([]);
+  }
+
+  popScope(keep: readonly Tensor[] = []): void {
+    const made = this.scopes.pop();
+    if (!made) throw new Error("popScope without pushScope");
+    const kept = new Set(keep);
+    for (const t of made) {
+      if (kept.has(t)) this.scopes[this.scopes.length - 1]?.push(t);
+      else this.free(t);
+    }
+  }
+
+  async sync(): Promise<void> {}
+
+  async dispose(): Promise<void> {
+    for (const t of [...this.live]) this.free(t);
+  }
+
+  embed(table: Tensor, ids: Int32Array): Tensor {
+    return this.result(math.embed(cpu(table), ids));
+  }
+  matmul(x: Tensor, w: Tensor, bias?: Tensor): Tensor {
+    return this.result(math.matmul(cpu(x), cpu(w), bias && cpu(bias)));
+  }
+  rmsNorm(x: Tensor, w: Tensor, o: { eps: number; offset?: number }): Tensor {
+    return this.result(math.rmsNorm(cpu(x), cpu(w), o.eps, o.offset ?? 0));
+  }
+  rope(x: Tensor, o: RopeOptions): Tensor {
+    return this.result(math.rope(cpu(x), o));
+  }
+  attention(q: Tensor, o: AttentionOptions): Tensor {
+    return this.result(math.attention(cpu(q), o));
+  }
+  gatedActivation(gate: Tensor, up: Tensor, act: GateActivation): Tensor {
+    return this.result(math.gatedActivation(cpu(gate), cpu(up), act));
+  }
+  add(a: Tensor, b: Tensor): Tensor {
+    return this.result(math.add(cpu(a), cpu(b)));
+  }
+  scale(x: Tensor, factor: number): Tensor {
+    return this.result(math.scale(cpu(x), factor));
+  }
+  rows(x: Tensor, start: number, count: number): Tensor {
+    const c = cpu(x);
+    const cols = c.shape[1]!;
+    return this.result(f32Tensor([count, cols], Float32Array.from(c.f32().subarray(start * cols, (start + count) * cols))));
+  }
+
+  private track(t: CpuTensor): CpuTensor {
+    this.live.add(t);
+    this.memory.deviceBytes += t.byteLength;
+    this.memory.deviceBytesPeak = Math.max(this.memory.deviceBytesPeak, this.memory.deviceBytes);
+    return t;
+  }
+
+  private result(t: CpuTensor): CpuTensor {
+    this.track(t);
+    this.scopes[this.scopes.length - 1]?.push(t);
+    return t;
+  }
+}

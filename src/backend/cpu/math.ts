@@ -1,0 +1,176 @@
+// The CPU reference kernels: plain loops over typed arrays, accumulating in f64 (JS numbers).
+import type { AttentionOptions, GateActivation, RopeOptions } from "../ops.js";
+import { CpuTensor, f32Tensor } from "./tensor.js";
+
+const rowTile = 32;
+
+export function matmul(x: CpuTensor, w: CpuTensor, bias?: CpuTensor): CpuTensor {
+  const [rows, k] = x.shape as [number, number];
+  const [n, kw] = w.shape as [number, number];
+  if (k !== kw) throw new Error(`matmul: x has ${k} columns, w has ${kw}`);
+  const xs = x.f32();
+  const b = bias?.f32();
+  const out = new Float32Array(rows * n);
+  const scratch = new Float32Array(k);
+  // Tiles of x rows stay in cache while every weight row (converted once per tile) passes over them.
+  for (let r0 = 0; r0 < rows; r0 += rowTile) {
+    const r1 = Math.min(rows, r0 + rowTile);
+    for (let j = 0; j < n; j++) {
+      const wr = w.rowF32(j, scratch);
+      const bj = b ? b[j]! : 0;
+      for (let r = r0; r < r1; r++) {
+        const base = r * k;
+        let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        let i = 0;
+        for (; i + 3 < k; i += 4) {
+          s0 += xs[base + i]! * wr[i]!;
+          s1 += xs[base + i + 1]! * wr[i + 1]!;
+          s2 += xs[base + i + 2]! * wr[i + 2]!;
+          s3 += xs[base + i + 3]! * wr[i + 3]!;
+        }
+        for (; i < k; i++) s0 += xs[base + i]! * wr[i]!;
+        out[r * n + j] = s0 + s1 + s2 + s3 + bj;
+      }
+    }
+  }
+  return f32Tensor([rows, n], out);
+}
+
+export function embed(table: CpuTensor, ids: Int32Array): CpuTensor {
+  const [vocab, hidden] = table.shape as [number, number];
+  const out = new Float32Array(ids.length * hidden);
+  const row = new Float32Array(hidden);
+  ids.forEach((id, r) => {
+    if (id < 0 || id >= vocab) throw new RangeError(`embed: token id ${id} outside vocabulary of ${vocab}`);
+    out.set(table.rowF32(id, row), r * hidden);
+  });
+  return f32Tensor([ids.length, hidden], out);
+}
+
+export function rmsNorm(x: CpuTensor, w: CpuTensor, eps: number, offset: number): CpuTensor {
+  const g = w.shape[0]!;
+  const xs = x.f32();
+  const ws = w.f32();
+  if (xs.length % g !== 0) throw new Error(`rmsNorm: ${xs.length} values are not groups of ${g}`);
+  const out = new Float32Array(xs.length);
+  for (let base = 0; base < xs.length; base += g) {
+    let ss = 0;
+    for (let i = 0; i < g; i++) ss += xs[base + i]! * xs[base + i]!;
+    // HF rounds the normalized value to the input dtype (f32 here) before the weight multiply.
+    const r = 1 / Math.sqrt(ss / g + eps);
+    for (let i = 0; i < g; i++) out[base + i] = Math.fround(xs[base + i]! * r) * (offset + ws[i]!);
+  }
+  return f32Tensor(x.shape, out);
+}
+
+export function rope(x: CpuTensor, o: RopeOptions): CpuTensor {
+  const [rows, cols] = x.shape as [number, number];
+  const xs = x.f32();
+  const out = Float32Array.from(xs);
+  const half = o.invFreq.length;
+  const heads = cols / o.headDim;
+  const cos = new Float64Array(half);
+  const sin = new Float64Array(half);
+  for (let r = 0; r < rows; r++) {
+    const p = o.positions[r]!;
+    for (let i = 0; i < half; i++) {
+      const angle = Math.fround(p * o.invFreq[i]!); // torch forms this product in f32
+      cos[i] = Math.cos(angle) * o.scale;
+      sin[i] = Math.sin(angle) * o.scale;
+    }
+    for (let h = 0; h < heads; h++) {
+      const base = r * cols + h * o.headDim;
+      for (let i = 0; i < half; i++) {
+        const x1 = xs[base + i]!;
+        const x2 = xs[base + i + half]!;
+        out[base + i] = x1 * cos[i]! - x2 * sin[i]!;
+        out[base + i + half] = x2 * cos[i]! + x1 * sin[i]!;
+      }
+    }
+  }
+  return f32Tensor(x.shape, out);
+}
+
+/** Online-softmax attention over blocks, so KV can arrive block by block from any tier. */
+export function attention(q: CpuTensor, o: AttentionOptions): CpuTensor {
+  const { heads, kvHeads, headDim: hd, scale } = o;
+  const cols = heads * hd;
+  const qs = q.f32();
+  const out = new Float32Array(q.shape[0]! * cols);
+  const group = heads / kvHeads;
+  const acc = new Float64Array(hd);
+  const kvCols = kvHeads * hd;
+  const blocks = new Map<unknown, { k: Float32Array; v: Float32Array }>();
+  const view = (t: CpuTensor) => t.f32();
+  for (const seq of o.seqs) {
+    const bs = seq.blocks.map((b) => {
+      let kv = blocks.get(b);
+      if (!kv) blocks.set(b, (kv = { k: view(b.k as CpuTensor), v: view(b.v as CpuTensor) }));
+      return { ...kv, start: b.start, length: b.length };
+    });
+    for (let r = 0; r < seq.qRows; r++) {
+      const row = seq.qRow + r;
+      const pos = seq.qPos + r;
+      const first = o.slidingWindow ? pos - o.slidingWindow + 1 : -Infinity;
+      for (let h = 0; h < heads; h++) {
+        const qBase = row * cols + h * hd;
+        const kvOff = Math.floor(h / group) * hd;
+        let m = -Infinity;
+        let l = 0;
+        acc.fill(0);
+        for (const b of bs) {
+          for (let j = 0; j < b.length; j++) {
+            const kp = b.start + j;
+            if (kp > pos || kp < first) continue;
+            const kBase = j * kvCols + kvOff;
+            let s = 0;
+            for (let d = 0; d < hd; d++) s += qs[qBase + d]! * b.k[kBase + d]!;
+            s *= scale;
+            if (o.softcap) s = o.softcap * Math.tanh(s / o.softcap);
+            if (s > m) {
+              const c = Math.exp(m - s);
+              l *= c;
+              for (let d = 0; d < hd; d++) acc[d]! *= c;
+              m = s;
+            }
+            const p = Math.exp(s - m);
+            l += p;
+            for (let d = 0; d < hd; d++) acc[d] += p * b.v[kBase + d]!;
+          }
+        }
+        const oBase = row * cols + h * hd;
+        for (let d = 0; d < hd; d++) out[oBase + d] = l > 0 ? acc[d]! / l : 0;
+      }
+    }
+  }
+  return f32Tensor([q.shape[0]!, cols], out);
+}
+
+export function gatedActivation(gate: CpuTensor, up: CpuTensor, act: GateActivation): CpuTensor {
+  const g = gate.f32();
+  const u = up.f32();
+  const out = new Float32Array(g.length);
+  if (act === "silu") {
+    for (let i = 0; i < g.length; i++) out[i] = (g[i]! / (1 + Math.exp(-g[i]!))) * u[i]!;
+  } else {
+    const c = Math.sqrt(2 / Math.PI);
+    for (let i = 0; i < g.length; i++) {
+      const x = g[i]!;
+      out[i] = 0.5 * x * (1 + Math.tanh(c * (x + 0.044715 * x * x * x))) * u[i]!;
+    }
+  }
+  return f32Tensor(gate.shape, out);
+}
+
+export function add(a: CpuTensor, b: CpuTensor): CpuTensor {
+  const x = a.f32();
+  const y = b.f32();
+  if (x.length !== y.length) throw new Error(`add: ${x.length} vs ${y.length} values`);
+  const out = new Float32Array(x.length);
+  for (let i = 0; i < x.length; i++) out[i] = x[i]! + y[i]!;
+  return f32Tensor(a.shape, out);
+}
+
+export function scale(x: CpuTensor, factor: number): CpuTensor {
+  return f32Tensor(x.shape, x.f32().map((v) => v * factor));
+}

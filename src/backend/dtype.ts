@@ -1,0 +1,97 @@
+// Element types of tensors and the conversions between the 16-bit float formats and f32.
+
+export type DType = "f32" | "f16" | "bf16";
+
+export const dtypeBytes: Record<DType, number> = { f32: 4, f16: 2, bf16: 2 };
+
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+
+let bf16Table: Float32Array | undefined;
+let f16Table: Float32Array | undefined;
+
+/** All 65536 bf16 values as f32; bf16 is the top half of an f32. */
+export function bf16ToF32Table(): Float32Array {
+  if (!bf16Table) {
+    bf16Table = new Float32Array(65536);
+    const bits = new Uint32Array(bf16Table.buffer);
+    for (let i = 0; i < 65536; i++) bits[i] = i << 16;
+  }
+  return bf16Table;
+}
+
+/** All 65536 IEEE half values as f32. */
+export function f16ToF32Table(): Float32Array {
+  if (!f16Table) {
+    f16Table = new Float32Array(65536);
+    for (let i = 0; i < 65536; i++) f16Table[i] = halfToFloat(i);
+  }
+  return f16Table;
+}
+
+function halfToFloat(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >> 10) & 0x1f;
+  const frac = h & 0x3ff;
+  if (exp === 0) return sign * frac * 2 ** -24;
+  if (exp === 31) return frac ? NaN : sign * Infinity;
+  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
+}
+
+/** Round-to-nearest-even f32 -> bf16 bits, as torch does. */
+export function f32ToBf16(x: number): number {
+  f32[0] = x;
+  const bits = u32[0]!;
+  if ((bits & 0x7f800000) === 0x7f800000 && bits & 0x7fffff) return (bits >>> 16) | 0x40; // keep NaN a NaN
+  return ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
+/** Round-to-nearest-even f32 -> IEEE half bits. */
+export function f32ToF16(x: number): number {
+  f32[0] = x;
+  const bits = u32[0]!;
+  const sign = (bits >>> 16) & 0x8000;
+  const exp = (bits >>> 23) & 0xff;
+  let mant = bits & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
+  let e = exp - 127 + 15;
+  if (e >= 31) return sign | 0x7c00;
+  if (e <= 0) {
+    if (e < -10) return sign;
+    mant |= 0x800000;
+    const shift = 14 - e;
+    const half = 1 << (shift - 1);
+    const rest = mant & ((1 << shift) - 1);
+    let out = mant >>> shift;
+    if (rest > half || (rest === half && out & 1)) out++;
+    return sign | out;
+  }
+  const rest = mant & 0x1fff;
+  let out = (e << 10) | (mant >>> 13);
+  if (rest > 0x1000 || (rest === 0x1000 && out & 1)) out++;
+  return sign | out;
+}
+
+/** Converts raw little-endian bytes of the given dtype to f32. */
+export function toF32(bytes: Uint8Array, dtype: DType): Float32Array {
+  if (dtype === "f32") {
+    const out = new Float32Array(bytes.byteLength / 4);
+    new Uint8Array(out.buffer).set(bytes);
+    return out;
+  }
+  const table = dtype === "bf16" ? bf16ToF32Table() : f16ToF32Table();
+  const n = bytes.byteLength / 2;
+  const src = bytes.byteOffset % 2 === 0 ? new Uint16Array(bytes.buffer, bytes.byteOffset, n) : new Uint16Array(bytes.slice().buffer);
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = table[src[i]!]!;
+  return out;
+}
+
+/** Converts f32 values to raw bytes of the given dtype. */
+export function fromF32(values: Float32Array, dtype: DType): Uint8Array {
+  if (dtype === "f32") return new Uint8Array(values.buffer.slice(values.byteOffset, values.byteOffset + values.byteLength));
+  const out = new Uint16Array(values.length);
+  const convert = dtype === "bf16" ? f32ToBf16 : f32ToF16;
+  for (let i = 0; i < values.length; i++) out[i] = convert(values[i]!);
+  return new Uint8Array(out.buffer);
+}

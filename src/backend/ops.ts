@@ -1,0 +1,108 @@
+// The op interface every compute backend implements. Architectures are written against `Ops`; the engine drives `Backend`.
+import type { DType } from "./dtype.js";
+
+/**
+ * A tensor handle. Activations are row-major [rows, cols] f32; weights keep their checkpoint dtype
+ * and the HF Linear layout [out, in]. The bytes live wherever the backend put them.
+ */
+export interface Tensor {
+  readonly shape: readonly number[];
+  readonly dtype: DType;
+}
+
+/** `length` valid rows of one cache block, keys and values [capacity, kvHeads * headDim]; row 0 is at sequence position `start`. */
+export interface KvBlock {
+  readonly k: Tensor;
+  readonly v: Tensor;
+  readonly start: number;
+  readonly length: number;
+}
+
+/** The query rows of one sequence inside a batch and the KV it attends to. */
+export interface AttentionSeq {
+  /** First row of q for this sequence, and how many rows; rows are consecutive positions from `qPos`. */
+  readonly qRow: number;
+  readonly qRows: number;
+  readonly qPos: number;
+  /** KV blocks in position order; keys after a query's position are masked (causal). */
+  readonly blocks: readonly KvBlock[];
+}
+
+export interface AttentionOptions {
+  readonly heads: number;
+  readonly kvHeads: number;
+  readonly headDim: number;
+  /** Multiplies q.k before softmax (1/sqrt(headDim) unless the architecture says otherwise). */
+  readonly scale: number;
+  /** A query at position p sees keys at positions p - window + 1 .. p only. */
+  readonly slidingWindow?: number;
+  /** Scores become softcap * tanh(score / softcap). */
+  readonly softcap?: number;
+  readonly seqs: readonly AttentionSeq[];
+}
+
+export interface RopeOptions {
+  /** Sequence position of each row of x. */
+  readonly positions: Int32Array;
+  /** rotaryDim / 2 inverse frequencies; dims of a head past rotaryDim pass through unrotated. */
+  readonly invFreq: Float32Array;
+  readonly headDim: number;
+  /** Multiplies cos and sin (YaRN's attention factor); 1 for plain RoPE. */
+  readonly scale: number;
+}
+
+export type GateActivation = "silu" | "gelu_tanh";
+
+/** Ops enqueue work and return at once; results are new tensors owned by the current scope. */
+export interface Ops {
+  /** Rows `ids` of `table` [vocab, hidden] as f32 [ids.length, hidden]. */
+  embed(table: Tensor, ids: Int32Array): Tensor;
+  /** x [rows, in] times w [out, in] transposed, plus bias [out]: [rows, out]. */
+  matmul(x: Tensor, w: Tensor, bias?: Tensor): Tensor;
+  /** Normalizes each group of w.shape[0] values of x by its RMS, then multiplies by (offset + w). */
+  rmsNorm(x: Tensor, w: Tensor, o: { eps: number; offset?: number }): Tensor;
+  /** Rotates each head of x [rows, heads * headDim] by its row's position, rotate_half style (HF). */
+  rope(x: Tensor, o: RopeOptions): Tensor;
+  /** Causal attention of q [rows, heads * headDim] over KV blocks: [rows, heads * headDim]. */
+  attention(q: Tensor, o: AttentionOptions): Tensor;
+  /** act(gate) * up, elementwise. */
+  gatedActivation(gate: Tensor, up: Tensor, act: GateActivation): Tensor;
+  add(a: Tensor, b: Tensor): Tensor;
+  scale(x: Tensor, factor: number): Tensor;
+  /** A copy of rows start .. start + count - 1 of x. */
+  rows(x: Tensor, start: number, count: number): Tensor;
+}
+
+export interface MemoryStats {
+  /** Bytes held now and at most in the compute tier (GPU memory, or what stands for it on the CPU backend). */
+  deviceBytes: number;
+  deviceBytesPeak: number;
+}
+
+export interface Backend extends Ops {
+  readonly name: "cpu" | "cuda";
+  readonly memory: MemoryStats;
+  /** A new uninitialized tensor that outlives scopes until `free`. */
+  alloc(shape: readonly number[], dtype: DType): Tensor;
+  /** Copies raw little-endian bytes into t at byte offset `offset`. The source may be reused once the returned promise settles. */
+  upload(t: Tensor, bytes: Uint8Array, offset?: number): Promise<void>;
+  /** Copies `count` rows of `src` (f32 activations) from `srcRow` into `dst` at `dstRow`, converting to dst's dtype. */
+  writeRows(dst: Tensor, dstRow: number, src: Tensor, srcRow: number, count: number): void;
+  /** Waits for t and returns its values as f32. */
+  read(t: Tensor): Promise<Float32Array>;
+  /** Raw bytes of rows start .. start + count - 1 of t, in t's dtype. */
+  readRows(t: Tensor, start: number, count: number): Promise<Uint8Array>;
+  free(t: Tensor): void;
+  /** Tensors made by ops after `pushScope` are freed by the matching `popScope`, except those in `keep`. */
+  pushScope(): void;
+  popScope(keep?: readonly Tensor[]): void;
+  /** Waits until all queued work is done. */
+  sync(): Promise<void>;
+  dispose(): Promise<void>;
+}
+
+export function numel(shape: readonly number[]): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}

@@ -1,0 +1,107 @@
+// `layerwise inspect MODEL`: what a checkpoint is, and what it costs to run, read from headers alone.
+import type { Command } from "commander";
+import { createArchModel } from "../arch/index.js";
+import { Checkpoint } from "../model/checkpoint.js";
+import { readGenerationDefaults } from "../model/generation-config.js";
+import { TextTokenizer } from "../model/tokenizer.js";
+import { ChatTemplate } from "../model/chat-template.js";
+import { validateWeights } from "../engine/weights.js";
+import { formatBytes } from "../util/bytes.js";
+import { safetensorsDTypeBytes } from "../model/safetensors.js";
+
+export interface ModelReport {
+  model_type: string;
+  parameters: number;
+  dtypes: Record<string, number>;
+  layers: number;
+  hidden_size: number;
+  vocab_size: number;
+  max_positions: number;
+  bytes_total: number;
+  bytes_global: number;
+  bytes_per_layer: number[];
+  kv_bytes_per_token: { bf16: number; f32: number };
+  files: string[];
+  tokenizer_vocab?: number;
+  chat_template: boolean;
+  eos_token_ids: number[];
+}
+
+export async function inspectModel(dir: string): Promise<ModelReport> {
+  const ckpt = await Checkpoint.open(dir);
+  try {
+    const { model } = createArchModel(ckpt.rawConfig, `${dir}/config.json`);
+    validateWeights(ckpt, model);
+    const dtypes: Record<string, number> = {};
+    let parameters = 0;
+    const bytesOf = (names: string[]) =>
+      [...new Set(names)].reduce((n, name) => {
+        const t = ckpt.tensor(name);
+        return n + t.byteLength;
+      }, 0);
+    for (const t of ckpt.tensors.values()) {
+      const n = t.byteLength / safetensorsDTypeBytes[t.dtype];
+      parameters += n;
+      dtypes[t.dtype] = (dtypes[t.dtype] ?? 0) + n;
+    }
+    const perLayer = Array.from({ length: model.shape.numLayers }, (_, i) => bytesOf(Object.values(model.layerWeights(i)).map((s) => s.name)));
+    const kvElements = model.shape.kvLayers.reduce((n, l) => n + 2 * l.kvHeads * l.headDim, 0);
+    const tokenizer = await TextTokenizer.load(dir).catch(() => undefined);
+    const template = tokenizer ? await ChatTemplate.load(dir, tokenizer.config) : undefined;
+    const defaults = await readGenerationDefaults(dir, ckpt.rawConfig);
+    return {
+      model_type: String(ckpt.rawConfig.model_type),
+      parameters,
+      dtypes,
+      layers: model.shape.numLayers,
+      hidden_size: model.shape.hiddenSize,
+      vocab_size: model.shape.vocabSize,
+      max_positions: model.shape.maxPositions,
+      bytes_total: [...ckpt.tensors.values()].reduce((n, t) => n + t.byteLength, 0),
+      bytes_global: bytesOf(Object.values(model.globalWeights).map((s) => s.name)),
+      bytes_per_layer: perLayer,
+      kv_bytes_per_token: { bf16: kvElements * 2, f32: kvElements * 4 },
+      files: ckpt.files.map((f) => f.slice(dir.length + 1)),
+      ...(tokenizer ? { tokenizer_vocab: tokenizer.vocabSize } : {}),
+      chat_template: template !== undefined,
+      eos_token_ids: defaults.eosTokenIds,
+    };
+  } finally {
+    await ckpt.close();
+  }
+}
+
+export function registerInspect(program: Command): void {
+  program
+    .command("inspect")
+    .description("architecture, parameters, dtypes, bytes per layer and KV bytes per token, from the headers alone")
+    .argument("<model>", "Hugging Face model folder")
+    .option("--json", "print the report as JSON")
+    .option("--debug", "print stack traces of errors")
+    .action(async (dir: string, flags: { json?: boolean }) => {
+      const r = await inspectModel(dir);
+      if (flags.json) {
+        process.stdout.write(JSON.stringify(r) + "\n");
+        return;
+      }
+      const layerMin = Math.min(...r.bytes_per_layer);
+      const layerMax = Math.max(...r.bytes_per_layer);
+      const lines = [
+        ["architecture", r.model_type],
+        ["parameters", `${(r.parameters / 1e9).toFixed(r.parameters < 1e8 ? 4 : 2)} B`],
+        ["dtypes", Object.entries(r.dtypes).map(([d, n]) => `${d} ${((100 * n) / r.parameters).toFixed(1)}%`).join(", ")],
+        ["layers", `${r.layers}, hidden ${r.hidden_size}, vocab ${r.vocab_size}`],
+        ["context", `${r.max_positions} tokens`],
+        ["weights", `${formatBytes(r.bytes_total)} in ${r.files.length} file(s)`],
+        ["embeddings+head", formatBytes(r.bytes_global)],
+        ["bytes per layer", layerMin === layerMax ? formatBytes(layerMin) : `${formatBytes(layerMin)} .. ${formatBytes(layerMax)}`],
+        ["KV per token", `${formatBytes(r.kv_bytes_per_token.bf16)} (bf16), ${formatBytes(r.kv_bytes_per_token.f32)} (f32)`],
+        ["KV at full context", `${formatBytes(r.kv_bytes_per_token.bf16 * r.max_positions)} (bf16)`],
+        ["tokenizer", r.tokenizer_vocab !== undefined ? `${r.tokenizer_vocab} tokens` : "missing (tokenizer.json)"],
+        ["chat template", r.chat_template ? "yes" : "no"],
+        ["eos ids", r.eos_token_ids.join(", ") || "none"],
+      ];
+      const w = Math.max(...lines.map(([k]) => k!.length));
+      for (const [k, v] of lines) process.stdout.write(`${k!.padEnd(w)}  ${v}\n`);
+    });
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env node
+// The `layerwise` command: parses flags, calls the library, prints results or a clear error.
+import { readFileSync } from "node:fs";
+import { Command, CommanderError } from "commander";
+import { registerChat } from "./chat.js";
+import { registerDemo } from "./demo.js";
+import { registerInspect } from "./inspect.js";
+import { registerMakeTestModel } from "./make-test-model.js";
+import { printError } from "./output.js";
+import { registerRun } from "./run.js";
+
+const pkg = JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string };
+
+const program = new Command()
+  .name("layerwise")
+  .description("Run large Hugging Face language models with long contexts on small GPUs, streaming weights layer by layer.")
+  .version(pkg.version)
+  .showHelpAfterError()
+  .exitOverride();
+
+registerRun(program);
+registerChat(program);
+registerInspect(program);
+registerMakeTestModel(program);
+registerDemo(program);
+
+try {
+  await program.parseAsync(process.argv);
+} catch (e) {
+  if (e instanceof CommanderError) process.exit(e.exitCode);
+  const flags = process.argv.slice(2);
+  printError(e, { json: flags.includes("--json"), debug: flags.includes("--debug") });
+  process.exit(1);
+}

@@ -1,0 +1,27 @@
+// How the CLI reports: errors as message + hint (or JSON), stats lines on stderr, Ctrl-C as a cancel.
+import { LayerwiseError } from "../errors.js";
+
+export function printError(e: unknown, o: { json?: boolean; debug?: boolean }): void {
+  const err =
+    e instanceof LayerwiseError
+      ? e.toJSON()
+      : { code: (e as { code?: string }).code ?? "INTERNAL", message: (e as Error)?.message ?? String(e), hint: "this looks like a bug in layerwise; rerun with --debug and report it" };
+  if (o.json) process.stdout.write(JSON.stringify({ error: err }) + "\n");
+  else process.stderr.write(`error [${err.code}]: ${err.message}\n${err.hint ? `  hint: ${err.hint}\n` : ""}`);
+  if (o.debug && e instanceof Error) process.stderr.write(`${e.stack}\n`);
+}
+
+/** An AbortSignal that Ctrl-C trips once (the run stops cleanly); a second Ctrl-C exits at once. */
+export function interruptSignal(): AbortSignal {
+  const controller = new AbortController();
+  process.on("SIGINT", () => {
+    if (controller.signal.aborted) process.exit(130);
+    process.stderr.write("\n(interrupted: stopping; Ctrl-C again to quit now)\n");
+    controller.abort();
+  });
+  return controller.signal;
+}
+
+export function peakRamBytes(): number {
+  return process.resourceUsage().maxRSS * 1024;
+}

@@ -1,0 +1,7 @@
+// layerwise's public API.
+export { LayerwiseModel, Sequence, loadModel, type LoadOptions, type Prompt } from "./engine/model.js";
+export type { GenerateOptions, GenerationResult, FinishReason, TokenStats } from "./engine/generate.js";
+export type { SamplingOptions } from "./engine/sampling.js";
+export type { ChatMessage } from "./model/chat-template.js";
+export { LayerwiseError, CheckpointError, UsageError, BackendError, CacheError } from "./errors.js";
+export { architectures } from "./arch/index.js";

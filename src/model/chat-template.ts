@@ -1,0 +1,52 @@
+// The model's chat template (tokenizer_config.json or chat_template.jinja), rendered with @huggingface/jinja.
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { Template } from "@huggingface/jinja";
+import { CheckpointError, UsageError } from "../errors.js";
+import type { TokenizerConfig } from "./tokenizer.js";
+
+export interface ChatMessage {
+  role: "system" | "user" | "assistant" | "developer" | "tool";
+  content: string;
+}
+
+export class ChatTemplate {
+  private constructor(
+    private readonly template: Template,
+    readonly source: string,
+  ) {}
+
+  /** The default template of the folder, or undefined when the model has none (base models). */
+  static async load(dir: string, config: TokenizerConfig): Promise<ChatTemplate | undefined> {
+    let text: string | undefined;
+    let source = join(dir, "chat_template.jinja");
+    try {
+      text = await readFile(source, "utf8");
+    } catch {
+      source = join(dir, "tokenizer_config.json");
+      const t = config.chat_template;
+      text = typeof t === "string" ? t : t?.find((x) => x.name === "default")?.template;
+    }
+    if (text === undefined) return undefined;
+    try {
+      return new ChatTemplate(new Template(text), source);
+    } catch (e) {
+      throw new CheckpointError("CHAT_TEMPLATE_INVALID", `${source}: the chat template does not parse: ${(e as Error).message}`);
+    }
+  }
+
+  /** The prompt text for `messages`, ending with the assistant's turn opener. */
+  render(messages: readonly ChatMessage[], specials: { bos_token?: string; eos_token?: string }, extra: Record<string, unknown> = {}): string {
+    try {
+      return this.template.render({
+        messages,
+        add_generation_prompt: true,
+        bos_token: specials.bos_token ?? "",
+        eos_token: specials.eos_token ?? "",
+        ...extra,
+      });
+    } catch (e) {
+      throw new UsageError("CHAT_TEMPLATE_FAILED", `${this.source}: the chat template rejected the conversation: ${(e as Error).message}`, "check the roles and order of the messages");
+    }
+  }
+}

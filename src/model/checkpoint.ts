@@ -1,0 +1,162 @@
+// A Hugging Face model folder: config.json, one or many safetensors shards, and byte-range reads of tensor data.
+import { open, readFile, readdir, stat, type FileHandle } from "node:fs/promises";
+import { join } from "node:path";
+import { CheckpointError } from "../errors.js";
+import { fileOpenError, readSafetensorsHeader, type TensorInfo } from "./safetensors.js";
+
+export interface ReadStats {
+  diskReadBytes: number;
+}
+
+export class Checkpoint {
+  private readonly handles = new Map<string, Promise<FileHandle>>();
+  readonly stats: ReadStats = { diskReadBytes: 0 };
+
+  private constructor(
+    readonly dir: string,
+    /** config.json as parsed JSON, not yet validated against an architecture. */
+    readonly rawConfig: Record<string, unknown>,
+    readonly tensors: ReadonlyMap<string, TensorInfo>,
+    readonly files: readonly string[],
+  ) {}
+
+  /** Opens a model folder: reads config.json and every shard's header; reads no tensor data. */
+  static async open(dir: string): Promise<Checkpoint> {
+    const info = await stat(dir).catch(() => undefined);
+    if (!info) throw new CheckpointError("MODEL_DIR_MISSING", `${dir} does not exist`, "give the path of a model folder holding config.json, *.safetensors and tokenizer.json");
+    if (!info.isDirectory()) throw new CheckpointError("MODEL_DIR_MISSING", `${dir} is not a folder`, "give the model's folder, not one of its files");
+    const rawConfig = await readJsonFile(join(dir, "config.json"), "CONFIG_MISSING", "a Hugging Face model folder has config.json beside its *.safetensors files");
+    if (typeof rawConfig !== "object" || rawConfig === null || Array.isArray(rawConfig)) {
+      throw new CheckpointError("CONFIG_INVALID", `${join(dir, "config.json")} is not a JSON object`);
+    }
+    const { files, index } = await findShards(dir);
+    const tensors = new Map<string, TensorInfo>();
+    for (const file of files) {
+      const header = await readSafetensorsHeader(file);
+      for (const t of header.tensors) {
+        const seen = tensors.get(t.name);
+        if (seen) throw new CheckpointError("TENSOR_DUPLICATE", `tensor ${t.name} is in both ${seen.file} and ${file}`, "the checkpoint's shards disagree; download it again");
+        tensors.set(t.name, t);
+      }
+    }
+    for (const [name, shard] of Object.entries(index ?? {})) {
+      if (tensors.get(name)?.file !== join(dir, shard)) {
+        throw new CheckpointError("TENSOR_MISSING", `model.safetensors.index.json puts ${name} in ${shard}, but that shard has no such tensor`, "the shard looks incomplete; download it again");
+      }
+    }
+    return new Checkpoint(dir, rawConfig as Record<string, unknown>, tensors, files);
+  }
+
+  tensor(name: string): TensorInfo {
+    const t = this.tensors.get(name);
+    if (!t) throw new CheckpointError("TENSOR_MISSING", `${this.dir}: no tensor named ${name}`, "the checkpoint does not match its config.json, or a shard is missing");
+    return t;
+  }
+
+  has(name: string): boolean {
+    return this.tensors.has(name);
+  }
+
+  /** Reads `length` bytes at absolute offset `start` of `file` into `into` (or a new buffer). */
+  async readRange(file: string, start: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
+    const buf = into ?? new Uint8Array(length);
+    const fh = await this.handle(file);
+    let done = 0;
+    while (done < length) {
+      let n: number;
+      try {
+        ({ bytesRead: n } = await fh.read(buf, done, length - done, start + done));
+      } catch (e) {
+        throw new CheckpointError("READ_FAILED", `${file}: read of ${length} bytes at ${start} failed: ${(e as Error).message}`, "the disk or file may be damaged");
+      }
+      if (n === 0) throw new CheckpointError("SAFETENSORS_TRUNCATED", `${file}: ended at byte ${start + done} while reading ${length} bytes at ${start}`, "the file shrank or is truncated; download it again");
+      done += n;
+    }
+    this.stats.diskReadBytes += length;
+    return buf;
+  }
+
+  /** Reads one tensor's raw bytes. */
+  read(t: TensorInfo, into?: Uint8Array): Promise<Uint8Array> {
+    return this.readRange(t.file, t.start, t.byteLength, into);
+  }
+
+  private handle(file: string): Promise<FileHandle> {
+    let h = this.handles.get(file);
+    if (!h) {
+      h = open(file, "r").catch((e) => {
+        this.handles.delete(file);
+        throw fileOpenError(file, e);
+      });
+      this.handles.set(file, h);
+    }
+    return h;
+  }
+
+  async close(): Promise<void> {
+    const all = [...this.handles.values()];
+    this.handles.clear();
+    await Promise.all(all.map(async (h) => (await h.catch(() => undefined))?.close()));
+  }
+}
+
+async function findShards(dir: string): Promise<{ files: string[]; index?: Record<string, string> }> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (e) {
+    throw fileOpenError(dir, e);
+  }
+  if (names.includes("model.safetensors.index.json")) {
+    const index = await readIndex(dir);
+    const shards = [...new Set(Object.values(index))].sort();
+    for (const s of shards) {
+      if (!names.includes(s)) {
+        throw new CheckpointError("SHARD_MISSING", `${join(dir, s)} is listed in model.safetensors.index.json but does not exist`, "the download is incomplete; fetch the missing shard");
+      }
+    }
+    return { files: shards.map((s) => join(dir, s)), index };
+  }
+  const shards = names.filter((n) => n.endsWith(".safetensors")).sort();
+  if (shards.length === 0) {
+    const pickled = names.filter((n) => n.endsWith(".bin") || n.endsWith(".pt") || n.endsWith(".pth"));
+    throw new CheckpointError(
+      "WEIGHTS_MISSING",
+      `${dir} has no *.safetensors files${pickled.length ? ` (found ${pickled.join(", ")})` : ""}`,
+      pickled.length ? "layerwise never unpickles .bin/.pt files; use the model's safetensors release" : "download the model's *.safetensors files into this folder",
+    );
+  }
+  return { files: shards.map((s) => join(dir, s)) };
+}
+
+async function readIndex(dir: string): Promise<Record<string, string>> {
+  const file = join(dir, "model.safetensors.index.json");
+  const json = (await readJsonFile(file, "INDEX_MISSING", "")) as { weight_map?: unknown };
+  const map = json?.weight_map;
+  if (typeof map !== "object" || map === null || !Object.values(map).every((v) => typeof v === "string" && !v.includes("/") && !v.includes("\\"))) {
+    throw new CheckpointError("INDEX_INVALID", `${file}: weight_map must map tensor names to shard file names in this folder`);
+  }
+  return map as Record<string, string>;
+}
+
+export async function readJsonFile(file: string, missingCode: string, missingHint: string): Promise<unknown> {
+  const json = await readOptionalJsonFile(file);
+  if (json === undefined) throw new CheckpointError(missingCode, `${file} does not exist`, missingHint || undefined);
+  return json;
+}
+
+/** Parsed JSON of `file`, or undefined when it does not exist. */
+export async function readOptionalJsonFile(file: string): Promise<unknown> {
+  let text: string;
+  try {
+    text = await readFile(file, "utf8");
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw fileOpenError(file, e);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new CheckpointError("JSON_INVALID", `${file} is not valid JSON: ${(e as Error).message}`, "the file is corrupt; download it again");
+  }
+}

@@ -1,0 +1,104 @@
+// tokenizer.json through @huggingface/tokenizers, plus detokenization that streams text without splitting a character.
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { Tokenizer } from "@huggingface/tokenizers";
+import { CheckpointError } from "../errors.js";
+import { readOptionalJsonFile } from "./checkpoint.js";
+
+export interface TokenizerConfig {
+  bos_token?: string | { content: string } | null;
+  eos_token?: string | { content: string } | null;
+  add_bos_token?: boolean;
+  chat_template?: string | { name: string; template: string }[];
+  [key: string]: unknown;
+}
+
+export class TextTokenizer {
+  private constructor(
+    private readonly tokenizer: Tokenizer,
+    readonly config: TokenizerConfig,
+    readonly vocabSize: number,
+    private readonly specialIds: ReadonlySet<number>,
+  ) {}
+
+  static async load(dir: string): Promise<TextTokenizer> {
+    const file = join(dir, "tokenizer.json");
+    let text: string;
+    try {
+      text = await readFile(file, "utf8");
+    } catch {
+      throw new CheckpointError("TOKENIZER_MISSING", `${file} does not exist`, "layerwise needs the fast tokenizer file tokenizer.json; download it with the model (tokenizer.model alone is not enough)");
+    }
+    let json: { added_tokens?: { id: number; special?: boolean }[]; model?: { vocab?: unknown } };
+    try {
+      json = JSON.parse(text);
+    } catch (e) {
+      throw new CheckpointError("TOKENIZER_INVALID", `${file} is not valid JSON: ${(e as Error).message}`, "download tokenizer.json again");
+    }
+    const config = ((await readOptionalJsonFile(join(dir, "tokenizer_config.json"))) ?? {}) as TokenizerConfig;
+    let tokenizer: Tokenizer;
+    try {
+      tokenizer = new Tokenizer(json, config);
+    } catch (e) {
+      throw new CheckpointError("TOKENIZER_INVALID", `${file} could not be loaded: ${(e as Error).message}`, "download tokenizer.json again");
+    }
+    const special = new Set((json.added_tokens ?? []).filter((t) => t.special).map((t) => t.id));
+    return new TextTokenizer(tokenizer, config, tokenizer.get_vocab(true).size, special);
+  }
+
+  /** Token ids of `text`; with `addSpecialTokens` the tokenizer's post-processor adds BOS (as HF does). */
+  encode(text: string, addSpecialTokens = true): number[] {
+    return this.tokenizer.encode(text, { add_special_tokens: addSpecialTokens }).ids;
+  }
+
+  decode(ids: readonly number[], skipSpecialTokens = true): string {
+    if (ids.length === 0) return "";
+    return this.tokenizer.decode([...ids], { skip_special_tokens: skipSpecialTokens });
+  }
+
+  tokenId(token: string): number | undefined {
+    return this.tokenizer.token_to_id(token);
+  }
+
+  isSpecial(id: number): boolean {
+    return this.specialIds.has(id);
+  }
+
+  /** A named special token of tokenizer_config.json ("bos_token", "eos_token") as text. */
+  specialToken(key: "bos_token" | "eos_token"): string | undefined {
+    const t = this.config[key];
+    return typeof t === "string" ? t : (t?.content ?? undefined);
+  }
+}
+
+/**
+ * Turns a growing list of token ids into text pieces. Decoding ids one by one would break words (leading spaces,
+ * byte-fallback pieces of one character), so each step decodes a short window and emits only what is new and complete.
+ */
+export class StreamingDetokenizer {
+  private readonly ids: number[] = [];
+  private prefixOffset = 0;
+  private readOffset = 0;
+
+  constructor(private readonly tokenizer: TextTokenizer) {}
+
+  /** Adds one id; returns the text it completes (possibly ""). */
+  push(id: number): string {
+    this.ids.push(id);
+    const prefix = this.tokenizer.decode(this.ids.slice(this.prefixOffset, this.readOffset));
+    const full = this.tokenizer.decode(this.ids.slice(this.prefixOffset));
+    // An incomplete UTF-8 sequence decodes to U+FFFD: wait for the ids that finish it.
+    if (full.length <= prefix.length || full.endsWith("\uFFFD")) return "";
+    this.prefixOffset = this.readOffset;
+    this.readOffset = this.ids.length;
+    return full.slice(prefix.length);
+  }
+
+  /** Whatever is still held back (an incomplete character at the very end). */
+  flush(): string {
+    const prefix = this.tokenizer.decode(this.ids.slice(this.prefixOffset, this.readOffset));
+    const full = this.tokenizer.decode(this.ids.slice(this.prefixOffset));
+    this.prefixOffset = this.readOffset = this.ids.length;
+    return full.slice(prefix.length);
+  }
+}

@@ -1,0 +1,184 @@
+// Writes a deterministic random-weight checkpoint with a preset's exact shapes: config, safetensors shards, tokenizer files.
+import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { createArchModel } from "../arch/index.js";
+import type { WeightSpec } from "../arch/types.js";
+import { f32ToBf16, f32ToF16, type DType } from "../backend/dtype.js";
+import { UsageError } from "../errors.js";
+import { writeSafetensors, type SafetensorsDType, type TensorToWrite } from "../model/safetensors.js";
+import { Random } from "../util/random.js";
+import { presets, type TestModelPreset } from "./presets.js";
+import { chatTemplates, makeTokenizerJson, specialTokens } from "./tokenizer.js";
+
+export interface MakeTestModelOptions {
+  preset: string;
+  /** Must match the preset's architecture when given. */
+  arch?: string;
+  dtype: DType;
+  /** Fewer decoder layers than the real model (same shapes otherwise). */
+  layers?: number;
+  out: string;
+  seed?: number;
+  /** Largest shard; more tensors go to the next model-0000N-of-0000M.safetensors file. */
+  shardBytes?: number;
+  mergeFormat?: "arrays" | "strings";
+}
+
+export interface TestModelInfo {
+  dir: string;
+  files: string[];
+  parameterCount: number;
+  bytes: number;
+}
+
+/** Marks a folder as written by this tool, so a later run may replace it; any other non-empty folder is left alone. */
+export const testModelMarker = ".layerwise-test-model.json";
+
+const stDType: Record<DType, SafetensorsDType> = { f32: "F32", f16: "F16", bf16: "BF16" };
+const torchDType: Record<DType, string> = { f32: "float32", f16: "float16", bf16: "bfloat16" };
+
+export function presetFor(name: string, arch?: string): TestModelPreset {
+  const preset = presets[name];
+  if (!preset) throw new UsageError("UNKNOWN_PRESET", `no preset "${name}"; presets: ${Object.keys(presets).join(", ")}`);
+  if (arch && preset.arch !== arch) throw new UsageError("PRESET_ARCH_MISMATCH", `preset ${name} is a ${preset.arch} model, not ${arch}`, `presets for ${arch}: ${Object.entries(presets).filter(([, p]) => p.arch === arch).map(([n]) => n).join(", ") || "none"}`);
+  return preset;
+}
+
+export async function makeTestModel(o: MakeTestModelOptions): Promise<TestModelInfo> {
+  const preset = presetFor(o.preset, o.arch);
+  const seed = o.seed ?? 0;
+  const numLayers = o.layers ?? (preset.config.num_hidden_layers as number);
+  if (!Number.isInteger(numLayers) || numLayers < 1) throw new UsageError("BAD_LAYERS", `--layers ${o.layers} is not a whole number >= 1`);
+  const vocabSize = preset.config.vocab_size as number;
+  const specials = specialTokens(preset.tokenizer, preset.specialTokens);
+  const regular = vocabSize - specials.names.length;
+  const idOf = (token: string) => regular + specials.names.indexOf(token);
+  const config: Record<string, unknown> = {
+    ...preset.config,
+    num_hidden_layers: numLayers,
+    torch_dtype: torchDType[o.dtype],
+    ...(specials.bos ? { bos_token_id: idOf(specials.bos) } : {}),
+    eos_token_id: idOf(specials.eos[0]!),
+  };
+  const { model } = createArchModel(config, "preset config");
+  const specs: WeightSpec[] = [model.globalWeights.embed!];
+  for (let i = 0; i < numLayers; i++) specs.push(...Object.values(model.layerWeights(i)));
+  specs.push(model.globalWeights.norm!);
+  if (model.globalWeights.lmHead!.name !== model.globalWeights.embed!.name) specs.push(model.globalWeights.lmHead!);
+
+  await prepareOutDir(o.out);
+  const tensors = specs.map((spec) => randomTensor(spec, o.dtype, preset, seed));
+  const files = await writeShards(o.out, tensors, o.shardBytes ?? 4e9);
+
+  const json = (v: unknown) => JSON.stringify(v, null, 2) + "\n";
+  await writeFile(join(o.out, "config.json"), json(config));
+  await writeFile(
+    join(o.out, "generation_config.json"),
+    json({ ...(specials.bos ? { bos_token_id: idOf(specials.bos) } : {}), eos_token_id: specials.eos.map(idOf), do_sample: false }),
+  );
+  await writeFile(join(o.out, "tokenizer.json"), JSON.stringify(makeTokenizerJson(preset.tokenizer, vocabSize, specials, o.mergeFormat)));
+  await writeFile(
+    join(o.out, "tokenizer_config.json"),
+    json({
+      bos_token: specials.bos ?? null,
+      eos_token: specials.eot,
+      model_max_length: preset.config.max_position_embeddings,
+      tokenizer_class: "PreTrainedTokenizerFast",
+      clean_up_tokenization_spaces: false,
+      chat_template: chatTemplates[preset.tokenizer],
+    }),
+  );
+  const parameterCount = specs.reduce((n, s) => n + s.shape.reduce((a, b) => a * b, 1), 0);
+  await writeFile(join(o.out, testModelMarker), json({ preset: o.preset, dtype: o.dtype, layers: numLayers, seed }));
+  return { dir: o.out, files, parameterCount, bytes: tensors.reduce((n, t) => n + byteSize(t), 0) };
+}
+
+async function prepareOutDir(dir: string): Promise<void> {
+  let names: string[] = [];
+  try {
+    names = await readdir(dir);
+  } catch {
+    await mkdir(dir, { recursive: true });
+    return;
+  }
+  if (names.length === 0) return;
+  const ours = await readFile(join(dir, testModelMarker), "utf8").then(() => true, () => false);
+  if (!ours) throw new UsageError("OUT_NOT_EMPTY", `${dir} exists and is not empty`, "give a new folder; layerwise only replaces folders it wrote itself");
+  for (const n of names) if (n.endsWith(".safetensors") || n.endsWith(".json")) await rm(join(dir, n));
+}
+
+function byteSize(t: TensorToWrite): number {
+  return t.shape.reduce((a, b) => a * b, 1) * (t.dtype === "F32" ? 4 : 2);
+}
+
+async function writeShards(dir: string, tensors: TensorToWrite[], shardBytes: number): Promise<string[]> {
+  const shards: TensorToWrite[][] = [[]];
+  let size = 0;
+  for (const t of tensors) {
+    const bytes = byteSize(t);
+    if (size > 0 && size + bytes > shardBytes) {
+      shards.push([]);
+      size = 0;
+    }
+    shards[shards.length - 1]!.push(t);
+    size += bytes;
+  }
+  if (shards.length === 1) {
+    await writeAtomically(join(dir, "model.safetensors"), (tmp) => writeSafetensors(tmp, shards[0]!));
+    return ["model.safetensors"];
+  }
+  const pad = (n: number) => String(n).padStart(5, "0");
+  const names = shards.map((_, i) => `model-${pad(i + 1)}-of-${pad(shards.length)}.safetensors`);
+  const weightMap: Record<string, string> = {};
+  for (let i = 0; i < shards.length; i++) {
+    await writeAtomically(join(dir, names[i]!), (tmp) => writeSafetensors(tmp, shards[i]!));
+    for (const t of shards[i]!) weightMap[t.name] = names[i]!;
+  }
+  const total = tensors.reduce((n, t) => n + byteSize(t), 0);
+  await writeFile(join(dir, "model.safetensors.index.json"), JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + "\n");
+  return [...names, "model.safetensors.index.json"];
+}
+
+async function writeAtomically(file: string, write: (tmp: string) => Promise<void>): Promise<void> {
+  const tmp = `${file}.partial`;
+  await write(tmp);
+  await rename(tmp, file);
+}
+
+/** Uniform values with the preset's std (norm weights near 1), from a stream seeded by the tensor's name. */
+function randomTensor(spec: WeightSpec, dtype: DType, preset: TestModelPreset, seed: number): TensorToWrite {
+  return {
+    name: spec.name,
+    dtype: stDType[dtype],
+    shape: spec.shape,
+    fill: async (write) => {
+      const random = new Random(hash(`${seed}:${spec.name}`));
+      const n = spec.shape.reduce((a, b) => a * b, 1);
+      const isNorm = spec.shape.length === 1 && spec.name.includes("norm");
+      const std = spec.shape.length === 1 ? 0.02 : preset.initStd === "fan-in" ? (spec.name.includes("embed") ? 0.1 : 1 / Math.sqrt(spec.shape[1]!)) : preset.initStd;
+      const center = isNorm ? 1 : 0;
+      const halfWidth = isNorm ? 0.1 : std * Math.sqrt(3);
+      const chunk = 1 << 20;
+      const f32 = dtype === "f32" ? new Float32Array(Math.min(n, chunk)) : undefined;
+      const u16 = dtype === "f32" ? undefined : new Uint16Array(Math.min(n, chunk));
+      const convert = dtype === "bf16" ? f32ToBf16 : f32ToF16;
+      for (let done = 0; done < n; done += chunk) {
+        const m = Math.min(chunk, n - done);
+        for (let i = 0; i < m; i++) {
+          const v = center + (random.next() * 2 - 1) * halfWidth;
+          if (f32) f32[i] = v;
+          else u16![i] = convert(v);
+        }
+        const src = f32 ?? u16!;
+        await write(new Uint8Array(src.buffer, 0, m * src.BYTES_PER_ELEMENT));
+      }
+    },
+  };
+}
+
+/** FNV-1a, to give each tensor its own random stream. */
+function hash(s: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
+  return h >>> 0;
+}

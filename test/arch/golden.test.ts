@@ -1,0 +1,69 @@
+// Logits and greedy ids against Hugging Face transformers (fixtures from tools/golden on the GPU machine).
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { LayerwiseModel } from "../../src/engine/model.js";
+import type { DType } from "../../src/backend/dtype.js";
+import { fixturesDir, maxAbsDiff, storiesCopy, storiesGolden, tinyModel } from "../helpers.js";
+
+const tolerance = 1e-3;
+
+describe("stories260K (a real trained Llama) against transformers", () => {
+  it("matches transformers' logits at every position and its 40 greedy ids", async () => {
+    const golden = JSON.parse(await readFile(storiesGolden, "utf8")) as { prompts: { ids: number[]; logits: number[][] }[] };
+    const model = await LayerwiseModel.load(await storiesCopy(), { backend: "cpu" });
+    try {
+      for (const p of golden.prompts) {
+        const seq = model.createSequence();
+        const logits = await model.forward(seq, p.ids, "all");
+        assert.ok(maxAbsDiff(logits, p.logits.flat()) <= tolerance, `max |diff| ${maxAbsDiff(logits, p.logits.flat())} for prompt ${p.ids}`);
+        seq.dispose();
+      }
+      const expected = "403 407 261 378 432 383 286 261 376 298 315 421 395 317 426 338 401 396 267 337 410 408 419 292 411 322 265 282 295 433 426 385 328 432 358 394 261 370 432 352";
+      const r = await model.complete({ ids: [1] }, { maxTokens: 40, temperature: 0 });
+      assert.equal(r.tokens.join(" "), expected);
+      assert.ok(r.text.startsWith("Once upon a time, there was a little girl named Lily."), r.text);
+      assert.equal(r.text, "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, r");
+    } finally {
+      await model.close();
+    }
+  });
+});
+
+interface Fixture {
+  format: number;
+  model: { preset: string; dtype: DType; seed: number; layers: number; sha256: Record<string, string> };
+  short: { ids: number[]; logits: number[][] };
+  long: { ids: number[]; last: number; logits: number[][] };
+  greedy: { ids: number[]; new_ids: number[] };
+}
+
+const fixtures = ["tiny-llama-f32", "tiny-llama-bf16", "tiny-qwen3-f32", "tiny-qwen3-bf16"];
+
+describe("random-weight checkpoints against transformers", () => {
+  for (const name of fixtures) {
+    it(`${name}: same weights, logits within ${tolerance}, same greedy ids`, async () => {
+      const f = JSON.parse(await readFile(join(fixturesDir, "golden", `${name}.json`), "utf8")) as Fixture;
+      assert.equal(f.format, 1);
+      const dir = await tinyModel({ preset: f.model.preset, dtype: f.model.dtype, seed: f.model.seed, layers: f.model.layers });
+      for (const [file, sha] of Object.entries(f.model.sha256)) {
+        assert.equal(createHash("sha256").update(await readFile(join(dir, file))).digest("hex"), sha, `${file} differs from the checkpoint the fixture was made from`);
+      }
+      const model = await LayerwiseModel.load(dir, { backend: "cpu" });
+      try {
+        const short = await model.forward(model.createSequence(), f.short.ids, "all");
+        assert.ok(maxAbsDiff(short, f.short.logits.flat()) <= tolerance, `short prompt: max |diff| ${maxAbsDiff(short, f.short.logits.flat())}`);
+        const long = await model.forward(model.createSequence(), f.long.ids, "all");
+        const vocab = f.long.logits[0]!.length;
+        const tail = long.subarray(long.length - f.long.last * vocab);
+        assert.ok(maxAbsDiff(tail, f.long.logits.flat()) <= tolerance, `300-token prompt: max |diff| ${maxAbsDiff(tail, f.long.logits.flat())}`);
+        const r = await model.complete({ ids: f.greedy.ids }, { maxTokens: f.greedy.new_ids.length, temperature: 0, ignoreEos: true });
+        assert.deepEqual(r.tokens, f.greedy.new_ids);
+      } finally {
+        await model.close();
+      }
+    });
+  }
+});

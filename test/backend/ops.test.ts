@@ -1,0 +1,255 @@
+// Every op of every available backend against plain reference formulas, on awkward shapes (1 row, odd sizes, GQA).
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { CpuBackend } from "../../src/backend/cpu/index.js";
+import { fromF32, type DType } from "../../src/backend/dtype.js";
+import type { Backend, KvBlock, Tensor } from "../../src/backend/ops.js";
+import { Random } from "../../src/util/random.js";
+
+interface BackendCase {
+  name: string;
+  create: () => Promise<Backend>;
+  /** Relative error allowed for f32 math, and for math that goes through 16-bit weights or KV. */
+  tolF32: number;
+  tol16: number;
+}
+
+export const backendCases: BackendCase[] = [{ name: "cpu", create: async () => new CpuBackend(), tolF32: 1e-6, tol16: 1e-6 }];
+if (process.env.LAYERWISE_TEST_CUDA) {
+  const { createCudaBackend } = await import("../../src/backend/cuda/index.js");
+  backendCases.push({ name: "cuda", create: createCudaBackend, tolF32: 2e-3, tol16: 1e-2 });
+}
+
+const random = new Random(1234);
+const randn = (n: number, scale = 1) => Float32Array.from({ length: n }, () => (random.next() * 2 - 1) * scale * Math.sqrt(3));
+
+/** Rounds values through a 16-bit dtype, so references see exactly what the backend stores. */
+function quantize(v: Float32Array, dtype: DType): Float32Array {
+  if (dtype === "f32") return v;
+  const bits = new Uint16Array(fromF32(v, dtype).buffer);
+  const cpu = new CpuBackend();
+  const t = cpu.alloc([v.length], dtype);
+  void cpu.upload(t, new Uint8Array(bits.buffer));
+  return (t as unknown as { f32(): Float32Array }).f32();
+}
+
+async function upload(b: Backend, shape: number[], values: Float32Array, dtype: DType = "f32"): Promise<Tensor> {
+  const t = b.alloc(shape, dtype);
+  await b.upload(t, fromF32(values, dtype));
+  return t;
+}
+
+function relErr(got: Float32Array, want: ArrayLike<number>): number {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < got.length; i++) {
+    assert.ok(Number.isFinite(got[i]), `value ${i} is ${got[i]}`);
+    num += (got[i]! - want[i]!) ** 2;
+    den += want[i]! ** 2;
+  }
+  assert.equal(got.length, want.length);
+  return Math.sqrt(num / Math.max(den, 1e-30));
+}
+
+function matmulRef(x: Float32Array, w: Float32Array, rows: number, k: number, n: number, bias?: Float32Array): Float64Array {
+  const out = new Float64Array(rows * n);
+  for (let r = 0; r < rows; r++) for (let j = 0; j < n; j++) {
+    let s = bias ? bias[j]! : 0;
+    for (let i = 0; i < k; i++) s += x[r * k + i]! * w[j * k + i]!;
+    out[r * n + j] = s;
+  }
+  return out;
+}
+
+interface AttnCase {
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  qRows: number;
+  blocks: number[];
+  blockCap: number;
+  window?: number;
+  softcap?: number;
+}
+
+function attentionRef(q: Float32Array, ks: Float32Array[], vs: Float32Array[], c: AttnCase, qPos: number): Float64Array {
+  const { heads, kvHeads, headDim: hd } = c;
+  const keys: { pos: number; k: Float32Array; v: Float32Array; row: number }[] = [];
+  let pos = 0;
+  c.blocks.forEach((len, b) => {
+    for (let j = 0; j < len; j++) keys.push({ pos: pos + j, k: ks[b]!, v: vs[b]!, row: j });
+    pos += len;
+  });
+  const out = new Float64Array(c.qRows * heads * hd);
+  for (let r = 0; r < c.qRows; r++) {
+    const p = qPos + r;
+    for (let h = 0; h < heads; h++) {
+      const g = Math.floor(h / (heads / kvHeads));
+      const visible = keys.filter((key) => key.pos <= p && (!c.window || key.pos > p - c.window));
+      const scores = visible.map((key) => {
+        let s = 0;
+        for (let d = 0; d < hd; d++) s += q[(r * heads + h) * hd + d]! * key.k[(key.row * kvHeads + g) * hd + d]!;
+        s /= Math.sqrt(hd);
+        return c.softcap ? c.softcap * Math.tanh(s / c.softcap) : s;
+      });
+      const m = Math.max(...scores);
+      const e = scores.map((s) => Math.exp(s - m));
+      const z = e.reduce((a, b) => a + b, 0);
+      for (let d = 0; d < hd; d++) out[(r * heads + h) * hd + d] = visible.reduce((acc, key, i) => acc + (e[i]! / z) * key.v[(key.row * kvHeads + g) * hd + d]!, 0);
+    }
+  }
+  return out;
+}
+
+for (const bc of backendCases) {
+  describe(`ops on ${bc.name}`, () => {
+    for (const [rows, k, n, dtype] of [[1, 64, 48, "f32"], [7, 67, 33, "bf16"], [33, 128, 96, "f16"], [130, 256, 160, "bf16"]] as const) {
+      it(`matmul [${rows}, ${k}] x [${n}, ${k}]^T ${dtype} with bias`, async () => {
+        const b = await bc.create();
+        const x = randn(rows * k);
+        const w = quantize(randn(n * k, 0.1), dtype);
+        const bias = randn(n);
+        const got = await b.read(b.matmul(await upload(b, [rows, k], x), await upload(b, [n, k], w, dtype), await upload(b, [n], bias)));
+        assert.ok(relErr(got, matmulRef(x, w, rows, k, n, bias)) < (dtype === "f32" ? bc.tolF32 : bc.tol16));
+        await b.dispose();
+      });
+    }
+
+    it("embed gathers rows of a bf16 table", async () => {
+      const b = await bc.create();
+      const table = quantize(randn(50 * 24), "bf16");
+      const ids = Int32Array.from([3, 0, 49, 3]);
+      const got = await b.read(b.embed(await upload(b, [50, 24], table, "bf16"), ids));
+      const want = Array.from(ids).flatMap((id) => Array.from(table.subarray(id * 24, id * 24 + 24)));
+      assert.ok(relErr(got, want) < bc.tolF32);
+      await b.dispose();
+    });
+
+    for (const [rows, cols, group, offset] of [[1, 64, 64, 0], [5, 96, 32, 0], [3, 80, 80, 1]] as const) {
+      it(`rmsNorm rows ${rows}, groups of ${group}, offset ${offset}`, async () => {
+        const b = await bc.create();
+        const x = randn(rows * cols);
+        const w = randn(group);
+        const got = await b.read(b.rmsNorm(await upload(b, [rows, cols], x), await upload(b, [group], w), { eps: 1e-6, offset }));
+        const want = new Float64Array(x.length);
+        for (let s = 0; s < x.length; s += group) {
+          let ss = 0;
+          for (let i = 0; i < group; i++) ss += x[s + i]! ** 2;
+          for (let i = 0; i < group; i++) want[s + i] = (x[s + i]! / Math.sqrt(ss / group + 1e-6)) * (offset + w[i]!);
+        }
+        assert.ok(relErr(got, want) < bc.tolF32);
+        await b.dispose();
+      });
+    }
+
+    for (const [headDim, rotary] of [[64, 64], [128, 128], [256, 64]] as const) {
+      it(`rope head_dim ${headDim}, rotary dims ${rotary}, far positions`, async () => {
+        const b = await bc.create();
+        const heads = 3;
+        const rows = 4;
+        const x = randn(rows * heads * headDim);
+        const positions = Int32Array.from([0, 1, 4097, 100000]);
+        const invFreq = Float32Array.from({ length: rotary / 2 }, (_, i) => 1 / 10000 ** ((2 * i) / rotary));
+        const got = await b.read(b.rope(await upload(b, [rows, heads * headDim], x), { positions, invFreq, headDim, scale: 1.25 }));
+        const want = Float64Array.from(x);
+        const half = rotary / 2;
+        for (let r = 0; r < rows; r++) for (let h = 0; h < heads; h++) for (let i = 0; i < half; i++) {
+          const base = (r * heads + h) * headDim;
+          const a = Math.fround(positions[r]! * invFreq[i]!);
+          const [c, s] = [Math.cos(a) * 1.25, Math.sin(a) * 1.25];
+          want[base + i] = x[base + i]! * c - x[base + i + half]! * s;
+          want[base + i + half] = x[base + i + half]! * c + x[base + i]! * s;
+        }
+        assert.ok(relErr(got, want) < bc.tolF32 * 10);
+        await b.dispose();
+      });
+    }
+
+    const attnCases: AttnCase[] = [
+      { heads: 4, kvHeads: 4, headDim: 64, qRows: 1, blocks: [5], blockCap: 8 },
+      { heads: 8, kvHeads: 2, headDim: 128, qRows: 13, blocks: [16, 16, 3], blockCap: 16 },
+      { heads: 4, kvHeads: 1, headDim: 256, qRows: 9, blocks: [7, 2], blockCap: 7, window: 5 },
+      { heads: 2, kvHeads: 1, headDim: 64, qRows: 3, blocks: [4, 4], blockCap: 4, softcap: 2 },
+    ];
+    for (const c of attnCases) {
+      for (const kvDtype of ["f32", "bf16"] as const) {
+        it(`attention ${c.heads}/${c.kvHeads} heads, head_dim ${c.headDim}, ${c.qRows} queries over blocks [${c.blocks}]${c.window ? `, window ${c.window}` : ""}${c.softcap ? `, softcap ${c.softcap}` : ""}, KV ${kvDtype}`, async () => {
+          const b = await bc.create();
+          const kvCols = c.kvHeads * c.headDim;
+          const total = c.blocks.reduce((a, x) => a + x, 0);
+          const qPos = total - c.qRows;
+          const q = randn(c.qRows * c.heads * c.headDim);
+          const ks = c.blocks.map(() => quantize(randn(c.blockCap * kvCols), kvDtype));
+          const vs = c.blocks.map(() => quantize(randn(c.blockCap * kvCols), kvDtype));
+          let start = 0;
+          const blocks: KvBlock[] = [];
+          for (let i = 0; i < c.blocks.length; i++) {
+            blocks.push({ k: await upload(b, [c.blockCap, kvCols], ks[i]!, kvDtype), v: await upload(b, [c.blockCap, kvCols], vs[i]!, kvDtype), start, length: c.blocks[i]! });
+            start += c.blocks[i]!;
+          }
+          const out = b.attention(await upload(b, [c.qRows, c.heads * c.headDim], q), {
+            heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim, scale: 1 / Math.sqrt(c.headDim), slidingWindow: c.window, softcap: c.softcap,
+            seqs: [{ qRow: 0, qRows: c.qRows, qPos, blocks }],
+          });
+          assert.ok(relErr(await b.read(out), attentionRef(q, ks, vs, c, qPos)) < bc.tolF32 * 10);
+          await b.dispose();
+        });
+      }
+    }
+
+    it("attention of two sequences in one batch equals each alone", async () => {
+      const b = await bc.create();
+      const c = { heads: 4, kvHeads: 2, headDim: 64 };
+      const kvCols = c.kvHeads * c.headDim;
+      const mk = async (len: number) => ({ k: await upload(b, [len, kvCols], randn(len * kvCols)), v: await upload(b, [len, kvCols], randn(len * kvCols)), start: 0, length: len });
+      const [a1, a2] = [await mk(6), await mk(9)];
+      const q = randn(3 * c.heads * c.headDim);
+      const qt = await upload(b, [3, c.heads * c.headDim], q);
+      const both = await b.read(b.attention(qt, { ...c, scale: 0.125, seqs: [{ qRow: 0, qRows: 1, qPos: 5, blocks: [a1] }, { qRow: 1, qRows: 2, qPos: 7, blocks: [a2] }] }));
+      const one = await b.read(b.attention(await upload(b, [1, c.heads * c.headDim], q.subarray(0, c.heads * c.headDim)), { ...c, scale: 0.125, seqs: [{ qRow: 0, qRows: 1, qPos: 5, blocks: [a1] }] }));
+      const two = await b.read(b.attention(await upload(b, [2, c.heads * c.headDim], q.subarray(c.heads * c.headDim)), { ...c, scale: 0.125, seqs: [{ qRow: 0, qRows: 2, qPos: 7, blocks: [a2] }] }));
+      assert.ok(relErr(both, [...one, ...two]) < bc.tolF32);
+      await b.dispose();
+    });
+
+    for (const act of ["silu", "gelu_tanh"] as const) {
+      it(`gated activation ${act}, add, scale, rows`, async () => {
+        const b = await bc.create();
+        const g = randn(3 * 37, 3);
+        const u = randn(3 * 37);
+        const gt = await upload(b, [3, 37], g);
+        const ut = await upload(b, [3, 37], u);
+        const f = act === "silu" ? (x: number) => x / (1 + Math.exp(-x)) : (x: number) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
+        assert.ok(relErr(await b.read(b.gatedActivation(gt, ut, act)), Array.from(g, (x, i) => f(x) * u[i]!)) < bc.tolF32);
+        assert.ok(relErr(await b.read(b.add(gt, ut)), Array.from(g, (x, i) => x + u[i]!)) < bc.tolF32);
+        assert.ok(relErr(await b.read(b.scale(gt, -0.5)), Array.from(g, (x) => -0.5 * x)) < bc.tolF32);
+        assert.ok(relErr(await b.read(b.rows(gt, 1, 2)), g.subarray(37)) === 0);
+        await b.dispose();
+      });
+    }
+
+    it("writeRows converts into a bf16 cache and readRows returns the raw bytes", async () => {
+      const b = await bc.create();
+      const src = randn(5 * 16);
+      const dst = b.alloc([8, 16], "bf16");
+      b.writeRows(dst, 3, await upload(b, [5, 16], src), 1, 4);
+      const raw = await b.readRows(dst, 3, 4);
+      assert.deepEqual(raw, fromF32(src.subarray(16, 80), "bf16"));
+      await b.dispose();
+    });
+
+    it("scopes free what ops made and keep what is asked", async () => {
+      const b = await bc.create();
+      const x = await upload(b, [4, 4], randn(16));
+      const before = b.memory.deviceBytes;
+      b.pushScope();
+      const y = b.add(x, x);
+      const z = b.add(y, x);
+      b.popScope([z]);
+      assert.equal(b.memory.deviceBytes, before + 64);
+      b.free(z);
+      assert.equal(b.memory.deviceBytes, before);
+      await b.dispose();
+    });
+  });
+}

@@ -1,0 +1,84 @@
+// The generate loop on the real stories260K model: stop ids, stop strings, limits, cancel, and the KV cache.
+import assert from "node:assert/strict";
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { LayerwiseModel } from "../../src/engine/model.js";
+import { maxAbsDiff, storiesCopy } from "../helpers.js";
+
+describe("generation on stories260K", () => {
+  let model: LayerwiseModel;
+  before(async () => {
+    model = await LayerwiseModel.load(await storiesCopy(), { backend: "cpu" });
+  });
+  after(() => model.close());
+
+  const story = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park.";
+
+  it("stops at a stop string and leaves it out, even when it spans tokens", async () => {
+    const pieces: string[] = [];
+    const r = await model.complete({ ids: [1] }, { maxTokens: 40, temperature: 0, stop: ["little girl"], onText: (p) => pieces.push(p) });
+    assert.equal(r.text, "Once upon a time, there was a ");
+    assert.equal(pieces.join(""), r.text);
+    assert.equal(r.finishReason, "stop");
+    assert.ok(r.tokens.length < 40);
+  });
+
+  it("max tokens ends with finish reason length", async () => {
+    const r = await model.complete({ ids: [1] }, { maxTokens: 7, temperature: 0 });
+    assert.equal(r.tokens.length, 7);
+    assert.equal(r.finishReason, "length");
+  });
+
+  it("a stop token id ends generation and is the last id", async () => {
+    const r = await model.complete({ ids: [1] }, { maxTokens: 40, temperature: 0, stopTokenIds: [261] });
+    assert.deepEqual(r.tokens, [403, 407, 261]);
+    assert.equal(r.finishReason, "stop");
+  });
+
+  it("eos ids from generation_config.json (a list) stop it", async () => {
+    const dir = await storiesCopy();
+    await writeFile(join(dir, "generation_config.json"), JSON.stringify({ bos_token_id: 1, eos_token_id: [2, 432] }));
+    const m = await LayerwiseModel.load(dir, { backend: "cpu" });
+    const r = await m.complete({ ids: [1] }, { maxTokens: 40, temperature: 0 });
+    await m.close();
+    assert.deepEqual(r.tokens, [403, 407, 261, 378, 432]);
+    assert.equal(r.text, "Once upon a time,");
+    assert.equal(r.finishReason, "stop");
+    const ignored = await model.complete({ ids: [1] }, { maxTokens: 20, temperature: 0, ignoreEos: true });
+    assert.ok(ignored.text.startsWith(story.slice(0, 40)));
+  });
+
+  it("an aborted signal stops with finish reason abort", async () => {
+    const controller = new AbortController();
+    const r = await model.complete({ ids: [1] }, { maxTokens: 40, temperature: 0, signal: controller.signal, onText: () => controller.abort() });
+    assert.equal(r.finishReason, "abort");
+    assert.ok(r.tokens.length >= 1 && r.tokens.length < 5);
+  });
+
+  it("decoding with the KV cache equals recomputing the whole sequence", async () => {
+    const ids = [1, 403, 407, 261, 378, 432, 383, 286];
+    const seq = model.createSequence();
+    let incremental = await model.forward(seq, ids.slice(0, 3));
+    for (const id of ids.slice(3)) incremental = await model.forward(seq, [id]);
+    const full = await model.forward(model.createSequence(), ids);
+    assert.ok(maxAbsDiff(incremental, full) < 1e-5);
+  });
+
+  it("seeded sampling is repeatable", async () => {
+    const a = await model.complete("Once upon a time", { maxTokens: 20, temperature: 0.8, topP: 0.9, seed: 42 });
+    const b = await model.complete("Once upon a time", { maxTokens: 20, temperature: 0.8, topP: 0.9, seed: 42 });
+    assert.deepEqual(a.tokens, b.tokens);
+  });
+
+  it("a sequence can be rewound and continued", async () => {
+    const seq = model.createSequence();
+    const first = await model.complete({ ids: [1] }, { maxTokens: 10, temperature: 0 }, seq);
+    assert.equal(seq.length, 1 + 10 - 1); // the last sampled token is not fed back
+    seq.rewind(1);
+    const again = await model.complete({ ids: [] }, { maxTokens: 1, temperature: 0 }, seq).catch((e) => e);
+    assert.equal(again.code, "EMPTY_PROMPT");
+    const retry = await model.complete({ ids: [403] }, { maxTokens: 9, temperature: 0 }, seq);
+    assert.deepEqual([403, ...retry.tokens], first.tokens);
+  });
+});

@@ -1,0 +1,57 @@
+// Shared test helpers: temp folders, the stories260K model, tiny checkpoints, running the CLI.
+import { execFile } from "node:child_process";
+import { cp, mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { after } from "node:test";
+import { makeTestModel, type MakeTestModelOptions } from "../src/testmodel/write.js";
+
+export const repoRoot = fileURLToPath(new URL("../../", import.meta.url));
+export const sharedDir = process.env.LAYERWISE_SHARED ?? join(repoRoot, "..", "shared");
+export const storiesDir = join(sharedDir, "models", "stories260K");
+export const storiesGolden = join(sharedDir, "models", "stories260K-golden", "transformers-logits.json");
+export const fixturesDir = join(repoRoot, "test", "fixtures");
+export const cliPath = join(repoRoot, "dist", "src", "cli", "main.js");
+
+/** A temp folder removed when the test file ends. */
+export async function tempDir(prefix = "lw-test-"): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  after(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** A private copy of stories260K (tests never touch the shared original). */
+export async function storiesCopy(): Promise<string> {
+  const dir = join(await tempDir("lw-stories-"), "stories260K");
+  await cp(storiesDir, dir, { recursive: true });
+  return dir;
+}
+
+export async function tinyModel(o: Partial<MakeTestModelOptions> & { preset: string }): Promise<string> {
+  const out = join(await tempDir("lw-tiny-"), o.preset);
+  await makeTestModel({ dtype: "f32", ...o, out });
+  return out;
+}
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export function runCli(args: string[], o: { input?: string; env?: Record<string, string> } = {}): Promise<CliResult> {
+  return new Promise((resolve) => {
+    const child = execFile(process.execPath, [cliPath, ...args], { env: { ...process.env, ...o.env }, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
+    });
+    if (o.input !== undefined) child.stdin!.end(o.input);
+  });
+}
+
+export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`lengths differ: ${a.length} vs ${b.length}`);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}

@@ -1,0 +1,77 @@
+// tokenizer.json loading (both merge encodings), streaming detokenization, chat templates.
+import assert from "node:assert/strict";
+import { readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { ChatTemplate } from "../../src/model/chat-template.js";
+import { StreamingDetokenizer, TextTokenizer } from "../../src/model/tokenizer.js";
+import { storiesCopy, tinyModel } from "../helpers.js";
+
+const samples = [
+  "Once upon a time, there was a little girl named Lily.",
+  "héllo wörld, naïve café; 日本語のテキスト and emoji 😀👍🏽 done",
+  "  leading spaces, tabs\tand\nnew lines\n\n",
+  "numbers 1234567 and symbols #$%&*()[]{}<>",
+];
+
+describe("tokenizer", () => {
+  it("stories260K encodes as its README says", async () => {
+    const t = await TextTokenizer.load(await storiesCopy());
+    assert.deepEqual(t.encode("Once upon a time"), [1, 403, 407, 261, 378]);
+    assert.deepEqual(t.encode("Once upon a time, there was"), [1, 403, 407, 261, 378, 432, 383, 286]);
+  });
+
+  it("accepts merges as arrays and as 'a b' strings with identical results", async () => {
+    const dir = await storiesCopy();
+    const arrays = await TextTokenizer.load(dir);
+    const json = JSON.parse(await readFile(join(dir, "tokenizer.json"), "utf8"));
+    assert.ok(Array.isArray(json.model.merges[0]), "stories260K ships array merges");
+    json.model.merges = json.model.merges.map((m: string[]) => m.join(" "));
+    await writeFile(join(dir, "tokenizer.json"), JSON.stringify(json));
+    const strings = await TextTokenizer.load(dir);
+    for (const s of samples) assert.deepEqual(strings.encode(s), arrays.encode(s), s);
+
+    const a = await TextTokenizer.load(await tinyModel({ preset: "tiny-llama", layers: 1, mergeFormat: "arrays" }));
+    const b = await TextTokenizer.load(await tinyModel({ preset: "tiny-llama", layers: 1, mergeFormat: "strings" }));
+    for (const s of samples) {
+      assert.deepEqual(b.encode(s), a.encode(s), s);
+      assert.equal(a.decode(a.encode(s)), s);
+    }
+  });
+
+  for (const kind of ["stories260K (byte fallback)", "tiny-llama (byte-level BPE)"]) {
+    it(`streams text without ever splitting a character: ${kind}`, async () => {
+      const dir = kind.startsWith("stories") ? await storiesCopy() : await tinyModel({ preset: "tiny-llama", layers: 1 });
+      const t = await TextTokenizer.load(dir);
+      for (const s of samples) {
+        const ids = t.encode(s, false);
+        const detok = new StreamingDetokenizer(t);
+        const pieces = ids.map((id) => detok.push(id));
+        pieces.push(detok.flush());
+        for (const p of pieces) assert.ok(!p.includes("\uFFFD"), `piece ${JSON.stringify(p)} splits a character`);
+        assert.equal(pieces.join(""), t.decode(ids));
+        assert.ok(pieces.filter((p) => p.length > 0).length > 1, "text came out in pieces, not all at the end");
+      }
+    });
+  }
+
+  it("renders the model's chat template", async () => {
+    const dir = await tinyModel({ preset: "tiny-llama", layers: 1 });
+    const t = await TextTokenizer.load(dir);
+    const template = await ChatTemplate.load(dir, t.config);
+    assert.ok(template);
+    const text = template.render([{ role: "user", content: "Hi there" }], { bos_token: t.specialToken("bos_token") });
+    assert.equal(text, "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+    const ids = t.encode(text, false);
+    assert.equal(ids[0], t.tokenId("<|begin_of_text|>"));
+    assert.equal(ids.filter((id) => id === t.tokenId("<|eot_id|>")).length, 1);
+  });
+
+  it("reads chat_template.jinja when the folder has one", async () => {
+    const dir = await storiesCopy();
+    await writeFile(join(dir, "chat_template.jinja"), "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant]");
+    const t = await TextTokenizer.load(dir);
+    const template = await ChatTemplate.load(dir, t.config);
+    assert.equal(template?.render([{ role: "user", content: "hello" }], {}), "[user] hello\n[assistant]");
+  });
+});
