@@ -80,6 +80,8 @@ export function createLlamaFamily(c: LlamaConfig, qkNorm: boolean): ArchModel {
       vocabSize: c.vocab_size,
       maxPositions: c.max_position_embeddings,
       kvLayers: Array.from({ length: c.num_hidden_layers }, () => ({ kvHeads, headDim })),
+      // x and h stay alive; inside: the attention block's q, k, v, roped copies and output, or the MLP's gate, up and product.
+      activationsPerRow: 2 * c.hidden_size + Math.max(2 * c.hidden_size + 3 * heads * headDim + 4 * kvHeads * headDim, c.hidden_size + 3 * c.intermediate_size),
     },
     globalWeights: {
       embed: { name: "model.embed_tokens.weight", shape: [c.vocab_size, c.hidden_size] },
@@ -88,17 +90,19 @@ export function createLlamaFamily(c: LlamaConfig, qkNorm: boolean): ArchModel {
     },
     layerWeights: (i) => llamaLayerWeights(c, i, qkNorm),
     embed: (ops, g, ids) => ops.embed(g.embed!, ids),
-    forwardLayer(ops: Ops, _layer: number, w: Weights, x: Tensor, run: LayerRun): Tensor {
-      const a = ops.rmsNorm(x, w.attnNorm!, { eps });
-      let q = ops.matmul(a, w.q!, w.qBias);
-      let k = ops.matmul(a, w.k!, w.kBias);
-      const v = ops.matmul(a, w.v!, w.vBias);
-      if (qkNorm) {
-        q = ops.rmsNorm(q, w.qNorm!, { eps }); // per-head norm: what Qwen3 adds
-        k = ops.rmsNorm(k, w.kNorm!, { eps });
-      }
-      const o = run.attention(ropeAt(ops, q, run), ropeAt(ops, k, run), v, attn);
-      const h = ops.add(x, ops.matmul(o, w.o!, w.oBias));
+    async forwardLayer(ops: Ops, _layer: number, w: Weights, x: Tensor, run: LayerRun): Promise<Tensor> {
+      const attention = await ops.scoped(async () => {
+        const a = ops.rmsNorm(x, w.attnNorm!, { eps });
+        let q = ops.matmul(a, w.q!, w.qBias);
+        let k = ops.matmul(a, w.k!, w.kBias);
+        const v = ops.matmul(a, w.v!, w.vBias);
+        if (qkNorm) {
+          q = ops.rmsNorm(q, w.qNorm!, { eps }); // per-head norm: what Qwen3 adds
+          k = ops.rmsNorm(k, w.kNorm!, { eps });
+        }
+        return ops.matmul(await run.attention(ropeAt(ops, q, run), ropeAt(ops, k, run), v, attn), w.o!, w.oBias);
+      });
+      const h = ops.add(x, attention);
       return ops.add(h, gatedMlp(ops, ops.rmsNorm(h, w.mlpNorm!, { eps }), w, "silu"));
     },
     head: (ops, g, x) => ops.matmul(ops.rmsNorm(x, g.norm!, { eps }), g.lmHead!),

@@ -10,6 +10,8 @@ export interface ModelShape {
   readonly maxPositions: number;
   /** Per layer: the KV it stores per token, and the window bounding it (undefined = full attention). */
   readonly kvLayers: readonly { readonly kvHeads: number; readonly headDim: number; readonly slidingWindow?: number }[];
+  /** Most f32 activations per row alive at once inside a layer (what the planner reserves per prefill row). */
+  readonly activationsPerRow: number;
 }
 
 export interface WeightSpec {
@@ -32,8 +34,8 @@ export interface AttentionCall {
 /** The engine's side of a layer's forward: positions of the rows, and attention backed by its KV cache. */
 export interface LayerRun {
   readonly positions: Int32Array;
-  /** Stores k and v [rows, kvHeads * headDim] in this layer's cache, then attends q over everything each row may see. */
-  attention(q: Tensor, k: Tensor, v: Tensor, o: AttentionCall): Tensor;
+  /** Stores k and v [rows, kvHeads * headDim] in this layer's cache, then attends q over everything each row may see (KV may come from RAM or disk). */
+  attention(q: Tensor, k: Tensor, v: Tensor, o: AttentionCall): Promise<Tensor>;
 }
 
 /** One model built from a validated config: names, shapes and math, no files and no memory tiers. */
@@ -43,7 +45,7 @@ export interface ArchModel {
   readonly globalWeights: WeightSpecs;
   layerWeights(layer: number): WeightSpecs;
   embed(ops: Ops, g: Weights, ids: Int32Array): Tensor;
-  forwardLayer(ops: Ops, layer: number, w: Weights, x: Tensor, run: LayerRun): Tensor;
+  forwardLayer(ops: Ops, layer: number, w: Weights, x: Tensor, run: LayerRun): Promise<Tensor>;
   /** Final norm and LM head: logits [rows, vocab]. */
   head(ops: Ops, g: Weights, x: Tensor): Tensor;
 }
@@ -54,8 +56,10 @@ export interface Architecture<C = any> {
   create(config: C): ArchModel;
 }
 
-/** gate/up/down MLP shared by the Llama family. */
+/** gate/up/down MLP shared by the Llama family (its temporaries freed on return). */
 export function gatedMlp(ops: Ops, x: Tensor, w: Weights, act: GateActivation): Tensor {
-  const h = ops.gatedActivation(ops.matmul(x, w.gate!, w.gateBias), ops.matmul(x, w.up!, w.upBias), act);
-  return ops.matmul(h, w.down!, w.downBias);
+  return ops.scoped(() => {
+    const h = ops.gatedActivation(ops.matmul(x, w.gate!, w.gateBias), ops.matmul(x, w.up!, w.upBias), act);
+    return ops.matmul(h, w.down!, w.downBias);
+  });
 }

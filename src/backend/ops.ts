@@ -65,27 +65,72 @@ export interface Ops {
   rope(x: Tensor, o: RopeOptions): Tensor;
   /** Causal attention of q [rows, heads * headDim] over KV blocks: [rows, heads * headDim]. */
   attention(q: Tensor, o: AttentionOptions): Tensor;
+  /** The same over some of the blocks, mergeable with other parts (flash-decoding across memory tiers). */
+  attentionPart(q: Tensor, o: AttentionOptions): AttentionPart;
+  /** Combines two parts over disjoint keys into one, as if attention had seen both. */
+  mergeAttention(a: AttentionPart, b: AttentionPart): AttentionPart;
   /** act(gate) * up, elementwise. */
   gatedActivation(gate: Tensor, up: Tensor, act: GateActivation): Tensor;
   add(a: Tensor, b: Tensor): Tensor;
   scale(x: Tensor, factor: number): Tensor;
   /** A copy of rows start .. start + count - 1 of x. */
   rows(x: Tensor, start: number, count: number): Tensor;
+  /** Runs `fn` and frees every tensor its ops made except the one it returns (bounds a layer's live activations). */
+  scoped<T extends Tensor | Promise<Tensor>>(fn: () => T): T;
 }
 
 export interface MemoryStats {
   /** Bytes held now and at most in the compute tier (GPU memory, or what stands for it on the CPU backend). */
   deviceBytes: number;
   deviceBytesPeak: number;
+  /** Bytes of host buffers (pinned where the backend can pin) held now and at most. */
+  hostBytes: number;
+  hostBytesPeak: number;
+  /** Bytes copied host -> device so far. */
+  h2dBytes: number;
+}
+
+/** Host memory the backend can copy from and to asynchronously: page-locked on CUDA, plain RAM on the CPU backend. */
+export interface HostBuffer {
+  readonly bytes: Uint8Array;
+}
+
+/** A point in the compute queue: work enqueued before it. */
+export interface Fence {
+  readonly id: number;
+}
+
+/** Attention over part of the keys: normalized output and the log-sum-exp of each row's scores per head. */
+export interface AttentionPart {
+  readonly out: Tensor;
+  /** [rows, heads] f32; -Infinity where a row saw no key. */
+  readonly lse: Tensor;
 }
 
 export interface Backend extends Ops {
   readonly name: "cpu" | "cuda";
   readonly memory: MemoryStats;
+  /** directIo: host buffers are page-aligned, so O_DIRECT reads can land in them. */
+  readonly caps: { readonly directIo: boolean };
+  /** Bytes the device can give a run when the user sets no budget (free memory less a margin). */
+  defaultDeviceBudget(): Promise<number>;
   /** A new uninitialized tensor that outlives scopes until `free`. */
   alloc(shape: readonly number[], dtype: DType): Tensor;
+  /** A tensor over `byteLength(shape, dtype)` bytes of `base` from `byteOffset`; freeing `base` invalidates it. */
+  view(base: Tensor, byteOffset: number, shape: readonly number[], dtype: DType): Tensor;
   /** Copies raw little-endian bytes into t at byte offset `offset`. The source may be reused once the returned promise settles. */
   upload(t: Tensor, bytes: Uint8Array, offset?: number): Promise<void>;
+  allocHost(byteLength: number): HostBuffer;
+  freeHost(b: HostBuffer): void;
+  /**
+   * Enqueues a copy of `length` bytes from `src` to `dst` on the copy queue, after compute reaches `after`.
+   * Ops that read `dst` wait for it by themselves. Resolves when `src` may be reused.
+   */
+  copyToDevice(dst: Tensor, dstOffset: number, src: HostBuffer, srcOffset: number, length: number, after?: Fence): Promise<void>;
+  /** Copies bytes of `src` to host memory once the compute enqueued so far is done. */
+  copyToHost(src: Tensor, srcOffset: number, dst: HostBuffer, dstOffset: number, length: number): Promise<void>;
+  /** Marks the compute enqueued so far. */
+  fence(): Fence;
   /** Copies `count` rows of `src` (f32 activations) from `srcRow` into `dst` at `dstRow`, converting to dst's dtype. */
   writeRows(dst: Tensor, dstRow: number, src: Tensor, srcRow: number, count: number): void;
   /** Waits for t and returns its values as f32. */

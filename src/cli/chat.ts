@@ -38,7 +38,7 @@ export function registerChat(program: Command): void {
         if (line.trim() === "/exit") break;
         if (line.trim() === "/reset") {
           messages.splice(flags.system ? 1 : 0);
-          seq.rewind(0);
+          await seq.rewind(0);
           continue;
         }
         if (!line.trim()) continue;
@@ -47,7 +47,7 @@ export function registerChat(program: Command): void {
         // Reuse the KV of the conversation so far: rewind to the longest shared prefix, feed only the rest.
         let shared = 0;
         while (shared < seq.length && shared < ids.length - 1 && seq.tokens[shared] === ids[shared]) shared++;
-        seq.rewind(shared);
+        await seq.rewind(shared);
         turn = new AbortController();
         const result = await model.complete({ ids: ids.slice(shared) }, { ...gen, signal: turn.signal, onText: (p) => process.stdout.write(p) }, seq);
         turn = undefined;

@@ -24,6 +24,8 @@ export interface TokenStats {
   /** Seconds from the call to the first new token, and per new token after it. */
   ttftS: number;
   decodeSPerToken: number;
+  /** Prompt tokens whose KV came from the persistent cache. */
+  kvCacheHitTokens?: number;
 }
 
 export interface GenerationResult extends TokenStats {
@@ -53,7 +55,14 @@ export async function* generateTokens(model: TokenStepper, promptIds: readonly n
   let firstAt = 0;
   let finishReason: FinishReason = "length";
   const limit = Math.min(maxTokens, model.maxPositions - promptIds.length);
-  let logits = limit > 0 ? await model.step(promptIds) : undefined;
+  // A cancel during a step ends the run as "abort" (the engine rolled the step back); other errors propagate.
+  const step = (ids: readonly number[]) =>
+    model.step(ids).catch((e: unknown) => {
+      if (o.signal?.aborted) return undefined;
+      throw e;
+    });
+  let logits = limit > 0 ? await step(promptIds) : undefined;
+  if (limit > 0 && !logits) finishReason = "abort";
   while (logits && tokens.length < limit) {
     if (o.signal?.aborted) {
       finishReason = "abort";
@@ -68,7 +77,10 @@ export async function* generateTokens(model: TokenStepper, promptIds: readonly n
       finishReason = "stop";
       break;
     }
-    if (tokens.length < limit) logits = await model.step([id]);
+    if (tokens.length < limit) {
+      logits = await step([id]);
+      if (!logits) finishReason = "abort";
+    }
   }
   const end = performance.now();
   return {

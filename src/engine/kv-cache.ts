@@ -1,20 +1,45 @@
-// A sequence's KV cache: per layer, fixed-size blocks of keys and values in the compute tier.
+// A sequence's KV cache in tiers: fixed-size blocks per layer, on the device while room lasts, then in RAM, then on disk.
 import type { ModelShape } from "../arch/types.js";
-import type { DType } from "../backend/dtype.js";
-import type { Backend, KvBlock, Tensor } from "../backend/ops.js";
+import { dtypeBytes, type DType } from "../backend/dtype.js";
+import type { Backend, HostBuffer, Tensor } from "../backend/ops.js";
+import type { DiskPlace, KvSpill } from "./kv-spill.js";
 
-interface Block extends KvBlock {
+export type KvTier = "device" | "host" | "disk";
+
+/** One block of one layer. Off the device, its bytes are K rows then V rows, each `blockTokens` long. */
+export interface KvBlockState {
+  readonly start: number;
   length: number;
+  tier: KvTier;
+  k?: Tensor;
+  v?: Tensor;
+  host?: HostBuffer;
+  disk?: DiskPlace;
+}
+
+export interface KvPolicy {
+  readonly blockTokens: number;
+  readonly dtype: DType;
+  /** Full blocks per layer kept on the device; later ones go to RAM while `hostBlocks` allows, then to disk. */
+  readonly deviceBlocks: number;
+  readonly hostBlocks: number;
+}
+
+/** Reads a block kept on disk (a scratch file, or the persistent cache). */
+export interface DiskBlockReader {
+  read(place: DiskPlace, into: Uint8Array): Promise<void>;
 }
 
 export class KvCache {
-  private readonly layers: Block[][];
+  private readonly layers: KvBlockState[][];
+  readonly stats = { spilledBytes: 0 };
 
   constructor(
     private readonly backend: Backend,
-    private readonly shape: ModelShape,
-    readonly blockTokens: number,
-    readonly dtype: DType,
+    readonly shape: ModelShape,
+    readonly policy: KvPolicy,
+    private readonly spill: KvSpill,
+    readonly diskReader: DiskBlockReader,
   ) {
     this.layers = shape.kvLayers.map(() => []);
   }
@@ -26,49 +51,150 @@ export class KvCache {
     return last ? last.start + last.length : 0;
   }
 
-  blocks(layer: number): readonly KvBlock[] {
+  blocks(layer: number): readonly KvBlockState[] {
     return this.layers[layer]!;
   }
 
-  /** Appends `count` rows of k and v (from `srcRow`) at the end of `layer`. */
+  /** Bytes of K (or of V) in one block of `layer`. */
+  blockBytes(layer: number): number {
+    const l = this.shape.kvLayers[layer]!;
+    return this.policy.blockTokens * l.kvHeads * l.headDim * dtypeBytes[this.policy.dtype];
+  }
+
+  kvCols(layer: number): number {
+    const l = this.shape.kvLayers[layer]!;
+    return l.kvHeads * l.headDim;
+  }
+
+  /** Appends `count` rows of k and v (from `srcRow`) at the end of `layer`, in device blocks. */
   append(layer: number, k: Tensor, v: Tensor, srcRow: number, count: number): void {
     const blocks = this.layers[layer]!;
-    const { kvHeads, headDim } = this.shape.kvLayers[layer]!;
+    const block = this.policy.blockTokens;
     let done = 0;
     while (done < count) {
       let last = blocks[blocks.length - 1];
-      if (!last || last.length === this.blockTokens) {
-        const start = last ? last.start + last.length : 0;
-        last = {
-          k: this.backend.alloc([this.blockTokens, kvHeads * headDim], this.dtype),
-          v: this.backend.alloc([this.blockTokens, kvHeads * headDim], this.dtype),
-          start,
-          length: 0,
-        };
+      if (!last || last.length === block) {
+        last = { start: last ? last.start + last.length : 0, length: 0, tier: "device", ...this.deviceBlock(layer) };
         blocks.push(last);
       }
-      const n = Math.min(count - done, this.blockTokens - last.length);
-      this.backend.writeRows(last.k, last.length, k, srcRow + done, n);
-      this.backend.writeRows(last.v, last.length, v, srcRow + done, n);
+      if (last.tier !== "device") throw new Error("KvCache: the tail block is not on the device (truncate promotes it)");
+      const n = Math.min(count - done, block - last.length);
+      this.backend.writeRows(last.k!, last.length, k, srcRow + done, n);
+      this.backend.writeRows(last.v!, last.length, v, srcRow + done, n);
       last.length += n;
       done += n;
     }
   }
 
-  /** Drops every token from position `length` on (to rewind a conversation or retry a step). */
-  truncate(length: number): void {
-    for (const blocks of this.layers) {
-      while (blocks.length && blocks[blocks.length - 1]!.start >= length) {
-        const b = blocks.pop()!;
-        this.backend.free(b.k);
-        this.backend.free(b.v);
+  /** Adds a full block read from elsewhere (the persistent cache) at the end of `layer`, in the tier the policy allows. */
+  async adopt(layer: number, bytes: Uint8Array | DiskPlace): Promise<void> {
+    const blocks = this.layers[layer]!;
+    const start = this.length(layer);
+    const state: KvBlockState = { start, length: this.policy.blockTokens, tier: "disk" };
+    const onDevice = blocks.filter((b) => b.tier === "device").length;
+    const onHost = blocks.filter((b) => b.tier === "host").length;
+    if ("file" in bytes) {
+      if (onDevice < this.policy.deviceBlocks || onHost < this.policy.hostBlocks) {
+        const data = new Uint8Array(2 * this.blockBytes(layer));
+        await this.diskReader.read(bytes, data);
+        return this.adopt(layer, data);
       }
+      state.disk = bytes;
+    } else if (onDevice < this.policy.deviceBlocks) {
+      Object.assign(state, { tier: "device" }, this.deviceBlock(layer));
+      await this.backend.upload(state.k!, bytes.subarray(0, this.blockBytes(layer)));
+      await this.backend.upload(state.v!, bytes.subarray(this.blockBytes(layer)));
+    } else if (onHost < this.policy.hostBlocks) {
+      state.tier = "host";
+      state.host = this.backend.allocHost(bytes.byteLength);
+      state.host.bytes.set(bytes);
+    } else {
+      state.disk = await this.spill.write(bytes);
+      this.stats.spilledBytes += bytes.byteLength;
+    }
+    blocks.push(state);
+  }
+
+  /** Moves full device blocks beyond the policy's device share to RAM or disk (after the compute that wrote them). */
+  async settle(layer: number): Promise<void> {
+    const blocks = this.layers[layer]!;
+    let onDevice = 0;
+    let onHost = blocks.filter((b) => b.tier === "host").length;
+    const bytes = this.blockBytes(layer);
+    for (const b of blocks) {
+      if (b.tier !== "device" || b.length < this.policy.blockTokens) continue;
+      if (++onDevice <= this.policy.deviceBlocks) continue;
+      // Newest full blocks leave, so each block moves at most once.
+      const host = this.backend.allocHost(2 * bytes);
+      await this.backend.copyToHost(b.k!, 0, host, 0, bytes);
+      await this.backend.copyToHost(b.v!, 0, host, bytes, bytes);
+      this.backend.free(b.k!);
+      this.backend.free(b.v!);
+      b.k = b.v = undefined;
+      if (onHost < this.policy.hostBlocks) {
+        onHost++;
+        b.tier = "host";
+        b.host = host;
+      } else {
+        try {
+          b.disk = await this.spill.write(host.bytes);
+        } finally {
+          this.backend.freeHost(host);
+        }
+        b.tier = "disk";
+        this.stats.spilledBytes += 2 * bytes;
+      }
+    }
+  }
+
+  /** The block's K and V bytes (K rows then V rows) in host memory, for staging or saving. */
+  async blockBytesOf(layer: number, b: KvBlockState, into: Uint8Array): Promise<void> {
+    const bytes = this.blockBytes(layer);
+    if (b.tier === "host") into.set(b.host!.bytes.subarray(0, 2 * bytes));
+    else if (b.tier === "disk") await this.diskReader.read(b.disk!, into.subarray(0, 2 * bytes));
+    else {
+      const host = this.backend.allocHost(2 * bytes);
+      try {
+        await this.backend.copyToHost(b.k!, 0, host, 0, bytes);
+        await this.backend.copyToHost(b.v!, 0, host, bytes, bytes);
+        into.set(host.bytes);
+      } finally {
+        this.backend.freeHost(host);
+      }
+    }
+  }
+
+  /** Drops every token from position `length` on; a partial last block comes back to the device so it can grow. */
+  async truncate(length: number): Promise<void> {
+    for (let layer = 0; layer < this.layers.length; layer++) {
+      const blocks = this.layers[layer]!;
+      while (blocks.length && blocks[blocks.length - 1]!.start >= length) this.release(blocks.pop()!);
       const last = blocks[blocks.length - 1];
-      if (last && last.start + last.length > length) last.length = length - last.start;
+      if (!last || last.start + last.length <= length) continue;
+      last.length = length - last.start;
+      if (last.tier !== "device") {
+        const data = new Uint8Array(2 * this.blockBytes(layer));
+        await this.blockBytesOf(layer, last, data);
+        this.release(last);
+        Object.assign(last, { tier: "device", host: undefined, disk: undefined }, this.deviceBlock(layer));
+        await this.backend.upload(last.k!, data.subarray(0, this.blockBytes(layer)));
+        await this.backend.upload(last.v!, data.subarray(this.blockBytes(layer)));
+      }
     }
   }
 
   free(): void {
-    this.truncate(0);
+    for (const blocks of this.layers) while (blocks.length) this.release(blocks.pop()!);
+  }
+
+  private deviceBlock(layer: number): { k: Tensor; v: Tensor } {
+    const shape = [this.policy.blockTokens, this.kvCols(layer)];
+    return { k: this.backend.alloc(shape, this.policy.dtype), v: this.backend.alloc(shape, this.policy.dtype) };
+  }
+
+  private release(b: KvBlockState): void {
+    if (b.k) this.backend.free(b.k);
+    if (b.v) this.backend.free(b.v);
+    if (b.host) this.backend.freeHost(b.host);
   }
 }

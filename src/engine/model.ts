@@ -1,32 +1,80 @@
-// The library's entry point: a loaded model folder that generates text and exposes logits.
+// The library's entry point: a loaded model folder that plans its memory, streams its layers, generates text and exposes logits.
+import { freemem } from "node:os";
 import { createArchModel } from "../arch/index.js";
 import type { ArchModel } from "../arch/types.js";
 import { createBackend, type BackendName } from "../backend/index.js";
-import type { DType } from "../backend/dtype.js";
+import { dtypeBytes, type DType } from "../backend/dtype.js";
 import type { Backend } from "../backend/ops.js";
 import { UsageError } from "../errors.js";
 import { ChatTemplate, type ChatMessage } from "../model/chat-template.js";
 import { Checkpoint } from "../model/checkpoint.js";
+import { DiskReader, type FileIo } from "../model/disk-reader.js";
 import { readGenerationDefaults, type GenerationDefaults } from "../model/generation-config.js";
 import { TextTokenizer } from "../model/tokenizer.js";
-import { forward } from "./forward.js";
+import { FileRanges } from "./file-ranges.js";
+import { modelFingerprint } from "./fingerprint.js";
 import { generateText, generateTokens, type GenerateOptions, type GenerationResult, type TokenStats } from "./generate.js";
-import { KvCache } from "./kv-cache.js";
-import { loadResidentWeights, validateWeights, type WeightSource } from "./weights.js";
+import { KvStager } from "./kv-attention.js";
+import { KvCache, type KvPolicy } from "./kv-cache.js";
+import { KvSpill } from "./kv-spill.js";
+import { KvStore, type BlockLayout, type StoreIo } from "./kv-store.js";
+import { modelLayout, type ModelLayout } from "./layout.js";
+import { plan, type Plan } from "./planner.js";
+import { Runner } from "./runner.js";
+import { LayerStreamer } from "./streamer.js";
+import { validateWeights } from "./weights.js";
 
 export interface LoadOptions {
   backend?: BackendName;
-  /** Element type of the KV cache; default f32 on the CPU backend. */
+  /** Element type of the KV cache; default: f32 on the CPU backend, bf16 on CUDA. */
   kvDtype?: DType;
-  /** Tokens per KV cache block. */
+  /** Tokens per KV cache block (the unit of tiering and of the persistent cache). */
   kvBlockTokens?: number;
+  /** Bytes the compute device may hold; default: free GPU memory less a margin (CPU backend: no limit). */
+  vram?: number;
+  /** Bytes of RAM for caching weights and KV; default: half the free RAM. */
+  ram?: number;
+  /** Tokens one sequence may hold, for planning; default: the model's context. */
+  context?: number;
+  /** Sequences decoded together, for planning; default 1. */
+  batch?: number;
+  /** Rows per layer pass during prefill; default 2048. */
+  prefillChunk?: number;
+  /** Rows taken through all layers before the next (each layer's weights pass once per span); default 32768. */
+  prefillSpan?: number;
+  /** Folder of the persistent KV cache: prompts that start with a cached prefix skip its prefill. */
+  kvCache?: string;
+  /** Largest size of the persistent KV cache; least recently used blocks go first. */
+  kvCacheMax?: number;
+  /** Where to put KV that spills to disk; default: the OS temp folder. */
+  kvSpillDir?: string;
+  /** Problems layerwise handled on its own (a corrupt cache block it recomputed). */
+  onWarning?: (code: string, message: string) => void;
+  /** Test seams for file errors. */
+  fileIo?: FileIo;
+  storeIo?: StoreIo;
 }
 
 export type Prompt = string | { messages: readonly ChatMessage[] } | { ids: readonly number[] };
 
+/** What the engine did, for --json and benchmarks; counters grow over the model's life. */
+export interface EngineStats {
+  peakVramBytes: number;
+  peakHostBytes: number;
+  diskReadBytes: number;
+  h2dBytes: number;
+  kvDiskBytes: number;
+  ioWaitS: number;
+  computeS: number;
+  kvCacheHitTokens: number;
+}
+
 /** A conversation's state on the model: the tokens it has seen and their KV cache. */
 export class Sequence {
   readonly tokens: number[] = [];
+  /** Blocks already in the persistent cache, and the hash of the last (the next block's parent). */
+  savedBlocks = 0;
+  lastHash: string | null = null;
 
   constructor(readonly cache: KvCache) {}
 
@@ -35,9 +83,14 @@ export class Sequence {
   }
 
   /** Forgets everything from token `length` on. */
-  rewind(length: number): void {
+  async rewind(length: number): Promise<void> {
     this.tokens.length = Math.min(length, this.tokens.length);
-    this.cache.truncate(this.tokens.length);
+    await this.cache.truncate(this.tokens.length);
+    const block = this.cache.policy.blockTokens;
+    if (this.savedBlocks * block > this.tokens.length) {
+      this.savedBlocks = Math.floor(this.tokens.length / block);
+      this.lastHash = null; // the chain restarts at the next lookup
+    }
   }
 
   dispose(): void {
@@ -46,36 +99,82 @@ export class Sequence {
 }
 
 export class LayerwiseModel {
+  private readonly statsBase = { kvCacheHitTokens: 0, computeS: 0 };
+
   private constructor(
     readonly dir: string,
-    readonly modelType: string,
     readonly arch: ArchModel,
     readonly checkpoint: Checkpoint,
     readonly tokenizer: TextTokenizer,
     readonly chatTemplate: ChatTemplate | undefined,
     readonly defaults: GenerationDefaults,
     readonly backend: Backend,
-    private readonly weights: WeightSource,
-    private readonly o: Required<Pick<LoadOptions, "kvDtype" | "kvBlockTokens">>,
+    readonly layout: ModelLayout,
+    readonly plan: Plan,
+    private readonly parts: {
+      reader: DiskReader;
+      streamer: LayerStreamer;
+      stager: KvStager;
+      runner: Runner;
+      spill: KvSpill;
+      ranges: FileRanges;
+      store?: KvStore;
+      blockLayout?: BlockLayout;
+      policy: KvPolicy;
+    },
     /** Why the backend was chosen, when `auto` fell back. */
     readonly backendNote?: string,
   ) {}
 
   static async load(dir: string, o: LoadOptions = {}): Promise<LayerwiseModel> {
     const checkpoint = await Checkpoint.open(dir);
+    const cleanup: (() => unknown)[] = [() => checkpoint.close()];
     try {
       const { model: arch } = createArchModel(checkpoint.rawConfig, `${dir}/config.json`);
       validateWeights(checkpoint, arch);
       const tokenizer = await TextTokenizer.load(dir);
       const chatTemplate = await ChatTemplate.load(dir, tokenizer.config);
       const defaults = await readGenerationDefaults(dir, checkpoint.rawConfig);
+      const layout = modelLayout(checkpoint, arch);
       const { backend, note } = await createBackend(o.backend ?? "auto");
-      const weights = await loadResidentWeights(backend, checkpoint, arch);
-      const modelType = String(checkpoint.rawConfig.model_type);
-      const kv = { kvDtype: o.kvDtype ?? "f32", kvBlockTokens: o.kvBlockTokens ?? 256 };
-      return new LayerwiseModel(dir, modelType, arch, checkpoint, tokenizer, chatTemplate, defaults, backend, weights, kv, note);
+      cleanup.push(() => backend.dispose());
+      const kvDtype = o.kvDtype ?? (backend.name === "cpu" ? "f32" : "bf16");
+      const kvBlockTokens = o.kvBlockTokens ?? 256;
+      const prefillChunk = o.prefillChunk ?? 2048;
+      const thePlan = plan({
+        layout,
+        shape: arch.shape,
+        contextTokens: Math.min(o.context ?? arch.shape.maxPositions, arch.shape.maxPositions),
+        batch: o.batch ?? 1,
+        prefillChunk,
+        kvBlockTokens,
+        kvDtype,
+        vramBytes: o.vram ?? (await backend.defaultDeviceBudget()),
+        ramBytes: o.ram ?? Math.floor(freemem() / 2),
+      });
+      const reader = new DiskReader({ direct: backend.caps.directIo, io: o.fileIo });
+      cleanup.push(() => reader.close());
+      const streamer = await LayerStreamer.create(backend, layout, thePlan, reader);
+      cleanup.push(() => streamer.dispose());
+      const kvBlockBytes = Math.max(...arch.shape.kvLayers.map((l) => l.kvHeads * l.headDim)) * kvBlockTokens * dtypeBytes[kvDtype];
+      const stager = new KvStager(backend, kvBlockBytes, thePlan.kvStagingBlocks, kvDtype);
+      const runner = new Runner(backend, arch, streamer, stager, {
+        prefillChunk,
+        prefillSpan: o.prefillSpan ?? 32768,
+        deviceActivationBytes: thePlan.deviceBytes.workspace,
+      });
+      const policy: KvPolicy = { blockTokens: kvBlockTokens, dtype: kvDtype, deviceBlocks: Math.floor(thePlan.kvDeviceTokens / kvBlockTokens), hostBlocks: Math.floor(thePlan.kvHostTokens / kvBlockTokens) };
+      let store: KvStore | undefined;
+      let blockLayout: BlockLayout | undefined;
+      if (o.kvCache) {
+        store = await KvStore.open(o.kvCache, { maxBytes: o.kvCacheMax, io: o.storeIo, events: { warn: o.onWarning ?? (() => {}) } });
+        const fingerprint = await modelFingerprint(checkpoint, `kv:${kvDtype}:${kvBlockTokens}`);
+        blockLayout = { fingerprint, dtype: kvDtype, blockTokens: kvBlockTokens, layerBytes: arch.shape.kvLayers.map((l) => 2 * kvBlockTokens * l.kvHeads * l.headDim * dtypeBytes[kvDtype]) };
+      }
+      const parts = { reader, streamer, stager, runner, spill: new KvSpill(o.kvSpillDir), ranges: new FileRanges(), store, blockLayout, policy };
+      return new LayerwiseModel(dir, arch, checkpoint, tokenizer, chatTemplate, defaults, backend, layout, thePlan, parts, note);
     } catch (e) {
-      await checkpoint.close();
+      for (const c of cleanup.reverse()) await c();
       throw e;
     }
   }
@@ -85,17 +184,81 @@ export class LayerwiseModel {
   }
 
   createSequence(): Sequence {
-    return new Sequence(new KvCache(this.backend, this.arch.shape, this.o.kvBlockTokens, this.o.kvDtype));
+    return new Sequence(new KvCache(this.backend, this.arch.shape, this.parts.policy, this.parts.spill, this.parts.ranges));
   }
 
   /** Feeds `ids` after what `seq` holds; logits [rows * vocab] of the last id, or of every id with `all`. */
-  async forward(seq: Sequence, ids: readonly number[], logits: "last" | "all" = "last"): Promise<Float32Array> {
+  async forward(seq: Sequence, ids: readonly number[], logits: "last" | "all" = "last", o: { onProgress?: (done: number) => void; signal?: AbortSignal } = {}): Promise<Float32Array> {
     if (seq.length + ids.length > this.maxPositions) {
       throw new UsageError("CONTEXT_FULL", `${seq.length} + ${ids.length} tokens exceed the model's context of ${this.maxPositions}`);
     }
-    const [out] = await forward(this.backend, this.arch, this.weights, [{ cache: seq.cache, ids }], logits);
+    const t0 = performance.now();
+    const wait0 = this.ioWaitS();
+    const before = seq.tokens.length;
+    const [out] = await this.parts.runner.forward([{ cache: seq.cache, ids }], logits, {
+      onProgress: o.onProgress,
+      signal: o.signal,
+      afterSpan: async (spanEnd) => {
+        seq.tokens.length = before;
+        seq.tokens.push(...ids.slice(0, spanEnd));
+        await this.persist(seq);
+      },
+    });
+    seq.tokens.length = before;
     seq.tokens.push(...ids);
+    this.statsBase.computeS += (performance.now() - t0) / 1000 - (this.ioWaitS() - wait0);
     return out!;
+  }
+
+  /** Loads the longest cached prefix of `ids` into an empty sequence; returns how many tokens it covers. */
+  async loadPrefix(seq: Sequence, ids: readonly number[]): Promise<number> {
+    const { store, blockLayout: layout } = this.parts;
+    if (!store || !layout || seq.length > 0) return 0;
+    const blocks = await store.lookup(layout, ids);
+    const buf = new Uint8Array(Math.max(...layout.layerBytes));
+    let loaded = 0;
+    for (const b of blocks) {
+      const layers: Uint8Array[] = [];
+      for (let l = 0; l < layout.layerBytes.length; l++) {
+        const bytes = await store.readLayer(b, l, buf);
+        if (!bytes) break;
+        layers.push(bytes.slice());
+      }
+      if (layers.length < layout.layerBytes.length) break; // a corrupt block ends the reusable prefix: recompute from here
+      for (let l = 0; l < layers.length; l++) await seq.cache.adopt(l, layers[l]!);
+      loaded++;
+      seq.lastHash = b.hash;
+    }
+    await store.touch(blocks.slice(0, loaded));
+    const tokens = loaded * layout.blockTokens;
+    seq.tokens.push(...ids.slice(0, tokens));
+    seq.savedBlocks = loaded;
+    // At least one prompt token must run to give logits.
+    if (tokens === ids.length && tokens > 0) await seq.rewind(tokens - 1);
+    const hit = seq.length;
+    this.statsBase.kvCacheHitTokens += hit;
+    return hit;
+  }
+
+  /** Writes the sequence's complete blocks that the persistent cache does not have yet. */
+  private async persist(seq: Sequence): Promise<void> {
+    const { store, blockLayout: layout } = this.parts;
+    if (!store || !layout) return;
+    const block = layout.blockTokens;
+    const complete = Math.floor(seq.length / block);
+    if (seq.savedBlocks < complete && seq.lastHash === null && seq.savedBlocks > 0) {
+      // Rebuild the chain to the first unsaved block after a rewind.
+      seq.savedBlocks = 0;
+    }
+    for (let b = seq.savedBlocks; b < complete; b++) {
+      const blocks = (l: number) => seq.cache.blocks(l)[b]!;
+      seq.lastHash = await store.save(layout, seq.lastHash, b, seq.tokens.slice(b * block, (b + 1) * block), async (l) => {
+        const bytes = new Uint8Array(layout.layerBytes[l]!);
+        await seq.cache.blockBytesOf(l, blocks(l), bytes);
+        return bytes;
+      });
+      seq.savedBlocks = b + 1;
+    }
   }
 
   /** Token ids for a prompt: text gets the tokenizer's special tokens (BOS), messages go through the chat template. */
@@ -108,31 +271,39 @@ export class LayerwiseModel {
   }
 
   /** Generated token ids, one at a time, on a fresh sequence (or `seq`, continuing it). */
-  generateTokens(promptIds: readonly number[], o: GenerateOptions = {}, seq?: Sequence): AsyncGenerator<number, TokenStats, boolean | undefined> {
+  generateTokens(promptIds: readonly number[], o: GenerateOptions & { onPrefillProgress?: (done: number) => void } = {}, seq?: Sequence): AsyncGenerator<number, TokenStats, boolean | undefined> {
     const sequence = seq ?? this.createSequence();
-    const stepper = {
-      maxPositions: this.maxPositions - sequence.length,
-      eosTokenIds: this.defaults.eosTokenIds,
-      step: (ids: readonly number[]) => this.forward(sequence, ids),
-    };
-    const inner = generateTokens(stepper, promptIds, this.withDefaults(o));
-    if (seq) return inner;
+    const model = this;
     return (async function* () {
       try {
-        return yield* inner;
+        const hit = await model.loadPrefix(sequence, promptIds);
+        const newIds = promptIds.slice(hit);
+        let first = true;
+        const stepper = {
+          maxPositions: model.maxPositions - sequence.length,
+          eosTokenIds: model.defaults.eosTokenIds,
+          step: (ids: readonly number[]) => {
+            const progress = first ? o.onPrefillProgress : undefined;
+            first = false;
+            return model.forward(sequence, ids, "last", { onProgress: progress, signal: o.signal });
+          },
+        };
+        const stats = yield* generateTokens(stepper, newIds, model.withDefaults(o));
+        await model.persist(sequence);
+        return { ...stats, promptTokens: promptIds.length, kvCacheHitTokens: hit };
       } finally {
-        sequence.dispose();
+        if (!seq) sequence.dispose();
       }
     })();
   }
 
   /** Streams text pieces; `for await (const piece of model.generate(prompt))`. The generator's return value is the full result. */
-  generate(prompt: Prompt, o: GenerateOptions = {}, seq?: Sequence): AsyncGenerator<string, GenerationResult> {
+  generate(prompt: Prompt, o: GenerateOptions & { onPrefillProgress?: (done: number) => void } = {}, seq?: Sequence): AsyncGenerator<string, GenerationResult> {
     return generateText(this.tokenizer, this.generateTokens(this.encodePrompt(prompt), o, seq), o);
   }
 
   /** Generates to the end and returns text, tokens and timings; `onText` sees each piece as it comes. */
-  async complete(prompt: Prompt, o: GenerateOptions & { onText?: (piece: string) => void } = {}, seq?: Sequence): Promise<GenerationResult> {
+  async complete(prompt: Prompt, o: GenerateOptions & { onText?: (piece: string) => void; onPrefillProgress?: (done: number) => void } = {}, seq?: Sequence): Promise<GenerationResult> {
     const it = this.generate(prompt, o, seq);
     for (;;) {
       const r = await it.next();
@@ -141,13 +312,37 @@ export class LayerwiseModel {
     }
   }
 
+  /** What the engine has done so far (bytes moved, waits, peaks). */
+  stats(): EngineStats {
+    const m = this.backend.memory;
+    const p = this.parts;
+    return {
+      peakVramBytes: m.deviceBytesPeak,
+      peakHostBytes: m.hostBytesPeak,
+      diskReadBytes: p.reader.stats.diskReadBytes + p.ranges.bytesRead + (p.store?.stats.bytesRead ?? 0),
+      h2dBytes: m.h2dBytes,
+      kvDiskBytes: p.spill.bytesWritten + (p.store?.stats.bytesWritten ?? 0),
+      ioWaitS: this.ioWaitS(),
+      computeS: this.statsBase.computeS,
+      kvCacheHitTokens: this.statsBase.kvCacheHitTokens,
+    };
+  }
+
+  private ioWaitS(): number {
+    return this.parts.streamer.stats.ioWaitS + this.parts.stager.stats.waitS;
+  }
+
   private withDefaults(o: GenerateOptions): GenerateOptions {
     const d = this.defaults;
     return { temperature: d.temperature, topK: d.topK, topP: d.topP, minP: d.minP, repetitionPenalty: d.repetitionPenalty, ...stripUndefined(o) };
   }
 
   async close(): Promise<void> {
-    this.weights.dispose();
+    this.parts.stager.dispose();
+    this.parts.streamer.dispose();
+    await this.parts.spill.dispose();
+    await this.parts.ranges.close();
+    await this.parts.reader.close();
     await this.backend.dispose();
     await this.checkpoint.close();
   }

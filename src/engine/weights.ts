@@ -1,7 +1,6 @@
-// Where an architecture's weights come from: checked against the checkpoint's headers, then uploaded to the compute tier.
+// Where an architecture's weights come from, and the checks that every tensor it needs is there with the right shape and dtype.
 import type { ArchModel, Weights, WeightSpec } from "../arch/types.js";
 import type { DType } from "../backend/dtype.js";
-import type { Backend, Tensor } from "../backend/ops.js";
 import { CheckpointError } from "../errors.js";
 import type { Checkpoint } from "../model/checkpoint.js";
 import type { SafetensorsDType, TensorInfo } from "../model/safetensors.js";
@@ -40,34 +39,4 @@ export function validateWeights(ckpt: Checkpoint, model: ArchModel): void {
   };
   Object.values(model.globalWeights).forEach(check);
   for (let i = 0; i < model.shape.numLayers; i++) Object.values(model.layerWeights(i)).forEach(check);
-}
-
-/** Reads and uploads a set of tensors; a tensor named twice (a tied head) is uploaded once. */
-export async function uploadWeights(backend: Backend, ckpt: Checkpoint, specs: Readonly<Record<string, WeightSpec>>, cache = new Map<string, Tensor>()): Promise<Weights> {
-  const out: Record<string, Tensor> = {};
-  for (const [key, spec] of Object.entries(specs)) {
-    let t = cache.get(spec.name);
-    if (!t) {
-      const info = ckpt.tensor(spec.name);
-      t = backend.alloc(info.shape, weightDType(info));
-      await backend.upload(t, await ckpt.read(info));
-      cache.set(spec.name, t);
-    }
-    out[key] = t;
-  }
-  return out;
-}
-
-/** Every weight resident in the compute tier, loaded once at start. */
-export async function loadResidentWeights(backend: Backend, ckpt: Checkpoint, model: ArchModel): Promise<WeightSource> {
-  const uploaded = new Map<string, Tensor>();
-  const globals = await uploadWeights(backend, ckpt, model.globalWeights, uploaded);
-  const layers: Weights[] = [];
-  for (let i = 0; i < model.shape.numLayers; i++) layers.push(await uploadWeights(backend, ckpt, model.layerWeights(i), uploaded));
-  return {
-    globals,
-    layer: async (i) => layers[i]!,
-    release: () => {},
-    dispose: () => uploaded.forEach((t) => backend.free(t)),
-  };
 }

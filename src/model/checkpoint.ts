@@ -1,16 +1,13 @@
 // A Hugging Face model folder: config.json, one or many safetensors shards, and byte-range reads of tensor data.
-import { open, readFile, readdir, stat, type FileHandle } from "node:fs/promises";
+import { readFile, readdir, stat } from "node:fs/promises";
+import { DiskReader } from "./disk-reader.js";
 import { join } from "node:path";
 import { CheckpointError } from "../errors.js";
 import { fileOpenError, readSafetensorsHeader, type TensorInfo } from "./safetensors.js";
 
-export interface ReadStats {
-  diskReadBytes: number;
-}
-
 export class Checkpoint {
-  private readonly handles = new Map<string, Promise<FileHandle>>();
-  readonly stats: ReadStats = { diskReadBytes: 0 };
+  /** Buffered reads of small things; layer streaming has its own reader. */
+  private readonly reader = new DiskReader();
 
   private constructor(
     readonly dir: string,
@@ -57,46 +54,19 @@ export class Checkpoint {
     return this.tensors.has(name);
   }
 
-  /** Reads `length` bytes at absolute offset `start` of `file` into `into` (or a new buffer). */
-  async readRange(file: string, start: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
-    const buf = into ?? new Uint8Array(length);
-    const fh = await this.handle(file);
-    let done = 0;
-    while (done < length) {
-      let n: number;
-      try {
-        ({ bytesRead: n } = await fh.read(buf, done, length - done, start + done));
-      } catch (e) {
-        throw new CheckpointError("READ_FAILED", `${file}: read of ${length} bytes at ${start} failed: ${(e as Error).message}`, "the disk or file may be damaged");
-      }
-      if (n === 0) throw new CheckpointError("SAFETENSORS_TRUNCATED", `${file}: ended at byte ${start + done} while reading ${length} bytes at ${start}`, "the file shrank or is truncated; download it again");
-      done += n;
-    }
-    this.stats.diskReadBytes += length;
-    return buf;
-  }
-
   /** Reads one tensor's raw bytes. */
   read(t: TensorInfo, into?: Uint8Array): Promise<Uint8Array> {
     return this.readRange(t.file, t.start, t.byteLength, into);
   }
 
-  private handle(file: string): Promise<FileHandle> {
-    let h = this.handles.get(file);
-    if (!h) {
-      h = open(file, "r").catch((e) => {
-        this.handles.delete(file);
-        throw fileOpenError(file, e);
-      });
-      this.handles.set(file, h);
-    }
-    return h;
+  async readRange(file: string, start: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
+    const buf = into ?? new Uint8Array(length);
+    await this.reader.read(file, start, length, buf);
+    return buf;
   }
 
   async close(): Promise<void> {
-    const all = [...this.handles.values()];
-    this.handles.clear();
-    await Promise.all(all.map(async (h) => (await h.catch(() => undefined))?.close()));
+    await this.reader.close();
   }
 }
 

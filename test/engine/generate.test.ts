@@ -75,7 +75,7 @@ describe("generation on stories260K", () => {
     const seq = model.createSequence();
     const first = await model.complete({ ids: [1] }, { maxTokens: 10, temperature: 0 }, seq);
     assert.equal(seq.length, 1 + 10 - 1); // the last sampled token is not fed back
-    seq.rewind(1);
+    await seq.rewind(1);
     const again = await model.complete({ ids: [] }, { maxTokens: 1, temperature: 0 }, seq).catch((e) => e);
     assert.equal(again.code, "EMPTY_PROMPT");
     const retry = await model.complete({ ids: [403] }, { maxTokens: 9, temperature: 0 }, seq);

@@ -1,23 +1,62 @@
 // The CPU reference backend: every op as plain TypeScript; the twin every GPU kernel is tested against.
 import type { DType } from "../dtype.js";
 import { dtypeBytes, f32ToBf16, f32ToF16 } from "../dtype.js";
-import type { AttentionOptions, Backend, GateActivation, MemoryStats, RopeOptions, Tensor } from "../ops.js";
+import type { AttentionOptions, AttentionPart, Backend, Fence, GateActivation, HostBuffer, MemoryStats, RopeOptions, Tensor } from "../ops.js";
+import { runScoped } from "../scope.js";
 import * as math from "./math.js";
-import { CpuTensor, cpu, f32Tensor } from "./tensor.js";
+import { CpuTensor, cpu, cpuView, f32Tensor } from "./tensor.js";
 
 export class CpuBackend implements Backend {
   readonly name = "cpu" as const;
-  readonly memory: MemoryStats = { deviceBytes: 0, deviceBytesPeak: 0 };
+  readonly caps = { directIo: false };
+  readonly memory: MemoryStats = { deviceBytes: 0, deviceBytesPeak: 0, hostBytes: 0, hostBytesPeak: 0, h2dBytes: 0 };
   private readonly live = new Set<CpuTensor>();
+  private readonly hostLive = new Set<HostBuffer>();
   private readonly scopes: CpuTensor[][] = [];
+  private fences = 0;
+
+  /** The CPU backend's "device" is RAM: no budget unless the user sets one. */
+  async defaultDeviceBudget(): Promise<number> {
+    return Infinity;
+  }
 
   alloc(shape: readonly number[], dtype: DType): Tensor {
     return this.track(new CpuTensor(shape, dtype));
   }
 
+  view(base: Tensor, byteOffset: number, shape: readonly number[], dtype: DType): Tensor {
+    return cpuView(cpu(base), byteOffset, shape, dtype);
+  }
+
   async upload(t: Tensor, bytes: Uint8Array, offset = 0): Promise<void> {
     const dst = cpu(t);
     new Uint8Array(dst.data.buffer, dst.data.byteOffset + offset, bytes.byteLength).set(bytes);
+    this.memory.h2dBytes += bytes.byteLength;
+  }
+
+  allocHost(byteLength: number): HostBuffer {
+    const b = { bytes: new Uint8Array(byteLength) };
+    this.hostLive.add(b);
+    this.memory.hostBytes += byteLength;
+    this.memory.hostBytesPeak = Math.max(this.memory.hostBytesPeak, this.memory.hostBytes);
+    return b;
+  }
+
+  freeHost(b: HostBuffer): void {
+    if (this.hostLive.delete(b)) this.memory.hostBytes -= b.bytes.byteLength;
+  }
+
+  async copyToDevice(dst: Tensor, dstOffset: number, src: HostBuffer, srcOffset: number, length: number): Promise<void> {
+    await this.upload(dst, src.bytes.subarray(srcOffset, srcOffset + length), dstOffset);
+  }
+
+  async copyToHost(src: Tensor, srcOffset: number, dst: HostBuffer, dstOffset: number, length: number): Promise<void> {
+    const s = cpu(src);
+    dst.bytes.set(new Uint8Array(s.data.buffer, s.data.byteOffset + srcOffset, length), dstOffset);
+  }
+
+  fence(): Fence {
+    return { id: ++this.fences };
   }
 
   writeRows(dst: Tensor, dstRow: number, src: Tensor, srcRow: number, count: number): void {
@@ -67,6 +106,7 @@ export class CpuBackend implements Backend {
 
   async dispose(): Promise<void> {
     for (const t of [...this.live]) this.free(t);
+    for (const b of [...this.hostLive]) this.freeHost(b);
   }
 
   embed(table: Tensor, ids: Int32Array): Tensor {
@@ -82,7 +122,15 @@ export class CpuBackend implements Backend {
     return this.result(math.rope(cpu(x), o));
   }
   attention(q: Tensor, o: AttentionOptions): Tensor {
-    return this.result(math.attention(cpu(q), o));
+    return this.result(math.attention(cpu(q), o).out);
+  }
+  attentionPart(q: Tensor, o: AttentionOptions): AttentionPart {
+    const { out, lse } = math.attention(cpu(q), o);
+    return { out: this.result(out), lse: this.result(lse) };
+  }
+  mergeAttention(a: AttentionPart, b: AttentionPart): AttentionPart {
+    const { out, lse } = math.mergeAttention({ out: cpu(a.out), lse: cpu(a.lse) }, { out: cpu(b.out), lse: cpu(b.lse) });
+    return { out: this.result(out), lse: this.result(lse) };
   }
   gatedActivation(gate: Tensor, up: Tensor, act: GateActivation): Tensor {
     return this.result(math.gatedActivation(cpu(gate), cpu(up), act));
@@ -97,6 +145,10 @@ export class CpuBackend implements Backend {
     const c = cpu(x);
     const cols = c.shape[1]!;
     return this.result(f32Tensor([count, cols], Float32Array.from(c.f32().subarray(start * cols, (start + count) * cols))));
+  }
+
+  scoped<T extends Tensor | Promise<Tensor>>(fn: () => T): T {
+    return runScoped(this, fn);
   }
 
   private track(t: CpuTensor): CpuTensor {

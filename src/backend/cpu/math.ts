@@ -91,12 +91,13 @@ export function rope(x: CpuTensor, o: RopeOptions): CpuTensor {
   return f32Tensor(x.shape, out);
 }
 
-/** Online-softmax attention over blocks, so KV can arrive block by block from any tier. */
-export function attention(q: CpuTensor, o: AttentionOptions): CpuTensor {
+/** Online-softmax attention over blocks, so KV can arrive block by block from any tier; also returns each row's log-sum-exp. */
+export function attention(q: CpuTensor, o: AttentionOptions): { out: CpuTensor; lse: CpuTensor } {
   const { heads, kvHeads, headDim: hd, scale } = o;
   const cols = heads * hd;
   const qs = q.f32();
   const out = new Float32Array(q.shape[0]! * cols);
+  const lse = new Float32Array(q.shape[0]! * heads).fill(-Infinity);
   const group = heads / kvHeads;
   const acc = new Float64Array(hd);
   const kvCols = kvHeads * hd;
@@ -140,10 +141,33 @@ export function attention(q: CpuTensor, o: AttentionOptions): CpuTensor {
         }
         const oBase = row * cols + h * hd;
         for (let d = 0; d < hd; d++) out[oBase + d] = l > 0 ? acc[d]! / l : 0;
+        if (l > 0) lse[row * heads + h] = m + Math.log(l);
       }
     }
   }
-  return f32Tensor([q.shape[0]!, cols], out);
+  return { out: f32Tensor([q.shape[0]!, cols], out), lse: f32Tensor([q.shape[0]!, heads], lse) };
+}
+
+/** Merges attention over two disjoint key sets from their normalized outputs and log-sum-exps. */
+export function mergeAttention(a: { out: CpuTensor; lse: CpuTensor }, b: { out: CpuTensor; lse: CpuTensor }): { out: CpuTensor; lse: CpuTensor } {
+  const [rows, heads] = a.lse.shape as [number, number];
+  const hd = a.out.shape[1]! / heads;
+  const [oa, ob, la, lb] = [a.out.f32(), b.out.f32(), a.lse.f32(), b.lse.f32()];
+  const out = new Float32Array(oa.length);
+  const lse = new Float32Array(la.length);
+  for (let i = 0; i < rows * heads; i++) {
+    const m = Math.max(la[i]!, lb[i]!);
+    if (m === -Infinity) {
+      lse[i] = -Infinity;
+      continue;
+    }
+    const wa = Math.exp(la[i]! - m);
+    const wb = Math.exp(lb[i]! - m);
+    const z = wa + wb;
+    lse[i] = m + Math.log(z);
+    for (let d = 0; d < hd; d++) out[i * hd + d] = (wa * oa[i * hd + d]! + wb * ob[i * hd + d]!) / z;
+  }
+  return { out: f32Tensor(a.out.shape, out), lse: f32Tensor(a.lse.shape, lse) };
 }
 
 export function gatedActivation(gate: CpuTensor, up: CpuTensor, act: GateActivation): CpuTensor {

@@ -47,6 +47,15 @@ export function cpu(t: Tensor): CpuTensor {
   return t;
 }
 
+/** A tensor over part of another's memory (no copy). */
+export function cpuView(base: CpuTensor, byteOffset: number, shape: readonly number[], dtype: DType): CpuTensor {
+  const n = numel(shape);
+  const start = base.data.byteOffset + byteOffset;
+  if (byteOffset < 0 || byteOffset + n * dtypeBytes[dtype] > base.data.byteLength) throw new RangeError(`view of ${n} ${dtype} at byte ${byteOffset} overruns a ${base.data.byteLength}-byte tensor`);
+  const data = dtype === "f32" ? new Float32Array(base.data.buffer, start, n) : new Uint16Array(base.data.buffer, start, n);
+  return new CpuTensor(shape, dtype, data);
+}
+
 export function f32Tensor(shape: readonly number[], data?: Float32Array): CpuTensor {
   return new CpuTensor(shape, "f32", data);
 }

@@ -1,0 +1,185 @@
+// The forward scheduler: new tokens of one or many sequences, in spans of chunks, layer by layer so each layer's weights pass once per span.
+import type { ArchModel, AttentionCall, LayerRun } from "../arch/types.js";
+import type { Backend, HostBuffer, Tensor } from "../backend/ops.js";
+import { attendTiered, type AttendItem, type KvStager } from "./kv-attention.js";
+import type { KvCache } from "./kv-cache.js";
+import type { WeightSource } from "./weights.js";
+
+export interface ForwardItem {
+  readonly cache: KvCache;
+  readonly ids: readonly number[];
+}
+
+export interface RunnerOptions {
+  /** Most rows one layer pass works on at once (bounds activations). */
+  readonly prefillChunk: number;
+  /** Rows taken through all layers before the next ones start; each layer's weights pass once per span. */
+  readonly prefillSpan: number;
+  /** Keep a span's hidden states on the device when they take at most this many bytes, else in host memory. */
+  readonly deviceActivationBytes: number;
+}
+
+export interface ForwardHooks {
+  /** A span went through every layer: its KV is complete (the persistent cache commits it). */
+  afterSpan?: (spanEnd: number) => Promise<void>;
+  /** Fraction of the forward's layer passes done. */
+  onProgress?: (done: number) => void;
+  signal?: AbortSignal;
+}
+
+interface Segment {
+  readonly item: number;
+  /** Global row range of this item inside a chunk, and the position of its first row. */
+  readonly row: number;
+  readonly rows: number;
+  readonly pos: number;
+}
+
+interface Chunk {
+  readonly row: number;
+  readonly rows: number;
+  readonly segments: readonly Segment[];
+  hidden?: Tensor;
+  host?: HostBuffer;
+}
+
+export class Runner {
+  constructor(
+    private readonly backend: Backend,
+    private readonly model: ArchModel,
+    private readonly weights: WeightSource,
+    private readonly stager: KvStager | undefined,
+    private readonly o: RunnerOptions,
+  ) {}
+
+  /** Logits [rows * vocab] per item: of its last new token ("last") or of every new token ("all"). */
+  async forward(items: readonly ForwardItem[], logits: "last" | "all", hooks: ForwardHooks = {}): Promise<Float32Array[]> {
+    const starts = items.map((it) => it.cache.length());
+    const ids: number[] = [];
+    const itemOfRow: number[] = [];
+    items.forEach((it, i) => {
+      ids.push(...it.ids);
+      for (let r = 0; r < it.ids.length; r++) itemOfRow.push(i);
+    });
+    const firstRow: number[] = [];
+    items.forEach((it, i) => firstRow.push(i === 0 ? 0 : firstRow[i - 1]! + items[i - 1]!.ids.length));
+    const positionOf = (row: number) => starts[itemOfRow[row]!]! + row - firstRow[itemOfRow[row]!]!;
+    const out: Float32Array[][] = items.map(() => []);
+    const spanRows = Math.max(1, this.o.prefillSpan);
+    const chunkRows = Math.max(items.length, this.o.prefillChunk);
+    const layers = this.model.shape.numLayers;
+    const spans = Math.ceil(ids.length / spanRows);
+    try {
+      for (let s0 = 0, span = 0; s0 < ids.length; s0 += spanRows, span++) {
+        const s1 = Math.min(ids.length, s0 + spanRows);
+        const chunks = this.chunks(s0, s1, chunkRows, itemOfRow, positionOf);
+        const onHost = (s1 - s0) * this.model.shape.hiddenSize * 4 > this.o.deviceActivationBytes && chunks.length > 1;
+        for (const c of chunks) c.hidden = this.model.embed(this.backend, this.weights.globals, Int32Array.from(ids.slice(c.row, c.row + c.rows)));
+        for (let layer = 0; layer < layers; layer++) {
+          if (hooks.signal?.aborted) throw abortError();
+          const w = await this.weights.layer(layer);
+          for (const c of chunks) {
+            const x = c.hidden ?? (await this.fromHost(c));
+            const y = await this.layerPass(layer, w, x, c, items);
+            this.backend.free(x);
+            c.hidden = y;
+            if (onHost) await this.toHost(c);
+            for (const seg of c.segments) await items[seg.item]!.cache.settle(layer);
+          }
+          this.weights.release(layer);
+          hooks.onProgress?.((span * layers + layer + 1) / (spans * layers));
+        }
+        for (const c of chunks) {
+          const x = c.hidden ?? (await this.fromHost(c));
+          c.hidden = undefined;
+          for (const seg of c.segments) {
+            const last = seg.row + seg.rows === firstRow[seg.item]! + items[seg.item]!.ids.length;
+            if (logits === "all" || last) out[seg.item]!.push(await this.logits(x, seg.row - c.row + (logits === "all" ? 0 : seg.rows - 1), logits === "all" ? seg.rows : 1));
+          }
+          this.backend.free(x);
+          if (c.host) this.backend.freeHost(c.host);
+        }
+        await hooks.afterSpan?.(s1);
+      }
+      return out.map((parts) => (parts.length === 1 ? parts[0]! : concat(parts)));
+    } catch (e) {
+      // A failed pass leaves no half-written tokens behind.
+      for (let i = 0; i < items.length; i++) await items[i]!.cache.truncate(starts[i]!);
+      throw e;
+    }
+  }
+
+  private async layerPass(layer: number, w: Awaited<ReturnType<WeightSource["layer"]>>, x: Tensor, c: Chunk, items: readonly ForwardItem[]): Promise<Tensor> {
+    const backend = this.backend;
+    const stager = this.stager;
+    const positions = new Int32Array(c.rows);
+    for (const seg of c.segments) for (let r = 0; r < seg.rows; r++) positions[seg.row - c.row + r] = seg.pos + r;
+    const run: LayerRun = {
+      positions,
+      async attention(q: Tensor, k: Tensor, v: Tensor, o: AttentionCall): Promise<Tensor> {
+        const attend: AttendItem[] = c.segments.map((seg) => {
+          const cache = items[seg.item]!.cache;
+          cache.append(layer, k, v, seg.row - c.row, seg.rows);
+          return { cache, qRow: seg.row - c.row, qRows: seg.rows, qPos: seg.pos };
+        });
+        return attendTiered(backend, stager, layer, q, attend, o);
+      },
+    };
+    return this.backend.scoped(() => this.model.forwardLayer(this.backend, layer, w, x, run));
+  }
+
+  private async logits(x: Tensor, row: number, rows: number): Promise<Float32Array> {
+    const t = this.backend.scoped(() => this.model.head(this.backend, this.weights.globals, rows === x.shape[0] ? x : this.backend.rows(x, row, rows)));
+    try {
+      return await this.backend.read(t);
+    } finally {
+      this.backend.free(t);
+    }
+  }
+
+  private chunks(s0: number, s1: number, chunkRows: number, itemOfRow: number[], positionOf: (row: number) => number): Chunk[] {
+    const chunks: Chunk[] = [];
+    for (let c0 = s0; c0 < s1; c0 += chunkRows) {
+      const c1 = Math.min(s1, c0 + chunkRows);
+      const segments: Segment[] = [];
+      for (let r = c0; r < c1; ) {
+        let e = r;
+        while (e < c1 && itemOfRow[e] === itemOfRow[r]) e++;
+        segments.push({ item: itemOfRow[r]!, row: r, rows: e - r, pos: positionOf(r) });
+        r = e;
+      }
+      chunks.push({ row: c0, rows: c1 - c0, segments });
+    }
+    return chunks;
+  }
+
+  private async toHost(c: Chunk): Promise<void> {
+    const bytes = c.rows * this.model.shape.hiddenSize * 4;
+    c.host ??= this.backend.allocHost(bytes);
+    await this.backend.copyToHost(c.hidden!, 0, c.host, 0, bytes);
+    this.backend.free(c.hidden!);
+    c.hidden = undefined;
+  }
+
+  private async fromHost(c: Chunk): Promise<Tensor> {
+    const t = this.backend.alloc([c.rows, this.model.shape.hiddenSize], "f32");
+    await this.backend.copyToDevice(t, 0, c.host!, 0, c.rows * this.model.shape.hiddenSize * 4);
+    return t;
+  }
+}
+
+function concat(parts: Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.length;
+  }
+  return out;
+}
+
+function abortError(): Error {
+  const e = new Error("the run was cancelled");
+  e.name = "AbortError";
+  return e;
+}

@@ -1,0 +1,175 @@
+// Weight streaming: resident layers stay on the device; the others rotate through device slots, read from RAM or disk ahead of use.
+import type { Weights } from "../arch/types.js";
+import type { Backend, Fence, HostBuffer, Tensor } from "../backend/ops.js";
+import type { DiskReader } from "../model/disk-reader.js";
+import type { TensorGroup } from "./layout.js";
+import type { ModelLayout } from "./layout.js";
+import type { Plan } from "./planner.js";
+import type { WeightSource } from "./weights.js";
+
+interface Slot {
+  readonly buffer: Tensor;
+  layer?: number;
+  loading?: Promise<Weights>;
+  /** The compute that read the previous occupant; copies into the slot wait for it. */
+  freeAfter?: Fence;
+  busy: boolean;
+}
+
+export interface StreamStats {
+  /** Seconds the engine waited for a layer's weights. */
+  ioWaitS: number;
+  h2dBytes: number;
+}
+
+/** Allocates a byte buffer on the device (as f32 elements; every size here is a multiple of 256). */
+function deviceBytes(backend: Backend, bytes: number): Tensor {
+  return backend.alloc([Math.ceil(bytes / 4)], "f32");
+}
+
+export class LayerStreamer implements WeightSource {
+  readonly stats: StreamStats = { ioWaitS: 0, h2dBytes: 0 };
+  private readonly resident = new Map<number, Weights>();
+  private readonly ramImages = new Map<number, HostBuffer>();
+  private readonly buffers: Tensor[] = [];
+  private readonly slots: Slot[] = [];
+  private readonly staging: HostBuffer[] = [];
+  private readonly stagingWaiters: ((b: HostBuffer) => void)[] = [];
+  private readonly streamed: number[];
+  private readonly slotWaiters = new Map<Slot, (() => void)[]>();
+
+  private constructor(
+    private readonly backend: Backend,
+    private readonly layout: ModelLayout,
+    private readonly plan: Plan,
+    private readonly reader: DiskReader,
+    readonly globals: Weights,
+  ) {
+    this.streamed = plan.layerTier.flatMap((t, i) => (t === "device" ? [] : [i]));
+  }
+
+  /** Loads the globals and resident layers onto the device and the RAM tier into host memory. */
+  static async create(backend: Backend, layout: ModelLayout, plan: Plan, reader: DiskReader): Promise<LayerStreamer> {
+    const globalsBuffer = deviceBytes(backend, layout.globals.deviceBytes);
+    const image = backend.allocHost(Math.max(layout.globals.hostBytes, layout.maxLayerHostBytes));
+    const s = new LayerStreamer(backend, layout, plan, reader, await loadGroup(backend, reader, layout.globals, image, globalsBuffer));
+    s.buffers.push(globalsBuffer);
+    try {
+      for (let i = 0; i < layout.layers.length; i++) {
+        const tier = plan.layerTier[i]!;
+        if (tier === "device") {
+          const buffer = deviceBytes(backend, layout.layers[i]!.deviceBytes);
+          s.buffers.push(buffer);
+          s.resident.set(i, await loadGroup(backend, reader, layout.layers[i]!, image, buffer));
+        } else if (tier === "ram") {
+          const ram = backend.allocHost(layout.layers[i]!.hostBytes);
+          await readGroup(reader, layout.layers[i]!, ram);
+          s.ramImages.set(i, ram);
+        }
+      }
+    } finally {
+      backend.freeHost(image);
+    }
+    for (let i = 0; i < plan.slots; i++) s.slots.push({ buffer: deviceBytes(backend, layout.maxLayerDeviceBytes), busy: false });
+    for (let i = 0; i < plan.stagingBuffers; i++) s.staging.push(backend.allocHost(layout.maxLayerHostBytes));
+    return s;
+  }
+
+  async layer(i: number): Promise<Weights> {
+    const resident = this.resident.get(i);
+    if (resident) return resident;
+    const pos = this.streamed.indexOf(i);
+    const loading = this.startLoad(pos);
+    // Read ahead: the next streamed layers (wrapping to the next token's first ones) into the other slots.
+    for (let d = 1; d < this.slots.length; d++) void this.startLoad((pos + d) % this.streamed.length)?.catch(() => {});
+    const t0 = performance.now();
+    const w = await loading!;
+    this.stats.ioWaitS += (performance.now() - t0) / 1000;
+    return w;
+  }
+
+  release(i: number): void {
+    if (this.resident.has(i)) return;
+    const slot = this.slots.find((s) => s.layer === i);
+    if (!slot) return;
+    slot.freeAfter = this.backend.fence();
+    slot.busy = false;
+    this.slotWaiters.get(slot)?.splice(0).forEach((wake) => wake());
+  }
+
+  /** Starts loading the `pos`-th streamed layer into its slot unless it is there or on its way. */
+  private startLoad(pos: number): Promise<Weights> | undefined {
+    const layer = this.streamed[pos]!;
+    const slot = this.slots[pos % this.slots.length]!;
+    if (slot.layer === layer && slot.loading) {
+      slot.busy = true; // still there from its last use: no copy needed
+      return slot.loading;
+    }
+    if (slot.busy) {
+      // The slot's occupant is still in use: queue behind it.
+      return new Promise<void>((resolve) => this.slotWaiters.set(slot, [...(this.slotWaiters.get(slot) ?? []), resolve])).then(() => this.startLoad(pos)!);
+    }
+    return this.load(slot, layer);
+  }
+
+  private load(slot: Slot, layer: number): Promise<Weights> {
+    slot.layer = layer;
+    slot.busy = true;
+    const group = this.layout.layers[layer]!;
+    slot.loading = (async () => {
+      const ram = this.ramImages.get(layer);
+      const image = ram ?? (await this.takeStaging());
+      try {
+        if (!ram) await readGroup(this.reader, group, image);
+        const w = await copyGroup(this.backend, group, image, slot.buffer, slot.freeAfter, !ram);
+        this.stats.h2dBytes += group.dataBytes;
+        return w;
+      } finally {
+        if (!ram) this.giveStaging(image);
+      }
+    })();
+    return slot.loading;
+  }
+
+  private async takeStaging(): Promise<HostBuffer> {
+    return this.staging.pop() ?? new Promise<HostBuffer>((resolve) => this.stagingWaiters.push(resolve));
+  }
+
+  private giveStaging(b: HostBuffer): void {
+    const waiter = this.stagingWaiters.shift();
+    if (waiter) waiter(b);
+    else this.staging.push(b);
+  }
+
+  dispose(): void {
+    for (const b of this.buffers.splice(0)) this.backend.free(b);
+    for (const s of this.slots.splice(0)) this.backend.free(s.buffer);
+    for (const b of this.staging.splice(0)) this.backend.freeHost(b);
+    for (const b of this.ramImages.values()) this.backend.freeHost(b);
+    this.ramImages.clear();
+  }
+}
+
+/** Reads every range of a group into its host image. */
+async function readGroup(reader: DiskReader, group: TensorGroup, image: HostBuffer): Promise<void> {
+  await Promise.all(group.reads.map((r) => reader.read(r.file, r.start, r.length, image.bytes.subarray(r.hostOffset, r.hostOffset + r.length), r.dataLength)));
+}
+
+/** Enqueues the copies of a group's tensors from its host image into a device buffer; returns views on them. */
+async function copyGroup(backend: Backend, group: TensorGroup, image: HostBuffer, buffer: Tensor, after: Fence | undefined, waitForCopies: boolean): Promise<Weights> {
+  const copies: Promise<void>[] = [];
+  const w: Record<string, Tensor> = {};
+  for (const t of group.tensors) {
+    copies.push(backend.copyToDevice(buffer, t.deviceOffset, image, t.hostOffset, t.info.byteLength, after));
+    const view = backend.view(buffer, t.deviceOffset, t.info.shape, t.dtype);
+    for (const key of t.keys) w[key] = view;
+  }
+  // A staging image is reused by the next read: its copies must be done first. RAM images never change.
+  if (waitForCopies) await Promise.all(copies);
+  return w;
+}
+
+async function loadGroup(backend: Backend, reader: DiskReader, group: TensorGroup, image: HostBuffer, buffer: Tensor): Promise<Weights> {
+  await readGroup(reader, group, image);
+  return copyGroup(backend, group, image, buffer, undefined, true);
+}
