@@ -80,8 +80,9 @@ export function createLlamaFamily(c: LlamaConfig, qkNorm: boolean): ArchModel {
       vocabSize: c.vocab_size,
       maxPositions: c.max_position_embeddings,
       kvLayers: Array.from({ length: c.num_hidden_layers }, () => ({ kvHeads, headDim })),
-      // x and h stay alive; inside: the attention block's q, k, v, roped copies and output, or the MLP's gate, up and product.
-      activationsPerRow: 2 * c.hidden_size + Math.max(2 * c.hidden_size + 3 * heads * headDim + 4 * kvHeads * headDim, c.hidden_size + 3 * c.intermediate_size),
+      // Attention block: x, its norm, q/k/v and their roped copies, merged attention parts, the projection.
+      // MLP block: x, attention output, h, its norm, gate, up, their product, the projection, then y.
+      activationsPerRow: Math.max(3 * c.hidden_size + 5 * heads * headDim + 4 * kvHeads * headDim, 6 * c.hidden_size + 3 * c.intermediate_size),
     },
     globalWeights: {
       embed: { name: "model.embed_tokens.weight", shape: [c.vocab_size, c.hidden_size] },

@@ -3,7 +3,7 @@ import { createInterface } from "node:readline/promises";
 import type { Command } from "commander";
 import { LayerwiseModel } from "../engine/model.js";
 import type { ChatMessage } from "../model/chat-template.js";
-import { addGenerateFlags, backendName, generateOptions, type GenerateFlags } from "./options.js";
+import { addGenerateFlags, generateOptions, loadOptions, type GenerateFlags } from "./options.js";
 
 interface ChatFlags extends GenerateFlags {
   system?: string;
@@ -18,7 +18,7 @@ export function registerChat(program: Command): void {
       .option("--system <text>", "system message"),
   ).action(async (dir: string, flags: ChatFlags) => {
     const gen = generateOptions(flags);
-    const model = await LayerwiseModel.load(dir, { backend: backendName(flags) });
+    const model = await LayerwiseModel.load(dir, { ...loadOptions(flags), onWarning: (code, message) => process.stderr.write(`warning [${code}]: ${message}\n`) });
     if (model.backendNote) process.stderr.write(`${model.backendNote}\n`);
     const seq = model.createSequence();
     const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY });

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import type { Command } from "commander";
 import { LayerwiseModel } from "../engine/model.js";
 import { makeTestModel } from "../testmodel/write.js";
-import { addModelFlags, backendName, type ModelFlags } from "./options.js";
+import { addModelFlags, loadOptions, type ModelFlags } from "./options.js";
 
 export function registerDemo(program: Command): void {
   addModelFlags(program.command("demo").description("write a tiny random-weight model to a temp folder and generate with it (no download)")).action(async (flags: ModelFlags) => {
@@ -13,7 +13,7 @@ export function registerDemo(program: Command): void {
     try {
       const info = await makeTestModel({ preset: "tiny-llama", dtype: "bf16", out: dir });
       process.stderr.write(`wrote a ${(info.parameterCount / 1e6).toFixed(2)}M-parameter random-weight Llama to ${dir}\n`);
-      const model = await LayerwiseModel.load(dir, { backend: backendName(flags) });
+      const model = await LayerwiseModel.load(dir, loadOptions(flags));
       try {
         const prompt = "The model reads the document, then it answers the question.";
         const r = await model.complete(prompt, { maxTokens: 24, temperature: 0 });

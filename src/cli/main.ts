@@ -6,6 +6,7 @@ import { registerChat } from "./chat.js";
 import { registerDemo } from "./demo.js";
 import { registerInspect } from "./inspect.js";
 import { registerMakeTestModel } from "./make-test-model.js";
+import { registerPlan } from "./plan.js";
 import { printError } from "./output.js";
 import { registerRun } from "./run.js";
 
@@ -21,6 +22,7 @@ const program = new Command()
 registerRun(program);
 registerChat(program);
 registerInspect(program);
+registerPlan(program);
 registerMakeTestModel(program);
 registerDemo(program);
 

@@ -4,11 +4,21 @@ import { Option, type Command } from "commander";
 import { isBackendName, type BackendName } from "../backend/index.js";
 import { UsageError } from "../errors.js";
 import type { GenerateOptions } from "../engine/generate.js";
+import type { LoadOptions } from "../engine/model.js";
+import { parseBytes, parseCount } from "../util/bytes.js";
 
 export interface ModelFlags {
   backend: string;
   json?: boolean;
   debug?: boolean;
+  vram?: string;
+  ram?: string;
+  context?: string;
+  prefillChunk?: string;
+  prefillSpan?: string;
+  kvBlock?: string;
+  kvCache?: string;
+  kvCacheMax?: string;
 }
 
 export interface GenerateFlags extends ModelFlags {
@@ -25,8 +35,37 @@ export interface GenerateFlags extends ModelFlags {
 export function addModelFlags(cmd: Command): Command {
   return cmd
     .addOption(new Option("--backend <name>", "compute backend: cpu, cuda or auto").default("auto"))
+    .option("--vram <size>", "GPU memory layerwise may use, e.g. 8GB (default: free memory less a margin)")
+    .option("--ram <size>", "RAM for caching weights and KV, e.g. 32GB, 0 to read weights from disk every token (default: half the free RAM)")
+    .option("--context <tokens>", "tokens to plan memory for, e.g. 100k (default: the model's context)")
+    .option("--prefill-chunk <tokens>", "rows per layer pass during prefill (bounds activations)", "2048")
+    .option("--prefill-span <tokens>", "tokens taken through all layers before the next ones (each layer's weights are read once per span)", "32768")
+    .option("--kv-block <tokens>", "tokens per KV cache block", "256")
+    .option("--kv-cache <dir>", "persistent KV cache folder: a prompt that starts with a cached prefix skips its prefill")
+    .option("--kv-cache-max <size>", "largest size of the KV cache folder; least recently used blocks are deleted first")
     .option("--json", "print one JSON line at the end instead of streaming text")
     .option("--debug", "print stack traces of errors");
+}
+
+export function loadOptions(flags: ModelFlags): LoadOptions {
+  const count = (v: string | undefined, flag: string) => (v === undefined ? undefined : positive(parseCount(v, flag), flag));
+  const o: LoadOptions = {
+    backend: backendName(flags),
+    vram: flags.vram === undefined ? undefined : parseBytes(flags.vram, "--vram"),
+    ram: flags.ram === undefined ? undefined : parseBytes(flags.ram, "--ram"),
+    context: count(flags.context, "--context"),
+    prefillChunk: count(flags.prefillChunk, "--prefill-chunk"),
+    prefillSpan: count(flags.prefillSpan, "--prefill-span"),
+    kvBlockTokens: count(flags.kvBlock, "--kv-block"),
+    kvCache: flags.kvCache,
+    kvCacheMax: flags.kvCacheMax === undefined ? undefined : parseBytes(flags.kvCacheMax, "--kv-cache-max"),
+  };
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as LoadOptions;
+}
+
+function positive(n: number, flag: string): number {
+  if (!(n >= 1)) throw new UsageError("BAD_FLAG", `${flag} must be at least 1`);
+  return n;
 }
 
 export function addGenerateFlags(cmd: Command): Command {

@@ -1,8 +1,9 @@
 // `layerwise run MODEL --prompt ...`: generate from a plain prompt, streaming text or printing one JSON line.
 import type { Command } from "commander";
 import { LayerwiseModel } from "../engine/model.js";
-import { addGenerateFlags, backendName, generateOptions, promptText, type GenerateFlags } from "./options.js";
+import { addGenerateFlags, generateOptions, loadOptions, promptText, type GenerateFlags } from "./options.js";
 import { interruptSignal, peakRamBytes } from "./output.js";
+import { prefillProgress } from "./progress.js";
 
 interface RunFlags extends GenerateFlags {
   prompt?: string;
@@ -22,11 +23,31 @@ export function registerRun(program: Command): void {
   ).action(async (dir: string, flags: RunFlags) => {
     const text = await promptText(flags);
     const gen = generateOptions(flags);
-    const model = await LayerwiseModel.load(dir, { backend: backendName(flags) });
+    const warnings: { code: string; message: string }[] = [];
+    const model = await LayerwiseModel.load(dir, {
+      ...loadOptions(flags),
+      onWarning: (code, message) => {
+        warnings.push({ code, message });
+        if (!flags.json) process.stderr.write(`warning [${code}]: ${message}\n`);
+      },
+    });
     if (model.backendNote && !flags.json) process.stderr.write(`${model.backendNote}\n`);
     try {
       const prompt = flags.chatTemplate ? { messages: [{ role: "user" as const, content: text }] } : text;
-      const result = await model.complete(prompt, { ...gen, signal: interruptSignal(), onText: flags.json ? undefined : (piece) => process.stdout.write(piece) });
+      const progress = prefillProgress(model.encodePrompt(prompt).length, !flags.json);
+      let first = true;
+      const result = await model.complete(prompt, {
+        ...gen,
+        signal: interruptSignal(),
+        onPrefillProgress: progress.onProgress,
+        onText: (piece) => {
+          if (first) progress.stop();
+          first = false;
+          if (!flags.json) process.stdout.write(piece);
+        },
+      });
+      progress.stop();
+      const s = model.stats();
       if (flags.json) {
         process.stdout.write(
           JSON.stringify({
@@ -37,13 +58,22 @@ export function registerRun(program: Command): void {
             ttft_s: result.ttftS,
             decode_s_per_token: result.decodeSPerToken,
             peak_ram_bytes: peakRamBytes(),
+            peak_vram_bytes: s.peakVramBytes,
+            disk_read_bytes: s.diskReadBytes,
+            h2d_bytes: s.h2dBytes,
+            kv_disk_bytes: s.kvDiskBytes,
+            io_wait_s: s.ioWaitS,
+            compute_s: s.computeS,
+            kv_cache_hit_tokens: result.kvCacheHitTokens ?? 0,
             backend: model.backend.name,
+            ...(warnings.length ? { warnings } : {}),
           }) + "\n",
         );
       } else {
         process.stdout.write("\n");
+        const hit = result.kvCacheHitTokens ? `, ${result.kvCacheHitTokens} from the KV cache` : "";
         process.stderr.write(
-          `[${result.promptTokens} prompt tokens, ${result.tokens.length} new, ${result.finishReason}; first token ${result.ttftS.toFixed(2)} s, ${result.decodeSPerToken > 0 ? (1 / result.decodeSPerToken).toFixed(1) : "-"} tokens/s]\n`,
+          `[${result.promptTokens} prompt tokens${hit}, ${result.tokens.length} new, ${result.finishReason}; first token ${result.ttftS.toFixed(2)} s, ${result.decodeSPerToken > 0 ? (1 / result.decodeSPerToken).toFixed(1) : "-"} tokens/s]\n`,
         );
       }
     } finally {

@@ -98,8 +98,12 @@ export async function attendTiered(backend: Backend, stager: KvStager | undefine
       staged.set(it, [...(staged.get(it) ?? []), kb]);
     }
     const seqs = [...staged].map(([it, blocks]) => ({ qRow: it.qRow, qRows: it.qRows, qPos: it.qPos, blocks }));
-    acc = backend.mergeAttention(acc, backend.attentionPart(q, { ...o, seqs }));
+    const part = backend.attentionPart(q, { ...o, seqs });
+    const merged = backend.mergeAttention(acc, part);
     stager.markUsed(group.length);
+    for (const t of [acc.out, acc.lse, part.out, part.lse]) backend.free(t); // bounded however many groups there are
+    acc = merged;
   }
+  backend.free(acc.lse);
   return acc.out;
 }

@@ -10,7 +10,7 @@ export const deviceAlign = 256;
 /** O_DIRECT needs offsets, lengths and memory aligned to the logical block size; 4 KiB covers the usual ones. */
 export const ioAlign = 4096;
 /** Neighbouring tensors closer than this are fetched in one read (the gap is read and dropped). */
-const coalesceGap = 1 << 20;
+const coalesceGap = 64 << 10;
 
 export interface PlacedTensor {
   /** The architecture's names for it (two when a tied head shares the embedding). */

@@ -141,12 +141,14 @@ export class LayerwiseModel {
       const kvDtype = o.kvDtype ?? (backend.name === "cpu" ? "f32" : "bf16");
       const kvBlockTokens = o.kvBlockTokens ?? 256;
       const prefillChunk = o.prefillChunk ?? 2048;
+      const prefillSpan = o.prefillSpan ?? 32768;
       const thePlan = plan({
         layout,
         shape: arch.shape,
         contextTokens: Math.min(o.context ?? arch.shape.maxPositions, arch.shape.maxPositions),
         batch: o.batch ?? 1,
         prefillChunk,
+        prefillSpan,
         kvBlockTokens,
         kvDtype,
         vramBytes: o.vram ?? (await backend.defaultDeviceBudget()),
@@ -157,12 +159,8 @@ export class LayerwiseModel {
       const streamer = await LayerStreamer.create(backend, layout, thePlan, reader);
       cleanup.push(() => streamer.dispose());
       const kvBlockBytes = Math.max(...arch.shape.kvLayers.map((l) => l.kvHeads * l.headDim)) * kvBlockTokens * dtypeBytes[kvDtype];
-      const stager = new KvStager(backend, kvBlockBytes, thePlan.kvStagingBlocks, kvDtype);
-      const runner = new Runner(backend, arch, streamer, stager, {
-        prefillChunk,
-        prefillSpan: o.prefillSpan ?? 32768,
-        deviceActivationBytes: thePlan.deviceBytes.workspace,
-      });
+      const stager = new KvStager(backend, kvBlockBytes, Math.max(2, thePlan.kvStagingBlocks), kvDtype);
+      const runner = new Runner(backend, arch, streamer, stager, { prefillChunk, prefillSpan });
       const policy: KvPolicy = { blockTokens: kvBlockTokens, dtype: kvDtype, deviceBlocks: Math.floor(thePlan.kvDeviceTokens / kvBlockTokens), hostBlocks: Math.floor(thePlan.kvHostTokens / kvBlockTokens) };
       let store: KvStore | undefined;
       let blockLayout: BlockLayout | undefined;

@@ -20,6 +20,8 @@ export interface PlanInput {
   readonly vramBytes: number;
   /** RAM for caching weights and KV (staging buffers for disk reads come on top, see `hostBytes.staging`). */
   readonly ramBytes: number;
+  /** Rows taken through all layers at once; their hidden states wait in host memory between layers. */
+  readonly prefillSpan: number;
 }
 
 export interface Plan {
@@ -35,7 +37,11 @@ export interface Plan {
   /** KV blocks per layer that can be staged on the device at once when attending over RAM or disk blocks. */
   readonly kvStagingBlocks: number;
   readonly deviceBytes: { globals: number; workspace: number; kvHeadroom: number; slots: number; kvStaging: number; residentLayers: number; kv: number; total: number };
-  readonly hostBytes: { ramLayers: number; kv: number; staging: number; total: number };
+  /**
+   * Host memory: the caches --ram bounds (layers, KV), and working buffers on top of it: disk staging, the span's
+   * hidden states, and KV transfer buffers.
+   */
+  readonly hostBytes: { ramLayers: number; kv: number; staging: number; activations: number; transfer: number; total: number };
   readonly kvDiskBytes: number;
   /** Bytes that must cross each link to decode one token at the planned context. */
   readonly perToken: { diskBytes: number; h2dBytes: number };
@@ -50,44 +56,51 @@ function kvBytesAt(shape: ModelShape, dtype: DType, tokens: number): number {
   return shape.kvLayers.reduce((n, l) => n + 2 * l.kvHeads * l.headDim * dtypeBytes[dtype] * Math.min(tokens, l.slidingWindow ?? tokens), 0);
 }
 
+/** Rows of logits computed at once (more rows are done in groups of this many). */
+export const logitRows = 8;
+
 export function workspaceBytes(shape: ModelShape, rows: number): number {
-  // The layer's activations, the hidden state of the chunk, and one row of logits (read back for sampling).
-  return rows * shape.activationsPerRow * 4 + rows * shape.hiddenSize * 4 + shape.vocabSize * 4 * 2;
+  // A layer's live activations for a chunk, and a group of logit rows with the final norm before it.
+  return rows * shape.activationsPerRow * 4 + logitRows * (shape.vocabSize + shape.hiddenSize) * 4;
 }
 
 export function plan(input: PlanInput): Plan {
   const { layout, shape, batch, kvBlockTokens: block } = input;
   const ctx = Math.ceil(input.contextTokens / block) * block;
-  const globals = layout.globals.deviceBytes;
-  const workspace = workspaceBytes(shape, Math.max(input.prefillChunk, batch));
   const kvTokenBytes = kvBytesPerToken(shape, input.kvDtype) * batch;
+  const kvLayerBlockBytes = Math.max(...shape.kvLayers.map((l) => 2 * l.kvHeads * l.headDim * dtypeBytes[input.kvDtype])) * block;
   const kvTotal = kvBytesAt(shape, input.kvDtype, ctx) * batch;
-  const kvStagingBlocks = Math.max(1, Math.min(Math.ceil(ctx / block), Math.floor((64 << 20) / Math.max(1, (kvTokenBytes / shape.numLayers) * block))));
-  const kvStaging = (kvStagingBlocks * block * kvTokenBytes) / shape.numLayers / batch;
   const layerBytes = layout.layers.map((l) => l.deviceBytes);
   const allLayers = layerBytes.reduce((a, b) => a + b, 0);
 
-  // New KV blocks of one layer stay on the device until the chunk that wrote them is done.
-  const kvHeadroom = (Math.ceil(input.prefillChunk / block) + 1) * block * (kvTokenBytes / shape.numLayers);
-  const fixed = globals + workspace + kvHeadroom;
+  const globals = layout.globals.deviceBytes;
+  const workspace = workspaceBytes(shape, Math.max(input.prefillChunk, batch));
+  // Every layer's partly filled last block lives on the device; new blocks of one layer stay there until their chunk is done.
+  const kvHeadroom = (shape.numLayers + Math.ceil(input.prefillChunk / block) + 1) * kvLayerBlockBytes * batch;
+  const must = globals + workspace + kvHeadroom;
+
+  const layerTier: WeightTier[] = layerBytes.map(() => "device");
   let slots = 0;
   let kvDeviceTokens = ctx;
-  const layerTier: WeightTier[] = layerBytes.map(() => "device");
-  if (fixed + allLayers + kvTotal > input.vramBytes) {
-    slots = Math.min(shape.numLayers, 3);
-    const needed = (n: number) => fixed + kvStaging + n * layout.maxLayerDeviceBytes + block * kvTokenBytes;
-    if (needed(slots) > input.vramBytes) slots = 2;
-    if (needed(slots) > input.vramBytes) {
+  let kvStagingBlocks = 0;
+  if (must + allLayers + kvTotal > input.vramBytes) {
+    // Streaming: slots for layers in flight, KV staging for blocks in RAM or on disk, then KV and whole layers while room lasts.
+    const minStaging = 2 * kvLayerBlockBytes;
+    slots = must + 3 * layout.maxLayerDeviceBytes + minStaging <= input.vramBytes ? Math.min(3, shape.numLayers) : 2;
+    let avail = input.vramBytes - must - slots * layout.maxLayerDeviceBytes;
+    if (avail < minStaging) {
       throw new UsageError(
         "VRAM_TOO_SMALL",
-        `a VRAM budget of ${formatBytes(input.vramBytes)} cannot hold the embeddings and head (${formatBytes(globals)}), the prefill workspace (${formatBytes(workspace)}) and two streamed layers (${formatBytes(2 * layout.maxLayerDeviceBytes)}): needs ${formatBytes(needed(2))}`,
+        `a VRAM budget of ${formatBytes(input.vramBytes)} cannot hold the embeddings and head (${formatBytes(globals)}), the prefill workspace (${formatBytes(workspace + kvHeadroom)}) and two streamed layers (${formatBytes(2 * layout.maxLayerDeviceBytes)}): needs ${formatBytes(must + 2 * layout.maxLayerDeviceBytes + minStaging)}`,
         "give more --vram, or a smaller --prefill-chunk",
       );
     }
-    let avail = input.vramBytes - fixed - kvStaging - slots * layout.maxLayerDeviceBytes;
-    // KV first (it is read every token and grows with the context), then whole layers, in order.
-    kvDeviceTokens = Math.max(block, Math.min(ctx, Math.floor(avail / kvTokenBytes / block) * block));
+    kvDeviceTokens = Math.min(ctx, Math.floor((avail - minStaging) / kvTokenBytes / block) * block);
     avail -= kvBytesAt(shape, input.kvDtype, kvDeviceTokens) * batch;
+    if (kvDeviceTokens < ctx) {
+      kvStagingBlocks = Math.max(2, Math.min(Math.ceil((ctx - kvDeviceTokens) / block), Math.floor(Math.min(avail, 64 << 20) / kvLayerBlockBytes)));
+      avail -= kvStagingBlocks * kvLayerBlockBytes;
+    }
     for (let i = 0; i < layerBytes.length; i++) {
       if (layerBytes[i]! <= avail) avail -= layerBytes[i]!;
       else layerTier[i] = "ram";
@@ -96,8 +109,7 @@ export function plan(input: PlanInput): Plan {
   }
 
   let ramAvail = input.ramBytes;
-  const kvBeyondDevice = Math.max(0, ctx - kvDeviceTokens);
-  const kvHostTokens = Math.min(kvBeyondDevice, Math.floor(ramAvail / kvTokenBytes / block) * block);
+  const kvHostTokens = Math.min(ctx - kvDeviceTokens, Math.floor(ramAvail / kvTokenBytes / block) * block);
   ramAvail -= kvHostTokens * kvTokenBytes;
   let ramLayers = 0;
   for (let i = 0; i < layerTier.length; i++) {
@@ -109,16 +121,21 @@ export function plan(input: PlanInput): Plan {
     } else layerTier[i] = "disk";
   }
   const diskLayers = layerTier.filter((t) => t === "disk").length;
-  const stagingBuffers = diskLayers === 0 ? 0 : Math.min(diskLayers, 3);
+  const stagingBuffers = Math.min(diskLayers, 3);
   const staging = stagingBuffers * layout.maxLayerHostBytes;
-  const kvDiskTokens = Math.max(0, ctx - kvDeviceTokens - kvHostTokens);
+  const spanRows = Math.min(input.prefillSpan, ctx);
+  const activations = spanRows > input.prefillChunk ? spanRows * shape.hiddenSize * 4 : 0;
+  // Staging slots' pinned copies, one block moving off the device, and the image that loads the globals.
+  const transfer = (kvStagingBlocks + 1) * kvLayerBlockBytes + Math.max(layout.globals.hostBytes, layout.maxLayerHostBytes);
+  const kvDiskTokens = ctx - kvDeviceTokens - kvHostTokens;
 
   const residentLayers = layerBytes.reduce((n, b, i) => n + (layerTier[i] === "device" ? b : 0), 0);
-  const kvDevice = kvBytesAt(shape, input.kvDtype, Math.min(ctx, kvDeviceTokens)) * batch;
+  const kvDevice = kvBytesAt(shape, input.kvDtype, kvDeviceTokens) * batch;
+  const kvStaging = kvStagingBlocks * kvLayerBlockBytes;
   const kvHost = kvHostTokens * kvTokenBytes;
-  const streamedBytes = (tier: WeightTier) => layout.layers.reduce((n, l, i) => n + (layerTier[i] === tier ? l.dataBytes : 0), 0);
   const kvDiskBytes = kvDiskTokens * kvTokenBytes;
-  const deviceTotal = fixed + (slots ? kvStaging : 0) + slots * layout.maxLayerDeviceBytes + residentLayers + kvDevice;
+  const streamedBytes = (tier: WeightTier) => layout.layers.reduce((n, l, i) => n + (layerTier[i] === tier ? l.dataBytes : 0), 0);
+  const slotBytes = slots * layout.maxLayerDeviceBytes;
   return {
     input,
     layerTier,
@@ -127,8 +144,8 @@ export function plan(input: PlanInput): Plan {
     kvDeviceTokens,
     kvHostTokens,
     kvStagingBlocks,
-    deviceBytes: { globals, workspace, kvHeadroom, slots: slots * layout.maxLayerDeviceBytes, kvStaging: slots ? kvStaging : 0, residentLayers, kv: kvDevice, total: deviceTotal },
-    hostBytes: { ramLayers, kv: kvHost, staging, total: ramLayers + kvHost + staging },
+    deviceBytes: { globals, workspace, kvHeadroom, slots: slotBytes, kvStaging, residentLayers, kv: kvDevice, total: must + slotBytes + kvStaging + residentLayers + kvDevice },
+    hostBytes: { ramLayers, kv: kvHost, staging, activations, transfer, total: ramLayers + kvHost + staging + activations + transfer },
     kvDiskBytes,
     perToken: {
       diskBytes: streamedBytes("disk") + kvDiskBytes,

@@ -3,6 +3,7 @@ import type { ArchModel, AttentionCall, LayerRun } from "../arch/types.js";
 import type { Backend, HostBuffer, Tensor } from "../backend/ops.js";
 import { attendTiered, type AttendItem, type KvStager } from "./kv-attention.js";
 import type { KvCache } from "./kv-cache.js";
+import { logitRows } from "./planner.js";
 import type { WeightSource } from "./weights.js";
 
 export interface ForwardItem {
@@ -15,8 +16,6 @@ export interface RunnerOptions {
   readonly prefillChunk: number;
   /** Rows taken through all layers before the next ones start; each layer's weights pass once per span. */
   readonly prefillSpan: number;
-  /** Keep a span's hidden states on the device when they take at most this many bytes, else in host memory. */
-  readonly deviceActivationBytes: number;
 }
 
 export interface ForwardHooks {
@@ -73,13 +72,15 @@ export class Runner {
       for (let s0 = 0, span = 0; s0 < ids.length; s0 += spanRows, span++) {
         const s1 = Math.min(ids.length, s0 + spanRows);
         const chunks = this.chunks(s0, s1, chunkRows, itemOfRow, positionOf);
-        const onHost = (s1 - s0) * this.model.shape.hiddenSize * 4 > this.o.deviceActivationBytes && chunks.length > 1;
-        for (const c of chunks) c.hidden = this.model.embed(this.backend, this.weights.globals, Int32Array.from(ids.slice(c.row, c.row + c.rows)));
+        // With several chunks, hidden states wait in host memory between layers: device memory stays one chunk's worth.
+        const onHost = chunks.length > 1;
+        const hiddenOf = async (c: Chunk) =>
+          c.hidden ?? (c.host ? await this.fromHost(c) : this.model.embed(this.backend, this.weights.globals, Int32Array.from(ids.slice(c.row, c.row + c.rows))));
         for (let layer = 0; layer < layers; layer++) {
           if (hooks.signal?.aborted) throw abortError();
           const w = await this.weights.layer(layer);
           for (const c of chunks) {
-            const x = c.hidden ?? (await this.fromHost(c));
+            const x = await hiddenOf(c);
             const y = await this.layerPass(layer, w, x, c, items);
             this.backend.free(x);
             c.hidden = y;
@@ -90,7 +91,7 @@ export class Runner {
           hooks.onProgress?.((span * layers + layer + 1) / (spans * layers));
         }
         for (const c of chunks) {
-          const x = c.hidden ?? (await this.fromHost(c));
+          const x = await hiddenOf(c);
           c.hidden = undefined;
           for (const seg of c.segments) {
             const last = seg.row + seg.rows === firstRow[seg.item]! + items[seg.item]!.ids.length;
@@ -128,13 +129,19 @@ export class Runner {
     return this.backend.scoped(() => this.model.forwardLayer(this.backend, layer, w, x, run));
   }
 
+  /** Logits of `rows` rows of x from `row`, computed a few rows at a time so the workspace stays small. */
   private async logits(x: Tensor, row: number, rows: number): Promise<Float32Array> {
-    const t = this.backend.scoped(() => this.model.head(this.backend, this.weights.globals, rows === x.shape[0] ? x : this.backend.rows(x, row, rows)));
-    try {
-      return await this.backend.read(t);
-    } finally {
-      this.backend.free(t);
+    const parts: Float32Array[] = [];
+    for (let r = row; r < row + rows; r += logitRows) {
+      const n = Math.min(logitRows, row + rows - r);
+      const t = this.backend.scoped(() => this.model.head(this.backend, this.weights.globals, n === x.shape[0] ? x : this.backend.rows(x, r, n)));
+      try {
+        parts.push(await this.backend.read(t));
+      } finally {
+        this.backend.free(t);
+      }
     }
+    return parts.length === 1 ? parts[0]! : concat(parts);
   }
 
   private chunks(s0: number, s1: number, chunkRows: number, itemOfRow: number[], positionOf: (row: number) => number): Chunk[] {

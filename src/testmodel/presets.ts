@@ -61,7 +61,7 @@ export const presets: Readonly<Record<string, TestModelPreset>> = {
       num_key_value_heads: 2,
       head_dim: 16,
       vocab_size: 1024,
-      max_position_embeddings: 4096,
+      max_position_embeddings: 16384,
       rope_theta: 500000.0,
       rope_scaling: llama3Rope(8.0, 64),
       tie_word_embeddings: false,

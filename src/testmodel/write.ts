@@ -3,10 +3,10 @@ import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promise
 import { join } from "node:path";
 import { createArchModel } from "../arch/index.js";
 import type { WeightSpec } from "../arch/types.js";
-import { f32ToBf16, f32ToF16, type DType } from "../backend/dtype.js";
+import type { DType } from "../backend/dtype.js";
 import { UsageError } from "../errors.js";
 import { writeSafetensors, type SafetensorsDType, type TensorToWrite } from "../model/safetensors.js";
-import { Random } from "../util/random.js";
+import { FillPool, fillSegment, segmentValues, type SegmentJob } from "./fill.js";
 import { presets, type TestModelPreset } from "./presets.js";
 import { chatTemplates, makeTokenizerJson, specialTokens } from "./tokenizer.js";
 
@@ -67,8 +67,16 @@ export async function makeTestModel(o: MakeTestModelOptions): Promise<TestModelI
   if (model.globalWeights.lmHead!.name !== model.globalWeights.embed!.name) specs.push(model.globalWeights.lmHead!);
 
   await prepareOutDir(o.out);
-  const tensors = specs.map((spec) => randomTensor(spec, o.dtype, preset, seed));
-  const files = await writeShards(o.out, tensors, o.shardBytes ?? 4e9);
+  const parameterCount = specs.reduce((n, s) => n + s.shape.reduce((a, b) => a * b, 1), 0);
+  // Worker threads pay off for real-size presets; tiny ones are written inline.
+  const pool = parameterCount > 50e6 ? new FillPool() : undefined;
+  const tensors = specs.map((spec) => randomTensor(spec, o.dtype, preset, seed, pool));
+  let files: string[];
+  try {
+    files = await writeShards(o.out, tensors, o.shardBytes ?? 4e9);
+  } finally {
+    await pool?.close();
+  }
 
   const json = (v: unknown) => JSON.stringify(v, null, 2) + "\n";
   await writeFile(join(o.out, "config.json"), json(config));
@@ -88,7 +96,6 @@ export async function makeTestModel(o: MakeTestModelOptions): Promise<TestModelI
       chat_template: chatTemplates[preset.tokenizer],
     }),
   );
-  const parameterCount = specs.reduce((n, s) => n + s.shape.reduce((a, b) => a * b, 1), 0);
   await writeFile(join(o.out, testModelMarker), json({ preset: o.preset, dtype: o.dtype, layers: numLayers, seed }));
   return { dir: o.out, files, parameterCount, bytes: tensors.reduce((n, t) => n + byteSize(t), 0) };
 }
@@ -145,32 +152,25 @@ async function writeAtomically(file: string, write: (tmp: string) => Promise<voi
   await rename(tmp, file);
 }
 
-/** Uniform values with the preset's std (norm weights near 1), from a stream seeded by the tensor's name. */
-function randomTensor(spec: WeightSpec, dtype: DType, preset: TestModelPreset, seed: number): TensorToWrite {
+/** Uniform values with the preset's std (norm weights near 1), in segments seeded by the tensor's name and index. */
+function randomTensor(spec: WeightSpec, dtype: DType, preset: TestModelPreset, seed: number, pool: FillPool | undefined): TensorToWrite {
+  const isNorm = spec.shape.length === 1 && spec.name.includes("norm");
+  const std = spec.shape.length === 1 ? 0.02 : preset.initStd === "fan-in" ? (spec.name.includes("embed") ? 0.1 : 1 / Math.sqrt(spec.shape[1]!)) : preset.initStd;
+  const dist = { center: isNorm ? 1 : 0, halfWidth: isNorm ? 0.1 : std * Math.sqrt(3) };
   return {
     name: spec.name,
     dtype: stDType[dtype],
     shape: spec.shape,
     fill: async (write) => {
-      const random = new Random(hash(`${seed}:${spec.name}`));
       const n = spec.shape.reduce((a, b) => a * b, 1);
-      const isNorm = spec.shape.length === 1 && spec.name.includes("norm");
-      const std = spec.shape.length === 1 ? 0.02 : preset.initStd === "fan-in" ? (spec.name.includes("embed") ? 0.1 : 1 / Math.sqrt(spec.shape[1]!)) : preset.initStd;
-      const center = isNorm ? 1 : 0;
-      const halfWidth = isNorm ? 0.1 : std * Math.sqrt(3);
-      const chunk = 1 << 20;
-      const f32 = dtype === "f32" ? new Float32Array(Math.min(n, chunk)) : undefined;
-      const u16 = dtype === "f32" ? undefined : new Uint16Array(Math.min(n, chunk));
-      const convert = dtype === "bf16" ? f32ToBf16 : f32ToF16;
-      for (let done = 0; done < n; done += chunk) {
-        const m = Math.min(chunk, n - done);
-        for (let i = 0; i < m; i++) {
-          const v = center + (random.next() * 2 - 1) * halfWidth;
-          if (f32) f32[i] = v;
-          else u16![i] = convert(v);
-        }
-        const src = f32 ?? u16!;
-        await write(new Uint8Array(src.buffer, 0, m * src.BYTES_PER_ELEMENT));
+      const jobs: SegmentJob[] = [];
+      for (let i = 0; i * segmentValues < n; i++) jobs.push({ seed: hash(`${seed}:${spec.name}:${i}`), count: Math.min(segmentValues, n - i * segmentValues), dist, dtype });
+      // Keep a few segments in flight ahead of the one being written.
+      const pending = jobs.map((job, i) => (i < 32 && pool ? pool.run(job) : undefined));
+      for (let i = 0; i < jobs.length; i++) {
+        const bytes = await (pending[i] ?? (pool ? pool.run(jobs[i]!) : Promise.resolve(fillSegment(jobs[i]!))));
+        if (pool && i + 32 < jobs.length) pending[i + 32] = pool.run(jobs[i + 32]!);
+        await write(bytes);
       }
     },
   };

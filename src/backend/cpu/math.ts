@@ -95,57 +95,66 @@ export function rope(x: CpuTensor, o: RopeOptions): CpuTensor {
 export function attention(q: CpuTensor, o: AttentionOptions): { out: CpuTensor; lse: CpuTensor } {
   const { heads, kvHeads, headDim: hd, scale } = o;
   const cols = heads * hd;
-  const qs = q.f32();
-  const out = new Float32Array(q.shape[0]! * cols);
-  const lse = new Float32Array(q.shape[0]! * heads).fill(-Infinity);
-  const group = heads / kvHeads;
-  const acc = new Float64Array(hd);
   const kvCols = kvHeads * hd;
-  const blocks = new Map<unknown, { k: Float32Array; v: Float32Array }>();
-  const view = (t: CpuTensor) => t.f32();
+  const group = heads / kvHeads;
+  const qs = q.f32();
+  const rows = q.shape[0]!;
+  const out = new Float32Array(rows * cols);
+  const lse = new Float32Array(rows * heads).fill(-Infinity);
+  // Running max, sum and unnormalized output per (row, head), updated one block at a time.
+  const m = new Float64Array(rows * heads).fill(-Infinity);
+  const l = new Float64Array(rows * heads);
+  const acc = new Float64Array(rows * cols);
+  const scores = new Float64Array(Math.max(1, ...o.seqs.flatMap((s) => s.blocks.map((b) => b.length))));
+  const softcap = o.softcap ?? 0;
   for (const seq of o.seqs) {
-    const bs = seq.blocks.map((b) => {
-      let kv = blocks.get(b);
-      if (!kv) blocks.set(b, (kv = { k: view(b.k as CpuTensor), v: view(b.v as CpuTensor) }));
-      return { ...kv, start: b.start, length: b.length };
-    });
-    for (let r = 0; r < seq.qRows; r++) {
-      const row = seq.qRow + r;
-      const pos = seq.qPos + r;
-      const first = o.slidingWindow ? pos - o.slidingWindow + 1 : -Infinity;
-      for (let h = 0; h < heads; h++) {
-        const qBase = row * cols + h * hd;
-        const kvOff = Math.floor(h / group) * hd;
-        let m = -Infinity;
-        let l = 0;
-        acc.fill(0);
-        for (const b of bs) {
-          for (let j = 0; j < b.length; j++) {
-            const kp = b.start + j;
-            if (kp > pos || kp < first) continue;
+    for (const block of seq.blocks) {
+      const ks = (block.k as CpuTensor).f32();
+      const vs = (block.v as CpuTensor).f32();
+      for (let r = 0; r < seq.qRows; r++) {
+        const row = seq.qRow + r;
+        const pos = seq.qPos + r;
+        // Keys of this block the row may see: causal, and inside the sliding window.
+        const jEnd = Math.min(block.length, pos - block.start + 1);
+        const jStart = o.slidingWindow ? Math.max(0, pos - o.slidingWindow + 1 - block.start) : 0;
+        if (jEnd <= jStart) continue;
+        for (let h = 0; h < heads; h++) {
+          const qBase = row * cols + h * hd;
+          const kvOff = Math.floor(h / group) * hd;
+          let blockMax = -Infinity;
+          for (let j = jStart; j < jEnd; j++) {
             const kBase = j * kvCols + kvOff;
             let s = 0;
-            for (let d = 0; d < hd; d++) s += qs[qBase + d]! * b.k[kBase + d]!;
+            for (let d = 0; d < hd; d++) s += qs[qBase + d]! * ks[kBase + d]!;
             s *= scale;
-            if (o.softcap) s = o.softcap * Math.tanh(s / o.softcap);
-            if (s > m) {
-              const c = Math.exp(m - s);
-              l *= c;
-              for (let d = 0; d < hd; d++) acc[d]! *= c;
-              m = s;
-            }
-            const p = Math.exp(s - m);
-            l += p;
-            for (let d = 0; d < hd; d++) acc[d] += p * b.v[kBase + d]!;
+            if (softcap) s = softcap * Math.tanh(s / softcap);
+            scores[j] = s;
+            if (s > blockMax) blockMax = s;
           }
+          const mi = row * heads + h;
+          const mNew = Math.max(m[mi]!, blockMax);
+          const rescale = Math.exp(m[mi]! - mNew);
+          let sum = l[mi]! * rescale;
+          const aBase = row * cols + h * hd;
+          if (rescale !== 1) for (let d = 0; d < hd; d++) acc[aBase + d]! *= rescale;
+          for (let j = jStart; j < jEnd; j++) {
+            const p = Math.exp(scores[j]! - mNew);
+            sum += p;
+            const vBase = j * kvCols + kvOff;
+            for (let d = 0; d < hd; d++) acc[aBase + d] += p * vs[vBase + d]!;
+          }
+          m[mi] = mNew;
+          l[mi] = sum;
         }
-        const oBase = row * cols + h * hd;
-        for (let d = 0; d < hd; d++) out[oBase + d] = l > 0 ? acc[d]! / l : 0;
-        if (l > 0) lse[row * heads + h] = m + Math.log(l);
       }
     }
   }
-  return { out: f32Tensor([q.shape[0]!, cols], out), lse: f32Tensor([q.shape[0]!, heads], lse) };
+  for (let i = 0; i < rows * heads; i++) {
+    if (!(l[i]! > 0)) continue;
+    lse[i] = m[i]! + Math.log(l[i]!);
+    for (let d = 0; d < hd; d++) out[i * hd + d] = acc[i * hd + d]! / l[i]!;
+  }
+  return { out: f32Tensor([rows, cols], out), lse: f32Tensor([rows, heads], lse) };
 }
 
 /** Merges attention over two disjoint key sets from their normalized outputs and log-sum-exps. */

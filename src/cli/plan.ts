@@ -1,0 +1,106 @@
+// `layerwise plan MODEL --context 100k --vram 8GB`: what goes where, bytes per token by link, and the seconds-per-token floor.
+import type { Command } from "commander";
+import { createArchModel } from "../arch/index.js";
+import { createBackend } from "../backend/index.js";
+import type { DType } from "../backend/dtype.js";
+import { measureDisk, measureHostToDevice, type LinkSpeed } from "../engine/bandwidth.js";
+import { modelLayout } from "../engine/layout.js";
+import { plan, type Plan } from "../engine/planner.js";
+import { validateWeights } from "../engine/weights.js";
+import { UsageError } from "../errors.js";
+import { Checkpoint } from "../model/checkpoint.js";
+import { formatBytes, parseBytes, parseCount } from "../util/bytes.js";
+import { backendName, numberFlag } from "./options.js";
+
+interface PlanFlags {
+  context: string;
+  vram?: string;
+  ram?: string;
+  batch: string;
+  prefillChunk: string;
+  prefillSpan: string;
+  kvBlock: string;
+  kvDtype?: string;
+  diskGbps?: string;
+  h2dGbps?: string;
+  backend: string;
+  json?: boolean;
+}
+
+export function registerPlan(program: Command): void {
+  program
+    .command("plan")
+    .description("print the memory plan, bytes per token by link and the predicted seconds-per-token floor")
+    .argument("<model>", "Hugging Face model folder")
+    .option("--context <tokens>", "tokens per sequence, e.g. 100k", "32k")
+    .option("--vram <size>", "GPU memory budget (default: what the device has free)")
+    .option("--ram <size>", "RAM budget for caching weights and KV (default: half the free RAM)")
+    .option("--batch <n>", "sequences decoded together", "1")
+    .option("--prefill-chunk <tokens>", "rows per layer pass during prefill", "2048")
+    .option("--prefill-span <tokens>", "tokens taken through all layers before the next ones", "32768")
+    .option("--kv-block <tokens>", "tokens per KV block", "256")
+    .option("--kv-dtype <dtype>", "KV cache element type: bf16, f16 or f32 (default: bf16 on CUDA, f32 on CPU)")
+    .option("--disk-gbps <n>", "disk read speed in GB/s instead of measuring it")
+    .option("--h2d-gbps <n>", "host-to-GPU copy speed in GB/s instead of measuring it")
+    .option("--backend <name>", "cpu, cuda or auto", "auto")
+    .option("--json", "print the plan as JSON")
+    .option("--debug", "print stack traces of errors")
+    .action(async (dir: string, flags: PlanFlags) => {
+      const ckpt = await Checkpoint.open(dir);
+      const { backend } = await createBackend(backendName(flags));
+      try {
+        const { model } = createArchModel(ckpt.rawConfig, `${dir}/config.json`);
+        validateWeights(ckpt, model);
+        const kvDtype = (flags.kvDtype ?? (backend.name === "cpu" ? "f32" : "bf16")) as DType;
+        if (!["bf16", "f16", "f32"].includes(kvDtype)) throw new UsageError("BAD_FLAG", `--kv-dtype ${kvDtype} is not bf16, f16 or f32`);
+        const p = plan({
+          layout: modelLayout(ckpt, model),
+          shape: model.shape,
+          contextTokens: parseCount(flags.context, "--context"),
+          batch: numberFlag(flags.batch, "--batch", { integer: true })!,
+          prefillChunk: parseCount(flags.prefillChunk, "--prefill-chunk"),
+          prefillSpan: parseCount(flags.prefillSpan, "--prefill-span"),
+          kvBlockTokens: parseCount(flags.kvBlock, "--kv-block"),
+          kvDtype,
+          vramBytes: flags.vram ? parseBytes(flags.vram, "--vram") : await backend.defaultDeviceBudget(),
+          ramBytes: flags.ram ? parseBytes(flags.ram, "--ram") : Math.floor((await import("node:os")).freemem() / 2),
+        });
+        const largest = [...ckpt.files].sort()[0]!;
+        const given = (v: string | undefined, flag: string): LinkSpeed | undefined => (v === undefined ? undefined : { gbps: numberFlag(v, flag)!, bytes: 0, seconds: 0, method: "given" });
+        const disk = given(flags.diskGbps, "--disk-gbps") ?? (p.perToken.diskBytes > 0 ? await measureDisk(backend, largest) : undefined);
+        const h2d = given(flags.h2dGbps, "--h2d-gbps") ?? (p.perToken.h2dBytes > 0 ? await measureHostToDevice(backend) : undefined);
+        const floor = Math.max(disk ? p.perToken.diskBytes / (disk.gbps * 1e9) : 0, h2d ? p.perToken.h2dBytes / (h2d.gbps * 1e9) : 0);
+        if (flags.json) process.stdout.write(JSON.stringify({ ...planJson(p), disk, h2d, floor_s_per_token: floor }) + "\n");
+        else printPlan(p, String(ckpt.rawConfig.model_type), disk, h2d, floor);
+      } finally {
+        await backend.dispose();
+        await ckpt.close();
+      }
+    });
+}
+
+function planJson(p: Plan): object {
+  const { layout: _layout, shape: _shape, ...input } = p.input;
+  return { ...p, input };
+}
+
+function printPlan(p: Plan, modelType: string, disk: LinkSpeed | undefined, h2d: LinkSpeed | undefined, floor: number): void {
+  const i = p.input;
+  const count = (t: string) => p.layerTier.filter((x) => x === t).length;
+  const d = p.deviceBytes;
+  const h = p.hostBytes;
+  const f = formatBytes;
+  const lines: [string, string][] = [
+    ["model", `${modelType}, ${i.shape.numLayers} layers, ${f(i.layout.layers.reduce((n, l) => n + l.dataBytes, 0) + i.layout.globals.dataBytes)} of weights`],
+    ["context", `${i.contextTokens} tokens x ${i.batch} sequence(s), prefill chunk ${i.prefillChunk}, KV ${i.kvDtype} in blocks of ${i.kvBlockTokens}`],
+    ["budgets", `VRAM ${i.vramBytes === Infinity ? "unlimited" : f(i.vramBytes)}, RAM ${f(i.ramBytes)}`],
+    ["device", `embeddings+head ${f(d.globals)}, workspace ${f(d.workspace + d.kvHeadroom)}, ${p.slots} layer slots ${f(d.slots)}, ${count("device")} resident layers ${f(d.residentLayers)}, KV ${f(d.kv)} (${p.kvDeviceTokens} tokens/layer), KV staging ${f(d.kvStaging)} = ${f(d.total)}`],
+    ["RAM", `${count("ram")} layers ${f(h.ramLayers)}, KV ${f(h.kv)} (${p.kvHostTokens} tokens/layer); working: disk staging ${f(h.staging)}, span activations ${f(h.activations)}, transfers ${f(h.transfer)} = ${f(h.total)}`],
+    ["disk", `${count("disk")} layers streamed, KV ${f(p.kvDiskBytes)}`],
+    ["per token", `host->device ${f(p.perToken.h2dBytes)}, disk ${f(p.perToken.diskBytes)}`],
+    ["links", `host->device ${h2d ? `${h2d.gbps.toFixed(1)} GB/s (${h2d.method})` : "unused"}, disk ${disk ? `${disk.gbps.toFixed(2)} GB/s (${disk.method})` : "unused"}`],
+    ["floor", floor > 0 ? `${floor.toFixed(3)} s/token (bytes per token over the slower link; compute not counted)` : "no weight or KV traffic per token: compute-bound"],
+  ];
+  const w = Math.max(...lines.map(([k]) => k.length));
+  for (const [k, v] of lines) process.stdout.write(`${k.padEnd(w)}  ${v}\n`);
+}

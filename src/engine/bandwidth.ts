@@ -1,0 +1,49 @@
+// Measures the links weights and KV cross: disk reads (O_DIRECT where possible) and host -> device copies.
+import { stat } from "node:fs/promises";
+import type { Backend } from "../backend/ops.js";
+import { DiskReader } from "../model/disk-reader.js";
+
+export interface LinkSpeed {
+  gbps: number;
+  bytes: number;
+  seconds: number;
+  /** How it was measured, e.g. "O_DIRECT" or "buffered (page cache may inflate it)". */
+  method: string;
+}
+
+/** Sequential reads of up to `maxBytes` of `file`, 16 MiB pieces, several in flight. */
+export async function measureDisk(backend: Backend, file: string, maxBytes = 1 << 30): Promise<LinkSpeed> {
+  const size = (await stat(file)).size;
+  const bytes = Math.min(maxBytes, Math.floor(size / 4096) * 4096);
+  const buffer = backend.allocHost(Math.min(bytes, 256 << 20));
+  const reader = new DiskReader({ direct: backend.caps.directIo, maxInFlight: 8 });
+  try {
+    const t0 = performance.now();
+    for (let off = 0; off < bytes; off += buffer.bytes.byteLength) {
+      const n = Math.min(buffer.bytes.byteLength, bytes - off);
+      await reader.read(file, off, n, buffer.bytes.subarray(0, n));
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    return { gbps: bytes / seconds / 1e9, bytes, seconds, method: backend.caps.directIo ? "O_DIRECT" : "buffered (page cache may inflate it)" };
+  } finally {
+    await reader.close();
+    backend.freeHost(buffer);
+  }
+}
+
+/** Copies from host buffers (pinned where the backend can) to the device. */
+export async function measureHostToDevice(backend: Backend, bytes = 256 << 20, repeats = 4): Promise<LinkSpeed> {
+  const host = backend.allocHost(bytes);
+  host.bytes.fill(1);
+  const device = backend.alloc([bytes / 4], "f32");
+  try {
+    await backend.copyToDevice(device, 0, host, 0, bytes); // warm-up
+    const t0 = performance.now();
+    for (let i = 0; i < repeats; i++) await backend.copyToDevice(device, 0, host, 0, bytes);
+    const seconds = (performance.now() - t0) / 1000;
+    return { gbps: (bytes * repeats) / seconds / 1e9, bytes: bytes * repeats, seconds, method: backend.name === "cuda" ? "pinned cuMemcpyHtoDAsync" : "memcpy (CPU backend)" };
+  } finally {
+    backend.free(device);
+    backend.freeHost(host);
+  }
+}
