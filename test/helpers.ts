@@ -6,6 +6,8 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { after } from "node:test";
 import { makeTestModel, type MakeTestModelOptions } from "../src/testmodel/write.js";
+import { CpuBackend } from "../src/backend/cpu/index.js";
+import type { Backend } from "../src/backend/ops.js";
 
 export const repoRoot = fileURLToPath(new URL("../../", import.meta.url));
 export const sharedDir = process.env.LAYERWISE_SHARED ?? join(repoRoot, "..", "shared");
@@ -54,4 +56,19 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let m = 0;
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
   return m;
+}
+
+export interface BackendCase {
+  name: "cpu" | "cuda";
+  create: () => Promise<Backend>;
+  /** Relative error allowed for f32 math, and for math that goes through 16-bit weights, activations or KV. */
+  tolF32: number;
+  tol16: number;
+}
+
+/** The CPU backend always; CUDA too when LAYERWISE_TEST_CUDA is set (npm run test:cuda on a GPU machine). */
+export const backendCases: BackendCase[] = [{ name: "cpu", create: async () => new CpuBackend(), tolF32: 1e-6, tol16: 1e-6 }];
+if (process.env.LAYERWISE_TEST_CUDA) {
+  const { createCudaBackend } = await import("../src/backend/cuda/index.js");
+  backendCases.push({ name: "cuda", create: createCudaBackend, tolF32: 2e-3, tol16: 1.5e-2 });
 }

@@ -112,8 +112,14 @@ export interface Backend extends Ops {
   readonly memory: MemoryStats;
   /** directIo: host buffers are page-aligned, so O_DIRECT reads can land in them. */
   readonly caps: { readonly directIo: boolean };
-  /** Bytes the device can give a run when the user sets no budget (free memory less a margin). */
+  /** Bytes the device can give a run when the user sets no budget (free memory less a margin), context included. */
   defaultDeviceBudget(): Promise<number>;
+  /** Device memory the backend holds before any tensor (the CUDA context); part of every budget. */
+  readonly deviceOverheadBytes: number;
+  /** Caps what the backend keeps cached on the device, so the plan's budget holds; releases what it has cached. */
+  setDeviceBudget(bytes: number): void;
+  /** Starts the peaks of `memory` again from what is held now (for a new run on a shared backend). */
+  resetPeaks(): void;
   /** A new uninitialized tensor that outlives scopes until `free`. */
   alloc(shape: readonly number[], dtype: DType): Tensor;
   /** A tensor over `byteLength(shape, dtype)` bytes of `base` from `byteOffset`; freeing `base` invalidates it. */

@@ -25,7 +25,8 @@ import { LayerStreamer } from "./streamer.js";
 import { validateWeights } from "./weights.js";
 
 export interface LoadOptions {
-  backend?: BackendName;
+  /** A backend name, or a backend to share (the model then leaves it open on close). */
+  backend?: BackendName | Backend;
   /** Element type of the KV cache; default: f32 on the CPU backend, bf16 on CUDA. */
   kvDtype?: DType;
   /** Tokens per KV cache block (the unit of tiering and of the persistent cache). */
@@ -121,6 +122,7 @@ export class LayerwiseModel {
       store?: KvStore;
       blockLayout?: BlockLayout;
       policy: KvPolicy;
+      ownsBackend: boolean;
     },
     /** Why the backend was chosen, when `auto` fell back. */
     readonly backendNote?: string,
@@ -136,8 +138,9 @@ export class LayerwiseModel {
       const chatTemplate = await ChatTemplate.load(dir, tokenizer.config);
       const defaults = await readGenerationDefaults(dir, checkpoint.rawConfig);
       const layout = modelLayout(checkpoint, arch);
-      const { backend, note } = await createBackend(o.backend ?? "auto");
-      cleanup.push(() => backend.dispose());
+      const shared = typeof o.backend === "object" ? o.backend : undefined;
+      const { backend, note } = shared ? { backend: shared, note: undefined } : await createBackend((o.backend as BackendName | undefined) ?? "auto");
+      if (!shared) cleanup.push(() => backend.dispose());
       const kvDtype = o.kvDtype ?? (backend.name === "cpu" ? "f32" : "bf16");
       const kvBlockTokens = o.kvBlockTokens ?? 256;
       const prefillChunk = o.prefillChunk ?? 2048;
@@ -151,9 +154,11 @@ export class LayerwiseModel {
         prefillSpan,
         kvBlockTokens,
         kvDtype,
-        vramBytes: o.vram ?? (await backend.defaultDeviceBudget()),
+        vramBytes: (o.vram ?? (await backend.defaultDeviceBudget())) - backend.deviceOverheadBytes,
         ramBytes: o.ram ?? Math.floor(freemem() / 2),
       });
+      backend.setDeviceBudget(thePlan.input.vramBytes + backend.deviceOverheadBytes);
+      backend.resetPeaks();
       const reader = new DiskReader({ direct: backend.caps.directIo, io: o.fileIo });
       cleanup.push(() => reader.close());
       const streamer = await LayerStreamer.create(backend, layout, thePlan, reader);
@@ -169,7 +174,7 @@ export class LayerwiseModel {
         const fingerprint = await modelFingerprint(checkpoint, `kv:${kvDtype}:${kvBlockTokens}`);
         blockLayout = { fingerprint, dtype: kvDtype, blockTokens: kvBlockTokens, layerBytes: arch.shape.kvLayers.map((l) => 2 * kvBlockTokens * l.kvHeads * l.headDim * dtypeBytes[kvDtype]) };
       }
-      const parts = { reader, streamer, stager, runner, spill: new KvSpill(o.kvSpillDir), ranges: new FileRanges(), store, blockLayout, policy };
+      const parts = { reader, streamer, stager, runner, spill: new KvSpill(o.kvSpillDir), ranges: new FileRanges(), store, blockLayout, policy, ownsBackend: !shared };
       return new LayerwiseModel(dir, arch, checkpoint, tokenizer, chatTemplate, defaults, backend, layout, thePlan, parts, note);
     } catch (e) {
       for (const c of cleanup.reverse()) await c();
@@ -341,7 +346,7 @@ export class LayerwiseModel {
     await this.parts.spill.dispose();
     await this.parts.ranges.close();
     await this.parts.reader.close();
-    await this.backend.dispose();
+    if (this.parts.ownsBackend) await this.backend.dispose();
     await this.checkpoint.close();
   }
 }

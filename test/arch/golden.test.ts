@@ -6,14 +6,21 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { LayerwiseModel } from "../../src/engine/model.js";
 import type { DType } from "../../src/backend/dtype.js";
-import { fixturesDir, maxAbsDiff, storiesCopy, storiesGolden, tinyModel } from "../helpers.js";
+import { backendCases, fixturesDir, maxAbsDiff, storiesCopy, storiesGolden, tinyModel } from "../helpers.js";
 
 const tolerance = 1e-3;
+// On CUDA, prompts of more than 16 tokens go through tensor-core matmuls that round activations to the weights'
+// 16-bit type: logits of bf16 checkpoints then agree to about 5e-2, not 1e-3 (decode steps use exact f32 dot products).
+const tensorCoreTolerance = 5e-2;
 
-describe("stories260K (a real trained Llama) against transformers", () => {
+for (const bc of backendCases) {
+// Every backend keeps the KV cache in f32 here so the comparison is of the math, not of the cache's rounding.
+const loadOptions = { kvDtype: "f32" as const };
+
+describe(`stories260K (a real trained Llama) against transformers, ${bc.name}`, () => {
   it("matches transformers' logits at every position and its 40 greedy ids", async () => {
     const golden = JSON.parse(await readFile(storiesGolden, "utf8")) as { prompts: { ids: number[]; logits: number[][] }[] };
-    const model = await LayerwiseModel.load(await storiesCopy(), { backend: "cpu" });
+    const model = await LayerwiseModel.load(await storiesCopy(), { backend: await bc.create(), ...loadOptions });
     try {
       for (const p of golden.prompts) {
         const seq = model.createSequence();
@@ -28,9 +35,11 @@ describe("stories260K (a real trained Llama) against transformers", () => {
       assert.equal(r.text, "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, r");
     } finally {
       await model.close();
+      await model.backend.dispose();
     }
   });
 });
+}
 
 interface Fixture {
   format: number;
@@ -42,7 +51,8 @@ interface Fixture {
 
 const fixtures = ["tiny-llama-f32", "tiny-llama-bf16", "tiny-qwen3-f32", "tiny-qwen3-bf16"];
 
-describe("random-weight checkpoints against transformers", () => {
+for (const bc of backendCases) {
+describe(`random-weight checkpoints against transformers, ${bc.name}`, () => {
   for (const name of fixtures) {
     it(`${name}: same weights, logits within ${tolerance}, same greedy ids`, async () => {
       const f = JSON.parse(await readFile(join(fixturesDir, "golden", `${name}.json`), "utf8")) as Fixture;
@@ -51,19 +61,22 @@ describe("random-weight checkpoints against transformers", () => {
       for (const [file, sha] of Object.entries(f.model.sha256)) {
         assert.equal(createHash("sha256").update(await readFile(join(dir, file))).digest("hex"), sha, `${file} differs from the checkpoint the fixture was made from`);
       }
-      const model = await LayerwiseModel.load(dir, { backend: "cpu" });
+      const model = await LayerwiseModel.load(dir, { backend: await bc.create(), kvDtype: "f32" });
+      const longTolerance = bc.name === "cuda" && f.model.dtype !== "f32" ? tensorCoreTolerance : tolerance;
       try {
         const short = await model.forward(model.createSequence(), f.short.ids, "all");
         assert.ok(maxAbsDiff(short, f.short.logits.flat()) <= tolerance, `short prompt: max |diff| ${maxAbsDiff(short, f.short.logits.flat())}`);
         const long = await model.forward(model.createSequence(), f.long.ids, "all");
         const vocab = f.long.logits[0]!.length;
         const tail = long.subarray(long.length - f.long.last * vocab);
-        assert.ok(maxAbsDiff(tail, f.long.logits.flat()) <= tolerance, `300-token prompt: max |diff| ${maxAbsDiff(tail, f.long.logits.flat())}`);
+        assert.ok(maxAbsDiff(tail, f.long.logits.flat()) <= longTolerance, `300-token prompt: max |diff| ${maxAbsDiff(tail, f.long.logits.flat())}`);
         const r = await model.complete({ ids: f.greedy.ids }, { maxTokens: f.greedy.new_ids.length, temperature: 0, ignoreEos: true });
         assert.deepEqual(r.tokens, f.greedy.new_ids);
       } finally {
         await model.close();
+        await model.backend.dispose();
       }
     });
   }
 });
+}

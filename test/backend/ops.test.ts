@@ -5,20 +5,7 @@ import { CpuBackend } from "../../src/backend/cpu/index.js";
 import { fromF32, type DType } from "../../src/backend/dtype.js";
 import type { Backend, KvBlock, Tensor } from "../../src/backend/ops.js";
 import { Random } from "../../src/util/random.js";
-
-interface BackendCase {
-  name: string;
-  create: () => Promise<Backend>;
-  /** Relative error allowed for f32 math, and for math that goes through 16-bit weights or KV. */
-  tolF32: number;
-  tol16: number;
-}
-
-export const backendCases: BackendCase[] = [{ name: "cpu", create: async () => new CpuBackend(), tolF32: 1e-6, tol16: 1e-6 }];
-if (process.env.LAYERWISE_TEST_CUDA) {
-  const { createCudaBackend } = await import("../../src/backend/cuda/index.js");
-  backendCases.push({ name: "cuda", create: createCudaBackend, tolF32: 2e-3, tol16: 1e-2 });
-}
+import { backendCases } from "../helpers.js";
 
 const random = new Random(1234);
 const randn = (n: number, scale = 1) => Float32Array.from({ length: n }, () => (random.next() * 2 - 1) * scale * Math.sqrt(3));
@@ -165,8 +152,13 @@ for (const bc of backendCases) {
       });
     }
 
+    // Cases with 16 or more query rows and head_dim 64/128/256 take the CUDA tensor-core path; the others the general one.
     const attnCases: AttnCase[] = [
+      { heads: 8, kvHeads: 2, headDim: 128, qRows: 40, blocks: [64, 64, 30], blockCap: 64 },
+      { heads: 4, kvHeads: 4, headDim: 64, qRows: 70, blocks: [64, 64], blockCap: 64, window: 33 },
+      { heads: 2, kvHeads: 1, headDim: 256, qRows: 17, blocks: [32, 32, 32, 7], blockCap: 32, softcap: 30 },
       { heads: 4, kvHeads: 4, headDim: 64, qRows: 1, blocks: [5], blockCap: 8 },
+      { heads: 4, kvHeads: 2, headDim: 8, qRows: 6, blocks: [3, 8], blockCap: 8 },
       { heads: 8, kvHeads: 2, headDim: 128, qRows: 13, blocks: [16, 16, 3], blockCap: 16 },
       { heads: 4, kvHeads: 1, headDim: 256, qRows: 9, blocks: [7, 2], blockCap: 7, window: 5 },
       { heads: 2, kvHeads: 1, headDim: 64, qRows: 3, blocks: [4, 4], blockCap: 4, softcap: 2 },
@@ -191,11 +183,29 @@ for (const bc of backendCases) {
             heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim, scale: 1 / Math.sqrt(c.headDim), slidingWindow: c.window, softcap: c.softcap,
             seqs: [{ qRow: 0, qRows: c.qRows, qPos, blocks }],
           });
-          assert.ok(relErr(await b.read(out), attentionRef(q, ks, vs, c, qPos)) < bc.tolF32 * 10);
+          const tol = kvDtype === "f32" ? bc.tolF32 * 10 : bc.tol16;
+          assert.ok(relErr(await b.read(out), attentionRef(q, ks, vs, c, qPos)) < tol);
           await b.dispose();
         });
       }
     }
+
+    it("attention parts over disjoint blocks merge into attention over all of them", async () => {
+      const b = await bc.create();
+      const c = { heads: 4, kvHeads: 2, headDim: 64 };
+      const kvCols = c.kvHeads * c.headDim;
+      const mk = async (start: number, len: number) => ({ k: await upload(b, [len, kvCols], randn(len * kvCols)), v: await upload(b, [len, kvCols], randn(len * kvCols)), start, length: len });
+      const blocks = [await mk(0, 16), await mk(16, 16), await mk(32, 9)];
+      const rows = 20;
+      const qt = await upload(b, [rows, c.heads * c.headDim], randn(rows * c.heads * c.headDim));
+      const seq = (bs: KvBlock[]) => ({ ...c, scale: 0.125, seqs: [{ qRow: 0, qRows: rows, qPos: 21, blocks: bs }] });
+      const whole = await b.read(b.attention(qt, seq(blocks)));
+      const merged = b.mergeAttention(b.attentionPart(qt, seq([blocks[0]!, blocks[2]!])), b.attentionPart(qt, seq([blocks[1]!])));
+      assert.ok(relErr(await b.read(merged.out), whole) < bc.tolF32 * 10);
+      const empty = b.attentionPart(qt, seq([]));
+      assert.ok(relErr(await b.read(b.mergeAttention(empty, b.attentionPart(qt, seq(blocks))).out), whole) < bc.tolF32 * 10);
+      await b.dispose();
+    });
 
     it("attention of two sequences in one batch equals each alone", async () => {
       const b = await bc.create();

@@ -15,9 +15,18 @@ export class CpuBackend implements Backend {
   private readonly scopes: CpuTensor[][] = [];
   private fences = 0;
 
+  readonly deviceOverheadBytes = 0;
+
   /** The CPU backend's "device" is RAM: no budget unless the user sets one. */
   async defaultDeviceBudget(): Promise<number> {
     return Infinity;
+  }
+
+  setDeviceBudget(): void {}
+
+  resetPeaks(): void {
+    this.memory.deviceBytesPeak = this.memory.deviceBytes;
+    this.memory.hostBytesPeak = this.memory.hostBytes;
   }
 
   alloc(shape: readonly number[], dtype: DType): Tensor {

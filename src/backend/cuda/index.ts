@@ -1,7 +1,543 @@
-// The CUDA backend entry point (driver API through koffi).
+// The CUDA backend: the op interface on an NVIDIA GPU through the driver API. Two streams: compute, and copies that
+// overlap it; a tensor uploaded on the copy stream makes the compute stream wait before the first op that reads it.
 import { BackendError } from "../../errors.js";
-import type { Backend } from "../ops.js";
+import { bf16ToF32Table, dtypeBytes, f16ToF32Table, type DType } from "../dtype.js";
+import type { AttentionOptions, AttentionPart, Backend, Fence, GateActivation, HostBuffer, KvBlock, MemoryStats, RopeOptions, Tensor } from "../ops.js";
+import { numel } from "../ops.js";
+import { runScoped } from "../scope.js";
+import {
+  CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+  CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+  CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+  CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+  Driver,
+  minDriverVersion,
+  type Handle,
+} from "./driver.js";
+import { Kernels, attnTcSmem, type KernelArg } from "./kernels.js";
+import { DeviceBuffer, DevicePool } from "./memory.js";
+
+export class CudaTensor implements Tensor {
+  constructor(
+    readonly shape: readonly number[],
+    readonly dtype: DType,
+    readonly buffer: DeviceBuffer,
+    readonly offset: number,
+    /** Whether freeing this tensor gives its buffer back (views never do). */
+    readonly owner: boolean,
+  ) {}
+
+  get ptr(): Handle {
+    return this.buffer.ptr + BigInt(this.offset);
+  }
+
+  get byteLength(): number {
+    return numel(this.shape) * dtypeBytes[this.dtype];
+  }
+}
+
+function cuda(t: Tensor): CudaTensor {
+  if (!(t instanceof CudaTensor)) throw new Error("cuda backend was given a tensor of another backend");
+  return t;
+}
+
+interface CudaHostBuffer extends HostBuffer {
+  readonly ptr: Handle;
+}
+
+interface CudaFence extends Fence {
+  readonly event: Handle;
+}
+
+const ringSize = 1024;
+const threads = 256;
+const gridFor = (n: number) => Math.max(1, Math.min(65535, Math.ceil(n / threads)));
+
+export interface DeviceInfo {
+  name: string;
+  computeCapability: string;
+  multiprocessors: number;
+  driverVersion: number;
+  totalBytes: number;
+  /** GPU memory in use right after the context and kernels were loaded (the CUDA context's own cost on an idle GPU). */
+  contextBytes: number;
+}
+
+export class CudaBackend implements Backend {
+  readonly name = "cuda" as const;
+  readonly caps = { directIo: true };
+  readonly memory: MemoryStats = { deviceBytes: 0, deviceBytesPeak: 0, hostBytes: 0, hostBytesPeak: 0, h2dBytes: 0 };
+  private readonly pool: DevicePool;
+  private readonly kernels: Kernels;
+  private readonly compute: Handle;
+  private readonly copy: Handle;
+  private readonly events: Handle[] = [];
+  private nextEvent = 0;
+  private fenceCount = 0;
+  private readonly scopes: CudaTensor[][] = [];
+  private readonly live = new Set<CudaTensor>();
+  private readonly hostLive = new Set<CudaHostBuffer>();
+  private scratch?: CudaHostBuffer;
+  private disposed = false;
+
+  private constructor(
+    private readonly driver: Driver,
+    private readonly device: number,
+    readonly info: DeviceInfo,
+  ) {
+    this.pool = new DevicePool(driver);
+    this.kernels = new Kernels(driver, driver.attribute(device, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN));
+    this.compute = driver.streamCreate();
+    this.copy = driver.streamCreate();
+    for (let i = 0; i < ringSize; i++) this.events.push(driver.eventCreate());
+    const { free, total } = driver.memInfo();
+    info.contextBytes = total - free;
+    info.totalBytes = total;
+  }
+
+  static create(ordinal = 0): CudaBackend {
+    const driver = Driver.load();
+    driver.init();
+    const version = driver.driverVersion();
+    if (version < minDriverVersion) {
+      throw new BackendError("CUDA_DRIVER_TOO_OLD", `the NVIDIA driver supports CUDA ${version / 1000}, layerwise needs ${minDriverVersion / 1000} or newer`, "update the NVIDIA driver");
+    }
+    if (driver.deviceCount() <= ordinal) throw new BackendError("CUDA_NO_DEVICE", "the NVIDIA driver found no GPU", "use --backend cpu");
+    const device = driver.device(ordinal);
+    const major = driver.attribute(device, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR);
+    const minor = driver.attribute(device, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR);
+    if (major < 8) throw new BackendError("CUDA_GPU_TOO_OLD", `${driver.deviceName(device)} has compute capability ${major}.${minor}; layerwise needs 8.0 (Ampere) or newer`, "use --backend cpu");
+    driver.retainPrimaryContext(device);
+    return new CudaBackend(driver, device, {
+      name: driver.deviceName(device),
+      computeCapability: `${major}.${minor}`,
+      multiprocessors: driver.attribute(device, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT),
+      driverVersion: version,
+      totalBytes: 0,
+      contextBytes: 0,
+    });
+  }
+
+  get deviceOverheadBytes(): number {
+    return this.info.contextBytes;
+  }
+
+  async defaultDeviceBudget(): Promise<number> {
+    const { free } = this.driver.memInfo();
+    return this.info.contextBytes + Math.max(0, free - Math.max(512 << 20, free * 0.05));
+  }
+
+  /** The pool never holds more than this (the plan's budget less the context's own memory). */
+  setDeviceBudget(bytes: number): void {
+    this.pool.trim();
+    this.pool.limit = Math.max(0, bytes - this.info.contextBytes);
+  }
+
+  resetPeaks(): void {
+    this.pool.reservedPeak = this.pool.reserved;
+    this.memory.deviceBytesPeak = this.info.contextBytes + this.pool.reserved;
+    this.memory.hostBytesPeak = this.memory.hostBytes;
+  }
+
+  // ---- memory ----
+
+  alloc(shape: readonly number[], dtype: DType): Tensor {
+    const bytes = numel(shape) * dtypeBytes[dtype];
+    const t = new CudaTensor(shape, dtype, this.pool.alloc(Math.max(bytes, 1)), 0, true);
+    this.live.add(t);
+    this.memory.deviceBytes += bytes;
+    this.memory.deviceBytesPeak = Math.max(this.memory.deviceBytesPeak, this.info.contextBytes + this.pool.reservedPeak);
+    return t;
+  }
+
+  view(base: Tensor, byteOffset: number, shape: readonly number[], dtype: DType): Tensor {
+    const b = cuda(base);
+    if (byteOffset < 0 || b.offset + byteOffset + numel(shape) * dtypeBytes[dtype] > b.buffer.bytes) throw new RangeError(`view at byte ${byteOffset} overruns a ${b.buffer.bytes}-byte buffer`);
+    return new CudaTensor(shape, dtype, b.buffer, b.offset + byteOffset, false);
+  }
+
+  free(t: Tensor): void {
+    const c = cuda(t);
+    if (!c.owner || !this.live.delete(c)) return;
+    this.memory.deviceBytes -= c.byteLength;
+    this.await([c]); // an upload still in flight must land before the buffer is reused
+    this.pool.release(c.buffer); // reused in stream order by later ops on the compute stream
+  }
+
+  pushScope(): void {
+    this.scopes.push([]);
+  }
+
+  popScope(keep: readonly Tensor[] = []): void {
+    const made = this.scopes.pop();
+    if (!made) throw new Error("popScope without pushScope");
+    const kept = new Set(keep);
+    for (const t of made) {
+      if (kept.has(t)) this.scopes[this.scopes.length - 1]?.push(t);
+      else this.free(t);
+    }
+  }
+
+  scoped<T extends Tensor | Promise<Tensor>>(fn: () => T): T {
+    return runScoped(this, fn);
+  }
+
+  allocHost(byteLength: number): HostBuffer {
+    const ptr = this.driver.hostAlloc(Math.max(byteLength, 1));
+    const b: CudaHostBuffer = { ptr, bytes: Driver.view(ptr, byteLength) };
+    this.hostLive.add(b);
+    this.memory.hostBytes += byteLength;
+    this.memory.hostBytesPeak = Math.max(this.memory.hostBytesPeak, this.memory.hostBytes);
+    return b;
+  }
+
+  freeHost(b: HostBuffer): void {
+    const h = b as CudaHostBuffer;
+    if (!this.hostLive.delete(h)) return;
+    this.memory.hostBytes -= h.bytes.byteLength;
+    this.driver.hostFree(h.ptr);
+  }
+
+  // ---- copies and ordering ----
+
+  private event(): Handle {
+    const e = this.events[this.nextEvent]!;
+    this.nextEvent = (this.nextEvent + 1) % ringSize;
+    return e;
+  }
+
+  fence(): Fence {
+    const event = this.event();
+    this.driver.eventRecord(event, this.compute);
+    return { id: ++this.fenceCount, event } as CudaFence;
+  }
+
+  async upload(t: Tensor, bytes: Uint8Array, offset = 0): Promise<void> {
+    const c = cuda(t);
+    this.driver.copyHtoDAsyncFrom(c.ptr + BigInt(offset), bytes, bytes.byteLength, this.compute);
+    this.memory.h2dBytes += bytes.byteLength;
+  }
+
+  copyToDevice(dst: Tensor, dstOffset: number, src: HostBuffer, srcOffset: number, length: number, after?: Fence): Promise<void> {
+    const d = cuda(dst);
+    // Without a fence, the copy waits for all compute so far: the buffer may be one that compute just freed.
+    this.driver.streamWaitEvent(this.copy, ((after ?? this.fence()) as CudaFence).event);
+    this.driver.copyHtoDAsync(d.ptr + BigInt(dstOffset), (src as CudaHostBuffer).ptr + BigInt(srcOffset), length, this.copy);
+    const done = this.event();
+    this.driver.eventRecord(done, this.copy);
+    d.buffer.pendingCopy = done;
+    this.memory.h2dBytes += length;
+    return lazy(() => this.driver.eventWait(done));
+  }
+
+  async copyToHost(src: Tensor, srcOffset: number, dst: HostBuffer, dstOffset: number, length: number): Promise<void> {
+    const s = cuda(src);
+    this.await([s]);
+    this.driver.copyDtoHAsync((dst as CudaHostBuffer).ptr + BigInt(dstOffset), s.ptr + BigInt(srcOffset), length, this.compute);
+    const done = this.event();
+    this.driver.eventRecord(done, this.compute);
+    await this.driver.eventWait(done);
+  }
+
+  /** The compute stream waits for pending uploads into these tensors' buffers. */
+  private await(ts: readonly (Tensor | undefined)[]): void {
+    for (const t of ts) {
+      if (!t) continue;
+      const b = cuda(t).buffer;
+      if (b.pendingCopy !== undefined) {
+        this.driver.streamWaitEvent(this.compute, b.pendingCopy);
+        b.pendingCopy = undefined;
+      }
+    }
+  }
+
+  private hostScratch(bytes: number): CudaHostBuffer {
+    if (!this.scratch || this.scratch.bytes.byteLength < bytes) {
+      if (this.scratch) this.freeHost(this.scratch);
+      this.scratch = this.allocHost(Math.max(bytes, 1 << 20)) as CudaHostBuffer;
+    }
+    return this.scratch;
+  }
+
+  async readRows(t: Tensor, start: number, count: number): Promise<Uint8Array> {
+    const c = cuda(t);
+    const rowBytes = c.shape[c.shape.length - 1]! * dtypeBytes[c.dtype];
+    const h = this.hostScratch(count * rowBytes);
+    await this.copyToHost(c, start * rowBytes, h, 0, count * rowBytes);
+    return h.bytes.slice(0, count * rowBytes);
+  }
+
+  async read(t: Tensor): Promise<Float32Array> {
+    const c = cuda(t);
+    const raw = await this.readRows(c, 0, c.shape.length === 1 ? 1 : numel(c.shape) / c.shape[c.shape.length - 1]!);
+    if (c.dtype === "f32") return new Float32Array(raw.buffer, raw.byteOffset, raw.byteLength / 4);
+    const table = c.dtype === "bf16" ? bf16ToF32Table() : f16ToF32Table();
+    const u16 = new Uint16Array(raw.buffer, raw.byteOffset, raw.byteLength / 2);
+    return Float32Array.from(u16, (v) => table[v]!);
+  }
+
+  /** GPU milliseconds per repetition of the work `enqueue` puts on the compute stream (benchmarks). */
+  async timeMs(enqueue: () => void, reps: number): Promise<number> {
+    const start = this.driver.eventCreate(true);
+    const end = this.driver.eventCreate(true);
+    try {
+      this.driver.eventRecord(start, this.compute);
+      for (let i = 0; i < reps; i++) enqueue();
+      this.driver.eventRecord(end, this.compute);
+      await this.driver.eventWait(end);
+      return this.driver.elapsedMs(start, end) / reps;
+    } finally {
+      this.driver.eventDestroy(start);
+      this.driver.eventDestroy(end);
+    }
+  }
+
+  async sync(): Promise<void> {
+    const e = this.event();
+    this.driver.eventRecord(e, this.compute);
+    await this.driver.eventWait(e);
+  }
+
+  async dispose(): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
+    await this.sync();
+    for (const t of [...this.live]) this.free(t);
+    for (const b of [...this.hostLive]) this.freeHost(b);
+    this.pool.trim();
+    this.kernels.dispose();
+    for (const e of this.events) this.driver.eventDestroy(e);
+    this.driver.streamDestroy(this.compute);
+    this.driver.streamDestroy(this.copy);
+    this.driver.releasePrimaryContext(this.device);
+  }
+
+  // ---- ops ----
+
+  private out(shape: readonly number[]): CudaTensor {
+    const t = this.alloc(shape, "f32") as CudaTensor;
+    this.scopes[this.scopes.length - 1]?.push(t);
+    return t;
+  }
+
+  private launch(name: string, grid: readonly [number, number, number], block: readonly [number, number, number], args: KernelArg[], reads: readonly (Tensor | undefined)[], smem = 0): void {
+    this.await(reads);
+    this.kernels.launch(name, grid, block, smem, this.compute, args);
+  }
+
+  /** Small host data (ids, positions, block lists) copied to a temporary device buffer in compute order. */
+  private small(data: ArrayBufferView): CudaTensor {
+    const t = this.alloc([Math.ceil(data.byteLength / 4)], "f32") as CudaTensor;
+    this.scopes[this.scopes.length - 1]?.push(t);
+    this.driver.copyHtoDAsyncFrom(t.ptr, new Uint8Array(data.buffer, data.byteOffset, data.byteLength), data.byteLength, this.compute);
+    return t;
+  }
+
+  /** Frees a temporary made outside any scope once the ops that use it are enqueued. */
+  private done(...ts: CudaTensor[]): void {
+    if (this.scopes.length === 0) for (const t of ts) this.free(t);
+  }
+
+  embed(table: Tensor, ids: Int32Array): Tensor {
+    const tb = cuda(table);
+    const hidden = tb.shape[1]!;
+    for (const id of ids) if (id < 0 || id >= tb.shape[0]!) throw new RangeError(`embed: token id ${id} outside vocabulary of ${tb.shape[0]}`);
+    const idBuf = this.small(ids);
+    const out = this.out([ids.length, hidden]);
+    this.launch(`embed_${tb.dtype}`, [ids.length, 1, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: tb.ptr }, { ptr: idBuf.ptr }, { i32: hidden }], [tb]);
+    this.done(idBuf);
+    return out;
+  }
+
+  matmul(x: Tensor, w: Tensor, bias?: Tensor): Tensor {
+    const xt = cuda(x);
+    const wt = cuda(w);
+    const [m, k] = xt.shape as [number, number];
+    const [n, kw] = wt.shape as [number, number];
+    if (k !== kw) throw new Error(`matmul: x has ${k} columns, w has ${kw}`);
+    const out = this.out([m, n]);
+    const args: KernelArg[] = [{ ptr: out.ptr }, { ptr: xt.ptr }, { ptr: wt.ptr }, { ptr: bias ? cuda(bias).ptr : 0n }, { i32: m }, { i32: n }, { i32: k }];
+    const reads = [xt, wt, bias];
+    if (m <= 16) {
+      const rowsPerLaunch = m === 1 ? 1 : m <= 4 ? 4 : 16;
+      this.launch(`gemv${rowsPerLaunch}_${wt.dtype}`, [Math.ceil(n / 8), 1, 1], [threads, 1, 1], args, reads);
+    } else if (wt.dtype === "f32") {
+      this.launch("gemm_simt_f32", [Math.ceil(n / 64), Math.ceil(m / 64), 1], [threads, 1, 1], args, reads);
+    } else {
+      this.launch(`gemm_tc_${wt.dtype}`, [Math.ceil(n / 128), Math.ceil(m / 128), 1], [threads, 1, 1], args, reads);
+    }
+    return out;
+  }
+
+  rmsNorm(x: Tensor, w: Tensor, o: { eps: number; offset?: number }): Tensor {
+    const xt = cuda(x);
+    const wt = cuda(w);
+    const group = wt.shape[0]!;
+    const groups = numel(xt.shape) / group;
+    const out = this.out(xt.shape);
+    const block = Math.min(1024, Math.max(32, Math.ceil(Math.min(group, threads) / 32) * 32));
+    this.launch(`rms_norm_${wt.dtype}`, [groups, 1, 1], [block, 1, 1], [{ ptr: out.ptr }, { ptr: xt.ptr }, { ptr: wt.ptr }, { i32: group }, { f32: o.eps }, { f32: o.offset ?? 0 }], [xt, wt]);
+    return out;
+  }
+
+  rope(x: Tensor, o: RopeOptions): Tensor {
+    const xt = cuda(x);
+    const [rows, cols] = xt.shape as [number, number];
+    const heads = cols / o.headDim;
+    const half = o.invFreq.length;
+    const pos = this.small(o.positions);
+    const freq = this.small(o.invFreq);
+    const out = this.out(xt.shape);
+    this.launch("rope", [gridFor(rows * heads * half), 1, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: xt.ptr }, { ptr: pos.ptr }, { ptr: freq.ptr }, { i32: rows }, { i32: heads }, { i32: o.headDim }, { i32: half }, { f32: o.scale }], [xt]);
+    this.done(pos, freq);
+    return out;
+  }
+
+  attention(q: Tensor, o: AttentionOptions): Tensor {
+    return this.attend(q, o, false).out;
+  }
+
+  attentionPart(q: Tensor, o: AttentionOptions): AttentionPart {
+    const { out, lse } = this.attend(q, o, true);
+    return { out, lse: lse! };
+  }
+
+  private attend(q: Tensor, o: AttentionOptions, withLse: boolean): { out: CudaTensor; lse?: CudaTensor } {
+    const qt = cuda(q);
+    const rows = qt.shape[0]!;
+    const { heads, kvHeads, headDim } = o;
+    const out = this.out([rows, heads * headDim]);
+    const lse = withLse ? this.out([rows, heads]) : undefined;
+    if (o.seqs.every((s) => s.blocks.length === 0 || s.qRows === 0)) {
+      // No keys at all: zero output, and -Infinity log-sum-exps so a merge ignores this part.
+      this.driver.memsetAsync(out.ptr, 0, out.byteLength, this.compute);
+      if (lse) this.driver.copyHtoDAsyncFrom(lse.ptr, new Uint8Array(new Float32Array(rows * heads).fill(-Infinity).buffer), rows * heads * 4, this.compute);
+      return { out, lse };
+    }
+    const blocks: KvBlock[] = o.seqs.flatMap((s) => s.blocks);
+    const kvDtype = blocks[0]!.k.dtype;
+    const seqInfo = new Int32Array(o.seqs.length * 5);
+    let begin = 0;
+    o.seqs.forEach((s, i) => {
+      seqInfo.set([s.qRow, s.qRows, s.qPos, begin, s.blocks.length], 5 * i);
+      begin += s.blocks.length;
+    });
+    const ptrs = new BigUint64Array(blocks.length * 2);
+    const pos = new Int32Array(blocks.length * 2);
+    blocks.forEach((b, i) => {
+      ptrs[2 * i] = cuda(b.k).ptr;
+      ptrs[2 * i + 1] = cuda(b.v).ptr;
+      pos[2 * i] = b.start;
+      pos[2 * i + 1] = b.length;
+    });
+    const seqBuf = this.small(seqInfo);
+    const ptrBuf = this.small(ptrs);
+    const posBuf = this.small(pos);
+    const reads = [qt, ...blocks.flatMap((b) => [b.k, b.v])];
+    const common: KernelArg[] = [{ ptr: seqBuf.ptr }];
+    const maxQRows = Math.max(...o.seqs.map((s) => s.qRows));
+    const tc = `attn_tc_${kvDtype}_${headDim}`;
+    if (maxQRows >= 16 && this.kernels.has(tc)) {
+      this.launch(
+        tc,
+        [Math.ceil(maxQRows / 64), heads, o.seqs.length],
+        [128, 1, 1],
+        [{ ptr: out.ptr }, { ptr: lse?.ptr ?? 0n }, { ptr: qt.ptr }, ...common, { ptr: ptrBuf.ptr }, { ptr: posBuf.ptr }, { i32: heads }, { i32: kvHeads }, { i32: kvHeads * headDim }, { f32: o.scale }, { i32: o.slidingWindow ?? 0 }, { f32: o.softcap ?? 0 }],
+        reads,
+        attnTcSmem(headDim),
+      );
+    } else {
+      if (headDim > 256) throw new BackendError("CUDA_HEAD_DIM", `head_dim ${headDim} is larger than the 256 the CUDA kernels support`);
+      const maxKeys = Math.max(1, ...o.seqs.map((s) => s.blocks.reduce((n, b) => n + b.length, 0)));
+      const splits = Math.max(1, Math.min(Math.ceil(maxKeys / 128), Math.floor((4 * this.info.multiprocessors) / Math.max(1, heads * rows))));
+      const partO = this.alloc([rows * heads * splits * headDim], "f32") as CudaTensor;
+      const partMl = this.alloc([rows * heads * splits * 2], "f32") as CudaTensor;
+      this.launch(
+        `attn_simt_${kvDtype}`,
+        [splits, heads, rows],
+        [128, 1, 1],
+        [{ ptr: partO.ptr }, { ptr: partMl.ptr }, { ptr: qt.ptr }, ...common, { i32: o.seqs.length }, { ptr: ptrBuf.ptr }, { ptr: posBuf.ptr }, { i32: heads }, { i32: kvHeads }, { i32: headDim }, { i32: kvHeads * headDim }, { f32: o.scale }, { i32: o.slidingWindow ?? 0 }, { f32: o.softcap ?? 0 }, { i32: splits }],
+        reads,
+      );
+      this.launch("attn_merge_splits", [rows * heads, 1, 1], [Math.min(256, Math.ceil(headDim / 32) * 32), 1, 1], [{ ptr: out.ptr }, { ptr: lse?.ptr ?? 0n }, { ptr: partO.ptr }, { ptr: partMl.ptr }, { i32: rows * heads }, { i32: headDim }, { i32: splits }], []);
+      this.free(partO);
+      this.free(partMl);
+    }
+    this.done(seqBuf, ptrBuf, posBuf);
+    return { out, lse };
+  }
+
+  mergeAttention(a: AttentionPart, b: AttentionPart): AttentionPart {
+    const [ao, al, bo, bl] = [cuda(a.out), cuda(a.lse), cuda(b.out), cuda(b.lse)];
+    const [rows, heads] = al.shape as [number, number];
+    const headDim = ao.shape[1]! / heads;
+    const out = this.out(ao.shape);
+    const lse = this.out(al.shape);
+    this.launch("merge_attention", [rows * heads, 1, 1], [Math.min(256, Math.ceil(headDim / 32) * 32), 1, 1], [{ ptr: out.ptr }, { ptr: lse.ptr }, { ptr: ao.ptr }, { ptr: al.ptr }, { ptr: bo.ptr }, { ptr: bl.ptr }, { i32: rows * heads }, { i32: headDim }], [ao, al, bo, bl]);
+    return { out, lse };
+  }
+
+  gatedActivation(gate: Tensor, up: Tensor, act: GateActivation): Tensor {
+    const g = cuda(gate);
+    const u = cuda(up);
+    const n = numel(g.shape);
+    const out = this.out(g.shape);
+    this.launch("gated_act", [gridFor(n), 1, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: g.ptr }, { ptr: u.ptr }, { i64: n }, { i32: act === "silu" ? 0 : 1 }], [g, u]);
+    return out;
+  }
+
+  add(a: Tensor, b: Tensor): Tensor {
+    const x = cuda(a);
+    const y = cuda(b);
+    const n = numel(x.shape);
+    if (n !== numel(y.shape)) throw new Error(`add: ${n} vs ${numel(y.shape)} values`);
+    const out = this.out(x.shape);
+    this.launch("add_f32", [gridFor(n), 1, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: x.ptr }, { ptr: y.ptr }, { i64: n }], [x, y]);
+    return out;
+  }
+
+  scale(x: Tensor, factor: number): Tensor {
+    const t = cuda(x);
+    const n = numel(t.shape);
+    const out = this.out(t.shape);
+    this.launch("scale_f32", [gridFor(n), 1, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: t.ptr }, { f32: factor }, { i64: n }], [t]);
+    return out;
+  }
+
+  rows(x: Tensor, start: number, count: number): Tensor {
+    const t = cuda(x);
+    const cols = t.shape[1]!;
+    const out = this.out([count, cols]);
+    this.await([t]);
+    this.driver.copyDtoDAsync(out.ptr, t.ptr + BigInt(start * cols * 4), count * cols * 4, this.compute);
+    return out;
+  }
+
+  writeRows(dst: Tensor, dstRow: number, src: Tensor, srcRow: number, count: number): void {
+    const d = cuda(dst);
+    const s = cuda(src);
+    const cols = d.shape[d.shape.length - 1]!;
+    if ((dstRow + count) * cols > numel(d.shape)) throw new RangeError(`writeRows: rows ${dstRow}.. do not fit [${d.shape.join(", ")}]`);
+    const dstPtr = d.ptr + BigInt(dstRow * cols * dtypeBytes[d.dtype]);
+    const srcPtr = s.ptr + BigInt(srcRow * cols * 4);
+    this.await([s, d]);
+    if (d.dtype === "f32") this.driver.copyDtoDAsync(dstPtr, srcPtr, count * cols * 4, this.compute);
+    else this.launch(`write_rows_${d.dtype}`, [gridFor(count * cols), 1, 1], [threads, 1, 1], [{ ptr: dstPtr }, { ptr: srcPtr }, { i64: count * cols }], []);
+  }
+}
+
+/** A promise-like that only starts waiting (on a worker thread) when someone awaits it. */
+function lazy(start: () => Promise<void>): Promise<void> {
+  let p: Promise<void> | undefined;
+  const get = () => (p ??= start());
+  return {
+    then: (a, b) => get().then(a, b),
+    catch: (b) => get().catch(b),
+    finally: (f) => get().finally(f),
+    [Symbol.toStringTag]: "LazyPromise",
+  } as Promise<void>;
+}
 
 export async function createCudaBackend(): Promise<Backend> {
-  throw new BackendError("CUDA_UNAVAILABLE", "the CUDA backend is not built yet", "use --backend cpu");
+  return CudaBackend.create();
 }

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Compiles the CUDA C kernels to PTX (committed, so users need only a driver). PTX for compute_80 runs on Ampere and newer;
+# the driver compiles it for the GPU at load time.
+set -euo pipefail
+cd "$(dirname "$0")"
+for src in *.cu; do
+  nvcc -ptx -arch=compute_80 -O3 -std=c++17 -o "${src%.cu}.ptx" "$src"
+done
+echo "built: $(ls *.ptx | tr '\n' ' ')"

@@ -1,0 +1,98 @@
+// Elementwise and per-row kernels: embedding gather, RMSNorm, RoPE, gated activations, residual add, scale,
+// cache writes and the merge of attention parts. Activations are f32; weights and KV keep their dtype.
+#include "common.cuh"
+
+template <typename T>
+__device__ void embed(float *out, const T *table, const int *ids, int hidden) {
+  const int row = blockIdx.x;
+  const T *src = table + (size_t)ids[row] * hidden;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) out[(size_t)row * hidden + i] = to_f32(src[i]);
+}
+
+// One block per group of `group` values: y = x / rms(x) * (offset + w).
+template <typename T>
+__device__ void rms_norm(float *out, const float *x, const T *w, int group, float eps, float offset) {
+  __shared__ float scratch[32];
+  const size_t base = (size_t)blockIdx.x * group;
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < group; i += blockDim.x) {
+    const float v = x[base + i];
+    ss += v * v;
+  }
+  const float r = rsqrtf(block_sum(ss, scratch) / group + eps);
+  for (int i = threadIdx.x; i < group; i += blockDim.x) out[base + i] = (x[base + i] * r) * (offset + to_f32(w[i]));
+}
+
+// Thread per (row, head, i < half): rotate_half RoPE on the first 2*half dims of each head; the rest pass through.
+extern "C" __global__ void rope(float *out, const float *x, const int *positions, const float *inv_freq, int rows, int heads, int head_dim,
+                                int half, float scale) {
+  const int n = rows * heads * half;
+  for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < n; t += gridDim.x * blockDim.x) {
+    const int i = t % half, rh = t / half, row = rh / heads;
+    const size_t base = (size_t)rh * head_dim;
+    const float angle = (float)positions[row] * inv_freq[i]; // formed in f32 as torch does
+    float s, c;
+    sincosf(angle, &s, &c);
+    c *= scale;
+    s *= scale;
+    const float x1 = x[base + i], x2 = x[base + i + half];
+    out[base + i] = x1 * c - x2 * s;
+    out[base + i + half] = x2 * c + x1 * s;
+  }
+  const int pass = head_dim - 2 * half; // partial rotary: copy the unrotated tail of each head
+  if (pass > 0) {
+    const int m = rows * heads * pass;
+    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < m; t += gridDim.x * blockDim.x) {
+      const size_t idx = (size_t)(t / pass) * head_dim + 2 * half + t % pass;
+      out[idx] = x[idx];
+    }
+  }
+}
+
+// act(gate) * up; act 0 = silu, 1 = gelu with the tanh approximation.
+extern "C" __global__ void gated_act(float *out, const float *gate, const float *up, long long n, int act) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+    const float g = gate[i];
+    float a;
+    if (act == 0) a = g / (1.f + expf(-g));
+    else a = 0.5f * g * (1.f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g)));
+    out[i] = a * up[i];
+  }
+}
+
+extern "C" __global__ void add_f32(float *out, const float *a, const float *b, long long n) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) out[i] = a[i] + b[i];
+}
+
+extern "C" __global__ void scale_f32(float *out, const float *x, float s, long long n) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) out[i] = x[i] * s;
+}
+
+// f32 rows into a cache tensor of type T (contiguous rows of `cols`).
+template <typename T>
+__device__ void write_rows(T *dst, const float *src, long long n) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) dst[i] = from_f32<T>(src[i]);
+}
+
+// Combines two attention parts over disjoint keys from their normalized outputs and log-sum-exps.
+extern "C" __global__ void merge_attention(float *out, float *lse, const float *oa, const float *la, const float *ob, const float *lb,
+                                           int row_heads, int head_dim) {
+  const int rh = blockIdx.x;
+  if (rh >= row_heads) return;
+  const float a = la[rh], b = lb[rh], m = fmaxf(a, b);
+  const float wa = m == -INFINITY ? 0.f : expf(a - m), wb = m == -INFINITY ? 0.f : expf(b - m);
+  const float z = wa + wb;
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    const size_t i = (size_t)rh * head_dim + d;
+    out[i] = z > 0.f ? (wa * oa[i] + wb * ob[i]) / z : 0.f;
+  }
+  if (threadIdx.x == 0) lse[rh] = z > 0.f ? m + logf(z) : -INFINITY;
+}
+
+#define INSTANTIATE(T, NAME)                                                                                                  \
+  extern "C" __global__ void embed_##NAME(float *out, const T *table, const int *ids, int hidden) { embed<T>(out, table, ids, hidden); } \
+  extern "C" __global__ void rms_norm_##NAME(float *out, const float *x, const T *w, int group, float eps, float offset) {        \
+    rms_norm<T>(out, x, w, group, eps, offset);                                                                               \
+  }                                                                                                                           \
+  extern "C" __global__ void write_rows_##NAME(T *dst, const float *src, long long n) { write_rows<T>(dst, src, n); }
+FOR_WEIGHT_TYPES(INSTANTIATE)

@@ -1,0 +1,242 @@
+// The NVIDIA driver API (libcuda) through koffi: the calls layerwise needs, every CUresult checked and named.
+import koffi, { type LibraryHandle } from "koffi";
+import { BackendError } from "../../errors.js";
+
+/** Device pointers, streams, events, modules and functions are opaque 64-bit values. */
+export type Handle = bigint;
+
+export const CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16;
+export const CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75;
+export const CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76;
+export const CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = 97;
+export const CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
+const CU_STREAM_NON_BLOCKING = 1;
+const CU_EVENT_DISABLE_TIMING = 2;
+const CUDA_SUCCESS = 0;
+const CUDA_ERROR_OUT_OF_MEMORY = 2;
+const CUDA_ERROR_NOT_READY = 600;
+
+/** The lowest driver layerwise supports: CUDA 12.0 (PTX of compute_80 built with CUDA 13 needs a CUDA 13 driver; see README). */
+export const minDriverVersion = 12000;
+
+type Fn = (...args: unknown[]) => number;
+
+export class Driver {
+  private readonly f: Record<string, Fn & { async: (...args: unknown[]) => void }>;
+
+  private constructor(lib: LibraryHandle) {
+    const decl = {
+      cuInit: "int cuInit(uint32_t flags)",
+      cuDriverGetVersion: "int cuDriverGetVersion(_Out_ int *version)",
+      cuGetErrorName: "int cuGetErrorName(int error, _Out_ const char **name)",
+      cuGetErrorString: "int cuGetErrorString(int error, _Out_ const char **text)",
+      cuDeviceGetCount: "int cuDeviceGetCount(_Out_ int *count)",
+      cuDeviceGet: "int cuDeviceGet(_Out_ int *device, int ordinal)",
+      cuDeviceGetName: "int cuDeviceGetName(_Out_ uint8_t *name, int len, int device)",
+      cuDeviceGetAttribute: "int cuDeviceGetAttribute(_Out_ int *value, int attribute, int device)",
+      cuDevicePrimaryCtxRetain: "int cuDevicePrimaryCtxRetain(_Out_ uint64_t *ctx, int device)",
+      cuDevicePrimaryCtxRelease: "int cuDevicePrimaryCtxRelease_v2(int device)",
+      cuCtxSetCurrent: "int cuCtxSetCurrent(uint64_t ctx)",
+      cuMemGetInfo: "int cuMemGetInfo_v2(_Out_ uint64_t *free, _Out_ uint64_t *total)",
+      cuMemAlloc: "int cuMemAlloc_v2(_Out_ uint64_t *ptr, uint64_t bytes)",
+      cuMemFree: "int cuMemFree_v2(uint64_t ptr)",
+      cuMemHostAlloc: "int cuMemHostAlloc(_Out_ uint64_t *ptr, uint64_t bytes, uint32_t flags)",
+      cuMemFreeHost: "int cuMemFreeHost(uint64_t ptr)",
+      cuMemcpyHtoDAsync: "int cuMemcpyHtoDAsync_v2(uint64_t dst, uint64_t src, uint64_t bytes, uint64_t stream)",
+      cuMemcpyHtoDAsyncFrom: "int cuMemcpyHtoDAsync_v2(uint64_t dst, const void *src, uint64_t bytes, uint64_t stream)",
+      cuMemcpyDtoHAsync: "int cuMemcpyDtoHAsync_v2(uint64_t dst, uint64_t src, uint64_t bytes, uint64_t stream)",
+      cuMemcpyDtoDAsync: "int cuMemcpyDtoDAsync_v2(uint64_t dst, uint64_t src, uint64_t bytes, uint64_t stream)",
+      cuMemsetD8Async: "int cuMemsetD8Async(uint64_t dst, uint8_t value, uint64_t count, uint64_t stream)",
+      cuStreamCreate: "int cuStreamCreate(_Out_ uint64_t *stream, uint32_t flags)",
+      cuStreamDestroy: "int cuStreamDestroy_v2(uint64_t stream)",
+      cuStreamSynchronize: "int cuStreamSynchronize(uint64_t stream)",
+      cuStreamWaitEvent: "int cuStreamWaitEvent(uint64_t stream, uint64_t event, uint32_t flags)",
+      cuEventCreate: "int cuEventCreate(_Out_ uint64_t *event, uint32_t flags)",
+      cuEventDestroy: "int cuEventDestroy_v2(uint64_t event)",
+      cuEventRecord: "int cuEventRecord(uint64_t event, uint64_t stream)",
+      cuEventQuery: "int cuEventQuery(uint64_t event)",
+      cuEventElapsedTime: "int cuEventElapsedTime_v2(_Out_ float *ms, uint64_t start, uint64_t end)",
+      cuModuleLoadData: "int cuModuleLoadData(_Out_ uint64_t *module, const char *image)",
+      cuModuleUnload: "int cuModuleUnload(uint64_t module)",
+      cuModuleGetFunction: "int cuModuleGetFunction(_Out_ uint64_t *fn, uint64_t module, const char *name)",
+      cuFuncSetAttribute: "int cuFuncSetAttribute(uint64_t fn, int attribute, int value)",
+      cuLaunchKernel:
+        "int cuLaunchKernel(uint64_t fn, uint32_t gx, uint32_t gy, uint32_t gz, uint32_t bx, uint32_t by, uint32_t bz, uint32_t smem, uint64_t stream, uint64_t params, uint64_t extra)",
+    };
+    this.f = {};
+    for (const [name, proto] of Object.entries(decl)) this.f[name] = lib.func(proto) as never;
+  }
+
+  static load(): Driver {
+    let lib: LibraryHandle;
+    try {
+      lib = koffi.load("libcuda.so.1");
+    } catch (e) {
+      throw new BackendError("CUDA_DRIVER_MISSING", `the NVIDIA driver library libcuda.so.1 could not be loaded: ${(e as Error).message}`, "install the NVIDIA driver, or use --backend cpu");
+    }
+    return new Driver(lib);
+  }
+
+  /** Throws a BackendError naming the call and the driver's error for anything but CUDA_SUCCESS. */
+  check(result: number, call: string, detail?: () => string): void {
+    if (result === CUDA_SUCCESS) return;
+    const name = [""];
+    const text = [""];
+    this.f.cuGetErrorName!(result, name);
+    this.f.cuGetErrorString!(result, text);
+    const extra = detail ? `; ${detail()}` : "";
+    throw new BackendError(result === CUDA_ERROR_OUT_OF_MEMORY ? "CUDA_OUT_OF_MEMORY" : "CUDA_ERROR", `${call} failed: ${name[0] ?? result} (${text[0] ?? "?"})${extra}`, result === CUDA_ERROR_OUT_OF_MEMORY ? "give a smaller --vram or --prefill-chunk so the plan fits" : undefined);
+  }
+
+  /** Calls `name` with out-parameters, checks the result and returns the outs' first elements. */
+  private call(name: string, ...args: unknown[]): void {
+    this.check(this.f[name]!(...args), name);
+  }
+
+  private out<T>(name: string, ...rest: unknown[]): T {
+    const box: unknown[] = [0];
+    this.call(name, box, ...rest);
+    return box[0] as T;
+  }
+
+  init(): void {
+    this.call("cuInit", 0);
+  }
+  driverVersion(): number {
+    return this.out<number>("cuDriverGetVersion");
+  }
+  deviceCount(): number {
+    return this.out<number>("cuDeviceGetCount");
+  }
+  device(ordinal: number): number {
+    return this.out<number>("cuDeviceGet", ordinal);
+  }
+  deviceName(device: number): string {
+    const buf = new Uint8Array(256);
+    this.call("cuDeviceGetName", buf, 256, device);
+    return new TextDecoder().decode(buf.subarray(0, buf.indexOf(0)));
+  }
+  attribute(device: number, attribute: number): number {
+    return this.out<number>("cuDeviceGetAttribute", attribute, device);
+  }
+  retainPrimaryContext(device: number): Handle {
+    const ctx = this.out<bigint>("cuDevicePrimaryCtxRetain", device);
+    this.call("cuCtxSetCurrent", ctx);
+    return ctx;
+  }
+  releasePrimaryContext(device: number): void {
+    this.call("cuDevicePrimaryCtxRelease", device);
+  }
+  memInfo(): { free: number; total: number } {
+    const free = [0n];
+    const total = [0n];
+    this.call("cuMemGetInfo", free, total);
+    return { free: Number(free[0]), total: Number(total[0]) };
+  }
+  /** Device memory; on failure says how much was asked and how much was free. */
+  memAlloc(bytes: number): Handle {
+    const box = [0n];
+    const r = this.f.cuMemAlloc!(box, bytes);
+    this.check(r, `cuMemAlloc of ${bytes} bytes`, () => {
+      const { free, total } = this.memInfo();
+      return `${free} bytes free of ${total}`;
+    });
+    return BigInt(box[0]!);
+  }
+  memFree(ptr: Handle): void {
+    this.call("cuMemFree", ptr);
+  }
+  hostAlloc(bytes: number): Handle {
+    return BigInt(this.out<bigint>("cuMemHostAlloc", bytes, 0));
+  }
+  hostFree(ptr: Handle): void {
+    this.call("cuMemFreeHost", ptr);
+  }
+  copyHtoDAsync(dst: Handle, src: Handle, bytes: number, stream: Handle): void {
+    this.call("cuMemcpyHtoDAsync", dst, src, bytes, stream);
+  }
+  /** From JS memory (pageable): the driver consumes the source before returning. */
+  copyHtoDAsyncFrom(dst: Handle, src: Uint8Array, bytes: number, stream: Handle): void {
+    this.call("cuMemcpyHtoDAsyncFrom", dst, src, bytes, stream);
+  }
+  copyDtoHAsync(dst: Handle, src: Handle, bytes: number, stream: Handle): void {
+    this.call("cuMemcpyDtoHAsync", dst, src, bytes, stream);
+  }
+  copyDtoDAsync(dst: Handle, src: Handle, bytes: number, stream: Handle): void {
+    this.call("cuMemcpyDtoDAsync", dst, src, bytes, stream);
+  }
+  memsetAsync(dst: Handle, value: number, bytes: number, stream: Handle): void {
+    this.call("cuMemsetD8Async", dst, value, bytes, stream);
+  }
+  streamCreate(): Handle {
+    return BigInt(this.out<bigint>("cuStreamCreate", CU_STREAM_NON_BLOCKING));
+  }
+  streamDestroy(stream: Handle): void {
+    this.call("cuStreamDestroy", stream);
+  }
+  streamWaitEvent(stream: Handle, event: Handle): void {
+    this.call("cuStreamWaitEvent", stream, event, 0);
+  }
+  eventCreate(timing = false): Handle {
+    return BigInt(this.out<bigint>("cuEventCreate", timing ? 0 : CU_EVENT_DISABLE_TIMING));
+  }
+  eventDestroy(event: Handle): void {
+    this.call("cuEventDestroy", event);
+  }
+  eventRecord(event: Handle, stream: Handle): void {
+    this.call("cuEventRecord", event, stream);
+  }
+  eventDone(event: Handle): boolean {
+    const r = this.f.cuEventQuery!(event);
+    if (r === CUDA_ERROR_NOT_READY) return false;
+    this.check(r, "cuEventQuery");
+    return true;
+  }
+  /**
+   * Resolves once the event has happened. Polls from this thread (the context is current here, not on worker
+   * threads): at once, then each turn of the event loop for a short while, then every millisecond.
+   */
+  eventWait(event: Handle): Promise<void> {
+    if (this.eventDone(event)) return Promise.resolve();
+    const start = performance.now();
+    return new Promise((resolve, reject) => {
+      const poll = () => {
+        try {
+          if (this.eventDone(event)) return resolve();
+        } catch (e) {
+          return reject(e);
+        }
+        if (performance.now() - start < 0.5) setImmediate(poll);
+        else setTimeout(poll, 1);
+      };
+      setImmediate(poll);
+    });
+  }
+  elapsedMs(start: Handle, end: Handle): number {
+    return this.out<number>("cuEventElapsedTime", start, end);
+  }
+  moduleLoad(image: string, name: string): Handle {
+    const box = [0n];
+    this.check(this.f.cuModuleLoadData!(box, image), `cuModuleLoadData(${name})`);
+    return BigInt(box[0]!);
+  }
+  moduleUnload(module: Handle): void {
+    this.call("cuModuleUnload", module);
+  }
+  function(module: Handle, name: string): Handle {
+    const box = [0n];
+    this.check(this.f.cuModuleGetFunction!(box, module, name), `cuModuleGetFunction(${name})`);
+    return BigInt(box[0]!);
+  }
+  setFunctionAttribute(fn: Handle, attribute: number, value: number, name: string): void {
+    this.check(this.f.cuFuncSetAttribute!(fn, attribute, value), `cuFuncSetAttribute(${name})`);
+  }
+  launch(fn: Handle, grid: readonly [number, number, number], block: readonly [number, number, number], smem: number, stream: Handle, params: Handle, name: string): void {
+    this.check(this.f.cuLaunchKernel!(fn, grid[0], grid[1], grid[2], block[0], block[1], block[2], smem, stream, params, 0n), `launch of ${name} grid [${grid}] block [${block}]`);
+  }
+
+  /** JS view of host memory the driver allocated. */
+  static view(ptr: Handle, bytes: number): Uint8Array {
+    return new Uint8Array(koffi.view(ptr, bytes));
+  }
+}

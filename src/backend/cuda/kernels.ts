@@ -1,0 +1,80 @@
+// Loads the committed PTX modules and launches their kernels with packed arguments.
+import { readFileSync } from "node:fs";
+import { BackendError } from "../../errors.js";
+import { CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, Driver, type Handle } from "./driver.js";
+
+export type KernelArg = { ptr: Handle } | { i32: number } | { i64: number } | { f32: number };
+
+const modules = ["elementwise", "matmul", "attention"] as const;
+const kernelDir = new URL("../../../../kernels/", import.meta.url);
+
+/** Dynamic shared memory of attn_tc for a head size; mirrors TcShape in kernels/attention.cu. */
+export function attnTcSmem(headDim: number): number {
+  const round = (b: number) => Math.ceil(b / 128) * 128;
+  const bq = 64;
+  const bkv = headDim <= 128 ? 64 : 32;
+  const ldq = headDim + 8;
+  return round(bq * ldq * 2) + 2 * round(bkv * ldq * 2) + round(4 * 16 * (bkv + 4) * 4) + round(4 * 16 * (bkv + 8) * 2) + round(4 * 16 * (headDim + 4) * 4) + round(2 * bq * 4);
+}
+
+export class Kernels {
+  private readonly fns = new Map<string, Handle>();
+  private readonly loaded: Handle[] = [];
+  /** Pinned scratch for launch arguments: values in the first half, pointers to them in the second. */
+  private readonly argBase: Handle;
+  private readonly argView: DataView;
+
+  constructor(
+    private readonly driver: Driver,
+    maxSharedOptin: number,
+  ) {
+    for (const name of modules) {
+      let ptx: string;
+      try {
+        ptx = readFileSync(new URL(`${name}.ptx`, kernelDir), "utf8");
+      } catch (e) {
+        throw new BackendError("CUDA_KERNELS_MISSING", `kernels/${name}.ptx cannot be read: ${(e as Error).message}`, "reinstall layerwise, or run npm run build:kernels where nvcc is installed");
+      }
+      const module = driver.moduleLoad(ptx, `${name}.ptx`);
+      this.loaded.push(module);
+      for (const m of ptx.matchAll(/\.entry\s+(\w+)\s*\(/g)) this.fns.set(m[1]!, driver.function(module, m[1]!));
+    }
+    for (const dtype of ["bf16", "f16"]) {
+      for (const hd of [64, 128, 256]) {
+        const smem = attnTcSmem(hd);
+        if (smem <= maxSharedOptin) driver.setFunctionAttribute(this.fn(`attn_tc_${dtype}_${hd}`), CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem, `attn_tc_${dtype}_${hd}`);
+        else this.fns.delete(`attn_tc_${dtype}_${hd}`); // this GPU has too little shared memory: the general kernel runs instead
+      }
+    }
+    this.argBase = driver.hostAlloc(4096);
+    this.argView = new DataView(Driver.view(this.argBase, 4096).buffer);
+  }
+
+  has(name: string): boolean {
+    return this.fns.has(name);
+  }
+
+  private fn(name: string): Handle {
+    const f = this.fns.get(name);
+    if (f === undefined) throw new BackendError("CUDA_KERNEL_MISSING", `kernel ${name} is not in the loaded PTX`, "run npm run build:kernels and reinstall");
+    return f;
+  }
+
+  launch(name: string, grid: readonly [number, number, number], block: readonly [number, number, number], smem: number, stream: Handle, args: readonly KernelArg[]): void {
+    const v = this.argView;
+    args.forEach((a, i) => {
+      const at = 8 * i;
+      if ("ptr" in a) v.setBigUint64(at, a.ptr, true);
+      else if ("i32" in a) v.setInt32(at, a.i32, true);
+      else if ("i64" in a) v.setBigInt64(at, BigInt(a.i64), true);
+      else v.setFloat32(at, a.f32, true);
+      v.setBigUint64(2048 + at, this.argBase + BigInt(at), true);
+    });
+    this.driver.launch(this.fn(name), grid, block, smem, stream, this.argBase + 2048n, name);
+  }
+
+  dispose(): void {
+    for (const m of this.loaded.splice(0)) this.driver.moduleUnload(m);
+    this.driver.hostFree(this.argBase);
+  }
+}
