@@ -118,6 +118,8 @@ export interface Backend extends Ops {
   readonly deviceOverheadBytes: number;
   /** Caps what the backend keeps cached on the device, so the plan's budget holds; releases what it has cached. */
   setDeviceBudget(bytes: number): void;
+  /** Device bytes an allocation of `bytes` really holds (allocators round sizes); the planner counts these. */
+  deviceBytesFor(bytes: number): number;
   /** Starts the peaks of `memory` again from what is held now (for a new run on a shared backend). */
   resetPeaks(): void;
   /** A new uninitialized tensor that outlives scopes until `free`. */

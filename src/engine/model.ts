@@ -154,6 +154,7 @@ export class LayerwiseModel {
         prefillSpan,
         kvBlockTokens,
         kvDtype,
+        deviceBytesFor: (n) => backend.deviceBytesFor(n),
         vramBytes: (o.vram ?? (await backend.defaultDeviceBudget())) - backend.deviceOverheadBytes,
         ramBytes: o.ram ?? Math.floor(freemem() / 2),
       });

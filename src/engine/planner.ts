@@ -22,6 +22,8 @@ export interface PlanInput {
   readonly ramBytes: number;
   /** Rows taken through all layers at once; their hidden states wait in host memory between layers. */
   readonly prefillSpan: number;
+  /** Device bytes an allocation of n bytes really holds (the backend's rounding); identity by default. */
+  readonly deviceBytesFor?: (n: number) => number;
 }
 
 export interface Plan {
@@ -68,13 +70,17 @@ export function plan(input: PlanInput): Plan {
   const { layout, shape, batch, kvBlockTokens: block } = input;
   const ctx = Math.ceil(input.contextTokens / block) * block;
   const kvTokenBytes = kvBytesPerToken(shape, input.kvDtype) * batch;
-  const kvLayerBlockBytes = Math.max(...shape.kvLayers.map((l) => 2 * l.kvHeads * l.headDim * dtypeBytes[input.kvDtype])) * block;
+  const held = input.deviceBytesFor ?? ((n: number) => n);
+  // A block is two allocations (K and V).
+  const kvLayerBlockBytes = 2 * held(Math.max(...shape.kvLayers.map((l) => l.kvHeads * l.headDim * dtypeBytes[input.kvDtype])) * block);
   const kvTotal = kvBytesAt(shape, input.kvDtype, ctx) * batch;
-  const layerBytes = layout.layers.map((l) => l.deviceBytes);
+  const layerBytes = layout.layers.map((l) => held(l.deviceBytes));
+  const slotBytesEach = held(layout.maxLayerDeviceBytes);
   const allLayers = layerBytes.reduce((a, b) => a + b, 0);
 
-  const globals = layout.globals.deviceBytes;
-  const workspace = workspaceBytes(shape, Math.max(input.prefillChunk, batch));
+  const globals = held(layout.globals.deviceBytes);
+  // The workspace is many tensors; count it as eight equal ones for the rounding.
+  const workspace = 8 * held(workspaceBytes(shape, Math.max(input.prefillChunk, batch)) / 8);
   // Every layer's partly filled last block lives on the device; new blocks of one layer stay there until their chunk is done.
   const kvHeadroom = (shape.numLayers + Math.ceil(input.prefillChunk / block) + 1) * kvLayerBlockBytes * batch;
   const must = globals + workspace + kvHeadroom;
@@ -86,12 +92,12 @@ export function plan(input: PlanInput): Plan {
   if (must + allLayers + kvTotal > input.vramBytes) {
     // Streaming: slots for layers in flight, KV staging for blocks in RAM or on disk, then KV and whole layers while room lasts.
     const minStaging = 2 * kvLayerBlockBytes;
-    slots = must + 3 * layout.maxLayerDeviceBytes + minStaging <= input.vramBytes ? Math.min(3, shape.numLayers) : 2;
-    let avail = input.vramBytes - must - slots * layout.maxLayerDeviceBytes;
+    slots = must + 3 * slotBytesEach + minStaging <= input.vramBytes ? Math.min(3, shape.numLayers) : 2;
+    let avail = input.vramBytes - must - slots * slotBytesEach;
     if (avail < minStaging) {
       throw new UsageError(
         "VRAM_TOO_SMALL",
-        `a VRAM budget of ${formatBytes(input.vramBytes)} cannot hold the embeddings and head (${formatBytes(globals)}), the prefill workspace (${formatBytes(workspace + kvHeadroom)}) and two streamed layers (${formatBytes(2 * layout.maxLayerDeviceBytes)}): needs ${formatBytes(must + 2 * layout.maxLayerDeviceBytes + minStaging)}`,
+        `a VRAM budget of ${formatBytes(input.vramBytes)} cannot hold the embeddings and head (${formatBytes(globals)}), the prefill workspace (${formatBytes(workspace + kvHeadroom)}) and two streamed layers (${formatBytes(2 * slotBytesEach)}): needs ${formatBytes(must + 2 * slotBytesEach + minStaging)}`,
         "give more --vram, or a smaller --prefill-chunk",
       );
     }
@@ -135,7 +141,7 @@ export function plan(input: PlanInput): Plan {
   const kvHost = kvHostTokens * kvTokenBytes;
   const kvDiskBytes = kvDiskTokens * kvTokenBytes;
   const streamedBytes = (tier: WeightTier) => layout.layers.reduce((n, l, i) => n + (layerTier[i] === tier ? l.dataBytes : 0), 0);
-  const slotBytes = slots * layout.maxLayerDeviceBytes;
+  const slotBytes = slots * slotBytesEach;
   return {
     input,
     layerTier,

@@ -24,6 +24,10 @@ export class CpuBackend implements Backend {
 
   setDeviceBudget(): void {}
 
+  deviceBytesFor(bytes: number): number {
+    return bytes;
+  }
+
   resetPeaks(): void {
     this.memory.deviceBytesPeak = this.memory.deviceBytes;
     this.memory.hostBytesPeak = this.memory.hostBytes;

@@ -15,7 +15,7 @@ import {
   type Handle,
 } from "./driver.js";
 import { Kernels, attnTcSmem, type KernelArg } from "./kernels.js";
-import { DeviceBuffer, DevicePool } from "./memory.js";
+import { DeviceBuffer, DevicePool, bucket } from "./memory.js";
 
 export class CudaTensor implements Tensor {
   constructor(
@@ -131,6 +131,10 @@ export class CudaBackend implements Backend {
   setDeviceBudget(bytes: number): void {
     this.pool.trim();
     this.pool.limit = Math.max(0, bytes - this.info.contextBytes);
+  }
+
+  deviceBytesFor(bytes: number): number {
+    return bucket(bytes);
   }
 
   resetPeaks(): void {

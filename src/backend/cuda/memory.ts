@@ -17,7 +17,7 @@ const small = 1 << 20;
  * Size classes: powers of two up to 1 MiB (block lists and attention partials change size with the context), whole
  * MiB above. Few classes keep the cache from filling with sizes that never come back.
  */
-function bucket(bytes: number): number {
+export function bucket(bytes: number): number {
   if (bytes <= small) return Math.max(512, 2 ** Math.ceil(Math.log2(bytes)));
   return Math.ceil(bytes / small) * small;
 }
