@@ -4,13 +4,10 @@
 // block_ptrs: K and V device pointers per block; block_pos: start position and valid length per block.
 // A query at position p sees keys at positions p - window + 1 .. p (window 0 = all). Scores are scaled, then soft-capped.
 //
-// attn_simt: any head_dim, any KV dtype. One CTA per (key split, head, query row); partial results (unnormalized output,
-//   max, sum) per split, merged by attn_merge_splits into the output and each row's log-sum-exp (flash-decoding).
-// attn_tc: prefill with tensor cores (WMMA) for head_dim 64/128/256 and 16-bit KV: 64 query rows per CTA, one warp per
-//   16 rows, KV in tiles, online softmax (FlashAttention-1 style, output accumulated in shared memory).
-#include <mma.h>
+// attn_simt: decode and any head_dim or KV dtype. One CTA per (key split, head, query row); partial results (unnormalized
+//   output, max, sum) per split, merged by attn_merge_splits into the output and each row's log-sum-exp (flash-decoding).
+// Prefill with 16-bit KV and head_dim 64/128/256 runs flash.cu instead.
 #include "common.cuh"
-using namespace nvcuda;
 
 struct SeqView {
   int q_row, q_rows, q_pos, block_begin, block_count;
@@ -132,149 +129,6 @@ extern "C" __global__ void attn_merge_splits(float *out, float *lse, const float
   if (threadIdx.x == 0 && lse) lse[rh] = L > 0.f ? M + logf(L) : -INFINITY;
 }
 
-// ---------------- prefill with tensor cores ----------------
-
-// Shared memory layout of attn_tc; src/backend/cuda/kernels.ts mirrors SMEM to set the launch's dynamic size.
-template <int HD> struct TcShape {
-  static constexpr int BQ = 64, BKV = HD <= 128 ? 64 : 32;
-  static constexpr int LDQ = HD + 8, LDS = BKV + 4, LDP = BKV + 8, LDO = HD + 4;
-  static constexpr int round(int bytes) { return (bytes + 127) / 128 * 128; }
-  static constexpr int Q_BYTES = round(BQ * LDQ * 2), KV_BYTES = round(BKV * LDQ * 2);
-  static constexpr int S_BYTES = round(4 * 16 * LDS * 4), P_BYTES = round(4 * 16 * LDP * 2), O_BYTES = round(4 * 16 * LDO * 4);
-  static constexpr int STAT_BYTES = round(2 * BQ * 4);
-  static constexpr int SMEM = Q_BYTES + 2 * KV_BYTES + S_BYTES + P_BYTES + O_BYTES + STAT_BYTES;
-};
-
-template <typename T, int HD>
-__device__ void attn_tc(float *out, float *lse, const float *q, const int *seqs, const unsigned long long *block_ptrs, const int *block_pos,
-                        int heads, int kv_heads, int kv_cols, float scale, int window, float softcap) {
-  using S = TcShape<HD>;
-  constexpr int BQ = S::BQ, BKV = S::BKV, LDQ = S::LDQ, LDS = S::LDS, LDP = S::LDP, LDO = S::LDO;
-  extern __shared__ __align__(128) unsigned char smem[];
-  T *Qs = reinterpret_cast<T *>(smem);
-  T *Ks = reinterpret_cast<T *>(smem + S::Q_BYTES);
-  T *Vs = reinterpret_cast<T *>(smem + S::Q_BYTES + S::KV_BYTES);
-  float *Ss = reinterpret_cast<float *>(smem + S::Q_BYTES + 2 * S::KV_BYTES);
-  T *Ps = reinterpret_cast<T *>(smem + S::Q_BYTES + 2 * S::KV_BYTES + S::S_BYTES);
-  float *Os = reinterpret_cast<float *>(smem + S::Q_BYTES + 2 * S::KV_BYTES + S::S_BYTES + S::P_BYTES);
-  float *Ms = reinterpret_cast<float *>(smem + S::Q_BYTES + 2 * S::KV_BYTES + S::S_BYTES + S::P_BYTES + S::O_BYTES);
-  float *Ls = Ms + BQ;
-
-  const SeqView sv = seq_at(seqs, blockIdx.z);
-  const int head = blockIdx.y, tile0 = blockIdx.x * BQ;
-  if (tile0 >= sv.q_rows) return;
-  const int rows = min(BQ, sv.q_rows - tile0);
-  const int row0 = sv.q_row + tile0, pos0 = sv.q_pos + tile0;
-  const int kvh = head / (heads / kv_heads);
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int q_stride = heads * HD;
-
-  for (int i = tid; i < BQ * HD; i += blockDim.x) {
-    const int r = i / HD, d = i % HD;
-    Qs[r * LDQ + d] = from_f32<T>(r < rows ? q[(size_t)(row0 + r) * q_stride + head * HD + d] * scale : 0.f);
-  }
-  for (int i = tid; i < 4 * 16 * LDO; i += blockDim.x) Os[i] = 0.f;
-  for (int i = tid; i < BQ; i += blockDim.x) Ms[i] = -INFINITY, Ls[i] = 0.f;
-
-  const int max_pos = pos0 + rows - 1;
-  const int min_pos = window > 0 ? pos0 - window + 1 : INT_MIN;
-  float *Sw = Ss + warp * 16 * LDS;
-  T *Pw = Ps + warp * 16 * LDP;
-  float *Ow = Os + warp * 16 * LDO;
-  const int r = lane >> 1, half = lane & 1; // softmax: two lanes per row
-  const int qp = pos0 + warp * 16 + r;
-  const bool warp_active = warp * 16 < rows;
-
-  for (int b = 0; b < sv.block_count; b++) {
-    const int bi = sv.block_begin + b;
-    const int start = block_pos[2 * bi], len = block_pos[2 * bi + 1];
-    if (start > max_pos) break;
-    if (start + len - 1 < min_pos) continue;
-    const T *kb = reinterpret_cast<const T *>(block_ptrs[2 * bi]) + kvh * HD;
-    const T *vb = reinterpret_cast<const T *>(block_ptrs[2 * bi + 1]) + kvh * HD;
-    for (int kt = 0; kt < len; kt += BKV) {
-      if (start + kt > max_pos) break;
-      if (start + kt + BKV - 1 < min_pos) continue;
-      __syncthreads(); // the previous tile is no longer read
-      constexpr int VEC = 8; // 16 bytes of 16-bit values
-      for (int i = tid; i < BKV * HD / VEC; i += blockDim.x) {
-        const int kr = i / (HD / VEC), c = (i % (HD / VEC)) * VEC;
-        uint4 kvk = make_uint4(0, 0, 0, 0), kvv = make_uint4(0, 0, 0, 0);
-        if (kt + kr < len) {
-          kvk = *reinterpret_cast<const uint4 *>(kb + (size_t)(kt + kr) * kv_cols + c);
-          kvv = *reinterpret_cast<const uint4 *>(vb + (size_t)(kt + kr) * kv_cols + c);
-        }
-        *reinterpret_cast<uint4 *>(Ks + kr * LDQ + c) = kvk;
-        *reinterpret_cast<uint4 *>(Vs + kr * LDQ + c) = kvv;
-      }
-      __syncthreads();
-      if (!warp_active) continue;
-      // S = Q K^T for this warp's 16 rows.
-#pragma unroll
-      for (int n = 0; n < BKV / 16; n++) {
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> sacc;
-        wmma::fill_fragment(sacc, 0.f);
-#pragma unroll
-        for (int k = 0; k < HD / 16; k++) {
-          wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bk;
-          wmma::load_matrix_sync(a, Qs + warp * 16 * LDQ + k * 16, LDQ);
-          wmma::load_matrix_sync(bk, Ks + n * 16 * LDQ + k * 16, LDQ);
-          wmma::mma_sync(sacc, a, bk, sacc);
-        }
-        wmma::store_matrix_sync(Sw + n * 16, sacc, LDS, wmma::mem_row_major);
-      }
-      __syncwarp();
-      // Online softmax, two lanes per row, each over half the tile's keys.
-      float mx = -INFINITY;
-      constexpr int HALF = BKV / 2;
-      for (int c = half * HALF; c < (half + 1) * HALF; c++) {
-        const int kp = start + kt + c;
-        float s = cap(Sw[r * LDS + c], softcap);
-        if (kt + c >= len || kp > qp || kp < qp - (window > 0 ? window : INT_MAX) + 1) s = -INFINITY;
-        Sw[r * LDS + c] = s;
-        mx = fmaxf(mx, s);
-      }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      const float m_old = Ms[warp * 16 + r];
-      const float m_new = fmaxf(m_old, mx);
-      const float rescale = m_new == -INFINITY ? 1.f : expf(m_old - m_new);
-      float sum = 0.f;
-      for (int c = half * HALF; c < (half + 1) * HALF; c++) {
-        const float p = m_new == -INFINITY ? 0.f : expf(Sw[r * LDS + c] - m_new);
-        Pw[r * LDP + c] = from_f32<T>(p);
-        sum += p;
-      }
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      for (int d = half * (HD / 2); d < (half + 1) * (HD / 2); d++) Ow[r * LDO + d] *= rescale;
-      __syncwarp();
-      if (half == 0) Ms[warp * 16 + r] = m_new, Ls[warp * 16 + r] = Ls[warp * 16 + r] * rescale + sum;
-      // O += P V.
-#pragma unroll
-      for (int n = 0; n < HD / 16; n++) {
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> oacc;
-        wmma::load_matrix_sync(oacc, Ow + n * 16, LDO, wmma::mem_row_major);
-#pragma unroll
-        for (int k = 0; k < BKV / 16; k++) {
-          wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> p;
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> v;
-          wmma::load_matrix_sync(p, Pw + k * 16, LDP);
-          wmma::load_matrix_sync(v, Vs + k * 16 * LDQ + n * 16, LDQ);
-          wmma::mma_sync(oacc, p, v, oacc);
-        }
-        wmma::store_matrix_sync(Ow + n * 16, oacc, LDO, wmma::mem_row_major);
-      }
-      __syncwarp();
-    }
-  }
-  if (!warp_active) return;
-  const int rr = warp * 16 + r;
-  if (rr >= rows) return;
-  const float L = Ls[rr];
-  for (int d = half * (HD / 2); d < (half + 1) * (HD / 2); d++) out[(size_t)(row0 + rr) * q_stride + head * HD + d] = L > 0.f ? Ow[r * LDO + d] / L : 0.f;
-  if (half == 0 && lse) lse[(size_t)(row0 + rr) * heads + head] = L > 0.f ? Ms[rr] + logf(L) : -INFINITY;
-}
-
 #define SIMT(T, NAME)                                                                                                         \
   extern "C" __global__ void __launch_bounds__(128) attn_simt_##NAME(float *part_o, float *part_ml, const float *q, const int *seqs, \
       int n_seqs, const unsigned long long *block_ptrs, const int *block_pos, int heads, int kv_heads, int head_dim, int kv_cols,     \
@@ -282,12 +136,3 @@ __device__ void attn_tc(float *out, float *lse, const float *q, const int *seqs,
     attn_simt<T>(part_o, part_ml, q, seqs, n_seqs, block_ptrs, block_pos, heads, kv_heads, head_dim, kv_cols, scale, window, softcap, splits); \
   }
 FOR_WEIGHT_TYPES(SIMT)
-
-#define TC(T, NAME, HD)                                                                                                       \
-  extern "C" __global__ void __launch_bounds__(128) attn_tc_##NAME##_##HD(float *out, float *lse, const float *q, const int *seqs,    \
-      const unsigned long long *block_ptrs, const int *block_pos, int heads, int kv_heads, int kv_cols, float scale, int window,  \
-      float softcap) {                                                                                                        \
-    attn_tc<T, HD>(out, lse, q, seqs, block_ptrs, block_pos, heads, kv_heads, kv_cols, scale, window, softcap);                \
-  }
-TC(bf16, bf16, 64) TC(bf16, bf16, 128) TC(bf16, bf16, 256)
-TC(f16, f16, 64) TC(f16, f16, 128) TC(f16, f16, 256)

@@ -34,6 +34,16 @@ export class KvStager {
     private readonly dtype: DType,
   ) {}
 
+  /** Allocates every slot now (the plan's share of device memory), instead of at first use. */
+  reserve(): void {
+    while (this.slots.length < this.capacity) this.addSlot();
+  }
+
+  private addSlot(): void {
+    const elements = [this.blockBytes / dtypeBytes[this.dtype]];
+    this.slots.push({ k: this.backend.alloc(elements, this.dtype), v: this.backend.alloc(elements, this.dtype), host: this.backend.allocHost(2 * this.blockBytes) });
+  }
+
   /** Copies one block into the next slot; returns it as a KvBlock for attention. */
   async stage(cache: KvCache, layer: number, b: KvBlockState): Promise<KvBlock> {
     const slot = this.slot();
@@ -64,10 +74,7 @@ export class KvStager {
   }
 
   private slot(): StagingSlot {
-    if (this.slots.length < this.capacity) {
-      const elements = [this.blockBytes / dtypeBytes[this.dtype]];
-      this.slots.push({ k: this.backend.alloc(elements, this.dtype), v: this.backend.alloc(elements, this.dtype), host: this.backend.allocHost(2 * this.blockBytes) });
-    }
+    if (this.slots.length < this.capacity) this.addSlot();
     const s = this.slots[this.next % this.capacity]!;
     this.next = (this.next + 1) % this.capacity;
     return s;

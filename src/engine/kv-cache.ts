@@ -2,6 +2,7 @@
 import type { ModelShape } from "../arch/types.js";
 import { dtypeBytes, type DType } from "../backend/dtype.js";
 import type { Backend, HostBuffer, Tensor } from "../backend/ops.js";
+import type { KvBlockPool } from "./kv-blocks.js";
 import type { DiskPlace, KvSpill } from "./kv-spill.js";
 
 export type KvTier = "device" | "host" | "disk";
@@ -40,6 +41,7 @@ export class KvCache {
     readonly policy: KvPolicy,
     private readonly spill: KvSpill,
     readonly diskReader: DiskBlockReader,
+    private readonly pool: KvBlockPool,
   ) {
     this.layers = shape.kvLayers.map(() => []);
   }
@@ -128,8 +130,7 @@ export class KvCache {
       const host = this.backend.allocHost(2 * bytes);
       await this.backend.copyToHost(b.k!, 0, host, 0, bytes);
       await this.backend.copyToHost(b.v!, 0, host, bytes, bytes);
-      this.backend.free(b.k!);
-      this.backend.free(b.v!);
+      this.pool.put(b.k!.shape[1]!, { k: b.k!, v: b.v! });
       b.k = b.v = undefined;
       if (onHost < this.policy.hostBlocks) {
         onHost++;
@@ -188,13 +189,11 @@ export class KvCache {
   }
 
   private deviceBlock(layer: number): { k: Tensor; v: Tensor } {
-    const shape = [this.policy.blockTokens, this.kvCols(layer)];
-    return { k: this.backend.alloc(shape, this.policy.dtype), v: this.backend.alloc(shape, this.policy.dtype) };
+    return this.pool.take(this.kvCols(layer));
   }
 
   private release(b: KvBlockState): void {
-    if (b.k) this.backend.free(b.k);
-    if (b.v) this.backend.free(b.v);
+    if (b.k && b.v) this.pool.put(b.k.shape[1]!, { k: b.k, v: b.v });
     if (b.host) this.backend.freeHost(b.host);
   }
 }

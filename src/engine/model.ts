@@ -17,6 +17,7 @@ import { generateText, generateTokens, type GenerateOptions, type GenerationResu
 import { KvStager } from "./kv-attention.js";
 import { KvCache, type KvPolicy } from "./kv-cache.js";
 import { KvSpill } from "./kv-spill.js";
+import { KvBlockPool } from "./kv-blocks.js";
 import { KvStore, type BlockLayout, type StoreIo } from "./kv-store.js";
 import { modelLayout, type ModelLayout } from "./layout.js";
 import { plan, type Plan } from "./planner.js";
@@ -122,6 +123,7 @@ export class LayerwiseModel {
       store?: KvStore;
       blockLayout?: BlockLayout;
       policy: KvPolicy;
+      blocks: KvBlockPool;
       ownsBackend: boolean;
     },
     /** Why the backend was chosen, when `auto` fell back. */
@@ -168,6 +170,15 @@ export class LayerwiseModel {
       const stager = new KvStager(backend, kvBlockBytes, Math.max(2, thePlan.kvStagingBlocks), kvDtype);
       const runner = new Runner(backend, arch, streamer, stager, { prefillChunk, prefillSpan });
       const policy: KvPolicy = { blockTokens: kvBlockTokens, dtype: kvDtype, deviceBlocks: Math.floor(thePlan.kvDeviceTokens / kvBlockTokens), hostBlocks: Math.floor(thePlan.kvHostTokens / kvBlockTokens) };
+      // The plan's device share for KV is taken now, so device memory is the same at any context length.
+      const blocks = new KvBlockPool(backend, kvBlockTokens, kvDtype);
+      cleanup.push(() => blocks.dispose());
+      if (thePlan.slots > 0) {
+        // Per sequence: each layer's full blocks and its partly filled last one, plus one chunk's new blocks (as planned).
+        const batch = o.batch ?? 1;
+        arch.shape.kvLayers.forEach((l, i) => blocks.reserve(l.kvHeads * l.headDim, batch * (policy.deviceBlocks + 1 + (i === 0 ? Math.ceil(prefillChunk / kvBlockTokens) + 1 : 0))));
+        if (thePlan.kvStagingBlocks > 0) stager.reserve();
+      }
       let store: KvStore | undefined;
       let blockLayout: BlockLayout | undefined;
       if (o.kvCache) {
@@ -175,7 +186,7 @@ export class LayerwiseModel {
         const fingerprint = await modelFingerprint(checkpoint, `kv:${kvDtype}:${kvBlockTokens}`);
         blockLayout = { fingerprint, dtype: kvDtype, blockTokens: kvBlockTokens, layerBytes: arch.shape.kvLayers.map((l) => 2 * kvBlockTokens * l.kvHeads * l.headDim * dtypeBytes[kvDtype]) };
       }
-      const parts = { reader, streamer, stager, runner, spill: new KvSpill(o.kvSpillDir), ranges: new FileRanges(), store, blockLayout, policy, ownsBackend: !shared };
+      const parts = { reader, streamer, stager, runner, spill: new KvSpill(o.kvSpillDir), ranges: new FileRanges(), store, blockLayout, policy, blocks, ownsBackend: !shared };
       return new LayerwiseModel(dir, arch, checkpoint, tokenizer, chatTemplate, defaults, backend, layout, thePlan, parts, note);
     } catch (e) {
       for (const c of cleanup.reverse()) await c();
@@ -188,7 +199,7 @@ export class LayerwiseModel {
   }
 
   createSequence(): Sequence {
-    return new Sequence(new KvCache(this.backend, this.arch.shape, this.parts.policy, this.parts.spill, this.parts.ranges));
+    return new Sequence(new KvCache(this.backend, this.arch.shape, this.parts.policy, this.parts.spill, this.parts.ranges, this.parts.blocks));
   }
 
   /** Feeds `ids` after what `seq` holds; logits [rows * vocab] of the last id, or of every id with `all`. */
@@ -343,6 +354,7 @@ export class LayerwiseModel {
 
   async close(): Promise<void> {
     this.parts.stager.dispose();
+    this.parts.blocks.dispose();
     this.parts.streamer.dispose();
     await this.parts.spill.dispose();
     await this.parts.ranges.close();

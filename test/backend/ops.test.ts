@@ -90,7 +90,8 @@ function attentionRef(q: Float32Array, ks: Float32Array[], vs: Float32Array[], c
 
 for (const bc of backendCases) {
   describe(`ops on ${bc.name}`, () => {
-    for (const [rows, k, n, dtype] of [[1, 64, 48, "f32"], [7, 67, 33, "bf16"], [33, 128, 96, "f16"], [130, 256, 160, "bf16"]] as const) {
+    // 1-16 rows: the decode kernel; more rows: tensor cores (K % 8 == 0, 16-bit weights) or exact FMA tiles.
+    for (const [rows, k, n, dtype] of [[1, 64, 48, "f32"], [7, 67, 33, "bf16"], [33, 128, 96, "f16"], [130, 256, 160, "bf16"], [300, 520, 260, "bf16"], [20, 67, 40, "bf16"], [40, 64, 70, "f32"]] as const) {
       it(`matmul [${rows}, ${k}] x [${n}, ${k}]^T ${dtype} with bias`, async () => {
         const b = await bc.create();
         const x = randn(rows * k);

@@ -15,9 +15,9 @@ async function withModel<T>(dir: string, o: LoadOptions, fn: (m: LayerwiseModel)
   }
 }
 
-/** Budgets written for the CPU backend, on a backend that also holds a context (CUDA) and rounds small allocations up to powers of two. */
+/** Budgets written for the CPU backend, on a backend that also holds a context (CUDA) and rounds small allocations up (the plan counts that). */
 function budget(backend: Backend, bytes: number | undefined): number | undefined {
-  return bytes === undefined ? undefined : backend.name === "cpu" ? bytes : backend.deviceOverheadBytes + 2 * bytes;
+  return bytes === undefined ? undefined : backend.name === "cpu" ? bytes : backend.deviceOverheadBytes + Math.round(1.5 * bytes);
 }
 
 function randomIds(n: number, seed: number, low: number, high: number, bos?: number): number[] {

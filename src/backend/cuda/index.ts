@@ -14,7 +14,7 @@ import {
   minDriverVersion,
   type Handle,
 } from "./driver.js";
-import { Kernels, attnTcSmem, type KernelArg } from "./kernels.js";
+import { Kernels, flashSmem, gemmSmem, type KernelArg } from "./kernels.js";
 import { DeviceBuffer, DevicePool, bucket } from "./memory.js";
 
 export class CudaTensor implements Tensor {
@@ -362,13 +362,18 @@ export class CudaBackend implements Backend {
     const out = this.out([m, n]);
     const args: KernelArg[] = [{ ptr: out.ptr }, { ptr: xt.ptr }, { ptr: wt.ptr }, { ptr: bias ? cuda(bias).ptr : 0n }, { i32: m }, { i32: n }, { i32: k }];
     const reads = [xt, wt, bias];
+    const mma = `gemm_mma_${wt.dtype}`;
     if (m <= 16) {
       const rowsPerLaunch = m === 1 ? 1 : m <= 4 ? 4 : 16;
       this.launch(`gemv${rowsPerLaunch}_${wt.dtype}`, [Math.ceil(n / 8), 1, 1], [threads, 1, 1], args, reads);
-    } else if (wt.dtype === "f32") {
-      this.launch("gemm_simt_f32", [Math.ceil(n / 64), Math.ceil(m / 64), 1], [threads, 1, 1], args, reads);
+    } else if (wt.dtype !== "f32" && k % 8 === 0 && this.kernels.has(mma)) {
+      // Tensor cores take the activations in the weights' 16-bit type.
+      const xh = this.alloc([m, k], wt.dtype) as CudaTensor;
+      this.launch(`cast_rows_${wt.dtype}`, [gridFor(m * k), 1, 1], [threads, 1, 1], [{ ptr: xh.ptr }, { ptr: xt.ptr }, { i64: m * k }], [xt]);
+      this.launch(mma, [Math.ceil(n / 128), Math.ceil(m / 128), 1], [threads, 1, 1], [args[0]!, { ptr: xh.ptr }, ...args.slice(2)], [wt, bias], gemmSmem);
+      this.free(xh);
     } else {
-      this.launch(`gemm_tc_${wt.dtype}`, [Math.ceil(n / 128), Math.ceil(m / 128), 1], [threads, 1, 1], args, reads);
+      this.launch(`gemm_simt_${wt.dtype}`, [Math.ceil(n / 64), Math.ceil(m / 64), 1], [threads, 1, 1], args, reads);
     }
     return out;
   }
@@ -440,15 +445,15 @@ export class CudaBackend implements Backend {
     const reads = [qt, ...blocks.flatMap((b) => [b.k, b.v])];
     const common: KernelArg[] = [{ ptr: seqBuf.ptr }];
     const maxQRows = Math.max(...o.seqs.map((s) => s.qRows));
-    const tc = `attn_tc_${kvDtype}_${headDim}`;
-    if (maxQRows >= 16 && this.kernels.has(tc)) {
+    const flash = `flash_${kvDtype}_${headDim}`;
+    if (maxQRows >= 16 && this.kernels.has(flash)) {
       this.launch(
-        tc,
+        flash,
         [Math.ceil(maxQRows / 64), heads, o.seqs.length],
         [128, 1, 1],
         [{ ptr: out.ptr }, { ptr: lse?.ptr ?? 0n }, { ptr: qt.ptr }, ...common, { ptr: ptrBuf.ptr }, { ptr: posBuf.ptr }, { i32: heads }, { i32: kvHeads }, { i32: kvHeads * headDim }, { f32: o.scale }, { i32: o.slidingWindow ?? 0 }, { f32: o.softcap ?? 0 }],
         reads,
-        attnTcSmem(headDim),
+        flashSmem(headDim),
       );
     } else {
       if (headDim > 256) throw new BackendError("CUDA_HEAD_DIM", `head_dim ${headDim} is larger than the 256 the CUDA kernels support`);

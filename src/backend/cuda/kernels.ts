@@ -5,16 +5,14 @@ import { CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, Driver, type Handle } 
 
 export type KernelArg = { ptr: Handle } | { i32: number } | { i64: number } | { f32: number };
 
-const modules = ["elementwise", "matmul", "attention"] as const;
+const modules = ["elementwise", "matmul", "gemm", "attention", "flash"] as const;
 const kernelDir = new URL("../../../../kernels/", import.meta.url);
 
-/** Dynamic shared memory of attn_tc for a head size; mirrors TcShape in kernels/attention.cu. */
-export function attnTcSmem(headDim: number): number {
-  const round = (b: number) => Math.ceil(b / 128) * 128;
-  const bq = 64;
+/** Dynamic shared memory of the tensor-core kernels; mirrors the constants in kernels/gemm.cu and kernels/flash.cu. */
+export const gemmSmem = 3 * (128 + 128) * (32 + 8) * 2;
+export function flashSmem(headDim: number): number {
   const bkv = headDim <= 128 ? 64 : 32;
-  const ldq = headDim + 8;
-  return round(bq * ldq * 2) + 2 * round(bkv * ldq * 2) + round(4 * 16 * (bkv + 4) * 4) + round(4 * 16 * (bkv + 8) * 2) + round(4 * 16 * (headDim + 4) * 4) + round(2 * bq * 4);
+  return (64 + 4 * bkv) * (headDim + 8) * 2;
 }
 
 export class Kernels {
@@ -39,12 +37,14 @@ export class Kernels {
       this.loaded.push(module);
       for (const m of ptx.matchAll(/\.entry\s+(\w+)\s*\(/g)) this.fns.set(m[1]!, driver.function(module, m[1]!));
     }
+    const needs: [string, number][] = [];
     for (const dtype of ["bf16", "f16"]) {
-      for (const hd of [64, 128, 256]) {
-        const smem = attnTcSmem(hd);
-        if (smem <= maxSharedOptin) driver.setFunctionAttribute(this.fn(`attn_tc_${dtype}_${hd}`), CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem, `attn_tc_${dtype}_${hd}`);
-        else this.fns.delete(`attn_tc_${dtype}_${hd}`); // this GPU has too little shared memory: the general kernel runs instead
-      }
+      needs.push([`gemm_mma_${dtype}`, gemmSmem]);
+      for (const hd of [64, 128, 256]) needs.push([`flash_${dtype}_${hd}`, flashSmem(hd)]);
+    }
+    for (const [name, smem] of needs) {
+      if (smem <= maxSharedOptin) driver.setFunctionAttribute(this.fn(name), CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem, name);
+      else this.fns.delete(name); // too little shared memory on this GPU: the exact fallback kernels run instead
     }
     this.argBase = driver.hostAlloc(4096);
     this.argView = new DataView(Driver.view(this.argBase, 4096).buffer);

@@ -1,0 +1,174 @@
+// Prefill attention on tensor cores, FlashAttention-2 style: per CTA 64 query rows of one head, one warp per 16 rows;
+// scores and the output stay in registers (mma.m16n8k16), KV tiles stream through shared memory with cp.async,
+// double-buffered, across the blocks the engine lists. Same contract as attn_simt in attention.cu (seqs, blocks,
+// causal, sliding window, soft cap), for 16-bit KV and head_dim 64, 128 or 256.
+#include "mma.cuh"
+
+template <int HD> struct FlashShape {
+  static constexpr int BQ = 64, BKV = HD <= 128 ? 64 : 32, LD = HD + 8; // rows (HD+8)*2 bytes apart: ldmatrix conflict-free
+  // Dynamic shared memory (kernels.ts mirrors it): Q, then K and V for two stages, (BQ + 4 * BKV) * LD * 2 bytes.
+};
+
+template <typename T, int HD>
+__device__ void flash(float *out, float *lse, const float *q, const int *seqs, const unsigned long long *block_ptrs, const int *block_pos,
+                      int heads, int kv_heads, int kv_cols, float scale, int window, float softcap) {
+  using S = FlashShape<HD>;
+  constexpr int BQ = S::BQ, BKV = S::BKV, LD = S::LD;
+  extern __shared__ __align__(128) unsigned char smem[];
+  T *Qs = reinterpret_cast<T *>(smem);
+  T *KVs = Qs + BQ * LD; // stage s: K at KVs + (2s) * BKV * LD, V at KVs + (2s + 1) * BKV * LD
+
+  const int seq = blockIdx.z, head = blockIdx.y, tile0 = blockIdx.x * BQ;
+  const int q_row0 = seqs[5 * seq], q_rows = seqs[5 * seq + 1], q_pos = seqs[5 * seq + 2], b_begin = seqs[5 * seq + 3], b_count = seqs[5 * seq + 4];
+  if (tile0 >= q_rows) return;
+  const int rows = min(BQ, q_rows - tile0), row0 = q_row0 + tile0, pos0 = q_pos + tile0;
+  const int kvh = head / (heads / kv_heads);
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int stride = heads * HD;
+
+  // Q, scaled, in the KV type.
+  for (int i = tid; i < BQ * HD / 2; i += blockDim.x) {
+    const int r = (2 * i) / HD, d = (2 * i) % HD;
+    float2 v = make_float2(0.f, 0.f);
+    if (r < rows) v = *reinterpret_cast<const float2 *>(q + (size_t)(row0 + r) * stride + head * HD + d);
+    *reinterpret_cast<uint32_t *>(Qs + r * LD + d) = pack2<T>(v.x * scale, v.y * scale);
+  }
+
+  const int max_pos = pos0 + rows - 1;
+  const int min_pos = window > 0 ? pos0 - window + 1 : INT_MIN;
+  // KV tiles in order: (block, offset). A tile is skipped when every key is after the last query or before the window.
+  int cb = 0, ck = 0;
+  auto advance = [&](int &b, int &k) {
+    for (;;) {
+      k += BKV;
+      while (b < b_count && k >= block_pos[2 * (b_begin + b) + 1]) b++, k = 0;
+      if (b >= b_count) return;
+      const int start = block_pos[2 * (b_begin + b)];
+      if (start + k > max_pos) { b = b_count; return; }
+      if (start + k + BKV - 1 >= min_pos) return;
+    }
+  };
+  ck = -BKV;
+  advance(cb, ck);
+  auto load = [&](int stage, int b, int k) {
+    const int bi = b_begin + b, len = block_pos[2 * bi + 1];
+    const T *kb = reinterpret_cast<const T *>(block_ptrs[2 * bi]) + kvh * HD;
+    const T *vb = reinterpret_cast<const T *>(block_ptrs[2 * bi + 1]) + kvh * HD;
+    T *ks = KVs + (2 * stage) * BKV * LD, *vs = ks + BKV * LD;
+    for (int i = tid; i < BKV * HD / 8; i += blockDim.x) {
+      const int r = i / (HD / 8), c = (i % (HD / 8)) * 8;
+      const bool ok = k + r < len;
+      const size_t off = (size_t)(ok ? k + r : 0) * kv_cols + c;
+      cp_async16(ks + r * LD + c, kb + off, ok);
+      cp_async16(vs + r * LD + c, vb + off, ok);
+    }
+  };
+
+  float o[HD / 8][4] = {};
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  const int qr = warp * 16 + (lane >> 2); // this thread's rows: qr and qr + 8
+  const int qp[2] = {pos0 + qr, pos0 + qr + 8};
+  int stage = 0;
+  if (cb < b_count) load(0, cb, ck);
+  cp_async_commit();
+  while (cb < b_count) {
+    int nb = cb, nk = ck;
+    advance(nb, nk);
+    if (nb < b_count) load(stage ^ 1, nb, nk); // the next tile streams in while this one computes
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    const T *ks = KVs + (2 * stage) * BKV * LD, *vs = ks + BKV * LD;
+    const int start = block_pos[2 * (b_begin + cb)] + ck;
+    const int valid = block_pos[2 * (b_begin + cb) + 1] - ck;
+
+    float s[BKV / 8][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < HD; kk += 16) {
+      uint32_t a[4];
+      ldmatrix_x4(a, Qs + (warp * 16 + (lane & 15)) * LD + kk + (lane >> 4) * 8);
+#pragma unroll
+      for (int nj = 0; nj < BKV / 16; nj++) {
+        uint32_t b[4];
+        ldmatrix_x4(b, ks + (nj * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk + ((lane >> 3) & 1) * 8);
+        mma16816<T>(s[2 * nj], a, b[0], b[1]);
+        mma16816<T>(s[2 * nj + 1], a, b[2], b[3]);
+      }
+    }
+    // Mask, soft cap, online softmax per row (a row's 4 values per tile column block live in the 4 threads of a quad).
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int ni = 0; ni < BKV / 8; ni++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int c = ni * 8 + (lane & 3) * 2 + (e & 1), h = e >> 1;
+        const int kp = start + c;
+        float v = softcap > 0.f ? softcap * tanhf(s[ni][e] / softcap) : s[ni][e];
+        if (c >= valid || kp > qp[h] || (window > 0 && kp <= qp[h] - window)) v = -INFINITY;
+        s[ni][e] = v;
+        mx[h] = fmaxf(mx[h], v);
+      }
+    float rescale[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+      const float mn = fmaxf(m[h], mx[h]);
+      rescale[h] = mn == -INFINITY ? 1.f : __expf(m[h] - mn);
+      m[h] = mn;
+      l[h] *= rescale[h];
+    }
+#pragma unroll
+    for (int ni = 0; ni < BKV / 8; ni++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int h = e >> 1;
+        const float p = m[h] == -INFINITY ? 0.f : __expf(s[ni][e] - m[h]);
+        s[ni][e] = p;
+        l[h] += p;
+      }
+#pragma unroll
+    for (int nd = 0; nd < HD / 8; nd++) o[nd][0] *= rescale[0], o[nd][1] *= rescale[0], o[nd][2] *= rescale[1], o[nd][3] *= rescale[1];
+    // O += P V: the score accumulators of two adjacent 8-key blocks are exactly an A fragment of 16 keys.
+#pragma unroll
+    for (int j = 0; j < BKV / 16; j++) {
+      const uint32_t a[4] = {pack2<T>(s[2 * j][0], s[2 * j][1]), pack2<T>(s[2 * j][2], s[2 * j][3]), pack2<T>(s[2 * j + 1][0], s[2 * j + 1][1]),
+                             pack2<T>(s[2 * j + 1][2], s[2 * j + 1][3])};
+#pragma unroll
+      for (int nd = 0; nd < HD / 16; nd++) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, vs + (j * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + nd * 16 + (lane >> 4) * 8);
+        mma16816<T>(o[2 * nd], a, b[0], b[1]);
+        mma16816<T>(o[2 * nd + 1], a, b[2], b[3]);
+      }
+    }
+    __syncthreads(); // everyone is done with this stage before it is loaded again
+    stage ^= 1;
+    cb = nb, ck = nk;
+  }
+  cp_async_wait<0>();
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+    const int r = qr + h * 8;
+    if (r >= rows) continue;
+    float *dst = out + (size_t)(row0 + r) * stride + head * HD;
+    const float inv = l[h] > 0.f ? 1.f / l[h] : 0.f;
+#pragma unroll
+    for (int nd = 0; nd < HD / 8; nd++) {
+      const int d = nd * 8 + (lane & 3) * 2;
+      *reinterpret_cast<float2 *>(dst + d) = make_float2(o[nd][2 * h] * inv, o[nd][2 * h + 1] * inv);
+    }
+    if (lse && (lane & 3) == 0) lse[(size_t)(row0 + r) * heads + head] = l[h] > 0.f ? m[h] + logf(l[h]) : -INFINITY;
+  }
+}
+
+#define FLASH(T, NAME, HD)                                                                                                    \
+  extern "C" __global__ void __launch_bounds__(128) flash_##NAME##_##HD(float *out, float *lse, const float *q, const int *seqs,      \
+      const unsigned long long *block_ptrs, const int *block_pos, int heads, int kv_heads, int kv_cols, float scale, int window,  \
+      float softcap) {                                                                                                        \
+    flash<T, HD>(out, lse, q, seqs, block_ptrs, block_pos, heads, kv_heads, kv_cols, scale, window, softcap);                  \
+  }
+FLASH(bf16, bf16, 64) FLASH(bf16, bf16, 128) FLASH(bf16, bf16, 256)
+FLASH(f16, f16, 64) FLASH(f16, f16, 128) FLASH(f16, f16, 256)

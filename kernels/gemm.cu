@@ -1,0 +1,83 @@
+// Prefill GEMM on tensor cores: y[M, N] = xh[M, K] * w[N, K]^T + bias, with xh the activations already in the weights'
+// 16-bit type (cast_rows does that). 128 x 128 tiles, 8 warps of 64 x 32, K in steps of 32 through a 3-stage cp.async
+// pipeline; ldmatrix feeds mma.m16n8k16. Needs K % 8 == 0 (16-byte rows); other shapes use gemm_tc in matmul.cu.
+#include "mma.cuh"
+
+// Dynamic shared memory: GSTAGES * (GBM + GBN) * GLD * 2 bytes (kernels.ts sets it at load).
+constexpr int GBM = 128, GBN = 128, GBK = 32, GSTAGES = 3, GLD = GBK + 8; // +8: rows 80 bytes apart, ldmatrix conflict-free
+
+template <typename T>
+__device__ void gemm_mma(float *y, const T *x, const T *w, const float *bias, int M, int N, int K) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  T *As = reinterpret_cast<T *>(smem);
+  T *Bs = As + GSTAGES * GBM * GLD;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int wm = (warp >> 2) * 64, wn = (warp & 3) * 32;
+  const int m0 = blockIdx.y * GBM, n0 = blockIdx.x * GBN;
+  const int tiles = (K + GBK - 1) / GBK;
+
+  auto load = [&](int stage, int kt) {
+    const int k0 = kt * GBK;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+      const int chunk = tid + i * 256, r = chunk >> 2, c = (chunk & 3) * 8;
+      const bool kin = k0 + c < K;
+      cp_async16(As + (stage * GBM + r) * GLD + c, x + (size_t)min(m0 + r, M - 1) * K + (kin ? k0 + c : 0), m0 + r < M && kin);
+      cp_async16(Bs + (stage * GBN + r) * GLD + c, w + (size_t)min(n0 + r, N - 1) * K + (kin ? k0 + c : 0), n0 + r < N && kin);
+    }
+  };
+
+  float acc[4][4][4] = {};
+#pragma unroll
+  for (int s = 0; s < GSTAGES - 1; s++) {
+    if (s < tiles) load(s, s);
+    cp_async_commit();
+  }
+  for (int kt = 0; kt < tiles; kt++) {
+    cp_async_wait<GSTAGES - 2>();
+    __syncthreads();
+    if (kt + GSTAGES - 1 < tiles) load((kt + GSTAGES - 1) % GSTAGES, kt + GSTAGES - 1);
+    cp_async_commit();
+    const T *a = As + (kt % GSTAGES) * GBM * GLD;
+    const T *b = Bs + (kt % GSTAGES) * GBN * GLD;
+#pragma unroll
+    for (int kk = 0; kk < GBK; kk += 16) {
+      uint32_t af[4][4], bfr[2][4];
+#pragma unroll
+      for (int mi = 0; mi < 4; mi++) ldmatrix_x4(af[mi], a + (wm + mi * 16 + (lane & 15)) * GLD + kk + (lane >> 4) * 8);
+#pragma unroll
+      for (int nj = 0; nj < 2; nj++) ldmatrix_x4(bfr[nj], b + (wn + nj * 16 + (lane & 7) + (lane >> 4) * 8) * GLD + kk + ((lane >> 3) & 1) * 8);
+#pragma unroll
+      for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++) mma16816<T>(acc[mi][ni], af[mi], bfr[ni >> 1][(ni & 1) * 2], bfr[ni >> 1][(ni & 1) * 2 + 1]);
+    }
+  }
+  cp_async_wait<0>();
+#pragma unroll
+  for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+    for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        const int m = m0 + wm + mi * 16 + (lane >> 2) + h * 8;
+        const int n = n0 + wn + ni * 8 + (lane & 3) * 2;
+        if (m >= M) continue;
+        if (n < N) y[(size_t)m * N + n] = acc[mi][ni][2 * h] + (bias ? bias[n] : 0.f);
+        if (n + 1 < N) y[(size_t)m * N + n + 1] = acc[mi][ni][2 * h + 1] + (bias ? bias[n + 1] : 0.f);
+      }
+}
+
+// f32 activations to the weights' 16-bit type, for the tensor-core GEMM.
+template <typename T>
+__device__ void cast_rows(T *out, const float *x, long long n) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) out[i] = from_f32<T>(x[i]);
+}
+
+#define GEMM_MMA(T, NAME)                                                                                                     \
+  extern "C" __global__ void __launch_bounds__(256) gemm_mma_##NAME(float *y, const T *x, const T *w, const float *bias, int M, int N, int K) { \
+    gemm_mma<T>(y, x, w, bias, M, N, K);                                                                                      \
+  }                                                                                                                           \
+  extern "C" __global__ void cast_rows_##NAME(T *out, const float *x, long long n) { cast_rows<T>(out, x, n); }
+GEMM_MMA(bf16, bf16)
+GEMM_MMA(f16, f16)
