@@ -82,7 +82,9 @@ export function createLlamaFamily(c: LlamaConfig, qkNorm: boolean): ArchModel {
       kvLayers: Array.from({ length: c.num_hidden_layers }, () => ({ kvHeads, headDim })),
       // Attention block: x, its norm, q/k/v and their roped copies, merged attention parts, the projection.
       // MLP block: x, attention output, h, its norm, gate, up, their product, the projection, then y.
-      activationsPerRow: Math.max(3 * c.hidden_size + 5 * heads * headDim + 4 * kvHeads * headDim, 6 * c.hidden_size + 3 * c.intermediate_size),
+      // Plus a 16-bit copy of one matmul's input (tensor-core backends), half an f32 per element.
+      activationsPerRow:
+        Math.max(3 * c.hidden_size + 5 * heads * headDim + 4 * kvHeads * headDim, 6 * c.hidden_size + 3 * c.intermediate_size) + Math.max(c.hidden_size, c.intermediate_size) / 2,
     },
     globalWeights: {
       embed: { name: "model.embed_tokens.weight", shape: [c.vocab_size, c.hidden_size] },

@@ -2,6 +2,7 @@
 // The `layerwise` command: parses flags, calls the library, prints results or a clear error.
 import { readFileSync } from "node:fs";
 import { Command, CommanderError } from "commander";
+import { registerBench } from "./bench.js";
 import { registerChat } from "./chat.js";
 import { registerDemo } from "./demo.js";
 import { registerInspect } from "./inspect.js";
@@ -25,6 +26,7 @@ registerInspect(program);
 registerPlan(program);
 registerMakeTestModel(program);
 registerDemo(program);
+registerBench(program);
 
 try {
   await program.parseAsync(process.argv);

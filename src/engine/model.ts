@@ -113,7 +113,8 @@ export class LayerwiseModel {
     readonly backend: Backend,
     readonly layout: ModelLayout,
     readonly plan: Plan,
-    private readonly parts: {
+    /** The engine's parts (tests and benchmarks look at the KV policy). */
+    readonly parts: {
       reader: DiskReader;
       streamer: LayerStreamer;
       stager: KvStager;
@@ -174,9 +175,9 @@ export class LayerwiseModel {
       const blocks = new KvBlockPool(backend, kvBlockTokens, kvDtype);
       cleanup.push(() => blocks.dispose());
       if (thePlan.slots > 0) {
-        // Per sequence: each layer's full blocks and its partly filled last one, plus one chunk's new blocks (as planned).
+        // Per sequence, each layer's full blocks and its partly filled last one; once, one chunk's new blocks (as planned).
         const batch = o.batch ?? 1;
-        arch.shape.kvLayers.forEach((l, i) => blocks.reserve(l.kvHeads * l.headDim, batch * (policy.deviceBlocks + 1 + (i === 0 ? Math.ceil(prefillChunk / kvBlockTokens) + 1 : 0))));
+        arch.shape.kvLayers.forEach((l, i) => blocks.reserve(l.kvHeads * l.headDim, batch * (policy.deviceBlocks + 1) + (i === 0 ? Math.ceil(prefillChunk / kvBlockTokens) + 1 : 0)));
         if (thePlan.kvStagingBlocks > 0) stager.reserve();
       }
       let store: KvStore | undefined;
@@ -204,25 +205,45 @@ export class LayerwiseModel {
 
   /** Feeds `ids` after what `seq` holds; logits [rows * vocab] of the last id, or of every id with `all`. */
   async forward(seq: Sequence, ids: readonly number[], logits: "last" | "all" = "last", o: { onProgress?: (done: number) => void; signal?: AbortSignal } = {}): Promise<Float32Array> {
-    if (seq.length + ids.length > this.maxPositions) {
-      throw new UsageError("CONTEXT_FULL", `${seq.length} + ${ids.length} tokens exceed the model's context of ${this.maxPositions}`);
+    return (await this.forwardBatch([{ seq, ids }], logits, o))[0]!;
+  }
+
+  /**
+   * Feeds new ids to several sequences in one pass (every layer's weights serve all of them): a batch of decode steps,
+   * or prompts. Logits per sequence, as `forward` gives them.
+   */
+  async forwardBatch(items: readonly { seq: Sequence; ids: readonly number[] }[], logits: "last" | "all" = "last", o: { onProgress?: (done: number) => void; signal?: AbortSignal } = {}): Promise<Float32Array[]> {
+    for (const { seq, ids } of items) {
+      if (seq.length + ids.length > this.maxPositions) {
+        throw new UsageError("CONTEXT_FULL", `${seq.length} + ${ids.length} tokens exceed the model's context of ${this.maxPositions}`);
+      }
     }
     const t0 = performance.now();
     const wait0 = this.ioWaitS();
-    const before = seq.tokens.length;
-    const [out] = await this.parts.runner.forward([{ cache: seq.cache, ids }], logits, {
-      onProgress: o.onProgress,
-      signal: o.signal,
-      afterSpan: async (spanEnd) => {
-        seq.tokens.length = before;
-        seq.tokens.push(...ids.slice(0, spanEnd));
-        await this.persist(seq);
+    const before = items.map(({ seq }) => seq.tokens.length);
+    const single = items.length === 1 ? items[0]! : undefined;
+    const out = await this.parts.runner.forward(
+      items.map(({ seq, ids }) => ({ cache: seq.cache, ids })),
+      logits,
+      {
+        onProgress: o.onProgress,
+        signal: o.signal,
+        // A prompt's completed spans go to the persistent cache as they finish (a crash keeps them).
+        afterSpan: single
+          ? async (spanEnd) => {
+              single.seq.tokens.length = before[0]!;
+              single.seq.tokens.push(...single.ids.slice(0, spanEnd));
+              await this.persist(single.seq);
+            }
+          : undefined,
       },
+    );
+    items.forEach(({ seq, ids }, i) => {
+      seq.tokens.length = before[i]!;
+      seq.tokens.push(...ids);
     });
-    seq.tokens.length = before;
-    seq.tokens.push(...ids);
     this.statsBase.computeS += (performance.now() - t0) / 1000 - (this.ioWaitS() - wait0);
-    return out!;
+    return out;
   }
 
   /** Loads the longest cached prefix of `ids` into an empty sequence; returns how many tokens it covers. */
@@ -256,7 +277,7 @@ export class LayerwiseModel {
   }
 
   /** Writes the sequence's complete blocks that the persistent cache does not have yet. */
-  private async persist(seq: Sequence): Promise<void> {
+  async persist(seq: Sequence): Promise<void> {
     const { store, blockLayout: layout } = this.parts;
     if (!store || !layout) return;
     const block = layout.blockTokens;

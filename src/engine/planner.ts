@@ -82,7 +82,7 @@ export function plan(input: PlanInput): Plan {
   // The workspace is many tensors; count it as eight equal ones for the rounding.
   const workspace = 8 * held(workspaceBytes(shape, Math.max(input.prefillChunk, batch)) / 8);
   // Every layer's partly filled last block lives on the device; new blocks of one layer stay there until their chunk is done.
-  const kvHeadroom = (shape.numLayers + Math.ceil(input.prefillChunk / block) + 1) * kvLayerBlockBytes * batch;
+  const kvHeadroom = (shape.numLayers * batch + Math.ceil(input.prefillChunk / block) + 1) * kvLayerBlockBytes;
   const must = globals + workspace + kvHeadroom;
 
   const layerTier: WeightTier[] = layerBytes.map(() => "device");

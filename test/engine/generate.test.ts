@@ -65,6 +65,19 @@ describe("generation on stories260K", () => {
     assert.ok(maxAbsDiff(incremental, full) < 1e-5);
   });
 
+  it("a batch of sequences decoded together gives each one's own logits", async () => {
+    const prompts = [[1, 403, 407], [1, 432, 383, 286, 261], [1]];
+    const seqs = prompts.map(() => model.createSequence());
+    const first = await model.forwardBatch(prompts.map((ids, i) => ({ seq: seqs[i]!, ids })));
+    const next = first.map((l) => [...l.keys()].reduce((a, b) => (l[b]! > l[a]! ? b : a)));
+    const batched = await model.forwardBatch(seqs.map((seq, i) => ({ seq, ids: [next[i]!] })));
+    for (let i = 0; i < prompts.length; i++) {
+      const alone = await model.forward(model.createSequence(), [...prompts[i]!, next[i]!]);
+      assert.ok(maxAbsDiff(batched[i]!, alone) < 1e-5, `sequence ${i}`);
+      assert.equal(seqs[i]!.length, prompts[i]!.length + 1);
+    }
+  });
+
   it("seeded sampling is repeatable", async () => {
     const a = await model.complete("Once upon a time", { maxTokens: 20, temperature: 0.8, topP: 0.9, seed: 42 });
     const b = await model.complete("Once upon a time", { maxTokens: 20, temperature: 0.8, topP: 0.9, seed: 42 });

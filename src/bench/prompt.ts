@@ -1,8 +1,8 @@
 // Writes a prompt file of (about) exactly N tokens for a model's tokenizer: words from a small vocabulary, trimmed.
-// Usage: node dist/bench/prompt.js MODEL_DIR TOKENS OUT_FILE
+// Usage: node dist/src/bench/prompt.js MODEL_DIR TOKENS OUT_FILE
 import { writeFileSync } from "node:fs";
-import { TextTokenizer } from "../src/model/tokenizer.js";
-import { Random } from "../src/util/random.js";
+import { TextTokenizer } from "../model/tokenizer.js";
+import { Random } from "../util/random.js";
 
 export async function promptOfTokens(dir: string, tokens: number, seed = 1): Promise<string> {
   const t = await TextTokenizer.load(dir);

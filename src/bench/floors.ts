@@ -1,0 +1,34 @@
+// Physical floors for the benchmark: what a run cannot beat given the bytes it must move and the FLOPs it must do.
+import type { ArchModel } from "../arch/types.js";
+import { kvBytesPerToken, type Plan } from "../engine/planner.js";
+import type { ModelLayout } from "../engine/layout.js";
+
+export interface Links {
+  /** GB/s measured in the same run. */
+  diskGbps: number;
+  h2dGbps: number;
+  /** TFLOP/s of a large bf16 matmul and of causal attention (torch's, or layerwise's own without torch). */
+  matmulTflops: number;
+  attentionTflops: number;
+}
+
+/** Bytes that must reach the GPU per decoded token at `ctx`, and how many of them come from disk. */
+export function decodeBytes(plan: Plan, layout: ModelLayout, model: ArchModel, ctx: number): { h2d: number; disk: number } {
+  const layerBytes = (tier: string) => layout.layers.reduce((n, l, i) => n + (plan.layerTier[i] === tier ? l.dataBytes : 0), 0);
+  const kvPerToken = kvBytesPerToken(model.shape, plan.input.kvDtype);
+  const kvOff = Math.max(0, ctx - plan.kvDeviceTokens) * kvPerToken;
+  const kvDisk = Math.max(0, ctx - plan.kvDeviceTokens - plan.kvHostTokens) * kvPerToken;
+  return { h2d: layerBytes("ram") + layerBytes("disk") + kvOff, disk: layerBytes("disk") + kvDisk };
+}
+
+/** FLOPs of a prefill of `ctx` tokens: every layer's matmuls (2 per weight) and causal attention. */
+export function prefillFlops(layout: ModelLayout, model: ArchModel, ctx: number, heads: number, headDim: number): { matmul: number; attention: number } {
+  const params = layout.layers.reduce((n, l) => n + l.dataBytes / 2, 0);
+  const attention = model.shape.numLayers * 4 * ((ctx * ctx) / 2) * heads * headDim;
+  return { matmul: 2 * params * ctx, attention };
+}
+
+export function prefillFloorS(flops: { matmul: number; attention: number }, weightBytes: number, linkGbps: number, links: Links): number {
+  const compute = flops.matmul / (links.matmulTflops * 1e12) + flops.attention / (links.attentionTflops * 1e12);
+  return Math.max(compute, weightBytes / (linkGbps * 1e9));
+}

@@ -1,0 +1,273 @@
+// `layerwise bench`: random-weight checkpoints with real shapes, the links they stream over (measured in the same run),
+// layerwise's prefill and decode at several contexts inside a VRAM budget, and the transformers + accelerate baseline.
+import { execFileSync } from "node:child_process";
+import { readFile, stat, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { createArchModel } from "../arch/index.js";
+import type { Backend } from "../backend/ops.js";
+import { measureDisk, measureHostToDevice } from "../engine/bandwidth.js";
+import { LayerwiseModel, type LoadOptions, type Sequence } from "../engine/model.js";
+import { argmax } from "../engine/sampling.js";
+import { presets } from "../testmodel/presets.js";
+import { makeTestModel, testModelMarker } from "../testmodel/write.js";
+import { Random } from "../util/random.js";
+import { decodeBytes, prefillFlops, prefillFloorS, type Links } from "./floors.js";
+
+export interface BenchOptions {
+  backend: Backend;
+  presets: string[];
+  contexts: number[];
+  vramBytes: number;
+  dir: string;
+  decodeTokens: number;
+  /** Workloads to leave out: cold, disk, batch, kvcache, nolimit, baseline. */
+  skip: Set<string>;
+  log: (line: string) => void;
+  /** Called with the results so far after every workload (so an interrupted run keeps what it measured). */
+  onResults?: (results: Record<string, unknown>) => void;
+}
+
+export interface RunFigures {
+  context: number;
+  ttftS: number;
+  prefillTokensPerS: number;
+  decodeSPerToken: number;
+  peakVramBytes: number;
+  floorDecodeS?: number;
+  floorPrefillS?: number;
+}
+
+const tool = (name: string) => new URL(`../../../tools/bench/${name}`, import.meta.url).pathname;
+
+/** Drops the page cache (root on Linux) so reads really come from the disk; false where that is not allowed. */
+export async function dropCaches(): Promise<boolean> {
+  try {
+    execFileSync("sync");
+    await writeFile("/proc/sys/vm/drop_caches", "3");
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function ensureModel(preset: string, dir: string, log: (l: string) => void): Promise<string> {
+  const out = join(dir, preset);
+  const marker = await readFile(join(out, testModelMarker), "utf8").then((t) => JSON.parse(t) as { preset: string; dtype: string }, () => undefined);
+  if (marker?.preset === preset && marker.dtype === "bf16") return out;
+  const t0 = performance.now();
+  await makeTestModel({ preset, dtype: "bf16", out });
+  log(`wrote ${preset} to ${out} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  return out;
+}
+
+function promptIds(n: number, vocab: number, seed: number): number[] {
+  const r = new Random(seed);
+  return Array.from({ length: n }, () => 256 + Math.floor(r.next() * (vocab - 1024)));
+}
+
+/** Prefill `ids` on a fresh sequence, then greedy decode; times, tokens/s and the peak device memory of this run. */
+async function generation(m: LayerwiseModel, ids: number[], decodeTokens: number, seq?: Sequence): Promise<Omit<RunFigures, "context">> {
+  const s = seq ?? m.createSequence();
+  m.backend.resetPeaks();
+  try {
+    const t0 = performance.now();
+    let logits = await m.forward(s, ids);
+    const ttftS = (performance.now() - t0) / 1000;
+    const t1 = performance.now();
+    for (let i = 0; i < decodeTokens; i++) logits = await m.forward(s, [argmax(logits)]);
+    const decodeSPerToken = decodeTokens ? (performance.now() - t1) / 1000 / decodeTokens : 0;
+    return { ttftS, prefillTokensPerS: ids.length / ttftS, decodeSPerToken, peakVramBytes: m.backend.memory.deviceBytesPeak };
+  } finally {
+    if (!seq) s.dispose();
+  }
+}
+
+async function withModel<T>(dir: string, o: LoadOptions, fn: (m: LayerwiseModel) => Promise<T>): Promise<T> {
+  const m = await LayerwiseModel.load(dir, o);
+  try {
+    return await fn(m);
+  } finally {
+    await m.close();
+  }
+}
+
+function python(script: string, args: string[]): string | undefined {
+  try {
+    return execFileSync("python3", [tool(script), ...args], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], maxBuffer: 16 << 20 });
+  } catch {
+    return undefined;
+  }
+}
+
+/** Runs one workload; a failure is recorded in the results and the benchmark goes on. */
+async function workload(name: string, results: Record<string, unknown>, log: (l: string) => void, fn: () => Promise<void>, onResults?: (r: Record<string, unknown>) => void): Promise<void> {
+  try {
+    await fn();
+  } catch (e) {
+    results[`${name}_error`] = (e as Error).message;
+    log(`${name} failed: ${(e as Error).message}`);
+  }
+  onResults?.(results);
+}
+
+export async function runBench(o: BenchOptions): Promise<Record<string, unknown>> {
+  const { backend, log } = o;
+  const results: Record<string, unknown> = { date: new Date().toISOString(), backend: backend.name, vram_budget_bytes: o.vramBytes, contexts: o.contexts };
+  const main = await ensureModel(o.presets[0]!, o.dir, log);
+  const config = JSON.parse(await readFile(join(main, "config.json"), "utf8")) as Record<string, number>;
+  const { model: arch } = createArchModel(config);
+  const heads = config.num_attention_heads!;
+  const headDim = config.head_dim ?? config.hidden_size! / heads;
+  const vocab = config.vocab_size!;
+
+  // ---- links, measured in this run ----
+  const shard = (await import("node:fs/promises")).readdir(main).then((names) => names.filter((n) => n.endsWith(".safetensors")).sort()[0]!);
+  const cold = await dropCaches();
+  const disk = await measureDisk(backend, join(main, await shard), 2 ** 31);
+  const h2d = await measureHostToDevice(backend, 256 << 20, 8);
+  const torch = o.skip.has("torch") ? undefined : python("torch_limits.py", []);
+  const torchLimits = torch ? (JSON.parse(torch.trim().split("\n").pop()!) as Record<string, number>) : undefined;
+  const links: Links = {
+    diskGbps: disk.gbps,
+    h2dGbps: h2d.gbps,
+    matmulTflops: torchLimits?.matmul_bf16_tflops ?? NaN,
+    attentionTflops: torchLimits?.sdpa_32k_tflops ?? NaN,
+  };
+  results.limits = { disk_gbps: disk.gbps, disk_method: cold ? `${disk.method}, page cache dropped` : disk.method, h2d_pinned_gbps: h2d.gbps, torch: torchLimits ?? null };
+  log(`links: disk ${disk.gbps.toFixed(2)} GB/s (${disk.method}), host->GPU ${h2d.gbps.toFixed(1)} GB/s, torch matmul ${links.matmulTflops.toFixed(0)} TFLOP/s, SDPA ${links.attentionTflops.toFixed(0)} TFLOP/s`);
+
+  const maxCtx = Math.max(...o.contexts);
+  const budget = { backend, vram: o.vramBytes };
+  const ctx32 = o.contexts.includes(32768) ? 32768 : o.contexts[Math.floor(o.contexts.length / 2)]!;
+
+  // ---- RAM tier: prefill and decode at each context, with the peak device memory of each ----
+  const warm: RunFigures[] = [];
+  await withModel(main, { ...budget, context: maxCtx + o.decodeTokens + 64 }, async (m) => {
+    results.plan_ram_tier = { layer_tiers: m.plan.layerTier.join(","), kv_device_tokens: m.plan.kvDeviceTokens, device_bytes: m.plan.deviceBytes, host_bytes: m.plan.hostBytes };
+    const weightBytes = m.layout.layers.reduce((n, l) => n + l.dataBytes, 0);
+    for (const ctx of o.contexts) {
+      const f = await generation(m, promptIds(ctx, vocab, ctx), o.decodeTokens);
+      const bytes = decodeBytes(m.plan, m.layout, m.arch, ctx);
+      const fig: RunFigures = { context: ctx, ...f, floorDecodeS: bytes.h2d / (links.h2dGbps * 1e9), floorPrefillS: prefillFloorS(prefillFlops(m.layout, arch, ctx, heads, headDim), weightBytes, links.h2dGbps, links) };
+      warm.push(fig);
+      log(`RAM tier ${ctx} tokens: first token ${f.ttftS.toFixed(2)} s (${f.prefillTokensPerS.toFixed(0)} tok/s), decode ${f.decodeSPerToken.toFixed(3)} s/token (floor ${fig.floorDecodeS!.toFixed(3)}), peak VRAM ${(f.peakVramBytes / 1e9).toFixed(2)} GB`);
+    }
+  });
+  results.ram_tier = warm;
+  o.onResults?.(results);
+
+  // ---- weights from disk every token (--ram 0), cold prefill ----
+  let diskRun: RunFigures | undefined;
+  if (!o.skip.has("disk")) {
+    await workload("disk", results, log, async () => {
+      await withModel(main, { ...budget, ram: 0, context: ctx32 + 64 }, async (m) => {
+        const dropped = await dropCaches();
+        const weightBytes = m.layout.layers.reduce((n, l) => n + l.dataBytes, 0);
+        const f = await generation(m, promptIds(ctx32, vocab, 7), 3);
+        const bytes = decodeBytes(m.plan, m.layout, m.arch, ctx32);
+        diskRun = { context: ctx32, ...f, floorDecodeS: Math.max(bytes.disk / (links.diskGbps * 1e9), bytes.h2d / (links.h2dGbps * 1e9)), floorPrefillS: prefillFloorS(prefillFlops(m.layout, arch, ctx32, heads, headDim), weightBytes, links.diskGbps, links) };
+        results.disk_tier = { ...diskRun, page_cache_dropped: dropped, disk_read_bytes: m.stats().diskReadBytes };
+        log(`--ram 0 ${ctx32} tokens: first token ${f.ttftS.toFixed(2)} s (cold), decode ${f.decodeSPerToken.toFixed(2)} s/token (floor ${diskRun.floorDecodeS!.toFixed(2)})`);
+      });
+    }, o.onResults);
+  }
+
+  // ---- batched decode: every streamed layer serves the whole batch ----
+  if (!o.skip.has("batch")) {
+    await workload("batch", results, log, async () => {
+      const batches = [1, 4, 16, 64];
+      const perBatch: { batch: number; tokensPerS: number }[] = [];
+      await withModel(main, { ...budget, context: 1024, batch: 64 }, async (m) => {
+        for (const n of batches) {
+          const seqs = Array.from({ length: n }, () => m.createSequence());
+          await m.forwardBatch(seqs.map((seq, i) => ({ seq, ids: promptIds(256, vocab, 100 + i) }))); // all prompts in one weight pass
+          let next = seqs.map(() => [300]);
+          const steps = 8;
+          const t0 = performance.now();
+          for (let s = 0; s < steps; s++) next = (await m.forwardBatch(seqs.map((seq, i) => ({ seq, ids: next[i]! })))).map((l) => [argmax(l)]);
+          const tokensPerS = (n * steps) / ((performance.now() - t0) / 1000);
+          perBatch.push({ batch: n, tokensPerS });
+          log(`batch ${n}: ${tokensPerS.toFixed(1)} tokens/s`);
+          seqs.forEach((s) => s.dispose());
+        }
+      });
+      results.batch = perBatch;
+    }, o.onResults);
+  }
+
+  // ---- a second question about the same document, with the persistent KV cache ----
+  if (!o.skip.has("kvcache")) {
+    await workload("kvcache", results, log, async () => {
+      const cache = join(o.dir, `kv-cache-${Date.now()}`);
+      await withModel(main, { ...budget, context: ctx32 + 128, kvCache: cache }, async (m) => {
+        const doc = promptIds(ctx32 - 64, vocab, 11);
+        const first = await m.complete({ ids: [...doc, ...promptIds(32, vocab, 12)] }, { maxTokens: 1, temperature: 0 });
+        const second = await m.complete({ ids: [...doc, ...promptIds(32, vocab, 13)] }, { maxTokens: 1, temperature: 0 });
+        results.kv_cache = { context: ctx32, first_ttft_s: first.ttftS, second_ttft_s: second.ttftS, hit_tokens: second.kvCacheHitTokens, cache_bytes: (await dirBytes(cache)) };
+        log(`second question with --kv-cache: first token ${second.ttftS.toFixed(2)} s (cold ${first.ttftS.toFixed(2)} s), ${second.kvCacheHitTokens} tokens from the cache`);
+      });
+    }, o.onResults);
+  }
+
+  // ---- no VRAM limit, for contrast ----
+  if (!o.skip.has("nolimit")) {
+    await workload("nolimit", results, log, async () => {
+      await withModel(main, { backend, context: ctx32 + 64 }, async (m) => {
+        const f = await generation(m, promptIds(ctx32, vocab, 5), o.decodeTokens);
+        results.no_limit = { context: ctx32, ...f, tiers: m.plan.layerTier.join(",") };
+        log(`no VRAM limit ${ctx32} tokens: first token ${f.ttftS.toFixed(2)} s, decode ${f.decodeSPerToken.toFixed(4)} s/token, peak VRAM ${(f.peakVramBytes / 1e9).toFixed(1)} GB`);
+      });
+    }, o.onResults);
+  }
+
+  // ---- other models: RAM tier at the middle context ----
+  const others: Record<string, unknown>[] = [];
+  for (const preset of o.presets.slice(1)) {
+    const dir = await ensureModel(preset, o.dir, log);
+    const cfg = JSON.parse(await readFile(join(dir, "config.json"), "utf8")) as Record<string, number>;
+    await withModel(dir, { ...budget, context: ctx32 + o.decodeTokens + 64 }, async (m) => {
+      const f = await generation(m, promptIds(ctx32, cfg.vocab_size!, 3), o.decodeTokens);
+      const floor = decodeBytes(m.plan, m.layout, m.arch, ctx32).h2d / (links.h2dGbps * 1e9);
+      others.push({ preset, context: ctx32, ...f, floorDecodeS: floor });
+      log(`${preset} ${ctx32} tokens: first token ${f.ttftS.toFixed(2)} s, decode ${f.decodeSPerToken.toFixed(3)} s/token (floor ${floor.toFixed(3)}), peak VRAM ${(f.peakVramBytes / 1e9).toFixed(2)} GB`);
+    });
+  }
+  results.other_models = others;
+
+  // ---- baseline: transformers + accelerate offload on the same checkpoint ----
+  let baseline: { context: number; ttft_s: number; decode_s_per_token: number; peak_vram_bytes: number }[] = [];
+  if (!o.skip.has("baseline")) {
+    const contexts = o.contexts.filter((c) => c <= 32768);
+    const out = python("accelerate_baseline.py", [main, ...contexts.map(String), "--vram", `${Math.floor(o.vramBytes / 2 ** 30)}GiB`, "--tokens", "4"]);
+    baseline = (out ?? "").trim().split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
+    results.baseline_accelerate = baseline.length ? baseline : { error: "python3 with torch, transformers and accelerate is needed for the baseline" };
+    for (const b of baseline) log(`accelerate ${b.context} tokens: first token ${b.ttft_s.toFixed(2)} s, decode ${b.decode_s_per_token.toFixed(3)} s/token, peak VRAM ${(b.peak_vram_bytes / 1e9).toFixed(1)} GB`);
+  }
+
+  // ---- the ratios the goals are stated in ----
+  const at = (ctx: number) => warm.find((w) => w.context === ctx);
+  const w32 = at(ctx32);
+  const b32 = baseline.find((b) => b.context === ctx32);
+  const peaks = warm.map((w) => w.peakVramBytes);
+  const batch = results.batch as { batch: number; tokensPerS: number }[] | undefined;
+  Object.assign(results, {
+    decode_ram_floor_ratio_32k: w32 ? w32.floorDecodeS! / w32.decodeSPerToken : null,
+    decode_disk_floor_ratio_32k: diskRun ? diskRun.floorDecodeS! / diskRun.decodeSPerToken : null,
+    prefill_floor_ratio_32k_warm: w32 ? w32.floorPrefillS! / w32.ttftS : null,
+    prefill_floor_ratio_32k_cold: diskRun ? diskRun.floorPrefillS! / diskRun.ttftS : null,
+    peak_vram_over_budget_max: Math.max(...peaks) / o.vramBytes,
+    vram_growth_8k_to_100k: at(8192) && at(Math.max(...o.contexts)) ? at(Math.max(...o.contexts))!.peakVramBytes / at(8192)!.peakVramBytes : null,
+    decode_speedup_vs_accelerate_32k: w32 && b32 ? b32.decode_s_per_token / w32.decodeSPerToken : null,
+    batch16_over_batch1: batch ? batch.find((b) => b.batch === 16)!.tokensPerS / batch.find((b) => b.batch === 1)!.tokensPerS : null,
+  });
+  return results;
+}
+
+async function dirBytes(dir: string): Promise<number> {
+  const { readdir } = await import("node:fs/promises");
+  let n = 0;
+  for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) if (e.isFile()) n += (await stat(join(e.parentPath ?? (e as unknown as { path: string }).path, e.name))).size;
+  return n;
+}
+
+export const benchPresets = Object.keys(presets).filter((p) => !p.startsWith("tiny-"));

@@ -1,0 +1,128 @@
+// `layerwise bench`: runs the benchmark, writes bench/results/<date>-<gpu>.json and regenerates docs/benchmarks.md.
+import { join } from "node:path";
+import type { Command } from "commander";
+import { createBackend } from "../backend/index.js";
+import { chartSvg, markdownTable, writeFileMkdir } from "../bench/report.js";
+import { benchPresets, runBench, type RunFigures } from "../bench/run.js";
+import { UsageError } from "../errors.js";
+import { parseBytes, parseCount } from "../util/bytes.js";
+import { backendName, numberFlag } from "./options.js";
+
+interface BenchFlags {
+  presets: string;
+  contexts: string;
+  vram: string;
+  dir: string;
+  decodeTokens: string;
+  skip?: string;
+  out: string;
+  docs: string;
+  backend: string;
+}
+
+export function registerBench(program: Command): void {
+  program
+    .command("bench")
+    .description("benchmark layerwise against the physical limits of this machine and against transformers + accelerate")
+    .option("--presets <names>", `models to benchmark, the first in full (${benchPresets.join(", ")})`, "llama-3.1-8b,llama-3.2-1b,qwen3-8b")
+    .option("--contexts <list>", "contexts for prefill and decode", "8k,32k,100k")
+    .option("--vram <size>", "VRAM budget", "8GB")
+    .option("--dir <dir>", "where the random-weight checkpoints are written (and reused)", "/tmp/layerwise-bench")
+    .option("--decode-tokens <n>", "tokens decoded per measurement", "16")
+    .option("--skip <list>", "workloads to leave out: disk, batch, kvcache, nolimit, baseline, torch")
+    .option("--out <dir>", "folder for the JSON results", "bench/results")
+    .option("--docs <file>", "markdown report to regenerate", "docs/benchmarks.md")
+    .option("--backend <name>", "cpu, cuda or auto", "auto")
+    .option("--debug", "print stack traces of errors")
+    .action(async (flags: BenchFlags) => {
+      const presets = flags.presets.split(",").map((s) => s.trim());
+      for (const p of presets) if (!benchPresets.includes(p) && !p.startsWith("tiny-")) throw new UsageError("UNKNOWN_PRESET", `no preset "${p}"`, `presets: ${benchPresets.join(", ")}`);
+      const { backend } = await createBackend(backendName(flags));
+      try {
+        const results = await runBench({
+          backend,
+          presets,
+          contexts: flags.contexts.split(",").map((c) => parseCount(c, "--contexts")),
+          vramBytes: parseBytes(flags.vram, "--vram"),
+          dir: flags.dir,
+          decodeTokens: numberFlag(flags.decodeTokens, "--decode-tokens", { integer: true })!,
+          skip: new Set((flags.skip ?? "").split(",").filter(Boolean)),
+          log: (line) => process.stderr.write(`${line}\n`),
+          onResults: (r) => writeFileMkdir(join(flags.out, "partial.json"), JSON.stringify(r, null, 2) + "\n"),
+        });
+        const gpu = (backend as { info?: { name: string } }).info?.name ?? backend.name;
+        results.gpu = gpu;
+        const slug = `${new Date().toISOString().slice(0, 10)}-${gpu.toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "")}`;
+        const file = join(flags.out, `${slug}.json`);
+        writeFileMkdir(file, JSON.stringify(results, null, 2) + "\n");
+        writeReport(flags.docs, results, presets[0]!, file);
+        process.stdout.write(`${JSON.stringify(Object.fromEntries(Object.entries(results).filter(([, v]) => typeof v === "number" || v === null)))}\nwrote ${file} and ${flags.docs}\n`);
+      } finally {
+        await backend.dispose();
+      }
+    });
+}
+
+function writeReport(docs: string, r: Record<string, unknown>, preset: string, jsonFile: string): void {
+  const ram = (r.ram_tier ?? []) as RunFigures[];
+  const disk = r.disk_tier as RunFigures | undefined;
+  const base = (Array.isArray(r.baseline_accelerate) ? r.baseline_accelerate : []) as { context: number; ttft_s: number; decode_s_per_token: number; peak_vram_bytes: number }[];
+  const limits = r.limits as { disk_gbps: number; disk_method: string; h2d_pinned_gbps: number; torch: Record<string, number> | null };
+  const gb = (b: number) => (b / 1e9).toFixed(2);
+  const num = (v: unknown) => (typeof v === "number" ? v : NaN);
+  const svgFile = docs.replace(/\.md$/, ".svg");
+  const series = [
+    { name: "layerwise, RAM tier", color: "#1f77b4", points: ram.map((w) => ({ context: w.context, sPerToken: w.decodeSPerToken })) },
+    { name: "host->GPU floor", color: "#1f77b4", dashed: true, points: ram.map((w) => ({ context: w.context, sPerToken: w.floorDecodeS ?? 0 })) },
+    { name: "accelerate offload", color: "#d62728", points: base.map((b) => ({ context: b.context, sPerToken: b.decode_s_per_token })) },
+    ...(disk ? [{ name: "layerwise, --ram 0", color: "#2ca02c", points: [{ context: disk.context, sPerToken: disk.decodeSPerToken }] }, { name: "disk floor", color: "#2ca02c", dashed: true, points: [{ context: disk.context, sPerToken: disk.floorDecodeS ?? 0 }] }] : []),
+  ];
+  writeFileMkdir(svgFile, chartSvg(series, `${preset}, decode s/token, VRAM budget ${gb(num(r.vram_budget_bytes))} GB`));
+  const goals: [string, string, unknown, (v: number) => boolean][] = [
+    ["decode at 32k, RAM tier, vs host->GPU floor", ">= 0.8", r.decode_ram_floor_ratio_32k, (v) => v >= 0.8],
+    ["decode at 32k, --ram 0, vs disk floor", ">= 0.85", r.decode_disk_floor_ratio_32k, (v) => v >= 0.85],
+    ["decode speed-up vs accelerate at 32k", ">= 3", r.decode_speedup_vs_accelerate_32k, (v) => v >= 3],
+    ["prefill at 32k vs floor, warm", ">= 0.5", r.prefill_floor_ratio_32k_warm, (v) => v >= 0.5],
+    ["prefill at 32k vs floor, cold", ">= 0.8", r.prefill_floor_ratio_32k_cold, (v) => v >= 0.8],
+    ["peak VRAM / budget, worst context", "<= 1", r.peak_vram_over_budget_max, (v) => v <= 1],
+    ["peak VRAM 100k / 8k", "within 5%", r.vram_growth_8k_to_100k, (v) => Math.abs(v - 1) <= 0.05],
+    ["batch 16 / batch 1 decode throughput", ">= 10", r.batch16_over_batch1, (v) => v >= 10],
+  ];
+  const md = [
+    "# Benchmarks",
+    "",
+    `Generated by \`npx layerwise bench\` on ${String(r.gpu)} (${String(r.date)}); raw figures in \`${jsonFile}\`.`,
+    `Checkpoints are random-weight bf16 with the real shapes (\`make-test-model\`); the main model is \`${preset}\`,`,
+    `run with \`--vram ${gb(num(r.vram_budget_bytes))}GB\`. Every ratio is against a limit measured in the same run:`,
+    "bytes per token over the measured link for decode; for prefill the larger of FLOPs over torch's measured matmul",
+    "and SDPA speed and weight bytes over the link they come from. Timings exclude loading the model.",
+    "",
+    "## Goals",
+    "",
+    markdownTable([["goal", "target", "measured", "met"], ...goals.map(([name, target, v, ok]) => [name, target, typeof v === "number" ? v : "not run", typeof v === "number" ? (ok(v) ? "yes" : "no") : "-"])]),
+    "## Limits measured in this run",
+    "",
+    markdownTable([
+      ["link", "speed"],
+      ["disk read", `${limits.disk_gbps.toFixed(2)} GB/s (${limits.disk_method})`],
+      ["pinned host->GPU", `${limits.h2d_pinned_gbps.toFixed(1)} GB/s`],
+      ["torch bf16 matmul", limits.torch ? `${limits.torch.matmul_bf16_tflops!.toFixed(0)} TFLOP/s` : "no torch"],
+      ["torch SDPA 32k", limits.torch ? `${limits.torch.sdpa_32k_tflops!.toFixed(0)} TFLOP/s` : "no torch"],
+    ]),
+    "## Decode and prefill, RAM tier",
+    "",
+    "![decode s/token vs context](" + svgFile.split("/").pop() + ")",
+    "",
+    markdownTable([
+      ["context", "first token s", "prefill tok/s", "prefill floor s", "decode s/token", "decode floor s", "floor ratio", "peak VRAM GB"],
+      ...ram.map((w) => [w.context, w.ttftS, w.prefillTokensPerS, w.floorPrefillS ?? NaN, w.decodeSPerToken, w.floorDecodeS ?? NaN, (w.floorDecodeS ?? NaN) / w.decodeSPerToken, gb(w.peakVramBytes)]),
+    ]),
+    ...(disk ? ["## Weights from disk every token (`--ram 0`, page cache dropped first)", "", markdownTable([["context", "first token s (cold)", "decode s/token", "decode floor s", "peak VRAM GB"], [disk.context, disk.ttftS, disk.decodeSPerToken, disk.floorDecodeS ?? NaN, gb(disk.peakVramBytes)]])] : []),
+    ...(base.length ? ["## Baseline: transformers + accelerate, `device_map=\"auto\"`, same VRAM cap", "", markdownTable([["context", "first token s", "decode s/token", "peak VRAM GB"], ...base.map((b) => [b.context, b.ttft_s, b.decode_s_per_token, gb(b.peak_vram_bytes)])])] : []),
+    ...(r.batch ? ["## Batched decode", "", markdownTable([["batch", "tokens/s"], ...(r.batch as { batch: number; tokensPerS: number }[]).map((b) => [b.batch, b.tokensPerS])])] : []),
+    ...(r.kv_cache ? ["## Second question on the same document (`--kv-cache`)", "", "```json", JSON.stringify(r.kv_cache, null, 2), "```", ""] : []),
+    ...(r.no_limit ? ["## No VRAM limit (everything resident), for contrast", "", "```json", JSON.stringify(r.no_limit, null, 2), "```", ""] : []),
+    ...((r.other_models as unknown[])?.length ? ["## Other models, RAM tier", "", "```json", JSON.stringify(r.other_models, null, 2), "```", ""] : []),
+  ].join("\n");
+  writeFileMkdir(docs, md);
+}
