@@ -256,7 +256,7 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
     prefill_floor_ratio_32k_warm: w32 ? w32.floorPrefillS! / w32.ttftS : null,
     prefill_floor_ratio_32k_cold: diskRun ? diskRun.floorPrefillS! / diskRun.ttftS : null,
     peak_vram_over_budget_max: Math.max(...peaks) / o.vramBytes,
-    vram_growth_8k_to_100k: at(8192) && at(Math.max(...o.contexts)) ? at(Math.max(...o.contexts))!.peakVramBytes / at(8192)!.peakVramBytes : null,
+    vram_growth_8k_to_100k: warm.length > 1 ? at(Math.max(...o.contexts))!.peakVramBytes / at(Math.min(...o.contexts))!.peakVramBytes : null,
     decode_speedup_vs_accelerate_32k: w32 && b32 ? b32.decode_s_per_token / w32.decodeSPerToken : null,
     batch16_over_batch1: batch ? batch.find((b) => b.batch === 16)!.tokensPerS / batch.find((b) => b.batch === 1)!.tokensPerS : null,
   });

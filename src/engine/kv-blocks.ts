@@ -1,6 +1,7 @@
-// Device memory for KV blocks, reserved when the model loads (the plan's share), so device use does not depend on the context.
+// Memory for KV blocks, reserved when the model loads (the plan's shares): device blocks, and pinned host buffers for the
+// RAM tier. Nothing is allocated on the hot path, and memory use does not depend on the context.
 import type { DType } from "../backend/dtype.js";
-import type { Backend, Tensor } from "../backend/ops.js";
+import type { Backend, HostBuffer, Tensor } from "../backend/ops.js";
 
 export interface DeviceBlock {
   readonly k: Tensor;
@@ -9,6 +10,7 @@ export interface DeviceBlock {
 
 export class KvBlockPool {
   private readonly free = new Map<number, DeviceBlock[]>();
+  private readonly freeHost = new Map<number, HostBuffer[]>();
 
   constructor(
     private readonly backend: Backend,
@@ -31,8 +33,24 @@ export class KvBlockPool {
     else this.free.set(kvCols, [b]);
   }
 
+  /** Allocates `count` pinned host buffers of `bytes` (a block's K and V) up front. */
+  reserveHost(bytes: number, count: number): void {
+    for (let i = 0; i < count; i++) this.putHost(this.backend.allocHost(bytes));
+  }
+
+  takeHost(bytes: number): HostBuffer {
+    return this.freeHost.get(bytes)?.pop() ?? this.backend.allocHost(bytes);
+  }
+
+  putHost(b: HostBuffer): void {
+    const list = this.freeHost.get(b.bytes.byteLength);
+    if (list) list.push(b);
+    else this.freeHost.set(b.bytes.byteLength, [b]);
+  }
+
   dispose(): void {
     for (const list of this.free.values()) for (const b of list.splice(0)) this.backend.free(b.k), this.backend.free(b.v);
+    for (const list of this.freeHost.values()) for (const b of list.splice(0)) this.backend.freeHost(b);
   }
 
   private make(kvCols: number): DeviceBlock {

@@ -108,7 +108,7 @@ export class KvCache {
       await this.backend.upload(state.v!, bytes.subarray(this.blockBytes(layer)));
     } else if (onHost < this.policy.hostBlocks) {
       state.tier = "host";
-      state.host = this.backend.allocHost(bytes.byteLength);
+      state.host = this.pool.takeHost(bytes.byteLength);
       state.host.bytes.set(bytes);
     } else {
       state.disk = await this.spill.write(bytes);
@@ -120,31 +120,36 @@ export class KvCache {
   /** Moves full device blocks beyond the policy's device share to RAM or disk (after the compute that wrote them). */
   async settle(layer: number): Promise<void> {
     const blocks = this.layers[layer]!;
+    const bytes = this.blockBytes(layer);
     let onDevice = 0;
     let onHost = blocks.filter((b) => b.tier === "host").length;
-    const bytes = this.blockBytes(layer);
+    const moving: { b: KvBlockState; host: HostBuffer; toDisk: boolean }[] = [];
     for (const b of blocks) {
       if (b.tier !== "device" || b.length < this.policy.blockTokens) continue;
       if (++onDevice <= this.policy.deviceBlocks) continue;
       // Newest full blocks leave, so each block moves at most once.
-      const host = this.backend.allocHost(2 * bytes);
-      await this.backend.copyToHost(b.k!, 0, host, 0, bytes);
-      await this.backend.copyToHost(b.v!, 0, host, bytes, bytes);
+      const toDisk = onHost >= this.policy.hostBlocks;
+      if (!toDisk) onHost++;
+      moving.push({ b, host: this.pool.takeHost(2 * bytes), toDisk });
+    }
+    if (moving.length === 0) return;
+    // All copies queued, then one wait.
+    await Promise.all(moving.flatMap(({ b, host }) => [this.backend.copyToHost(b.k!, 0, host, 0, bytes), this.backend.copyToHost(b.v!, 0, host, bytes, bytes)]));
+    for (const { b, host, toDisk } of moving) {
       this.pool.put(b.k!.shape[1]!, { k: b.k!, v: b.v! });
       b.k = b.v = undefined;
-      if (onHost < this.policy.hostBlocks) {
-        onHost++;
+      if (!toDisk) {
         b.tier = "host";
         b.host = host;
-      } else {
-        try {
-          b.disk = await this.spill.write(host.bytes);
-        } finally {
-          this.backend.freeHost(host);
-        }
-        b.tier = "disk";
-        this.stats.spilledBytes += 2 * bytes;
+        continue;
       }
+      try {
+        b.disk = await this.spill.write(host.bytes);
+      } finally {
+        this.pool.putHost(host);
+      }
+      b.tier = "disk";
+      this.stats.spilledBytes += 2 * bytes;
     }
   }
 
@@ -154,13 +159,13 @@ export class KvCache {
     if (b.tier === "host") into.set(b.host!.bytes.subarray(0, 2 * bytes));
     else if (b.tier === "disk") await this.diskReader.read(b.disk!, into.subarray(0, 2 * bytes));
     else {
-      const host = this.backend.allocHost(2 * bytes);
+      const host = this.pool.takeHost(2 * bytes);
       try {
         await this.backend.copyToHost(b.k!, 0, host, 0, bytes);
         await this.backend.copyToHost(b.v!, 0, host, bytes, bytes);
-        into.set(host.bytes);
+        into.set(host.bytes.subarray(0, 2 * bytes));
       } finally {
-        this.backend.freeHost(host);
+        this.pool.putHost(host);
       }
     }
   }
@@ -194,6 +199,6 @@ export class KvCache {
 
   private release(b: KvBlockState): void {
     if (b.k && b.v) this.pool.put(b.k.shape[1]!, { k: b.k, v: b.v });
-    if (b.host) this.backend.freeHost(b.host);
+    if (b.host) this.pool.putHost(b.host);
   }
 }

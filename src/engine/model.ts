@@ -179,6 +179,8 @@ export class LayerwiseModel {
         const batch = o.batch ?? 1;
         arch.shape.kvLayers.forEach((l, i) => blocks.reserve(l.kvHeads * l.headDim, batch * (policy.deviceBlocks + 1) + (i === 0 ? Math.ceil(prefillChunk / kvBlockTokens) + 1 : 0)));
         if (thePlan.kvStagingBlocks > 0) stager.reserve();
+        // The RAM tier's pinned buffers, one per block.
+        arch.shape.kvLayers.forEach((l) => blocks.reserveHost(2 * kvBlockTokens * l.kvHeads * l.headDim * dtypeBytes[kvDtype], batch * policy.hostBlocks));
       }
       let store: KvStore | undefined;
       let blockLayout: BlockLayout | undefined;
