@@ -112,7 +112,7 @@ async function workload(name: string, results: Record<string, unknown>, log: (l:
 
 export async function runBench(o: BenchOptions): Promise<Record<string, unknown>> {
   const { backend, log } = o;
-  const results: Record<string, unknown> = { date: new Date().toISOString(), backend: backend.name, vram_budget_bytes: o.vramBytes, contexts: o.contexts };
+  const results: Record<string, unknown> = { date: new Date().toISOString(), backend: backend.name, main_preset: o.presets[0], vram_budget_bytes: o.vramBytes, contexts: o.contexts };
   const main = await ensureModel(o.presets[0]!, o.dir, log);
   const config = JSON.parse(await readFile(join(main, "config.json"), "utf8")) as Record<string, number>;
   const { model: arch } = createArchModel(config);
@@ -244,24 +244,33 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
     for (const b of baseline) log(`accelerate ${b.context} tokens: first token ${b.ttft_s.toFixed(2)} s, decode ${b.decode_s_per_token.toFixed(3)} s/token, peak VRAM ${(b.peak_vram_bytes / 1e9).toFixed(1)} GB`);
   }
 
-  // ---- the ratios the goals are stated in ----
-  const at = (ctx: number) => warm.find((w) => w.context === ctx);
-  const w32 = at(ctx32);
-  const b32 = baseline.find((b) => b.context === ctx32);
-  const peaks = warm.map((w) => w.peakVramBytes);
-  const batch = results.batch as { batch: number; tokensPerS: number }[] | undefined;
-  Object.assign(results, {
-    decode_ram_floor_ratio_32k: w32 ? w32.floorDecodeS! / w32.decodeSPerToken : null,
-    decode_disk_floor_ratio_32k: diskRun ? diskRun.floorDecodeS! / diskRun.decodeSPerToken : null,
-    prefill_floor_ratio_32k_warm: w32 ? w32.floorPrefillS! / w32.ttftS : null,
-    prefill_floor_ratio_32k_cold: diskRun ? diskRun.floorPrefillS! / diskRun.ttftS : null,
-    peak_vram_over_budget_max: Math.max(...peaks) / o.vramBytes,
-    vram_growth_8k_to_100k: warm.length > 1 ? at(Math.max(...o.contexts))!.peakVramBytes / at(Math.min(...o.contexts))!.peakVramBytes : null,
-    decode_speedup_vs_accelerate_32k: w32 && b32 ? b32.decode_s_per_token / w32.decodeSPerToken : null,
-    batch16_over_batch1: batch ? batch.find((b) => b.batch === 16)!.tokensPerS / batch.find((b) => b.batch === 1)!.tokensPerS : null,
-  });
-  return results;
+  return Object.assign(results, ratios(results));
 }
+
+/** The ratios the goals are stated in, derived from the raw figures of a run (also for re-reporting a saved run). */
+export function ratios(r: Record<string, unknown>): Record<string, number | null> {
+  const warm = (r.ram_tier ?? []) as RunFigures[];
+  const disk = r.disk_tier as RunFigures | undefined;
+  const baseline = (Array.isArray(r.baseline_accelerate) ? r.baseline_accelerate : []) as { context: number; decode_s_per_token: number }[];
+  const batch = r.batch as { batch: number; tokensPerS: number }[] | undefined;
+  const contexts = warm.map((w) => w.context);
+  const mid = disk?.context ?? (contexts.includes(32000) ? 32000 : contexts[Math.floor(contexts.length / 2)]);
+  const at = (ctx: number | undefined) => warm.find((w) => w.context === ctx);
+  const w32 = at(mid);
+  const b32 = baseline.find((b) => b.context === mid);
+  const tokens = (n: number) => batch?.find((b) => b.batch === n)?.tokensPerS;
+  return {
+    decode_ram_floor_ratio_32k: w32 ? w32.floorDecodeS! / w32.decodeSPerToken : null,
+    decode_disk_floor_ratio_32k: disk ? disk.floorDecodeS! / disk.decodeSPerToken : null,
+    prefill_floor_ratio_32k_warm: w32 ? w32.floorPrefillS! / w32.ttftS : null,
+    prefill_floor_ratio_32k_cold: disk ? disk.floorPrefillS! / disk.ttftS : null,
+    peak_vram_over_budget_max: warm.length ? Math.max(...warm.map((w) => w.peakVramBytes)) / (r.vram_budget_bytes as number) : null,
+    vram_growth_8k_to_100k: warm.length > 1 ? at(Math.max(...contexts))!.peakVramBytes / at(Math.min(...contexts))!.peakVramBytes : null,
+    decode_speedup_vs_accelerate_32k: w32 && b32 ? b32.decode_s_per_token / w32.decodeSPerToken : null,
+    batch16_over_batch1: tokens(16) && tokens(1) ? tokens(16)! / tokens(1)! : null,
+  };
+}
+
 
 async function dirBytes(dir: string): Promise<number> {
   const { readdir } = await import("node:fs/promises");

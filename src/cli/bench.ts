@@ -3,7 +3,8 @@ import { join } from "node:path";
 import type { Command } from "commander";
 import { createBackend } from "../backend/index.js";
 import { chartSvg, markdownTable, writeFileMkdir } from "../bench/report.js";
-import { benchPresets, runBench, type RunFigures } from "../bench/run.js";
+import { readFile } from "node:fs/promises";
+import { benchPresets, ratios, runBench, type RunFigures } from "../bench/run.js";
 import { UsageError } from "../errors.js";
 import { parseBytes, parseCount } from "../util/bytes.js";
 import { backendName, numberFlag } from "./options.js";
@@ -18,6 +19,7 @@ interface BenchFlags {
   out: string;
   docs: string;
   backend: string;
+  report?: string;
 }
 
 export function registerBench(program: Command): void {
@@ -33,9 +35,18 @@ export function registerBench(program: Command): void {
     .option("--out <dir>", "folder for the JSON results", "bench/results")
     .option("--docs <file>", "markdown report to regenerate", "docs/benchmarks.md")
     .option("--backend <name>", "cpu, cuda or auto", "auto")
+    .option("--report <json>", "only regenerate the report (and the goal ratios) from a saved results file")
     .option("--debug", "print stack traces of errors")
     .action(async (flags: BenchFlags) => {
       const presets = flags.presets.split(",").map((s) => s.trim());
+      if (flags.report) {
+        const saved = JSON.parse(await readFile(flags.report, "utf8")) as Record<string, unknown>;
+        Object.assign(saved, ratios(saved));
+        writeFileMkdir(flags.report, JSON.stringify(saved, null, 2) + "\n");
+        writeReport(flags.docs, saved, String(saved.main_preset ?? presets[0]), flags.report);
+        process.stdout.write(`wrote ${flags.report} and ${flags.docs}\n`);
+        return;
+      }
       for (const p of presets) if (!benchPresets.includes(p) && !p.startsWith("tiny-")) throw new UsageError("UNKNOWN_PRESET", `no preset "${p}"`, `presets: ${benchPresets.join(", ")}`);
       const { backend } = await createBackend(backendName(flags));
       try {
