@@ -24,3 +24,35 @@ export function runScoped<T extends Tensor | Promise<Tensor>>(b: Pick<Backend, "
   return result;
 }
 
+
+/** The tensors ops made in each open scope; a backend frees them when the scope closes. */
+export class ScopeStack<T extends Tensor> {
+  private readonly scopes: T[][] = [];
+
+  constructor(private readonly free: (t: T) => void) {}
+
+  push(): void {
+    this.scopes.push([]);
+  }
+
+  /** Closes the innermost scope: its tensors are freed, except `keep`, which move to the enclosing scope. */
+  pop(keep: readonly Tensor[] = []): void {
+    const made = this.scopes.pop();
+    if (!made) throw new Error("popScope without pushScope");
+    const kept = new Set(keep);
+    for (const t of made) {
+      if (kept.has(t)) this.scopes[this.scopes.length - 1]?.push(t);
+      else this.free(t);
+    }
+  }
+
+  /** Records a tensor an op made (tensors made outside any scope are the caller's to free). */
+  add(t: T): T {
+    this.scopes[this.scopes.length - 1]?.push(t);
+    return t;
+  }
+
+  get open(): boolean {
+    return this.scopes.length > 0;
+  }
+}

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { createArchModel } from "../arch/index.js";
 import type { Backend } from "../backend/ops.js";
 import { measureDisk, measureHostToDevice } from "../engine/bandwidth.js";
-import { LayerwiseModel, type LoadOptions, type Sequence } from "../engine/model.js";
+import { withModel, type LayerwiseModel, type Sequence } from "../engine/model.js";
 import { argmax } from "../engine/sampling.js";
 import { presets } from "../testmodel/presets.js";
 import { makeTestModel, testModelMarker } from "../testmodel/write.js";
@@ -79,15 +79,6 @@ async function generation(m: LayerwiseModel, ids: number[], decodeTokens: number
     return { ttftS, prefillTokensPerS: ids.length / ttftS, decodeSPerToken, peakVramBytes: m.backend.memory.deviceBytesPeak };
   } finally {
     if (!seq) s.dispose();
-  }
-}
-
-async function withModel<T>(dir: string, o: LoadOptions, fn: (m: LayerwiseModel) => Promise<T>): Promise<T> {
-  const m = await LayerwiseModel.load(dir, o);
-  try {
-    return await fn(m);
-  } finally {
-    await m.close();
   }
 }
 

@@ -392,3 +392,13 @@ function stripUndefined<T extends object>(o: T): Partial<T> {
 }
 
 export const loadModel = LayerwiseModel.load;
+
+/** Loads a model, runs `fn` with it, and closes it whatever happens. */
+export async function withModel<T>(dir: string, o: LoadOptions, fn: (m: LayerwiseModel) => Promise<T>): Promise<T> {
+  const m = await LayerwiseModel.load(dir, o);
+  try {
+    return await fn(m);
+  } finally {
+    await m.close();
+  }
+}

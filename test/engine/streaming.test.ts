@@ -1,19 +1,10 @@
 // Out-of-core runs on the CPU backend: weights streamed from RAM or disk and KV in tiers give the same outputs, inside the budgets.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { LayerwiseModel, type LoadOptions } from "../../src/engine/model.js";
+import { LayerwiseModel, withModel, type LoadOptions } from "../../src/engine/model.js";
 import { Random } from "../../src/util/random.js";
 import type { Backend } from "../../src/backend/ops.js";
 import { backendCases, maxAbsDiff, storiesCopy, tinyModel } from "../helpers.js";
-
-async function withModel<T>(dir: string, o: LoadOptions, fn: (m: LayerwiseModel) => Promise<T>): Promise<T> {
-  const m = await LayerwiseModel.load(dir, o);
-  try {
-    return await fn(m);
-  } finally {
-    await m.close();
-  }
-}
 
 /** Budgets written for the CPU backend, on a backend that also holds a context (CUDA) and rounds small allocations up (the plan counts that). */
 function budget(backend: Backend, bytes: number | undefined): number | undefined {

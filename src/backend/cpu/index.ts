@@ -2,7 +2,7 @@
 import type { DType } from "../dtype.js";
 import { dtypeBytes, f32ToBf16, f32ToF16 } from "../dtype.js";
 import type { AttentionOptions, AttentionPart, Backend, Fence, GateActivation, HostBuffer, MemoryStats, RopeOptions, Tensor } from "../ops.js";
-import { runScoped } from "../scope.js";
+import { ScopeStack, runScoped } from "../scope.js";
 import * as math from "./math.js";
 import { CpuTensor, cpu, cpuView, f32Tensor } from "./tensor.js";
 
@@ -12,7 +12,7 @@ export class CpuBackend implements Backend {
   readonly memory: MemoryStats = { deviceBytes: 0, deviceBytesPeak: 0, hostBytes: 0, hostBytesPeak: 0, h2dBytes: 0 };
   private readonly live = new Set<CpuTensor>();
   private readonly hostLive = new Set<HostBuffer>();
-  private readonly scopes: CpuTensor[][] = [];
+  private readonly scopes = new ScopeStack<CpuTensor>((t) => this.free(t));
   private fences = 0;
 
   readonly deviceOverheadBytes = 0;
@@ -102,17 +102,11 @@ export class CpuBackend implements Backend {
   }
 
   pushScope(): void {
-    this.scopes.push([]);
+    this.scopes.push();
   }
 
   popScope(keep: readonly Tensor[] = []): void {
-    const made = this.scopes.pop();
-    if (!made) throw new Error("popScope without pushScope");
-    const kept = new Set(keep);
-    for (const t of made) {
-      if (kept.has(t)) this.scopes[this.scopes.length - 1]?.push(t);
-      else this.free(t);
-    }
+    this.scopes.pop(keep);
   }
 
   async sync(): Promise<void> {}
@@ -172,8 +166,6 @@ export class CpuBackend implements Backend {
   }
 
   private result(t: CpuTensor): CpuTensor {
-    this.track(t);
-    this.scopes[this.scopes.length - 1]?.push(t);
-    return t;
+    return this.scopes.add(this.track(t));
   }
 }

@@ -16,8 +16,8 @@ const CUDA_SUCCESS = 0;
 const CUDA_ERROR_OUT_OF_MEMORY = 2;
 const CUDA_ERROR_NOT_READY = 600;
 
-/** The lowest driver layerwise supports: CUDA 12.0 (PTX of compute_80 built with CUDA 13 needs a CUDA 13 driver; see README). */
-export const minDriverVersion = 12000;
+/** The committed PTX is ISA 9.0 (nvcc 13.0): the driver must support CUDA 13.0 (R580 or newer) to compile it. */
+export const minDriverVersion = 13000;
 
 type Fn = (...args: unknown[]) => number;
 

@@ -4,7 +4,7 @@ import { BackendError } from "../../errors.js";
 import { bf16ToF32Table, dtypeBytes, f16ToF32Table, type DType } from "../dtype.js";
 import type { AttentionOptions, AttentionPart, Backend, Fence, GateActivation, HostBuffer, KvBlock, MemoryStats, RopeOptions, Tensor } from "../ops.js";
 import { numel } from "../ops.js";
-import { runScoped } from "../scope.js";
+import { ScopeStack, runScoped } from "../scope.js";
 import {
   CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
   CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
@@ -74,7 +74,7 @@ export class CudaBackend implements Backend {
   private readonly events: Handle[] = [];
   private nextEvent = 0;
   private fenceCount = 0;
-  private readonly scopes: CudaTensor[][] = [];
+  private readonly scopes = new ScopeStack<CudaTensor>((t) => this.free(t));
   private readonly live = new Set<CudaTensor>();
   private readonly hostLive = new Set<CudaHostBuffer>();
   private scratch?: CudaHostBuffer;
@@ -100,7 +100,7 @@ export class CudaBackend implements Backend {
     driver.init();
     const version = driver.driverVersion();
     if (version < minDriverVersion) {
-      throw new BackendError("CUDA_DRIVER_TOO_OLD", `the NVIDIA driver supports CUDA ${version / 1000}, layerwise needs ${minDriverVersion / 1000} or newer`, "update the NVIDIA driver");
+      throw new BackendError("CUDA_DRIVER_TOO_OLD", `the NVIDIA driver supports CUDA ${version / 1000}, layerwise's kernels need ${minDriverVersion / 1000} or newer`, "update the NVIDIA driver to R580 or newer, or use --backend cpu");
     }
     if (driver.deviceCount() <= ordinal) throw new BackendError("CUDA_NO_DEVICE", "the NVIDIA driver found no GPU", "use --backend cpu");
     const device = driver.device(ordinal);
@@ -169,17 +169,11 @@ export class CudaBackend implements Backend {
   }
 
   pushScope(): void {
-    this.scopes.push([]);
+    this.scopes.push();
   }
 
   popScope(keep: readonly Tensor[] = []): void {
-    const made = this.scopes.pop();
-    if (!made) throw new Error("popScope without pushScope");
-    const kept = new Set(keep);
-    for (const t of made) {
-      if (kept.has(t)) this.scopes[this.scopes.length - 1]?.push(t);
-      else this.free(t);
-    }
+    this.scopes.pop(keep);
   }
 
   scoped<T extends Tensor | Promise<Tensor>>(fn: () => T): T {
@@ -319,9 +313,7 @@ export class CudaBackend implements Backend {
   // ---- ops ----
 
   private out(shape: readonly number[]): CudaTensor {
-    const t = this.alloc(shape, "f32") as CudaTensor;
-    this.scopes[this.scopes.length - 1]?.push(t);
-    return t;
+    return this.scopes.add(this.alloc(shape, "f32") as CudaTensor);
   }
 
   private launch(name: string, grid: readonly [number, number, number], block: readonly [number, number, number], args: KernelArg[], reads: readonly (Tensor | undefined)[], smem = 0): void {
@@ -331,15 +323,14 @@ export class CudaBackend implements Backend {
 
   /** Small host data (ids, positions, block lists) copied to a temporary device buffer in compute order. */
   private small(data: ArrayBufferView): CudaTensor {
-    const t = this.alloc([Math.ceil(data.byteLength / 4)], "f32") as CudaTensor;
-    this.scopes[this.scopes.length - 1]?.push(t);
+    const t = this.scopes.add(this.alloc([Math.ceil(data.byteLength / 4)], "f32") as CudaTensor);
     this.driver.copyHtoDAsyncFrom(t.ptr, new Uint8Array(data.buffer, data.byteOffset, data.byteLength), data.byteLength, this.compute);
     return t;
   }
 
   /** Frees a temporary made outside any scope once the ops that use it are enqueued. */
   private done(...ts: CudaTensor[]): void {
-    if (this.scopes.length === 0) for (const t of ts) this.free(t);
+    if (!this.scopes.open) for (const t of ts) this.free(t);
   }
 
   embed(table: Tensor, ids: Int32Array): Tensor {
