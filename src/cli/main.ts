@@ -2,6 +2,7 @@
 // The `layerwise` command: parses flags, calls the library, prints results or a clear error.
 import { readFileSync } from "node:fs";
 import { Command, CommanderError } from "commander";
+import { registerBatch } from "./batch.js";
 import { registerBench } from "./bench.js";
 import { registerChat } from "./chat.js";
 import { registerDemo } from "./demo.js";
@@ -10,6 +11,7 @@ import { registerMakeTestModel } from "./make-test-model.js";
 import { registerPlan } from "./plan.js";
 import { printError } from "./output.js";
 import { registerRun } from "./run.js";
+import { registerServe } from "./serve.js";
 
 const pkg = JSON.parse(readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string };
 
@@ -27,6 +29,8 @@ registerPlan(program);
 registerMakeTestModel(program);
 registerDemo(program);
 registerBench(program);
+registerServe(program);
+registerBatch(program);
 
 try {
   await program.parseAsync(process.argv);

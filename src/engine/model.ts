@@ -315,20 +315,19 @@ export class LayerwiseModel {
     return (async function* () {
       try {
         const hit = await model.loadPrefix(sequence, promptIds);
-        const newIds = promptIds.slice(hit);
         let first = true;
         const stepper = {
-          maxPositions: model.maxPositions - sequence.length,
           eosTokenIds: model.defaults.eosTokenIds,
+          room: model.maxPositions - sequence.length,
           step: (ids: readonly number[]) => {
             const progress = first ? o.onPrefillProgress : undefined;
             first = false;
             return model.forward(sequence, ids, "last", { onProgress: progress, signal: o.signal });
           },
         };
-        const stats = yield* generateTokens(stepper, newIds, model.withDefaults(o));
+        const stats = yield* generateTokens(stepper, promptIds, promptIds.length - hit, model.withDefaults(o), hit);
         await model.persist(sequence);
-        return { ...stats, promptTokens: promptIds.length, kvCacheHitTokens: hit };
+        return stats;
       } finally {
         if (!seq) sequence.dispose();
       }
@@ -370,7 +369,8 @@ export class LayerwiseModel {
     return this.parts.streamer.stats.ioWaitS + this.parts.stager.stats.waitS;
   }
 
-  private withDefaults(o: GenerateOptions): GenerateOptions {
+  /** The request's options over the model's generation_config.json defaults. */
+  withDefaults(o: GenerateOptions): GenerateOptions {
     const d = this.defaults;
     return { temperature: d.temperature, topK: d.topK, topP: d.topP, minP: d.minP, repetitionPenalty: d.repetitionPenalty, ...stripUndefined(o) };
   }

@@ -89,6 +89,7 @@ export class Runner {
           }
           this.weights.release(layer);
           hooks.onProgress?.((span * layers + layer + 1) / (spans * layers));
+          if (ids.length > chunkRows) await new Promise((resolve) => setImmediate(resolve)); // long prefills leave room for timers and I/O
         }
         for (const c of chunks) {
           const x = await hiddenOf(c);

@@ -1,0 +1,74 @@
+// `layerwise batch`: results survive a SIGKILL, a rerun finishes the rest, every id ends up exactly once.
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { appendFile, readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { cliPath, runCli, tempDir, tinyModel } from "../helpers.js";
+
+async function results(file: string): Promise<Map<string, string>> {
+  const lines = (await readFile(file, "utf8")).split("\n").filter(Boolean);
+  const byId = new Map<string, string>();
+  for (const line of lines) {
+    const r = JSON.parse(line) as { id: string; text: string };
+    assert.ok(!byId.has(r.id), `id ${r.id} appears twice`);
+    byId.set(r.id, r.text);
+  }
+  return byId;
+}
+
+describe("layerwise batch", () => {
+  it("killed mid-way then rerun: every id exactly once, same results as an uninterrupted run", async () => {
+    const model = await tinyModel({ preset: "tiny-llama", layers: 2 });
+    const dir = await tempDir();
+    const jobs = join(dir, "jobs.jsonl");
+    const n = 40;
+    await writeFile(jobs, Array.from({ length: n }, (_, i) => JSON.stringify({ id: `job-${i}`, prompt: `question ${i} about the long document`, max_tokens: 60, temperature: 0 })).join("\n") + "\n");
+    const args = (out: string) => ["batch", model, "--in", jobs, "--out", out, "--batch", "4", "--backend", "cpu"];
+    const clean = join(dir, "clean.jsonl");
+    const ok = await runCli(args(clean));
+    assert.equal(ok.code, 0, ok.stderr);
+    const reference = await results(clean);
+    assert.equal(reference.size, n);
+
+    const out = join(dir, "out.jsonl");
+    const child = spawn(process.execPath, [cliPath, ...args(out)], { stdio: "ignore" });
+    const exited = new Promise<NodeJS.Signals | null>((resolve) => child.on("exit", (_c, signal) => resolve(signal)));
+    for (;;) {
+      const done = await Promise.race([exited.then(() => true), new Promise<false>((r) => setTimeout(() => r(false), 10))]);
+      assert.ok(!done, "the batch finished before it could be killed");
+      const lines = (await readFile(out, "utf8").catch(() => "")).split("\n").filter(Boolean).length;
+      if (lines >= 5) break;
+    }
+    child.kill("SIGKILL");
+    assert.equal(await exited, "SIGKILL");
+    const partial = await results(out);
+    assert.ok(partial.size >= 5 && partial.size < n, `${partial.size} results before the kill`);
+
+    const rerun = await runCli(args(out));
+    assert.equal(rerun.code, 0, rerun.stderr);
+    assert.match(rerun.stderr, new RegExp(`${n} jobs, ${partial.size} already in`));
+    assert.deepEqual(await results(out), reference);
+  });
+
+  it("a record cut short by a crash is dropped and redone; bad input lines are named", async () => {
+    const model = await tinyModel({ preset: "tiny-llama", layers: 2 });
+    const dir = await tempDir();
+    const jobs = join(dir, "jobs.jsonl");
+    await writeFile(jobs, ['{"id": "a", "prompt": "first", "max_tokens": 5, "temperature": 0}', '{"id": "b", "messages": [{"role": "user", "content": "second"}], "max_tokens": 5, "temperature": 0}'].join("\n") + "\n");
+    const out = join(dir, "out.jsonl");
+    await writeFile(out, "");
+    assert.equal((await runCli(["batch", model, "--in", jobs, "--out", out, "--backend", "cpu"])).code, 0);
+    const complete = await results(out);
+    const lines = (await readFile(out, "utf8")).split("\n").filter(Boolean);
+    await writeFile(out, `${lines[0]}\n${lines[1]!.slice(0, 15)}`); // the second record was being written when the power went out
+    const rerun = await runCli(["batch", model, "--in", jobs, "--out", out, "--backend", "cpu"]);
+    assert.equal(rerun.code, 0, rerun.stderr);
+    assert.deepEqual(await results(out), complete);
+
+    await appendFile(jobs, '{"id": "c", "prompt": "third", "max_tokens": "five"}\n');
+    const bad = await runCli(["batch", model, "--in", jobs, "--out", out, "--backend", "cpu"]);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /error \[BAD_JOB\]: .*jobs\.jsonl:3: max_tokens/);
+  });
+});
