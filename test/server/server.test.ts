@@ -135,10 +135,25 @@ describe("serve options", () => {
       const slow = await fetch(`${server.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model: "tiny", prompt: "a long answer", max_tokens: 16000 }), headers: { authorization: "Bearer secret" } });
       assert.equal(slow.status, 504);
       assert.match(((await slow.json()) as { error: { message: string } }).error.message, /ran past 50 ms/);
-      const inFlight = fetch(`${server.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model: "tiny", prompt: "x", max_tokens: 40 }), headers: { authorization: "Bearer secret" } });
-      await new Promise((r) => setTimeout(r, 20));
+    } finally {
       await server.stop();
-      assert.equal((await inFlight).status, 200, "a request in flight finishes during the drain");
+      await model.close();
+    }
+  });
+
+  it("stopping drains: a request in flight finishes, new ones are refused", async () => {
+    const model = await LayerwiseModel.load(await tinyModel({ preset: "tiny-llama", layers: 2 }), { backend: "cpu" });
+    const server = await startServer(model, opts);
+    try {
+      const inFlight = fetch(`${server.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model: "tiny", prompt: "a long answer", max_tokens: 100 }) });
+      while (server.scheduler.stats().active === 0) await new Promise((r) => setTimeout(r, 5));
+      const stopping = server.stop();
+      const late = await fetch(`${server.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model: "tiny", prompt: "x", max_tokens: 2 }) }).catch(() => undefined);
+      assert.ok(!late || late.status === 503, "a request after stop() is refused");
+      const r = await inFlight;
+      assert.equal(r.status, 200, "the request in flight finished");
+      assert.equal(((await r.json()) as { usage: { completion_tokens: number } }).usage.completion_tokens, 100);
+      await stopping;
     } finally {
       await model.close();
     }
