@@ -1,5 +1,4 @@
 // Picks a compute backend by name; `auto` takes CUDA where a driver and GPU answer, else the CPU.
-import { BackendError } from "../errors.js";
 import { CpuBackend } from "./cpu/index.js";
 import type { Backend } from "./ops.js";
 
@@ -25,5 +24,3 @@ export async function createBackend(name: BackendName): Promise<BackendChoice> {
 export function isBackendName(s: string): s is BackendName {
   return s === "cpu" || s === "cuda" || s === "auto";
 }
-
-export { BackendError };

@@ -88,10 +88,10 @@ export class Sequence {
   async rewind(length: number): Promise<void> {
     this.tokens.length = Math.min(length, this.tokens.length);
     await this.cache.truncate(this.tokens.length);
-    const block = this.cache.policy.blockTokens;
-    if (this.savedBlocks * block > this.tokens.length) {
-      this.savedBlocks = Math.floor(this.tokens.length / block);
-      this.lastHash = null; // the chain restarts at the next lookup
+    if (this.savedBlocks * this.cache.policy.blockTokens > this.tokens.length) {
+      // The hash chain restarts from the first block; blocks the cache already has are skipped when saving.
+      this.savedBlocks = 0;
+      this.lastHash = null;
     }
   }
 
@@ -284,10 +284,6 @@ export class LayerwiseModel {
     if (!store || !layout) return;
     const block = layout.blockTokens;
     const complete = Math.floor(seq.length / block);
-    if (seq.savedBlocks < complete && seq.lastHash === null && seq.savedBlocks > 0) {
-      // Rebuild the chain to the first unsaved block after a rewind.
-      seq.savedBlocks = 0;
-    }
     for (let b = seq.savedBlocks; b < complete; b++) {
       const blocks = (l: number) => seq.cache.blocks(l)[b]!;
       seq.lastHash = await store.save(layout, seq.lastHash, b, seq.tokens.slice(b * block, (b + 1) * block), async (l) => {

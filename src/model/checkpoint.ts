@@ -54,11 +54,6 @@ export class Checkpoint {
     return this.tensors.has(name);
   }
 
-  /** Reads one tensor's raw bytes. */
-  read(t: TensorInfo, into?: Uint8Array): Promise<Uint8Array> {
-    return this.readRange(t.file, t.start, t.byteLength, into);
-  }
-
   async readRange(file: string, start: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
     const buf = into ?? new Uint8Array(length);
     await this.reader.read(file, start, length, buf);
