@@ -68,6 +68,10 @@ extern "C" __global__ void scale_f32(float *out, const float *x, float s, long l
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) out[i] = x[i] * s;
 }
 
+extern "C" __global__ void softcap_f32(float *out, const float *x, float cap, long long n) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) out[i] = cap * tanhf(x[i] / cap);
+}
+
 // f32 rows into a cache tensor of type T (contiguous rows of `cols`).
 template <typename T>
 __device__ void write_rows(T *dst, const float *src, long long n) {

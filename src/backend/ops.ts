@@ -73,6 +73,8 @@ export interface Ops {
   gatedActivation(gate: Tensor, up: Tensor, act: GateActivation): Tensor;
   add(a: Tensor, b: Tensor): Tensor;
   scale(x: Tensor, factor: number): Tensor;
+  /** cap * tanh(x / cap), elementwise (Gemma's logit soft-capping). */
+  softcap(x: Tensor, cap: number): Tensor;
   /** A copy of rows start .. start + count - 1 of x. */
   rows(x: Tensor, start: number, count: number): Tensor;
   /** Runs `fn` and frees every tensor its ops made except the one it returns (bounds a layer's live activations). */

@@ -47,7 +47,7 @@ export function registerChat(program: Command): void {
         // Reuse the KV of the conversation so far: rewind to the longest shared prefix, feed only the rest.
         let shared = 0;
         while (shared < seq.length && shared < ids.length - 1 && seq.tokens[shared] === ids[shared]) shared++;
-        await seq.rewind(shared);
+        shared = await seq.rewind(shared);
         turn = new AbortController();
         const result = await model.complete({ ids: ids.slice(shared) }, { ...gen, signal: turn.signal, onText: (p) => process.stdout.write(p) }, seq);
         turn = undefined;

@@ -7,6 +7,7 @@ import { TextTokenizer } from "../model/tokenizer.js";
 import { ChatTemplate } from "../model/chat-template.js";
 import { validateWeights } from "../engine/weights.js";
 import { formatBytes } from "../util/bytes.js";
+import { kvBytesAt } from "../engine/planner.js";
 import { safetensorsDTypeBytes } from "../model/safetensors.js";
 
 export interface ModelReport {
@@ -21,6 +22,7 @@ export interface ModelReport {
   bytes_global: number;
   bytes_per_layer: number[];
   kv_bytes_per_token: { bf16: number; f32: number };
+  kv_bytes_full_context_bf16: number;
   files: string[];
   tokenizer_vocab?: number;
   chat_template: boolean;
@@ -61,6 +63,7 @@ export async function inspectModel(dir: string): Promise<ModelReport> {
       bytes_global: bytesOf(Object.values(model.globalWeights).map((s) => s.name)),
       bytes_per_layer: perLayer,
       kv_bytes_per_token: { bf16: kvElements * 2, f32: kvElements * 4 },
+      kv_bytes_full_context_bf16: kvBytesAt(model.shape, "bf16", model.shape.maxPositions),
       files: ckpt.files.map((f) => f.slice(dir.length + 1)),
       ...(tokenizer ? { tokenizer_vocab: tokenizer.vocabSize } : {}),
       chat_template: template !== undefined,
@@ -88,7 +91,7 @@ export function registerInspect(program: Command): void {
       const layerMax = Math.max(...r.bytes_per_layer);
       const lines = [
         ["architecture", r.model_type],
-        ["parameters", `${(r.parameters / 1e9).toFixed(r.parameters < 1e8 ? 4 : 2)} B`],
+        ["parameters", r.parameters >= 1e9 ? `${(r.parameters / 1e9).toFixed(2)} B` : `${(r.parameters / 1e6).toFixed(2)} M`],
         ["dtypes", Object.entries(r.dtypes).map(([d, n]) => `${d} ${((100 * n) / r.parameters).toFixed(1)}%`).join(", ")],
         ["layers", `${r.layers}, hidden ${r.hidden_size}, vocab ${r.vocab_size}`],
         ["context", `${r.max_positions} tokens`],
@@ -96,7 +99,7 @@ export function registerInspect(program: Command): void {
         ["embeddings+head", formatBytes(r.bytes_global)],
         ["bytes per layer", layerMin === layerMax ? formatBytes(layerMin) : `${formatBytes(layerMin)} .. ${formatBytes(layerMax)}`],
         ["KV per token", `${formatBytes(r.kv_bytes_per_token.bf16)} (bf16), ${formatBytes(r.kv_bytes_per_token.f32)} (f32)`],
-        ["KV at full context", `${formatBytes(r.kv_bytes_per_token.bf16 * r.max_positions)} (bf16)`],
+        ["KV at full context", `${formatBytes(r.kv_bytes_full_context_bf16)} (bf16; sliding-window layers hold only their window)`],
         ["tokenizer", r.tokenizer_vocab !== undefined ? `${r.tokenizer_vocab} tokens` : "missing (tokenizer.json)"],
         ["chat template", r.chat_template ? "yes" : "no"],
         ["eos ids", r.eos_token_ids.join(", ") || "none"],

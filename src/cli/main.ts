@@ -32,6 +32,12 @@ registerBench(program);
 registerServe(program);
 registerBatch(program);
 
+// A reader that stops early (`| head`) is not an error.
+process.stdout.on("error", (e: NodeJS.ErrnoException) => {
+  if (e.code === "EPIPE") process.exit(0);
+  throw e;
+});
+
 try {
   await program.parseAsync(process.argv);
 } catch (e) {

@@ -24,6 +24,8 @@ export interface KvPolicy {
   /** Full blocks per layer kept on the device; later ones go to RAM while `hostBlocks` allows, then to disk. */
   readonly deviceBlocks: number;
   readonly hostBlocks: number;
+  /** Free blocks a sliding-window layer can no longer see (off when the persistent cache needs every block). */
+  readonly dropOutsideWindow: boolean;
 }
 
 /** Reads a block kept on disk (a scratch file, or the persistent cache). */
@@ -117,9 +119,18 @@ export class KvCache {
     blocks.push(state);
   }
 
-  /** Moves full device blocks beyond the policy's device share to RAM or disk (after the compute that wrote them). */
+  /**
+   * After a chunk: frees blocks a sliding-window layer will not see again, then moves full device blocks beyond the
+   * policy's device share to RAM or disk (after the compute that wrote them).
+   */
   async settle(layer: number): Promise<void> {
     const blocks = this.layers[layer]!;
+    const window = this.shape.kvLayers[layer]!.slidingWindow;
+    if (window && this.policy.dropOutsideWindow) {
+      // The next query is at position length(); it sees keys from length() - window + 1 on.
+      const oldest = this.length(layer) - window + 1;
+      while (blocks.length > 1 && blocks[0]!.start + blocks[0]!.length <= oldest) this.release(blocks.shift()!);
+    }
     const bytes = this.blockBytes(layer);
     let onDevice = 0;
     let onHost = blocks.filter((b) => b.tier === "host").length;
@@ -170,8 +181,18 @@ export class KvCache {
     }
   }
 
+  /** Whether `truncate(length)` keeps every key a query at `length` needs (sliding-window layers may have freed them). */
+  canTruncate(length: number): boolean {
+    return this.layers.every((blocks, layer) => {
+      const window = this.shape.kvLayers[layer]!.slidingWindow;
+      const first = blocks[0]?.start ?? 0;
+      return first <= (window ? Math.max(0, length - window + 1) : 0) || length === 0;
+    });
+  }
+
   /** Drops every token from position `length` on; a partial last block comes back to the device so it can grow. */
   async truncate(length: number): Promise<void> {
+    if (!this.canTruncate(length)) throw new Error(`KvCache: keys before ${length} were freed (sliding window); rewind to 0 instead`);
     for (let layer = 0; layer < this.layers.length; layer++) {
       const blocks = this.layers[layer]!;
       while (blocks.length && blocks[blocks.length - 1]!.start >= length) this.release(blocks.pop()!);

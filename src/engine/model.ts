@@ -84,8 +84,12 @@ export class Sequence {
     return this.tokens.length;
   }
 
-  /** Forgets everything from token `length` on. */
-  async rewind(length: number): Promise<void> {
+  /**
+   * Forgets everything from token `length` on; returns the length kept, which is 0 when a sliding-window layer has
+   * already freed keys that position needs (the caller then feeds the tokens again).
+   */
+  async rewind(length: number): Promise<number> {
+    if (!this.cache.canTruncate(Math.min(length, this.tokens.length))) length = 0;
     this.tokens.length = Math.min(length, this.tokens.length);
     await this.cache.truncate(this.tokens.length);
     if (this.savedBlocks * this.cache.policy.blockTokens > this.tokens.length) {
@@ -93,6 +97,7 @@ export class Sequence {
       this.savedBlocks = 0;
       this.lastHash = null;
     }
+    return this.tokens.length;
   }
 
   dispose(): void {
@@ -170,7 +175,13 @@ export class LayerwiseModel {
       const kvBlockBytes = Math.max(...arch.shape.kvLayers.map((l) => l.kvHeads * l.headDim)) * kvBlockTokens * dtypeBytes[kvDtype];
       const stager = new KvStager(backend, kvBlockBytes, Math.max(2, thePlan.kvStagingBlocks), kvDtype);
       const runner = new Runner(backend, arch, streamer, stager, { prefillChunk, prefillSpan });
-      const policy: KvPolicy = { blockTokens: kvBlockTokens, dtype: kvDtype, deviceBlocks: Math.floor(thePlan.kvDeviceTokens / kvBlockTokens), hostBlocks: Math.floor(thePlan.kvHostTokens / kvBlockTokens) };
+      const policy: KvPolicy = {
+        blockTokens: kvBlockTokens,
+        dtype: kvDtype,
+        deviceBlocks: Math.floor(thePlan.kvDeviceTokens / kvBlockTokens),
+        hostBlocks: Math.floor(thePlan.kvHostTokens / kvBlockTokens),
+        dropOutsideWindow: !o.kvCache,
+      };
       // The plan's device share for KV is taken now, so device memory is the same at any context length.
       const blocks = new KvBlockPool(backend, kvBlockTokens, kvDtype);
       cleanup.push(() => blocks.dispose());
@@ -224,22 +235,26 @@ export class LayerwiseModel {
     const wait0 = this.ioWaitS();
     const before = items.map(({ seq }) => seq.tokens.length);
     const single = items.length === 1 ? items[0]! : undefined;
-    const out = await this.parts.runner.forward(
-      items.map(({ seq, ids }) => ({ cache: seq.cache, ids })),
-      logits,
-      {
-        onProgress: o.onProgress,
-        signal: o.signal,
-        // A prompt's completed spans go to the persistent cache as they finish (a crash keeps them).
-        afterSpan: single
-          ? async (spanEnd) => {
-              single.seq.tokens.length = before[0]!;
-              single.seq.tokens.push(...single.ids.slice(0, spanEnd));
-              await this.persist(single.seq);
-            }
-          : undefined,
-      },
-    );
+    // A prompt's completed spans go to the persistent cache as they finish (a crash keeps them).
+    const afterSpan = single
+      ? async (spanEnd: number) => {
+          single.seq.tokens.length = before[0]!;
+          single.seq.tokens.push(...single.ids.slice(0, spanEnd));
+          await this.persist(single.seq);
+        }
+      : undefined;
+    let out: Float32Array[];
+    try {
+      out = await this.parts.runner.forward(
+        items.map(({ seq, ids }) => ({ cache: seq.cache, ids })),
+        logits,
+        { onProgress: o.onProgress, signal: o.signal, afterSpan },
+      );
+    } catch (e) {
+      // The runner rolled the caches back (to nothing, if a sliding window had freed keys): keep the token lists in step.
+      for (const { seq } of items) if (seq.cache.length() < seq.tokens.length) await seq.rewind(seq.cache.length());
+      throw e;
+    }
     items.forEach(({ seq, ids }, i) => {
       seq.tokens.length = before[i]!;
       seq.tokens.push(...ids);

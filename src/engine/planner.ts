@@ -54,7 +54,8 @@ export function kvBytesPerToken(shape: ModelShape, dtype: DType): number {
   return shape.kvLayers.reduce((n, l) => n + 2 * l.kvHeads * l.headDim * dtypeBytes[dtype], 0);
 }
 
-function kvBytesAt(shape: ModelShape, dtype: DType, tokens: number): number {
+/** KV bytes of one sequence of `tokens` tokens (sliding-window layers hold at most their window). */
+export function kvBytesAt(shape: ModelShape, dtype: DType, tokens: number): number {
   return shape.kvLayers.reduce((n, l) => n + 2 * l.kvHeads * l.headDim * dtypeBytes[dtype] * Math.min(tokens, l.slidingWindow ?? tokens), 0);
 }
 

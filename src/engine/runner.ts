@@ -105,8 +105,11 @@ export class Runner {
       }
       return out.map((parts) => (parts.length === 1 ? parts[0]! : concat(parts)));
     } catch (e) {
-      // A failed pass leaves no half-written tokens behind.
-      for (let i = 0; i < items.length; i++) await items[i]!.cache.truncate(starts[i]!);
+      // A failed pass leaves no half-written tokens behind (or none at all, where a sliding window already freed keys).
+      for (let i = 0; i < items.length; i++) {
+        const cache = items[i]!.cache;
+        await cache.truncate(cache.canTruncate(starts[i]!) ? starts[i]! : 0);
+      }
       throw e;
     }
   }

@@ -1,6 +1,6 @@
 // Shapes of real models (and tiny ones for tests), for random-weight checkpoints written by `make-test-model`.
 
-export type TokenizerStyle = "llama3" | "chatml";
+export type TokenizerStyle = "llama3" | "chatml" | "gemma";
 
 export interface TestModelPreset {
   readonly arch: string;
@@ -46,6 +46,20 @@ const qwen3Base = {
   use_cache: true,
 };
 
+const gemma3Base = {
+  architectures: ["Gemma3ForCausalLM"],
+  model_type: "gemma3_text",
+  attention_bias: false,
+  attention_dropout: 0.0,
+  hidden_activation: "gelu_pytorch_tanh",
+  rms_norm_eps: 1e-6,
+  rope_theta: 1000000.0,
+  rope_local_base_freq: 10000.0,
+  attn_logit_softcapping: null,
+  final_logit_softcapping: null,
+  use_cache: true,
+};
+
 export const presets: Readonly<Record<string, TestModelPreset>> = {
   "tiny-llama": {
     arch: "llama",
@@ -83,6 +97,28 @@ export const presets: Readonly<Record<string, TestModelPreset>> = {
       vocab_size: 1024,
       max_position_embeddings: 4096,
       rope_theta: 1000000.0,
+      tie_word_embeddings: true,
+    },
+  },
+  "tiny-gemma3": {
+    arch: "gemma3_text",
+    tokenizer: "gemma",
+    specialTokens: 16,
+    initStd: "fan-in",
+    config: {
+      ...gemma3Base,
+      hidden_size: 64,
+      intermediate_size: 128,
+      num_hidden_layers: 4,
+      num_attention_heads: 4,
+      num_key_value_heads: 2,
+      head_dim: 32,
+      vocab_size: 1024,
+      max_position_embeddings: 4096,
+      sliding_window: 16,
+      sliding_window_pattern: 2,
+      query_pre_attn_scalar: 32,
+      rope_scaling: { rope_type: "linear", factor: 8.0 },
       tie_word_embeddings: true,
     },
   },
@@ -143,6 +179,28 @@ export const presets: Readonly<Record<string, TestModelPreset>> = {
       max_position_embeddings: 40960,
       rope_theta: 1000000.0,
       tie_word_embeddings: false,
+    },
+  },
+  "gemma-3-12b": {
+    arch: "gemma3_text",
+    tokenizer: "gemma",
+    specialTokens: 64,
+    initStd: 0.02,
+    config: {
+      ...gemma3Base,
+      hidden_size: 3840,
+      intermediate_size: 15360,
+      num_hidden_layers: 48,
+      num_attention_heads: 16,
+      num_key_value_heads: 8,
+      head_dim: 256,
+      vocab_size: 262208,
+      max_position_embeddings: 131072,
+      sliding_window: 1024,
+      sliding_window_pattern: 6,
+      query_pre_attn_scalar: 256,
+      rope_scaling: { rope_type: "linear", factor: 8.0 },
+      tie_word_embeddings: true,
     },
   },
 };

@@ -68,18 +68,24 @@ export interface SpecialTokens {
 }
 
 export function specialTokens(style: TokenizerStyle, count: number): SpecialTokens {
-  const named =
-    style === "llama3"
-      ? ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"]
-      : ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>"];
+  const named = {
+    llama3: ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"],
+    chatml: ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>"],
+    gemma: ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"],
+  }[style];
   const names = [...named];
-  for (let i = 0; names.length < count; i++) names.push(style === "llama3" ? `<|reserved_special_token_${i + 2}|>` : `<|extra_${i}|>`);
-  return style === "llama3"
-    ? { names: names.slice(0, count), bos: "<|begin_of_text|>", eos: ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"], eot: "<|eot_id|>" }
-    : { names: names.slice(0, count), eos: ["<|endoftext|>", "<|im_end|>"], eot: "<|im_end|>" };
+  for (let i = 0; names.length < count; i++) names.push(style === "llama3" ? `<|reserved_special_token_${i + 2}|>` : style === "gemma" ? `<unused${i}>` : `<|extra_${i}|>`);
+  const special = {
+    llama3: { bos: "<|begin_of_text|>", eos: ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"], eot: "<|eot_id|>" },
+    chatml: { eos: ["<|endoftext|>", "<|im_end|>"], eot: "<|im_end|>" },
+    gemma: { bos: "<bos>", eos: ["<eos>", "<end_of_turn>"], eot: "<end_of_turn>" },
+  }[style];
+  return { names: names.slice(0, count), ...special };
 }
 
 export const chatTemplates: Record<TokenizerStyle, string> = {
+  gemma:
+    "{{- bos_token }}{%- for message in messages %}{{- '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<start_of_turn>model\\n' }}{%- endif %}",
   llama3:
     "{{- bos_token }}{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}",
   chatml:

@@ -1,7 +1,7 @@
 // Logits and greedy ids against Hugging Face transformers (fixtures from tools/golden on the GPU machine).
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { readFile } from "node:fs/promises";
+import { readFile, readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { LayerwiseModel } from "../../src/engine/model.js";
@@ -49,7 +49,8 @@ interface Fixture {
   greedy: { ids: number[]; new_ids: number[] };
 }
 
-const fixtures = ["tiny-llama-f32", "tiny-llama-bf16", "tiny-qwen3-f32", "tiny-qwen3-bf16"];
+// Every fixture tools/golden/make_goldens.py wrote (one per preset and dtype).
+const fixtures = (await readdir(join(fixturesDir, "golden"))).filter((f) => f.endsWith(".json")).map((f) => f.slice(0, -5)).sort();
 
 for (const bc of backendCases) {
 describe(`random-weight checkpoints against transformers, ${bc.name}`, () => {

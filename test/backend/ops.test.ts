@@ -234,6 +234,7 @@ for (const bc of backendCases) {
         assert.ok(relErr(await b.read(b.gatedActivation(gt, ut, act)), Array.from(g, (x, i) => f(x) * u[i]!)) < bc.tolF32);
         assert.ok(relErr(await b.read(b.add(gt, ut)), Array.from(g, (x, i) => x + u[i]!)) < bc.tolF32);
         assert.ok(relErr(await b.read(b.scale(gt, -0.5)), Array.from(g, (x) => -0.5 * x)) < bc.tolF32);
+        assert.ok(relErr(await b.read(b.softcap(gt, 2)), Array.from(g, (x) => 2 * Math.tanh(x / 2))) < bc.tolF32);
         assert.ok(relErr(await b.read(b.rows(gt, 1, 2)), g.subarray(37)) === 0);
         await b.dispose();
       });

@@ -148,6 +148,9 @@ export class CpuBackend implements Backend {
   scale(x: Tensor, factor: number): Tensor {
     return this.result(math.scale(cpu(x), factor));
   }
+  softcap(x: Tensor, cap: number): Tensor {
+    return this.result(math.softcap(cpu(x), cap));
+  }
   rows(x: Tensor, start: number, count: number): Tensor {
     const c = cpu(x);
     const cols = c.shape[1]!;

@@ -207,3 +207,7 @@ export function add(a: CpuTensor, b: CpuTensor): CpuTensor {
 export function scale(x: CpuTensor, factor: number): CpuTensor {
   return f32Tensor(x.shape, x.f32().map((v) => v * factor));
 }
+
+export function softcap(x: CpuTensor, cap: number): CpuTensor {
+  return f32Tensor(x.shape, x.f32().map((v) => cap * Math.tanh(v / cap)));
+}

@@ -504,6 +504,14 @@ export class CudaBackend implements Backend {
     return out;
   }
 
+  softcap(x: Tensor, cap: number): Tensor {
+    const t = cuda(x);
+    const n = numel(t.shape);
+    const out = this.out(t.shape);
+    this.launch("softcap_f32", [gridFor(n), 1, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: t.ptr }, { f32: cap }, { i64: n }], [t]);
+    return out;
+  }
+
   rows(x: Tensor, start: number, count: number): Tensor {
     const t = cuda(x);
     const cols = t.shape[1]!;
