@@ -101,7 +101,7 @@ export const presets: Readonly<Record<string, TestModelPreset>> = {
     },
   },
   "tiny-gemma3": {
-    arch: "gemma3_text",
+    arch: "gemma3",
     tokenizer: "gemma",
     specialTokens: 16,
     initStd: "fan-in",
@@ -182,7 +182,7 @@ export const presets: Readonly<Record<string, TestModelPreset>> = {
     },
   },
   "gemma-3-12b": {
-    arch: "gemma3_text",
+    arch: "gemma3",
     tokenizer: "gemma",
     specialTokens: 64,
     initStd: 0.02,
