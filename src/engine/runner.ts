@@ -105,6 +105,7 @@ export class Runner {
       }
       return out.map((parts) => (parts.length === 1 ? parts[0]! : concat(parts)));
     } catch (e) {
+      await this.weights.reset();
       // A failed pass leaves no half-written tokens behind (or none at all, where a sliding window already freed keys).
       for (let i = 0; i < items.length; i++) {
         const cache = items[i]!.cache;

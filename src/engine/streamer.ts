@@ -97,6 +97,18 @@ export class LayerStreamer implements WeightSource {
     this.slotWaiters.get(slot)?.splice(0).forEach((wake) => wake());
   }
 
+  async reset(): Promise<void> {
+    // Reads ahead still queued behind a slot belong to the failed pass: drop them (waking them would take slots out of order).
+    this.slotWaiters.clear();
+    for (const slot of this.slots) {
+      if (!slot.busy) continue;
+      const ok = await slot.loading?.then(() => true, () => false);
+      if (!ok) slot.layer = slot.loading = undefined; // a failed read leaves nothing usable in the slot
+      slot.freeAfter = this.backend.fence();
+      slot.busy = false;
+    }
+  }
+
   /** Starts loading the `pos`-th streamed layer into its slot unless it is there or on its way. */
   private startLoad(pos: number): Promise<Weights> | undefined {
     const layer = this.streamed[pos]!;

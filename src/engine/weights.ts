@@ -12,6 +12,8 @@ export interface WeightSource {
   layer(layer: number): Promise<Weights>;
   /** The layer's compute is queued; a streaming source may reuse its memory once that work is done. */
   release(layer: number): void;
+  /** A forward failed part way: forget which layers it held and finish the reads ahead it started. */
+  reset(): Promise<void>;
   dispose(): void;
 }
 

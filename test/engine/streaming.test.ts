@@ -61,6 +61,19 @@ describe(`streaming and tiered KV on stories260K, ${bc.name}`, () => {
     await backend.dispose();
   });
 
+  it("a run cancelled mid-prefill leaves the streamer ready for the next one", async () => {
+    const backend = await bc.create();
+    await withModel(await storiesCopy(), { backend, ...small, vram: budget(backend, 800e3), ram: 0 }, async (m) => {
+      const controller = new AbortController();
+      const ids = [1, ...randomIds(300, 5, 3, 500)];
+      const cancelled = await m.complete({ ids }, { maxTokens: 5, temperature: 0, signal: controller.signal, onPrefillProgress: (done) => done > 0.5 && controller.abort() });
+      assert.equal(cancelled.finishReason, "abort");
+      const next = await m.complete({ ids: [1] }, { maxTokens: 5, temperature: 0 });
+      assert.deepEqual(next.tokens, [403, 407, 261, 378, 432]);
+    });
+    await backend.dispose();
+  });
+
   it("refuses a VRAM budget too small for two streamed layers, saying what is needed", async () => {
     const backend = await bc.create();
     await assert.rejects(LayerwiseModel.load(await storiesCopy(), { backend, ...small, vram: budget(backend, 300e3) }), (e: Error & { code: string }) => {
