@@ -1,4 +1,5 @@
 // `layerwise plan MODEL --context 100k --vram 8GB`: what goes where, bytes per token by link, and the seconds-per-token floor.
+import { stat } from "node:fs/promises";
 import type { Command } from "commander";
 import { createArchModel } from "../arch/index.js";
 import { createBackend } from "../backend/index.js";
@@ -65,7 +66,8 @@ export function registerPlan(program: Command): void {
           vramBytes: flags.vram ? parseBytes(flags.vram, "--vram") : await backend.defaultDeviceBudget(),
           ramBytes: flags.ram ? parseBytes(flags.ram, "--ram") : Math.floor((await import("node:os")).freemem() / 2),
         });
-        const largest = [...ckpt.files].sort()[0]!;
+        const sizes = await Promise.all(ckpt.files.map(async (f) => ({ f, size: (await stat(f)).size })));
+        const largest = sizes.sort((a, b) => b.size - a.size)[0]!.f;
         const given = (v: string | undefined, flag: string): LinkSpeed | undefined => (v === undefined ? undefined : { gbps: numberFlag(v, flag)!, bytes: 0, seconds: 0, method: "given" });
         const disk = given(flags.diskGbps, "--disk-gbps") ?? (p.perToken.diskBytes > 0 ? await measureDisk(backend, largest) : undefined);
         const h2d = given(flags.h2dGbps, "--h2d-gbps") ?? (p.perToken.h2dBytes > 0 ? await measureHostToDevice(backend) : undefined);
