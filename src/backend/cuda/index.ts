@@ -497,18 +497,19 @@ export class CudaBackend implements Backend {
   }
 
   scale(x: Tensor, factor: number): Tensor {
-    const t = cuda(x);
-    const n = numel(t.shape);
-    const out = this.out(t.shape);
-    this.launch("scale_f32", [gridFor(n), 1, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: t.ptr }, { f32: factor }, { i64: n }], [t]);
-    return out;
+    return this.withScalar("scale_f32", x, factor);
   }
 
   softcap(x: Tensor, cap: number): Tensor {
+    return this.withScalar("softcap_f32", x, cap);
+  }
+
+  /** An elementwise kernel (out, x, scalar, n) over f32 activations. */
+  private withScalar(kernel: string, x: Tensor, value: number): Tensor {
     const t = cuda(x);
     const n = numel(t.shape);
     const out = this.out(t.shape);
-    this.launch("softcap_f32", [gridFor(n), 1, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: t.ptr }, { f32: cap }, { i64: n }], [t]);
+    this.launch(kernel, [gridFor(n), 1, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: t.ptr }, { f32: value }, { i64: n }], [t]);
     return out;
   }
 
