@@ -110,15 +110,16 @@ __device__ void attn_simt(float *part_o, float *part_ml, const float *q, const i
   if (lane == 0) part_ml[2 * slot] = M, part_ml[2 * slot + 1] = L;
 }
 
-// Output rows and log-sum-exps from the splits' partial results. One block per (row, head).
-extern "C" __global__ void attn_merge_splits(float *out, float *lse, const float *part_o, const float *part_ml, int row_heads, int head_dim,
-                                             int splits) {
+// Output rows and log-sum-exps from the splits' partial results, plus each head's sink logit (null: none) in the
+// denominator. One block per (row, head).
+extern "C" __global__ void attn_merge_splits(float *out, float *lse, const float *part_o, const float *part_ml, const float *sinks, int heads,
+                                             int row_heads, int head_dim, int splits) {
   const int rh = blockIdx.x;
   if (rh >= row_heads) return;
   const float *ml = part_ml + (size_t)rh * splits * 2;
-  float M = -INFINITY;
+  float M = sinks ? sinks[rh % heads] : -INFINITY;
   for (int s = 0; s < splits; s++) M = fmaxf(M, ml[2 * s]);
-  float L = 0.f;
+  float L = sinks ? expf(sinks[rh % heads] - M) : 0.f;
   for (int s = 0; s < splits; s++) L += M == -INFINITY ? 0.f : ml[2 * s + 1] * expf(ml[2 * s] - M);
   for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
     float o = 0.f;

@@ -38,5 +38,14 @@ __device__ __forceinline__ float block_sum(float v, float *scratch) {
   return warp_sum(v);
 }
 
+// MXFP4 (OCP microscaling): e2m1 values, two per byte (low nibble first), 32 per group sharing an e8m0 exponent.
+// A matrix [N, K] holds every row's packed bytes (K / 2 per row), then every row's K / 32 scale bytes.
+__device__ __forceinline__ float fp4_value(uint32_t nibble) {
+  const uint32_t e = (nibble >> 1) & 3, m = nibble & 1;
+  const float mag = e == 0 ? 0.5f * m : __uint_as_float(((e + 126) << 23) | (m << 22));
+  return (nibble & 8) ? -mag : mag;
+}
+__device__ __forceinline__ float e8m0_scale(uint8_t s) { return ldexpf(1.f, (int)s - 127); }
+
 // Instantiates a templated kernel for f32, bf16 and f16 weights under names ending in _f32, _bf16, _f16.
 #define FOR_WEIGHT_TYPES(M) M(float, f32) M(bf16, bf16) M(f16, f16)

@@ -72,6 +72,26 @@ extern "C" __global__ void softcap_f32(float *out, const float *x, float cap, lo
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) out[i] = cap * tanhf(x[i] / cap);
 }
 
+// gpt-oss experts: interleaved [gate, up] columns to (clamp(up) + 1) * g * sigmoid(alpha * g), g = min(gate, limit).
+extern "C" __global__ void clamped_swiglu(float *out, const float *x, long long n, float alpha, float limit) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+    const float g = fminf(x[2 * i], limit), u = fminf(fmaxf(x[2 * i + 1], -limit), limit);
+    out[i] = (u + 1.f) * (g / (1.f + expf(-alpha * g)));
+  }
+}
+
+// out[i] = x[rows[i]] (rows of `cols`).
+extern "C" __global__ void gather_rows(float *out, const float *x, const int *rows, int n, int cols) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (long long)n * cols; i += (long long)gridDim.x * blockDim.x)
+    out[i] = x[(size_t)rows[i / cols] * cols + i % cols];
+}
+
+// acc[rows[i]] += scales[i] * y[i]; the rows of one call are distinct (one expert's tokens).
+extern "C" __global__ void accumulate_rows(float *acc, const float *y, const int *rows, const float *scales, int n, int cols) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (long long)n * cols; i += (long long)gridDim.x * blockDim.x)
+    acc[(size_t)rows[i / cols] * cols + i % cols] += scales[i / cols] * y[i];
+}
+
 // f32 rows into a cache tensor of type T (contiguous rows of `cols`).
 template <typename T>
 __device__ void write_rows(T *dst, const float *src, long long n) {
@@ -93,10 +113,16 @@ extern "C" __global__ void merge_attention(float *out, float *lse, const float *
   if (threadIdx.x == 0) lse[rh] = z > 0.f ? m + logf(z) : -INFINITY;
 }
 
+template <typename T>
+__device__ void to_f32(float *out, const T *x, long long n) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) out[i] = ::to_f32(x[i]);
+}
+
 #define INSTANTIATE(T, NAME)                                                                                                  \
   extern "C" __global__ void embed_##NAME(float *out, const T *table, const int *ids, int hidden) { embed<T>(out, table, ids, hidden); } \
   extern "C" __global__ void rms_norm_##NAME(float *out, const float *x, const T *w, int group, float eps, float offset) {        \
     rms_norm<T>(out, x, w, group, eps, offset);                                                                               \
   }                                                                                                                           \
-  extern "C" __global__ void write_rows_##NAME(T *dst, const float *src, long long n) { write_rows<T>(dst, src, n); }
+  extern "C" __global__ void write_rows_##NAME(T *dst, const float *src, long long n) { write_rows<T>(dst, src, n); }        \
+  extern "C" __global__ void cast_f32_##NAME(float *out, const T *x, long long n) { to_f32<T>(out, x, n); }
 FOR_WEIGHT_TYPES(INSTANTIATE)

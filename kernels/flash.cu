@@ -11,7 +11,7 @@ template <int HD> struct FlashShape {
 
 template <typename T, int HD>
 __device__ void flash(float *out, float *lse, const float *q, const int *seqs, const unsigned long long *block_ptrs, const int *block_pos,
-                      int heads, int kv_heads, int kv_cols, float scale, int window, float softcap) {
+                      const float *sinks, int heads, int kv_heads, int kv_cols, float scale, int window, float softcap) {
   using S = FlashShape<HD>;
   constexpr int BQ = S::BQ, BKV = S::BKV, LD = S::LD;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -151,10 +151,17 @@ __device__ void flash(float *out, float *lse, const float *q, const int *seqs, c
   for (int h = 0; h < 2; h++) {
     l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
     l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+    float keep = 1.f; // a sink joins the denominator only
+    if (sinks) {
+      const float s = sinks[head], mn = fmaxf(m[h], s);
+      keep = m[h] == -INFINITY ? 0.f : __expf(m[h] - mn);
+      l[h] = l[h] * keep + __expf(s - mn);
+      m[h] = mn;
+    }
     const int r = qr + h * 8;
     if (r >= rows) continue;
     float *dst = out + (size_t)(row0 + r) * stride + head * HD;
-    const float inv = l[h] > 0.f ? 1.f / l[h] : 0.f;
+    const float inv = l[h] > 0.f ? keep / l[h] : 0.f;
 #pragma unroll
     for (int nd = 0; nd < HD / 8; nd++) {
       const int d = nd * 8 + (lane & 3) * 2;
@@ -166,9 +173,9 @@ __device__ void flash(float *out, float *lse, const float *q, const int *seqs, c
 
 #define FLASH(T, NAME, HD)                                                                                                    \
   extern "C" __global__ void __launch_bounds__(128) flash_##NAME##_##HD(float *out, float *lse, const float *q, const int *seqs,      \
-      const unsigned long long *block_ptrs, const int *block_pos, int heads, int kv_heads, int kv_cols, float scale, int window,  \
-      float softcap) {                                                                                                        \
-    flash<T, HD>(out, lse, q, seqs, block_ptrs, block_pos, heads, kv_heads, kv_cols, scale, window, softcap);                  \
+      const unsigned long long *block_ptrs, const int *block_pos, const float *sinks, int heads, int kv_heads, int kv_cols,      \
+      float scale, int window, float softcap) {                                                                               \
+    flash<T, HD>(out, lse, q, seqs, block_ptrs, block_pos, sinks, heads, kv_heads, kv_cols, scale, window, softcap);           \
   }
 FLASH(bf16, bf16, 64) FLASH(bf16, bf16, 128) FLASH(bf16, bf16, 256)
 FLASH(f16, f16, 64) FLASH(f16, f16, 128) FLASH(f16, f16, 256)

@@ -1,13 +1,35 @@
 // Prefill GEMM on tensor cores: y[M, N] = xh[M, K] * w[N, K]^T + bias, with xh the activations already in the weights'
 // 16-bit type (cast_rows does that). 128 x 128 tiles, 8 warps of 64 x 32, K in steps of 32 through a 3-stage cp.async
 // pipeline; ldmatrix feeds mma.m16n8k16. Needs K % 8 == 0 (16-byte rows); other shapes use gemm_tc in matmul.cu.
+// MXFP4 weights (K % 32 == 0): each B tile row is one group of 32, decoded to bf16 in shared memory (exact: an e2m1 value
+// times a power of two), so the weights stay packed in device memory.
 #include "mma.cuh"
 
 // Dynamic shared memory: GSTAGES * (GBM + GBN) * GLD * 2 bytes (kernels.ts sets it at load).
 constexpr int GBM = 128, GBN = 128, GBK = 32, GSTAGES = 3, GLD = GBK + 8; // +8: rows 80 bytes apart, ldmatrix conflict-free
 
-template <typename T>
-__device__ void gemm_mma(float *y, const T *x, const T *w, const float *bias, int M, int N, int K) {
+// Decodes row group `kt` of MXFP4 rows n0.. into a bf16 tile: two threads a row, 16 values each.
+__device__ __forceinline__ void load_mxfp4_tile(bf16 *tile, const uint8_t *w, int n0, int N, int K, int kt) {
+  const int r = threadIdx.x >> 1, half = threadIdx.x & 1, n = n0 + r;
+  uint32_t out[8] = {};
+  if (n < N) {
+    const uint2 raw = *reinterpret_cast<const uint2 *>(w + (size_t)n * (K / 2) + kt * 16 + half * 8);
+    const float scale = e8m0_scale(w[(size_t)N * (K / 2) + (size_t)n * (K / 32) + kt]);
+    const uint32_t words[2] = {raw.x, raw.y};
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+      const uint32_t b = (words[i / 4] >> (8 * (i % 4))) & 0xff;
+      out[i] = pack2<bf16>(fp4_value(b & 15) * scale, fp4_value(b >> 4) * scale);
+    }
+  }
+  uint4 *dst = reinterpret_cast<uint4 *>(tile + r * GLD + half * 16);
+  dst[0] = make_uint4(out[0], out[1], out[2], out[3]);
+  dst[1] = make_uint4(out[4], out[5], out[6], out[7]);
+}
+
+template <typename T, bool MXFP4>
+__device__ void gemm_mma(float *y, const T *x, const void *wraw, const float *bias, int M, int N, int K) {
+  const T *w = reinterpret_cast<const T *>(wraw);
   extern __shared__ __align__(128) unsigned char smem[];
   T *As = reinterpret_cast<T *>(smem);
   T *Bs = As + GSTAGES * GBM * GLD;
@@ -23,8 +45,9 @@ __device__ void gemm_mma(float *y, const T *x, const T *w, const float *bias, in
       const int chunk = tid + i * 256, r = chunk >> 2, c = (chunk & 3) * 8;
       const bool kin = k0 + c < K;
       cp_async16(As + (stage * GBM + r) * GLD + c, x + (size_t)min(m0 + r, M - 1) * K + (kin ? k0 + c : 0), m0 + r < M && kin);
-      cp_async16(Bs + (stage * GBN + r) * GLD + c, w + (size_t)min(n0 + r, N - 1) * K + (kin ? k0 + c : 0), n0 + r < N && kin);
+      if constexpr (!MXFP4) cp_async16(Bs + (stage * GBN + r) * GLD + c, w + (size_t)min(n0 + r, N - 1) * K + (kin ? k0 + c : 0), n0 + r < N && kin);
     }
+    if constexpr (MXFP4) load_mxfp4_tile(Bs + stage * GBN * GLD, reinterpret_cast<const uint8_t *>(wraw), n0, N, K, kt);
   };
 
   float acc[4][4][4] = {};
@@ -76,8 +99,13 @@ __device__ void cast_rows(T *out, const float *x, long long n) {
 
 #define GEMM_MMA(T, NAME)                                                                                                     \
   extern "C" __global__ void __launch_bounds__(256) gemm_mma_##NAME(float *y, const T *x, const T *w, const float *bias, int M, int N, int K) { \
-    gemm_mma<T>(y, x, w, bias, M, N, K);                                                                                      \
+    gemm_mma<T, false>(y, x, w, bias, M, N, K);                                                                               \
   }                                                                                                                           \
   extern "C" __global__ void cast_rows_##NAME(T *out, const float *x, long long n) { cast_rows<T>(out, x, n); }
 GEMM_MMA(bf16, bf16)
 GEMM_MMA(f16, f16)
+
+// Activations in bf16, weights MXFP4.
+extern "C" __global__ void __launch_bounds__(256) gemm_mma_mxfp4(float *y, const bf16 *x, const uint8_t *w, const float *bias, int M, int N, int K) {
+  gemm_mma<bf16, true>(y, x, w, bias, M, N, K);
+}

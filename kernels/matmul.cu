@@ -54,6 +54,51 @@ __device__ void gemv(float *y, const float *x, const T *w, const float *bias, in
   }
 }
 
+// ---- decode with MXFP4 weights: one warp per output row, each lane a group of 32 weights (16 bytes and a scale) ----
+template <int MAXM>
+__device__ void gemv_mxfp4(float *y, const float *x, const uint8_t *w, const float *bias, int M, int N, int K) {
+  const int lane = threadIdx.x & 31;
+  const int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (n >= N) return;
+  const int groups = K / 32;
+  const uint8_t *packed = w + (size_t)n * (K / 2);
+  const uint8_t *scales = w + (size_t)N * (K / 2) + (size_t)n * groups;
+  float acc[MAXM];
+#pragma unroll
+  for (int m = 0; m < MAXM; m++) acc[m] = 0.f;
+  for (int g = lane; g < groups; g += 32) {
+    const uint4 raw = __ldg(reinterpret_cast<const uint4 *>(packed + g * 16));
+    const float scale = e8m0_scale(scales[g]);
+    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+    float wf[32];
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+      const uint32_t b = (words[i / 4] >> (8 * (i % 4))) & 0xff;
+      wf[2 * i] = fp4_value(b & 15) * scale;
+      wf[2 * i + 1] = fp4_value(b >> 4) * scale;
+    }
+#pragma unroll
+    for (int m = 0; m < MAXM; m++) {
+      if (m < M) {
+        const float4 *xv = reinterpret_cast<const float4 *>(x + (size_t)m * K + g * 32);
+        float s = 0.f;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+          const float4 xx = __ldg(xv + i);
+          s += xx.x * wf[4 * i] + xx.y * wf[4 * i + 1] + xx.z * wf[4 * i + 2] + xx.w * wf[4 * i + 3];
+        }
+        acc[m] += s;
+      }
+    }
+  }
+  const float b = bias ? bias[n] : 0.f;
+#pragma unroll
+  for (int m = 0; m < MAXM; m++) {
+    const float s = warp_sum(acc[m]);
+    if (lane == 0 && m < M) y[(size_t)m * N + n] = s + b;
+  }
+}
+
 // ---- many rows, exact f32 math: f32 weights (test models) and shapes the tensor-core GEMM cannot take (K % 8 != 0) ----
 // 64 x 64 tiles of FMAs, 4 x 4 outputs per thread.
 template <typename T>
@@ -98,6 +143,12 @@ __device__ void gemm_simt(float *y, const float *x, const T *w, const float *bia
   }
 #define GEMVS(T, NAME) GEMV(T, NAME, 1) GEMV(T, NAME, 4) GEMV(T, NAME, 16)
 FOR_WEIGHT_TYPES(GEMVS)
+
+#define GEMV_MXFP4(MAXM)                                                                                                      \
+  extern "C" __global__ void __launch_bounds__(256) gemv##MAXM##_mxfp4(float *y, const float *x, const uint8_t *w, const float *bias, int M, int N, int K) { \
+    gemv_mxfp4<MAXM>(y, x, w, bias, M, N, K);                                                                                 \
+  }
+GEMV_MXFP4(1) GEMV_MXFP4(4) GEMV_MXFP4(16)
 
 #define GEMM_SIMT(T, NAME)                                                                                                    \
   extern "C" __global__ void __launch_bounds__(256) gemm_simt_##NAME(float *y, const float *x, const T *w, const float *bias, int M, int N, int K) { \

@@ -1,6 +1,7 @@
 // The architectures layerwise runs, by HF model_type; aliases are entries, not copies.
 import { CheckpointError } from "../errors.js";
 import { gemma3, gemma3Text } from "./gemma3.js";
+import { gptOss } from "./gpt-oss.js";
 import { llama } from "./llama.js";
 import { qwen3 } from "./qwen3.js";
 import type { ArchModel, Architecture } from "./types.js";
@@ -10,6 +11,7 @@ export const architectures: ReadonlyMap<string, Architecture> = new Map<string, 
   ["qwen3", qwen3],
   ["gemma3_text", gemma3Text],
   ["gemma3", gemma3],
+  ["gpt_oss", gptOss],
 ]);
 
 /** Validates a raw config.json against its architecture and builds the model description. */

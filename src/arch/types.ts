@@ -12,11 +12,18 @@ export interface ModelShape {
   readonly kvLayers: readonly { readonly kvHeads: number; readonly headDim: number; readonly slidingWindow?: number }[];
   /** Most f32 activations per row alive at once inside a layer (what the planner reserves per prefill row). */
   readonly activationsPerRow: number;
+  /** Mixture of experts: experts per layer and how many each token uses; the engine loads only the routed ones. */
+  readonly moe?: { readonly experts: number; readonly topK: number };
 }
 
 export interface WeightSpec {
   readonly name: string;
+  /** The shape the architecture computes with ([out, in] for matrices). */
   readonly shape: readonly number[];
+  /** Slice `index` along the first dimension of a stacked tensor (one expert of [experts, ...]). */
+  readonly index?: number;
+  /** MXFP4: `name` holds the packed values [..., rows, cols / 32, 16] (U8), `scales` their e8m0 exponents [..., rows, cols / 32] (U8). */
+  readonly scales?: string;
 }
 
 export type WeightSpecs = Readonly<Record<string, WeightSpec>>;
@@ -29,6 +36,8 @@ export interface AttentionCall {
   readonly scale: number;
   readonly slidingWindow?: number;
   readonly softcap?: number;
+  /** Per-head logits that join the softmax with no value (gpt-oss). */
+  readonly sinks?: Tensor;
 }
 
 /** The engine's side of a layer's forward: positions of the rows, and attention backed by its KV cache. */
@@ -36,6 +45,12 @@ export interface LayerRun {
   readonly positions: Int32Array;
   /** Stores k and v [rows, kvHeads * headDim] in this layer's cache, then attends q over everything each row may see (KV may come from RAM or disk). */
   attention(q: Tensor, k: Tensor, v: Tensor, o: AttentionCall): Promise<Tensor>;
+  /** Values of a small tensor (router logits) on the host. */
+  read(t: Tensor): Promise<Float32Array>;
+  /** Expert `expert` of this layer on the compute tier, loaded if it is not cached; hold it until `releaseExpert`. */
+  expert(expert: number): Promise<Weights>;
+  /** The expert's compute is queued: its memory may be reused once that work is done. */
+  releaseExpert(expert: number): void;
 }
 
 /** One model built from a validated config: names, shapes and math, no files and no memory tiers. */
@@ -43,7 +58,10 @@ export interface ArchModel {
   readonly shape: ModelShape;
   /** Embedding table, final norm and LM head (the head may name the embedding table when tied). */
   readonly globalWeights: WeightSpecs;
+  /** The layer's dense weights (every token uses them). */
   layerWeights(layer: number): WeightSpecs;
+  /** One expert's weights (models with `shape.moe`). */
+  expertWeights?(layer: number, expert: number): WeightSpecs;
   embed(ops: Ops, g: Weights, ids: Int32Array): Tensor;
   forwardLayer(ops: Ops, layer: number, w: Weights, x: Tensor, run: LayerRun): Promise<Tensor>;
   /** Final norm and LM head: logits [rows, vocab]. */

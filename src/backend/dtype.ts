@@ -1,8 +1,38 @@
 // Element types of tensors and the conversions between the 16-bit float formats and f32.
 
-export type DType = "f32" | "f16" | "bf16";
+/** Element types of activations, KV and ordinary weights. */
+export type FloatDType = "f32" | "f16" | "bf16";
+/** Every tensor format: the float types, and MXFP4 weights (groups of 32 4-bit values sharing a power-of-two scale). */
+export type DType = FloatDType | "mxfp4";
 
-export const dtypeBytes: Record<DType, number> = { f32: 4, f16: 2, bf16: 2 };
+export const dtypeBytes: Record<FloatDType, number> = { f32: 4, f16: 2, bf16: 2 };
+
+/**
+ * Bytes of a tensor. An MXFP4 matrix [rows, cols] (cols a multiple of 32) stores all its rows' packed values
+ * (two per byte, low nibble first), then one e8m0 scale byte per group of 32: rows * cols / 2 + rows * cols / 32.
+ */
+export function tensorBytes(shape: readonly number[], dtype: DType): number {
+  const n = shape.reduce((a, b) => a * b, 1);
+  return dtype === "mxfp4" ? n / 2 + n / 32 : n * dtypeBytes[dtype];
+}
+
+/** The 16 values of an e2m1 (FP4) nibble. */
+export const fp4Values = Float32Array.from([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0, -0.5, -1, -1.5, -2, -3, -4, -6]);
+
+/** Row `r` of an MXFP4 matrix [rows, cols] held in `bytes` (layout of tensorBytes), as f32 in `out`. */
+export function mxfp4Row(bytes: Uint8Array, rows: number, cols: number, r: number, out: Float32Array): Float32Array {
+  const packed = r * (cols / 2);
+  const scales = rows * (cols / 2) + r * (cols / 32);
+  for (let g = 0; g < cols / 32; g++) {
+    const scale = 2 ** (bytes[scales + g]! - 127);
+    for (let i = 0; i < 16; i++) {
+      const b = bytes[packed + g * 16 + i]!;
+      out[g * 32 + 2 * i] = fp4Values[b & 15]! * scale;
+      out[g * 32 + 2 * i + 1] = fp4Values[b >> 4]! * scale;
+    }
+  }
+  return out;
+}
 
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
@@ -73,7 +103,7 @@ export function f32ToF16(x: number): number {
 }
 
 /** Converts raw little-endian bytes of the given dtype to f32. */
-export function toF32(bytes: Uint8Array, dtype: DType): Float32Array {
+export function toF32(bytes: Uint8Array, dtype: FloatDType): Float32Array {
   if (dtype === "f32") {
     const out = new Float32Array(bytes.byteLength / 4);
     new Uint8Array(out.buffer).set(bytes);
@@ -88,7 +118,7 @@ export function toF32(bytes: Uint8Array, dtype: DType): Float32Array {
 }
 
 /** Converts f32 values to raw bytes of the given dtype. */
-export function fromF32(values: Float32Array, dtype: DType): Uint8Array {
+export function fromF32(values: Float32Array, dtype: FloatDType): Uint8Array {
   if (dtype === "f32") return new Uint8Array(values.buffer.slice(values.byteOffset, values.byteOffset + values.byteLength));
   const out = new Uint16Array(values.length);
   const convert = dtype === "bf16" ? f32ToBf16 : f32ToF16;

@@ -38,6 +38,8 @@ export interface AttentionOptions {
   readonly slidingWindow?: number;
   /** Scores become softcap * tanh(score / softcap). */
   readonly softcap?: number;
+  /** Per head, a learned logit that joins each row's softmax with no value (gpt-oss's attention sinks). */
+  readonly sinks?: Tensor;
   readonly seqs: readonly AttentionSeq[];
 }
 
@@ -75,6 +77,14 @@ export interface Ops {
   scale(x: Tensor, factor: number): Tensor;
   /** cap * tanh(x / cap), elementwise (Gemma's logit soft-capping). */
   softcap(x: Tensor, cap: number): Tensor;
+  /** gpt-oss's expert activation on interleaved [gate, up] columns: (clamp(up) + 1) * g * sigmoid(alpha * g), g = min(gate, limit). */
+  clampedSwiglu(gateUp: Tensor, o: { alpha: number; limit: number }): Tensor;
+  /** f32 zeros [rows, cols]. */
+  zeros(shape: readonly number[]): Tensor;
+  /** Rows `rows[i]` of x, in that order. */
+  gatherRows(x: Tensor, rows: Int32Array): Tensor;
+  /** In place: acc[rows[i]] += scales[i] * y[i] (a mixture-of-experts combine). */
+  accumulateRows(acc: Tensor, y: Tensor, rows: Int32Array, scales: Float32Array): void;
   /** A copy of rows start .. start + count - 1 of x. */
   rows(x: Tensor, start: number, count: number): Tensor;
   /** Runs `fn` and frees every tensor its ops made except the one it returns (bounds a layer's live activations). */

@@ -1,6 +1,6 @@
 // `layerwise make-test-model`: a deterministic random-weight checkpoint with a real model's shapes.
 import type { Command } from "commander";
-import type { DType } from "../backend/dtype.js";
+import type { FloatDType } from "../backend/dtype.js";
 import { UsageError } from "../errors.js";
 import { presets } from "../testmodel/presets.js";
 import { makeTestModel } from "../testmodel/write.js";
@@ -33,7 +33,7 @@ export function registerMakeTestModel(program: Command): void {
     .option("--merge-format <format>", "tokenizer.json merges as arrays (new) or strings (old)", "arrays")
     .option("--json", "print what was written as JSON")
     .action(async (flags: Flags) => {
-      const dtype = flags.dtype as DType;
+      const dtype = flags.dtype as FloatDType;
       if (!["bf16", "f16", "f32"].includes(dtype)) throw new UsageError("BAD_FLAG", `--dtype ${flags.dtype} is not bf16, f16 or f32`);
       if (flags.mergeFormat !== "arrays" && flags.mergeFormat !== "strings") throw new UsageError("BAD_FLAG", `--merge-format ${flags.mergeFormat} is not arrays or strings`);
       const preset = flags.preset ?? (flags.arch ? `tiny-${flags.arch}` : undefined);

@@ -3,7 +3,7 @@ import { stat } from "node:fs/promises";
 import type { Command } from "commander";
 import { createArchModel } from "../arch/index.js";
 import { createBackend } from "../backend/index.js";
-import type { DType } from "../backend/dtype.js";
+import type { FloatDType } from "../backend/dtype.js";
 import { measureDisk, measureHostToDevice, type LinkSpeed } from "../engine/bandwidth.js";
 import { modelLayout } from "../engine/layout.js";
 import { plan, type Plan } from "../engine/planner.js";
@@ -52,7 +52,7 @@ export function registerPlan(program: Command): void {
       try {
         const { model } = createArchModel(ckpt.rawConfig, `${dir}/config.json`);
         validateWeights(ckpt, model);
-        const kvDtype = (flags.kvDtype ?? (backend.name === "cpu" ? "f32" : "bf16")) as DType;
+        const kvDtype = (flags.kvDtype ?? (backend.name === "cpu" ? "f32" : "bf16")) as FloatDType;
         if (!["bf16", "f16", "f32"].includes(kvDtype)) throw new UsageError("BAD_FLAG", `--kv-dtype ${kvDtype} is not bf16, f16 or f32`);
         const p = plan({
           layout: modelLayout(ckpt, model),

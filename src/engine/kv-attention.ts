@@ -1,6 +1,6 @@
 // Attention over a tiered KV cache: device blocks directly, RAM and disk blocks staged to the device in groups, parts merged.
 import type { AttentionCall } from "../arch/types.js";
-import { dtypeBytes, type DType } from "../backend/dtype.js";
+import { dtypeBytes, type FloatDType } from "../backend/dtype.js";
 import type { AttentionPart, AttentionSeq, Backend, Fence, HostBuffer, KvBlock, Tensor } from "../backend/ops.js";
 import type { KvBlockState, KvCache } from "./kv-cache.js";
 
@@ -31,7 +31,7 @@ export class KvStager {
     /** Largest K (or V) block in bytes, blocks staged at once, and the cache's dtype. */
     private readonly blockBytes: number,
     readonly capacity: number,
-    private readonly dtype: DType,
+    private readonly dtype: FloatDType,
   ) {}
 
   /** Allocates every slot now (the plan's share of device memory), instead of at first use. */
@@ -105,7 +105,8 @@ export async function attendTiered(backend: Backend, stager: KvStager | undefine
       staged.set(it, [...(staged.get(it) ?? []), kb]);
     }
     const seqs = [...staged].map(([it, blocks]) => ({ qRow: it.qRow, qRows: it.qRows, qPos: it.qPos, blocks }));
-    const part = backend.attentionPart(q, { ...o, seqs });
+    // Sinks belong to one part only (the device part has them): a merge then counts them once.
+    const part = backend.attentionPart(q, { ...o, sinks: undefined, seqs });
     const merged = backend.mergeAttention(acc, part);
     stager.markUsed(group.length);
     for (const t of [acc.out, acc.lse, part.out, part.lse]) backend.free(t); // bounded however many groups there are

@@ -1,6 +1,6 @@
 // Memory for KV blocks, reserved when the model loads (the plan's shares): device blocks, and pinned host buffers for the
 // RAM tier. Nothing is allocated on the hot path, and memory use does not depend on the context.
-import type { DType } from "../backend/dtype.js";
+import type { FloatDType } from "../backend/dtype.js";
 import type { Backend, HostBuffer, Tensor } from "../backend/ops.js";
 
 export interface DeviceBlock {
@@ -15,7 +15,7 @@ export class KvBlockPool {
   constructor(
     private readonly backend: Backend,
     private readonly blockTokens: number,
-    private readonly dtype: DType,
+    private readonly dtype: FloatDType,
   ) {}
 
   /** Allocates `count` blocks of `kvCols` columns up front. */

@@ -1,6 +1,6 @@
 // A sequence's KV cache in tiers: fixed-size blocks per layer, on the device while room lasts, then in RAM, then on disk.
 import type { ModelShape } from "../arch/types.js";
-import { dtypeBytes, type DType } from "../backend/dtype.js";
+import { dtypeBytes, type FloatDType } from "../backend/dtype.js";
 import type { Backend, HostBuffer, Tensor } from "../backend/ops.js";
 import type { KvBlockPool } from "./kv-blocks.js";
 import type { DiskPlace, KvSpill } from "./kv-spill.js";
@@ -20,7 +20,7 @@ export interface KvBlockState {
 
 export interface KvPolicy {
   readonly blockTokens: number;
-  readonly dtype: DType;
+  readonly dtype: FloatDType;
   /** Full blocks per layer kept on the device; later ones go to RAM while `hostBlocks` allows, then to disk. */
   readonly deviceBlocks: number;
   readonly hostBlocks: number;

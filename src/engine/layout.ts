@@ -2,8 +2,7 @@
 import type { ArchModel, WeightSpecs } from "../arch/types.js";
 import type { DType } from "../backend/dtype.js";
 import type { Checkpoint } from "../model/checkpoint.js";
-import type { TensorInfo } from "../model/safetensors.js";
-import { weightDType } from "./weights.js";
+import { resolveWeight, type ResolvedWeight } from "./weights.js";
 
 /** Device buffers hold tensors at this alignment so kernels can use wide loads. */
 export const deviceAlign = 256;
@@ -15,12 +14,12 @@ const coalesceGap = 64 << 10;
 export interface PlacedTensor {
   /** The architecture's names for it (two when a tied head shares the embedding). */
   readonly keys: readonly string[];
-  readonly info: TensorInfo;
+  readonly shape: readonly number[];
   readonly dtype: DType;
   /** Offset in the layer's device slot. */
   readonly deviceOffset: number;
-  /** Offset in the layer's host staging image. */
-  readonly hostOffset: number;
+  /** Its file ranges' places in the host image and in the device slot (back to back from `deviceOffset`). */
+  readonly pieces: readonly { readonly hostOffset: number; readonly deviceOffset: number; readonly byteLength: number }[];
 }
 
 /** One read of a file range, aligned for O_DIRECT, landing at `hostOffset` of the staging image. */
@@ -48,20 +47,26 @@ export interface ModelLayout {
   readonly layers: readonly TensorGroup[];
   readonly maxLayerDeviceBytes: number;
   readonly maxLayerHostBytes: number;
+  /** Per layer, each expert's weights (empty for dense models). */
+  readonly experts: readonly (readonly TensorGroup[])[];
+  readonly maxExpertDeviceBytes: number;
+  readonly maxExpertHostBytes: number;
 }
 
 const alignUp = (n: number, a: number) => Math.ceil(n / a) * a;
 const alignDown = (n: number, a: number) => Math.floor(n / a) * a;
 
 export function tensorGroup(ckpt: Checkpoint, specs: WeightSpecs): TensorGroup {
-  const byName = new Map<string, { keys: string[]; info: TensorInfo }>();
+  const byWeight = new Map<string, { keys: string[]; weight: ResolvedWeight }>();
   for (const [key, spec] of Object.entries(specs)) {
-    const seen = byName.get(spec.name); // a tied head shares the embedding's bytes
+    const id = `${spec.name}|${spec.index ?? ""}|${spec.scales ?? ""}`;
+    const seen = byWeight.get(id); // a tied head shares the embedding's bytes
     if (seen) seen.keys.push(key);
-    else byName.set(spec.name, { keys: [key], info: ckpt.tensor(spec.name) });
+    else byWeight.set(id, { keys: [key], weight: resolveWeight(ckpt, spec) });
   }
-  const entries = [...byName.values()];
-  const byFile = [...entries].sort((a, b) => (a.info.file === b.info.file ? a.info.start - b.info.start : a.info.file < b.info.file ? -1 : 1));
+  const entries = [...byWeight.values()];
+  const ranges = entries.flatMap((e, i) => e.weight.ranges.map((r, j) => ({ ...r, owner: i, part: j })));
+  const byFile = [...ranges].sort((a, b) => (a.file === b.file ? a.start - b.start : a.file < b.file ? -1 : 1));
   const reads: ReadRange[] = [];
   const hostOffsetOf = new Map<string, number>();
   let hostBytes = 0;
@@ -73,31 +78,42 @@ export function tensorGroup(ckpt: Checkpoint, specs: WeightSpecs): TensorGroup {
     hostBytes = current.hostOffset + length;
     current = undefined;
   };
-  for (const { info } of byFile) {
-    const end = info.start + info.byteLength;
-    if (!current || current.file !== info.file || info.start - current.end > coalesceGap) {
+  for (const r of byFile) {
+    const end = r.start + r.byteLength;
+    if (!current || current.file !== r.file || r.start - current.end > coalesceGap) {
       flush();
-      current = { file: info.file, start: alignDown(info.start, ioAlign), end, hostOffset: hostBytes };
+      current = { file: r.file, start: alignDown(r.start, ioAlign), end, hostOffset: hostBytes };
     } else current.end = Math.max(current.end, end);
-    hostOffsetOf.set(info.name, current.hostOffset + info.start - current.start);
+    hostOffsetOf.set(`${r.owner}:${r.part}`, current.hostOffset + r.start - current.start);
   }
   flush();
   let deviceBytes = 0;
-  const tensors = entries.map(({ keys, info }) => {
-    const placed = { keys, info, dtype: weightDType(info), deviceOffset: deviceBytes, hostOffset: hostOffsetOf.get(info.name)! };
-    deviceBytes = alignUp(deviceBytes + info.byteLength, deviceAlign);
-    return placed;
+  const tensors = entries.map(({ keys, weight }, i) => {
+    const deviceOffset = deviceBytes;
+    let at = deviceOffset;
+    const pieces = weight.ranges.map((r, j) => {
+      const piece = { hostOffset: hostOffsetOf.get(`${i}:${j}`)!, deviceOffset: at, byteLength: r.byteLength };
+      at += r.byteLength;
+      return piece;
+    });
+    deviceBytes = alignUp(deviceOffset + weight.byteLength, deviceAlign);
+    return { keys, shape: weight.shape, dtype: weight.dtype, deviceOffset, pieces };
   });
-  const dataBytes = entries.reduce((n, e) => n + e.info.byteLength, 0);
+  const dataBytes = entries.reduce((n, e) => n + e.weight.byteLength, 0);
   return { tensors, reads, deviceBytes, hostBytes, dataBytes };
 }
 
 export function modelLayout(ckpt: Checkpoint, model: ArchModel): ModelLayout {
   const layers = Array.from({ length: model.shape.numLayers }, (_, i) => tensorGroup(ckpt, model.layerWeights(i)));
+  const experts = Array.from({ length: model.shape.numLayers }, (_, i) => Array.from({ length: model.shape.moe?.experts ?? 0 }, (_, e) => tensorGroup(ckpt, model.expertWeights!(i, e))));
+  const flat = experts.flat();
   return {
     globals: tensorGroup(ckpt, model.globalWeights),
     layers,
     maxLayerDeviceBytes: Math.max(...layers.map((l) => l.deviceBytes)),
     maxLayerHostBytes: Math.max(...layers.map((l) => l.hostBytes)),
+    experts,
+    maxExpertDeviceBytes: Math.max(0, ...flat.map((g) => g.deviceBytes)),
+    maxExpertHostBytes: Math.max(0, ...flat.map((g) => g.hostBytes)),
   };
 }

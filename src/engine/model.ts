@@ -3,7 +3,7 @@ import { freemem } from "node:os";
 import { createArchModel } from "../arch/index.js";
 import type { ArchModel } from "../arch/types.js";
 import { createBackend, type BackendName } from "../backend/index.js";
-import { dtypeBytes, type DType } from "../backend/dtype.js";
+import { dtypeBytes, type FloatDType } from "../backend/dtype.js";
 import type { Backend } from "../backend/ops.js";
 import { UsageError } from "../errors.js";
 import { ChatTemplate, type ChatMessage } from "../model/chat-template.js";
@@ -29,7 +29,7 @@ export interface LoadOptions {
   /** A backend name, or a backend to share (the model then leaves it open on close). */
   backend?: BackendName | Backend;
   /** Element type of the KV cache; default: f32 on the CPU backend, bf16 on CUDA. */
-  kvDtype?: DType;
+  kvDtype?: FloatDType;
   /** Tokens per KV cache block (the unit of tiering and of the persistent cache). */
   kvBlockTokens?: number;
   /** Bytes the compute device may hold; default: free GPU memory less a margin (CPU backend: no limit). */

@@ -1,6 +1,6 @@
 // The memory planner: from layer sizes, context and budgets, decides what lives on the GPU, in RAM and on disk.
 import type { ModelShape } from "../arch/types.js";
-import { dtypeBytes, type DType } from "../backend/dtype.js";
+import { dtypeBytes, type FloatDType } from "../backend/dtype.js";
 import { UsageError } from "../errors.js";
 import { formatBytes } from "../util/bytes.js";
 import type { ModelLayout } from "./layout.js";
@@ -15,7 +15,7 @@ export interface PlanInput {
   readonly batch: number;
   readonly prefillChunk: number;
   readonly kvBlockTokens: number;
-  readonly kvDtype: DType;
+  readonly kvDtype: FloatDType;
   /** Everything layerwise allocates on the compute device must fit here. */
   readonly vramBytes: number;
   /** RAM for caching weights and KV (staging buffers for disk reads come on top, see `hostBytes.staging`). */
@@ -38,24 +38,29 @@ export interface Plan {
   readonly kvHostTokens: number;
   /** KV blocks per layer that can be staged on the device at once when attending over RAM or disk blocks. */
   readonly kvStagingBlocks: number;
-  readonly deviceBytes: { globals: number; workspace: number; kvHeadroom: number; slots: number; kvStaging: number; residentLayers: number; kv: number; total: number };
+  /**
+   * Mixture of experts: device slots of the hot-expert cache (every expert resident when it equals `total`), experts kept
+   * in pinned RAM (the first ones, layer by layer; the others are read from disk), and host buffers for those reads.
+   */
+  readonly experts: { readonly total: number; readonly deviceSlots: number; readonly ram: number; readonly stagingBuffers: number };
+  readonly deviceBytes: { globals: number; workspace: number; kvHeadroom: number; slots: number; kvStaging: number; residentLayers: number; kv: number; experts: number; total: number };
   /**
    * Host memory: the caches --ram bounds (layers, KV), and working buffers on top of it: disk staging, the span's
    * hidden states, and KV transfer buffers.
    */
-  readonly hostBytes: { ramLayers: number; kv: number; staging: number; activations: number; transfer: number; total: number };
+  readonly hostBytes: { ramLayers: number; kv: number; ramExperts: number; staging: number; activations: number; transfer: number; total: number };
   readonly kvDiskBytes: number;
-  /** Bytes that must cross each link to decode one token at the planned context. */
+  /** Bytes that must cross each link to decode one token at the planned context (routed experts: misses if routing were uniform). */
   readonly perToken: { diskBytes: number; h2dBytes: number };
 }
 
 /** KV bytes per token summed over layers (sliding-window layers hold at most their window). */
-export function kvBytesPerToken(shape: ModelShape, dtype: DType): number {
+export function kvBytesPerToken(shape: ModelShape, dtype: FloatDType): number {
   return shape.kvLayers.reduce((n, l) => n + 2 * l.kvHeads * l.headDim * dtypeBytes[dtype], 0);
 }
 
 /** KV bytes of one sequence of `tokens` tokens (sliding-window layers hold at most their window). */
-export function kvBytesAt(shape: ModelShape, dtype: DType, tokens: number): number {
+export function kvBytesAt(shape: ModelShape, dtype: FloatDType, tokens: number): number {
   return shape.kvLayers.reduce((n, l) => n + 2 * l.kvHeads * l.headDim * dtypeBytes[dtype] * Math.min(tokens, l.slidingWindow ?? tokens), 0);
 }
 
@@ -79,18 +84,25 @@ export function plan(input: PlanInput): Plan {
   const slotBytesEach = held(layout.maxLayerDeviceBytes);
   const allLayers = layerBytes.reduce((a, b) => a + b, 0);
 
+  const totalExperts = layout.experts.reduce((n, l) => n + l.length, 0);
+  const expertSlotBytes = held(layout.maxExpertDeviceBytes);
+  const allExperts = totalExperts * expertSlotBytes;
+  // A chunk's experts load one after another while others compute: a few slots always, the routed set of a token if room.
+  const minExpertSlots = Math.min(totalExperts, Math.max(2, shape.moe?.topK ?? 0));
+
   const globals = held(layout.globals.deviceBytes);
   // The workspace is many tensors; count it as eight equal ones for the rounding.
   const workspace = 8 * held(workspaceBytes(shape, Math.max(input.prefillChunk, batch)) / 8);
   // Every layer's partly filled last block lives on the device; new blocks of one layer stay there until their chunk is done.
   const kvHeadroom = (shape.numLayers * batch + Math.ceil(input.prefillChunk / block) + 1) * kvLayerBlockBytes;
-  const must = globals + workspace + kvHeadroom;
+  const must = globals + workspace + kvHeadroom + minExpertSlots * expertSlotBytes;
 
   const layerTier: WeightTier[] = layerBytes.map(() => "device");
   let slots = 0;
   let kvDeviceTokens = ctx;
   let kvStagingBlocks = 0;
-  if (must + allLayers + kvTotal > input.vramBytes) {
+  let expertSlots = totalExperts;
+  if (must - minExpertSlots * expertSlotBytes + allLayers + kvTotal + allExperts > input.vramBytes) {
     // Streaming: slots for layers in flight, KV staging for blocks in RAM or on disk, then KV and whole layers while room lasts.
     const minStaging = 2 * kvLayerBlockBytes;
     slots = must + 3 * slotBytesEach + minStaging <= input.vramBytes ? Math.min(3, shape.numLayers) : 2;
@@ -112,7 +124,12 @@ export function plan(input: PlanInput): Plan {
       if (layerBytes[i]! <= avail) avail -= layerBytes[i]!;
       else layerTier[i] = "ram";
     }
-    if (layerTier.every((t) => t === "device")) slots = 0;
+    if (layerTier.every((t) => t === "device")) {
+      avail += slots * slotBytesEach;
+      slots = 0;
+    }
+    // What is left caches hot experts.
+    expertSlots = totalExperts === 0 ? 0 : Math.min(totalExperts, minExpertSlots + Math.floor(Math.max(0, avail) / expertSlotBytes));
   }
 
   let ramAvail = input.ramBytes;
@@ -127,9 +144,13 @@ export function plan(input: PlanInput): Plan {
       ramLayers += bytes;
     } else layerTier[i] = "disk";
   }
+  const expertsResident = expertSlots === totalExperts;
+  const ramExperts = expertsResident ? 0 : Math.min(totalExperts, Math.floor(Math.max(0, ramAvail) / Math.max(1, layout.maxExpertHostBytes)));
+  ramAvail -= ramExperts * layout.maxExpertHostBytes;
+  const expertStaging = expertsResident || ramExperts === totalExperts ? 0 : Math.min(totalExperts - ramExperts, 8);
   const diskLayers = layerTier.filter((t) => t === "disk").length;
   const stagingBuffers = Math.min(diskLayers, 3);
-  const staging = stagingBuffers * layout.maxLayerHostBytes;
+  const staging = stagingBuffers * layout.maxLayerHostBytes + expertStaging * layout.maxExpertHostBytes;
   const spanRows = Math.min(input.prefillSpan, ctx);
   const activations = spanRows > input.prefillChunk ? spanRows * shape.hiddenSize * 4 : 0;
   // Staging slots' pinned copies, one block moving off the device, and the image that loads the globals.
@@ -143,6 +164,11 @@ export function plan(input: PlanInput): Plan {
   const kvDiskBytes = kvDiskTokens * kvTokenBytes;
   const streamedBytes = (tier: WeightTier) => layout.layers.reduce((n, l, i) => n + (layerTier[i] === tier ? l.dataBytes : 0), 0);
   const slotBytes = slots * slotBytesEach;
+  const expertDevice = expertSlots * expertSlotBytes;
+  const expertData = totalExperts === 0 ? 0 : layout.experts.flat().reduce((n, g) => n + g.dataBytes, 0) / totalExperts;
+  const routedPerToken = totalExperts === 0 ? 0 : shape.numLayers * shape.moe!.topK * expertData;
+  const missDevice = expertsResident ? 0 : 1 - expertSlots / totalExperts;
+  const missRam = 1 - ramExperts / Math.max(1, totalExperts);
   return {
     input,
     layerTier,
@@ -151,12 +177,23 @@ export function plan(input: PlanInput): Plan {
     kvDeviceTokens,
     kvHostTokens,
     kvStagingBlocks,
-    deviceBytes: { globals, workspace, kvHeadroom, slots: slotBytes, kvStaging, residentLayers, kv: kvDevice, total: must + slotBytes + kvStaging + residentLayers + kvDevice },
-    hostBytes: { ramLayers, kv: kvHost, staging, activations, transfer, total: ramLayers + kvHost + staging + activations + transfer },
+    experts: { total: totalExperts, deviceSlots: expertSlots, ram: ramExperts, stagingBuffers: expertStaging },
+    deviceBytes: {
+      globals,
+      workspace,
+      kvHeadroom,
+      slots: slotBytes,
+      kvStaging,
+      residentLayers,
+      kv: kvDevice,
+      experts: expertDevice,
+      total: must - minExpertSlots * expertSlotBytes + slotBytes + kvStaging + residentLayers + kvDevice + expertDevice,
+    },
+    hostBytes: { ramLayers, kv: kvHost, ramExperts: ramExperts * layout.maxExpertHostBytes, staging, activations, transfer, total: ramLayers + kvHost + ramExperts * layout.maxExpertHostBytes + staging + activations + transfer },
     kvDiskBytes,
     perToken: {
-      diskBytes: streamedBytes("disk") + kvDiskBytes,
-      h2dBytes: streamedBytes("disk") + streamedBytes("ram") + kvHost + kvDiskBytes,
+      diskBytes: streamedBytes("disk") + kvDiskBytes + routedPerToken * missDevice * missRam,
+      h2dBytes: streamedBytes("disk") + streamedBytes("ram") + kvHost + kvDiskBytes + routedPerToken * missDevice,
     },
   };
 }

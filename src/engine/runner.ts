@@ -118,6 +118,7 @@ export class Runner {
   private async layerPass(layer: number, w: Awaited<ReturnType<WeightSource["layer"]>>, x: Tensor, c: Chunk, items: readonly ForwardItem[]): Promise<Tensor> {
     const backend = this.backend;
     const stager = this.stager;
+    const weights = this.weights;
     const positions = new Int32Array(c.rows);
     for (const seg of c.segments) for (let r = 0; r < seg.rows; r++) positions[seg.row - c.row + r] = seg.pos + r;
     const run: LayerRun = {
@@ -130,6 +131,9 @@ export class Runner {
         });
         return attendTiered(backend, stager, layer, q, attend, o);
       },
+      read: (t) => backend.read(t),
+      expert: (e) => weights.expert(layer, e),
+      releaseExpert: (e) => weights.releaseExpert(layer, e),
     };
     return this.backend.scoped(() => this.model.forwardLayer(this.backend, layer, w, x, run));
   }

@@ -2,9 +2,10 @@
 import type { Weights } from "../arch/types.js";
 import type { Backend, Fence, HostBuffer, Tensor } from "../backend/ops.js";
 import type { DiskReader } from "../model/disk-reader.js";
-import type { TensorGroup } from "./layout.js";
+import { ExpertCache } from "./expert-cache.js";
 import type { ModelLayout } from "./layout.js";
 import type { Plan } from "./planner.js";
+import { BufferPool, copyGroup, deviceBytes, loadGroup, readGroup } from "./streamer-io.js";
 import type { WeightSource } from "./weights.js";
 
 interface Slot {
@@ -22,19 +23,14 @@ export interface StreamStats {
   h2dBytes: number;
 }
 
-/** Allocates a byte buffer on the device (as f32 elements; every size here is a multiple of 256). */
-function deviceBytes(backend: Backend, bytes: number): Tensor {
-  return backend.alloc([Math.ceil(bytes / 4)], "f32");
-}
-
 export class LayerStreamer implements WeightSource {
   readonly stats: StreamStats = { ioWaitS: 0, h2dBytes: 0 };
   private readonly resident = new Map<number, Weights>();
   private readonly ramImages = new Map<number, HostBuffer>();
   private readonly buffers: Tensor[] = [];
   private readonly slots: Slot[] = [];
-  private readonly staging: HostBuffer[] = [];
-  private readonly stagingWaiters: ((b: HostBuffer) => void)[] = [];
+  private staging?: BufferPool;
+  private experts?: ExpertCache;
   private readonly streamed: number[];
   private readonly slotWaiters = new Map<Slot, (() => void)[]>();
 
@@ -71,7 +67,8 @@ export class LayerStreamer implements WeightSource {
       backend.freeHost(image);
     }
     for (let i = 0; i < plan.slots; i++) s.slots.push({ buffer: deviceBytes(backend, layout.maxLayerDeviceBytes), busy: false });
-    for (let i = 0; i < plan.stagingBuffers; i++) s.staging.push(backend.allocHost(layout.maxLayerHostBytes));
+    s.staging = new BufferPool(backend, plan.stagingBuffers, layout.maxLayerHostBytes);
+    if (plan.experts.total > 0) s.experts = await ExpertCache.create(backend, layout, plan, reader);
     return s;
   }
 
@@ -98,6 +95,7 @@ export class LayerStreamer implements WeightSource {
   }
 
   async reset(): Promise<void> {
+    await this.experts?.reset();
     // Reads ahead still queued behind a slot belong to the failed pass: drop them (waking them would take slots out of order).
     this.slotWaiters.clear();
     for (const slot of this.slots) {
@@ -130,58 +128,38 @@ export class LayerStreamer implements WeightSource {
     const group = this.layout.layers[layer]!;
     slot.loading = (async () => {
       const ram = this.ramImages.get(layer);
-      const image = ram ?? (await this.takeStaging());
+      const image = ram ?? (await this.staging!.take());
       try {
         if (!ram) await readGroup(this.reader, group, image);
         const w = await copyGroup(this.backend, group, image, slot.buffer, slot.freeAfter, !ram);
         this.stats.h2dBytes += group.dataBytes;
         return w;
       } finally {
-        if (!ram) this.giveStaging(image);
+        if (!ram) this.staging!.give(image);
       }
     })();
     return slot.loading;
   }
 
-  private async takeStaging(): Promise<HostBuffer> {
-    return this.staging.pop() ?? new Promise<HostBuffer>((resolve) => this.stagingWaiters.push(resolve));
+  expert(layer: number, expert: number): Promise<Weights> {
+    if (!this.experts) throw new Error(`layer ${layer} has no experts`);
+    return this.experts.acquire(layer, expert);
   }
 
-  private giveStaging(b: HostBuffer): void {
-    const waiter = this.stagingWaiters.shift();
-    if (waiter) waiter(b);
-    else this.staging.push(b);
+  releaseExpert(layer: number, expert: number): void {
+    this.experts?.release(layer, expert);
+  }
+
+  get expertStats(): ExpertCache["stats"] | undefined {
+    return this.experts?.stats;
   }
 
   dispose(): void {
     for (const b of this.buffers.splice(0)) this.backend.free(b);
     for (const s of this.slots.splice(0)) this.backend.free(s.buffer);
-    for (const b of this.staging.splice(0)) this.backend.freeHost(b);
+    this.staging?.dispose();
+    this.experts?.dispose();
     for (const b of this.ramImages.values()) this.backend.freeHost(b);
     this.ramImages.clear();
   }
-}
-
-/** Reads every range of a group into its host image. */
-async function readGroup(reader: DiskReader, group: TensorGroup, image: HostBuffer): Promise<void> {
-  await Promise.all(group.reads.map((r) => reader.read(r.file, r.start, r.length, image.bytes.subarray(r.hostOffset, r.hostOffset + r.length), r.dataLength)));
-}
-
-/** Enqueues the copies of a group's tensors from its host image into a device buffer; returns views on them. */
-async function copyGroup(backend: Backend, group: TensorGroup, image: HostBuffer, buffer: Tensor, after: Fence | undefined, waitForCopies: boolean): Promise<Weights> {
-  const copies: Promise<void>[] = [];
-  const w: Record<string, Tensor> = {};
-  for (const t of group.tensors) {
-    copies.push(backend.copyToDevice(buffer, t.deviceOffset, image, t.hostOffset, t.info.byteLength, after));
-    const view = backend.view(buffer, t.deviceOffset, t.info.shape, t.dtype);
-    for (const key of t.keys) w[key] = view;
-  }
-  // A staging image is reused by the next read: its copies must be done first. RAM images never change.
-  if (waitForCopies) await Promise.all(copies);
-  return w;
-}
-
-async function loadGroup(backend: Backend, reader: DiskReader, group: TensorGroup, image: HostBuffer, buffer: Tensor): Promise<Weights> {
-  await readGroup(reader, group, image);
-  return copyGroup(backend, group, image, buffer, undefined, true);
 }

@@ -1,6 +1,6 @@
 // Where an architecture's weights come from, and the checks that every tensor it needs is there with the right shape and dtype.
 import type { ArchModel, Weights, WeightSpec } from "../arch/types.js";
-import type { DType } from "../backend/dtype.js";
+import { tensorBytes, type DType } from "../backend/dtype.js";
 import { CheckpointError } from "../errors.js";
 import type { Checkpoint } from "../model/checkpoint.js";
 import type { SafetensorsDType, TensorInfo } from "../model/safetensors.js";
@@ -12,6 +12,9 @@ export interface WeightSource {
   layer(layer: number): Promise<Weights>;
   /** The layer's compute is queued; a streaming source may reuse its memory once that work is done. */
   release(layer: number): void;
+  /** One expert of a mixture-of-experts layer on the compute tier (held until `releaseExpert`). */
+  expert(layer: number, expert: number): Promise<Weights>;
+  releaseExpert(layer: number, expert: number): void;
   /** A forward failed part way: forget which layers it held and finish the reads ahead it started. */
   reset(): Promise<void>;
   dispose(): void;
@@ -19,26 +22,75 @@ export interface WeightSource {
 
 const weightDTypes: Partial<Record<SafetensorsDType, DType>> = { F32: "f32", F16: "f16", BF16: "bf16" };
 
+/** A contiguous byte range of a stored tensor that makes up (part of) one weight. */
+export interface WeightRange {
+  readonly file: string;
+  readonly start: number;
+  readonly byteLength: number;
+}
+
+/** One weight as the architecture sees it, and the file ranges it is made of (MXFP4: packed values, then scales). */
+export interface ResolvedWeight {
+  readonly shape: readonly number[];
+  readonly dtype: DType;
+  readonly ranges: readonly WeightRange[];
+  readonly byteLength: number;
+}
+
 export function weightDType(t: TensorInfo): DType {
   const d = weightDTypes[t.dtype];
-  if (!d) throw new CheckpointError("DTYPE_UNSUPPORTED", `${t.file}: ${t.name} is ${t.dtype}; layerwise reads F32, F16 and BF16 weights`, "use an unquantized (bf16/f16) release of the model");
+  if (!d) throw new CheckpointError("DTYPE_UNSUPPORTED", `${t.file}: ${t.name} is ${t.dtype}; layerwise reads F32, F16 and BF16 weights (and MXFP4 experts)`, "use an unquantized (bf16/f16) release of the model");
   return d;
+}
+
+function shapeError(t: TensorInfo, expected: readonly number[]): CheckpointError {
+  return new CheckpointError(
+    "TENSOR_SHAPE_MISMATCH",
+    `${t.file}: ${t.name} has shape [${t.shape.join(", ")}], config.json implies [${expected.join(", ")}]`,
+    "config.json does not describe these weights; use the config that came with them",
+  );
+}
+
+function tensorOf(ckpt: Checkpoint, name: string): TensorInfo {
+  const t = ckpt.tensors.get(name);
+  if (!t) throw new CheckpointError("TENSOR_MISSING", `${ckpt.dir}: no tensor named ${name}`, "the weights do not match config.json, or a shard is missing");
+  return t;
+}
+
+/** The bytes of slice `index` of a stacked tensor whose slices have shape `inner` (the whole tensor without an index). */
+function slice(t: TensorInfo, inner: readonly number[], index: number | undefined): WeightRange {
+  const expected = index === undefined ? inner : [t.shape[0]!, ...inner];
+  if (t.shape.length !== expected.length || t.shape.some((d, i) => d !== expected[i]) || (index !== undefined && index >= t.shape[0]!)) throw shapeError(t, expected);
+  const bytes = t.byteLength / (index === undefined ? 1 : t.shape[0]!);
+  return { file: t.file, start: t.start + (index ?? 0) * bytes, byteLength: bytes };
+}
+
+/** Checks a weight against the checkpoint and finds its bytes; throws naming the first tensor that does not fit. */
+export function resolveWeight(ckpt: Checkpoint, spec: WeightSpec): ResolvedWeight {
+  const t = tensorOf(ckpt, spec.name);
+  if (spec.scales) {
+    const [rows, cols] = spec.shape as [number, number];
+    const s = tensorOf(ckpt, spec.scales);
+    for (const x of [t, s]) if (x.dtype !== "U8") throw new CheckpointError("DTYPE_UNSUPPORTED", `${x.file}: ${x.name} is ${x.dtype}; MXFP4 blocks and scales are U8`, "the checkpoint's MXFP4 tensors look damaged; download it again");
+    const ranges = [slice(t, [rows, cols / 32, 16], spec.index), slice(s, [rows, cols / 32], spec.index)];
+    return { shape: spec.shape, dtype: "mxfp4", ranges, byteLength: tensorBytes(spec.shape, "mxfp4") };
+  }
+  const dtype = weightDType(t);
+  const range = slice(t, spec.shape, spec.index);
+  return { shape: spec.shape, dtype, ranges: [range], byteLength: range.byteLength };
+}
+
+/** Every weight the architecture names, per layer, with each expert's. */
+export function allWeightSpecs(model: ArchModel): WeightSpec[] {
+  const specs = [...Object.values(model.globalWeights)];
+  for (let i = 0; i < model.shape.numLayers; i++) {
+    specs.push(...Object.values(model.layerWeights(i)));
+    for (let e = 0; e < (model.shape.moe?.experts ?? 0); e++) specs.push(...Object.values(model.expertWeights!(i, e)));
+  }
+  return specs;
 }
 
 /** Every tensor the architecture needs exists with the shape its config implies; throws naming the first that does not. */
 export function validateWeights(ckpt: Checkpoint, model: ArchModel): void {
-  const check = (spec: WeightSpec) => {
-    const t = ckpt.tensors.get(spec.name);
-    if (!t) throw new CheckpointError("TENSOR_MISSING", `${ckpt.dir}: no tensor named ${spec.name}`, "the weights do not match config.json, or a shard is missing");
-    if (t.shape.length !== spec.shape.length || t.shape.some((d, i) => d !== spec.shape[i])) {
-      throw new CheckpointError(
-        "TENSOR_SHAPE_MISMATCH",
-        `${t.file}: ${spec.name} has shape [${t.shape.join(", ")}], config.json implies [${spec.shape.join(", ")}]`,
-        "config.json does not describe these weights; use the config that came with them",
-      );
-    }
-    weightDType(t);
-  };
-  Object.values(model.globalWeights).forEach(check);
-  for (let i = 0; i < model.shape.numLayers; i++) Object.values(model.layerWeights(i)).forEach(check);
+  for (const spec of allWeightSpecs(model)) resolveWeight(ckpt, spec);
 }

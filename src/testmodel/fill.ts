@@ -1,7 +1,7 @@
 // Random tensor contents: fixed-size segments, each from its own seed, so any number of worker threads gives the same bytes.
 import { cpus } from "node:os";
 import { Worker } from "node:worker_threads";
-import { f32ToBf16, f32ToF16, type DType } from "../backend/dtype.js";
+import { f32ToBf16, f32ToF16, type FloatDType } from "../backend/dtype.js";
 import { Random } from "../util/random.js";
 
 export interface Distribution {
@@ -10,26 +10,30 @@ export interface Distribution {
   readonly halfWidth: number;
 }
 
+/** The float types, or raw bytes (MXFP4 blocks and scales: integers uniform over the distribution's range). */
+export type FillDType = FloatDType | "u8";
+
 export interface SegmentJob {
   readonly seed: number;
   readonly count: number;
   readonly dist: Distribution;
-  readonly dtype: DType;
+  readonly dtype: FillDType;
 }
 
 export const segmentValues = 1 << 22;
 
 /** The 65536 values a 16-bit random draw maps to, already in the output dtype. */
-function levels(dist: Distribution, dtype: DType): Float32Array | Uint16Array {
+function levels(dist: Distribution, dtype: FillDType): Float32Array | Uint16Array | Uint8Array {
   const f32 = Float32Array.from({ length: 65536 }, (_, r) => dist.center + ((r + 0.5) / 65536 * 2 - 1) * dist.halfWidth);
   if (dtype === "f32") return f32;
+  if (dtype === "u8") return Uint8Array.from(f32, (v) => Math.min(255, Math.max(0, Math.floor(v))));
   const convert = dtype === "bf16" ? f32ToBf16 : f32ToF16;
   return Uint16Array.from(f32, convert);
 }
 
 export function fillSegment(job: SegmentJob): Uint8Array {
   const table = levels(job.dist, job.dtype);
-  const out = job.dtype === "f32" ? new Float32Array(job.count) : new Uint16Array(job.count);
+  const out = job.dtype === "f32" ? new Float32Array(job.count) : job.dtype === "u8" ? new Uint8Array(job.count) : new Uint16Array(job.count);
   const random = new Random(job.seed);
   let i = 0;
   for (; i + 1 < job.count; i += 2) {

@@ -1,6 +1,6 @@
 // Shapes of real models (and tiny ones for tests), for random-weight checkpoints written by `make-test-model`.
 
-export type TokenizerStyle = "llama3" | "chatml" | "gemma";
+export type TokenizerStyle = "llama3" | "chatml" | "gemma" | "harmony";
 
 export interface TestModelPreset {
   readonly arch: string;
@@ -59,6 +59,27 @@ const gemma3Base = {
   final_logit_softcapping: null,
   use_cache: true,
 };
+
+const gptOssBase = {
+  architectures: ["GptOssForCausalLM"],
+  model_type: "gpt_oss",
+  attention_bias: true,
+  attention_dropout: 0.0,
+  hidden_act: "silu",
+  rms_norm_eps: 1e-5,
+  rope_theta: 150000,
+  swiglu_limit: 7.0,
+  router_aux_loss_coef: 0.9,
+  output_router_logits: false,
+  initializer_range: 0.02,
+  tie_word_embeddings: false,
+  use_cache: true,
+  quantization_config: { quant_method: "mxfp4", modules_to_not_convert: ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"] },
+};
+
+/** gpt-oss's YaRN: max_position_embeddings / original is the factor, as transformers derives it. */
+const gptOssRope = (factor: number, original: number) => ({ rope_type: "yarn", factor, beta_fast: 32.0, beta_slow: 1.0, original_max_position_embeddings: original, truncate: false });
+const alternating = (layers: number) => Array.from({ length: layers }, (_, i) => (i % 2 === 0 ? "sliding_attention" : "full_attention"));
 
 export const presets: Readonly<Record<string, TestModelPreset>> = {
   "tiny-llama": {
@@ -120,6 +141,54 @@ export const presets: Readonly<Record<string, TestModelPreset>> = {
       query_pre_attn_scalar: 32,
       rope_scaling: { rope_type: "linear", factor: 8.0 },
       tie_word_embeddings: true,
+    },
+  },
+  "tiny-gpt-oss": {
+    arch: "gpt-oss",
+    tokenizer: "harmony",
+    specialTokens: 16,
+    initStd: "fan-in",
+    config: {
+      ...gptOssBase,
+      hidden_size: 64,
+      intermediate_size: 64,
+      num_hidden_layers: 4,
+      num_attention_heads: 4,
+      num_key_value_heads: 2,
+      head_dim: 64,
+      vocab_size: 1024,
+      max_position_embeddings: 4096,
+      initial_context_length: 128,
+      rope_scaling: gptOssRope(32.0, 128),
+      sliding_window: 8,
+      layer_types: alternating(4),
+      num_local_experts: 8,
+      num_experts_per_tok: 2,
+      experts_per_token: 2,
+    },
+  },
+  "gpt-oss-20b": {
+    arch: "gpt-oss",
+    tokenizer: "harmony",
+    specialTokens: 1088,
+    initStd: 0.02,
+    config: {
+      ...gptOssBase,
+      hidden_size: 2880,
+      intermediate_size: 2880,
+      num_hidden_layers: 24,
+      num_attention_heads: 64,
+      num_key_value_heads: 8,
+      head_dim: 64,
+      vocab_size: 201088,
+      max_position_embeddings: 131072,
+      initial_context_length: 4096,
+      rope_scaling: gptOssRope(32.0, 4096),
+      sliding_window: 128,
+      layer_types: alternating(24),
+      num_local_experts: 32,
+      num_experts_per_tok: 4,
+      experts_per_token: 4,
     },
   },
   "llama-3.2-1b": {

@@ -72,6 +72,7 @@ export function specialTokens(style: TokenizerStyle, count: number): SpecialToke
     llama3: ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"],
     chatml: ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>"],
     gemma: ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"],
+    harmony: ["<|startoftext|>", "<|endoftext|>", "<|return|>", "<|constrain|>", "<|channel|>", "<|start|>", "<|end|>", "<|message|>", "<|call|>"],
   }[style];
   const names = [...named];
   for (let i = 0; names.length < count; i++) names.push(style === "llama3" ? `<|reserved_special_token_${i + 2}|>` : style === "gemma" ? `<unused${i}>` : `<|extra_${i}|>`);
@@ -79,6 +80,7 @@ export function specialTokens(style: TokenizerStyle, count: number): SpecialToke
     llama3: { bos: "<|begin_of_text|>", eos: ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"], eot: "<|eot_id|>" },
     chatml: { eos: ["<|endoftext|>", "<|im_end|>"], eot: "<|im_end|>" },
     gemma: { bos: "<bos>", eos: ["<eos>", "<end_of_turn>"], eot: "<end_of_turn>" },
+    harmony: { eos: ["<|return|>", "<|endoftext|>", "<|call|>"], eot: "<|return|>" },
   }[style];
   return { names: names.slice(0, count), ...special };
 }
@@ -88,6 +90,9 @@ export const chatTemplates: Record<TokenizerStyle, string> = {
     "{{- bos_token }}{%- for message in messages %}{{- '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<start_of_turn>model\\n' }}{%- endif %}",
   llama3:
     "{{- bos_token }}{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}",
+  // The harmony format's message frames (gpt-oss), without the system preamble and tool sections of the real template.
+  harmony:
+    "{%- for message in messages %}{{- '<|start|>' + message['role'] + ('<|channel|>final' if message['role'] == 'assistant' else '') + '<|message|>' + message['content'] + '<|end|>' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|start|>assistant' }}{%- endif %}",
   chatml:
     "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}",
 };

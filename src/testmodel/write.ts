@@ -3,10 +3,10 @@ import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promise
 import { join } from "node:path";
 import { createArchModel } from "../arch/index.js";
 import type { WeightSpec } from "../arch/types.js";
-import type { DType } from "../backend/dtype.js";
+import type { FloatDType } from "../backend/dtype.js";
 import { UsageError } from "../errors.js";
-import { writeSafetensors, type SafetensorsDType, type TensorToWrite } from "../model/safetensors.js";
-import { FillPool, fillSegment, segmentValues, type SegmentJob } from "./fill.js";
+import { safetensorsDTypeBytes, writeSafetensors, type SafetensorsDType, type TensorToWrite } from "../model/safetensors.js";
+import { FillPool, fillSegment, segmentValues, type Distribution, type FillDType, type SegmentJob } from "./fill.js";
 import { presets, type TestModelPreset } from "./presets.js";
 import { chatTemplates, makeTokenizerJson, specialTokens } from "./tokenizer.js";
 
@@ -14,7 +14,7 @@ export interface MakeTestModelOptions {
   preset: string;
   /** Must match the preset's architecture when given. */
   arch?: string;
-  dtype: DType;
+  dtype: FloatDType;
   /** Fewer decoder layers than the real model (same shapes otherwise). */
   layers?: number;
   out: string;
@@ -34,8 +34,8 @@ export interface TestModelInfo {
 /** Marks a folder as written by this tool, so a later run may replace it; any other non-empty folder is left alone. */
 export const testModelMarker = ".layerwise-test-model.json";
 
-const stDType: Record<DType, SafetensorsDType> = { f32: "F32", f16: "F16", bf16: "BF16" };
-const torchDType: Record<DType, string> = { f32: "float32", f16: "float16", bf16: "bfloat16" };
+const stDType: Record<FillDType, SafetensorsDType> = { f32: "F32", f16: "F16", bf16: "BF16", u8: "U8" };
+const torchDType: Record<FloatDType, string> = { f32: "float32", f16: "float16", bf16: "bfloat16" };
 
 export function presetFor(name: string, arch?: string): TestModelPreset {
   const preset = presets[name];
@@ -60,17 +60,22 @@ export async function makeTestModel(o: MakeTestModelOptions): Promise<TestModelI
     ...(specials.bos ? { bos_token_id: idOf(specials.bos) } : {}),
     eos_token_id: idOf(specials.eos[0]!),
   };
+  if (Array.isArray(config.layer_types)) config.layer_types = config.layer_types.slice(0, numLayers);
   const { model } = createArchModel(config, "preset config");
   const specs: WeightSpec[] = [model.globalWeights.embed!];
-  for (let i = 0; i < numLayers; i++) specs.push(...Object.values(model.layerWeights(i)));
+  for (let i = 0; i < numLayers; i++) {
+    specs.push(...Object.values(model.layerWeights(i)));
+    for (let e = 0; e < (model.shape.moe?.experts ?? 0); e++) specs.push(...Object.values(model.expertWeights!(i, e)));
+  }
   specs.push(model.globalWeights.norm!);
   if (model.globalWeights.lmHead!.name !== model.globalWeights.embed!.name) specs.push(model.globalWeights.lmHead!);
+  const stored = storedTensors(specs, o.dtype, preset);
 
   await prepareOutDir(o.out);
-  const parameterCount = specs.reduce((n, s) => n + s.shape.reduce((a, b) => a * b, 1), 0);
+  const parameterCount = stored.reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1) * (t.dtype === "u8" ? 2 : 1), 0);
   // Worker threads pay off for real-size presets; tiny ones are written inline.
   const pool = parameterCount > 50e6 ? new FillPool() : undefined;
-  const tensors = specs.map((spec) => randomTensor(spec, o.dtype, preset, seed, pool));
+  const tensors = stored.map((t) => randomTensor(t, seed, pool));
   let files: string[];
   try {
     files = await writeShards(o.out, tensors, o.shardBytes ?? 4e9);
@@ -115,7 +120,7 @@ async function prepareOutDir(dir: string): Promise<void> {
 }
 
 function byteSize(t: TensorToWrite): number {
-  return t.shape.reduce((a, b) => a * b, 1) * (t.dtype === "F32" ? 4 : 2);
+  return t.shape.reduce((a, b) => a * b, 1) * safetensorsDTypeBytes[t.dtype];
 }
 
 async function writeShards(dir: string, tensors: TensorToWrite[], shardBytes: number): Promise<string[]> {
@@ -152,19 +157,55 @@ async function writeAtomically(file: string, write: (tmp: string) => Promise<voi
   await rename(tmp, file);
 }
 
-/** Uniform values with the preset's std (norm weights near 1), in segments seeded by the tensor's name and index. */
-function randomTensor(spec: WeightSpec, dtype: DType, preset: TestModelPreset, seed: number, pool: FillPool | undefined): TensorToWrite {
-  const isNorm = spec.shape.length === 1 && spec.name.includes("norm");
-  const std = spec.shape.length === 1 ? 0.02 : preset.initStd === "fan-in" ? (spec.name.includes("embed") ? 0.1 : 1 / Math.sqrt(spec.shape[1]!)) : preset.initStd;
-  const dist = { center: isNorm ? 1 : 0, halfWidth: isNorm ? 0.1 : std * Math.sqrt(3) };
+interface StoredTensor {
+  readonly name: string;
+  readonly shape: readonly number[];
+  readonly dtype: FillDType;
+  readonly dist: Distribution;
+}
+
+/** Mean square of the 16 e2m1 values, for choosing MXFP4 scales that give a weight std. */
+const fp4MeanSquare = 68.5 / 8;
+
+/**
+ * The tensors to write: each weight as stored, experts stacked [experts, ...] as one tensor, MXFP4 weights as random
+ * packed bytes plus scales near the exponent that gives the wanted std. Uniform values with the preset's std (norm
+ * weights near 1, attention sinks spread wide enough to matter).
+ */
+function storedTensors(specs: readonly WeightSpec[], dtype: FloatDType, preset: TestModelPreset): StoredTensor[] {
+  const out: StoredTensor[] = [];
+  const seen = new Set<string>();
+  for (const spec of specs) {
+    if (seen.has(spec.name)) continue; // one stored tensor for all experts
+    seen.add(spec.name);
+    const stack = spec.index === undefined ? [] : [specs.filter((x) => x.name === spec.name).length];
+    const cols = spec.shape[1] ?? 0;
+    const std = spec.shape.length === 1 ? 0.02 : preset.initStd === "fan-in" ? (spec.name.includes("embed") ? 0.1 : 1 / Math.sqrt(cols)) : preset.initStd;
+    if (spec.scales) {
+      const rows = spec.shape[0]!;
+      const exponent = Math.round(Math.log2(std / Math.sqrt(fp4MeanSquare)));
+      out.push({ name: spec.name, shape: [...stack, rows, cols / 32, 16], dtype: "u8", dist: { center: 128, halfWidth: 128 } });
+      out.push({ name: spec.scales, shape: [...stack, rows, cols / 32], dtype: "u8", dist: { center: 127.5 + exponent, halfWidth: 1.5 } });
+      continue;
+    }
+    const isNorm = spec.shape.length === 1 && spec.name.includes("norm");
+    const isSink = spec.name.endsWith(".sinks") && preset.initStd === "fan-in";
+    const halfWidth = isNorm ? 0.1 : isSink ? 2 : std * Math.sqrt(3);
+    out.push({ name: spec.name, shape: [...stack, ...spec.shape], dtype, dist: { center: isNorm ? 1 : 0, halfWidth } });
+  }
+  return out;
+}
+
+/** Random contents in segments seeded by the tensor's name and index. */
+function randomTensor(t: StoredTensor, seed: number, pool: FillPool | undefined): TensorToWrite {
   return {
-    name: spec.name,
-    dtype: stDType[dtype],
-    shape: spec.shape,
+    name: t.name,
+    dtype: stDType[t.dtype],
+    shape: t.shape,
     fill: async (write) => {
-      const n = spec.shape.reduce((a, b) => a * b, 1);
+      const n = t.shape.reduce((a, b) => a * b, 1);
       const jobs: SegmentJob[] = [];
-      for (let i = 0; i * segmentValues < n; i++) jobs.push({ seed: hash(`${seed}:${spec.name}:${i}`), count: Math.min(segmentValues, n - i * segmentValues), dist, dtype });
+      for (let i = 0; i * segmentValues < n; i++) jobs.push({ seed: hash(`${seed}:${t.name}:${i}`), count: Math.min(segmentValues, n - i * segmentValues), dist: t.dist, dtype: t.dtype });
       // Keep a few segments in flight ahead of the one being written.
       const pending = jobs.map((job, i) => (i < 32 && pool ? pool.run(job) : undefined));
       for (let i = 0; i < jobs.length; i++) {

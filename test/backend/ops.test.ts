@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { CpuBackend } from "../../src/backend/cpu/index.js";
-import { fromF32, type DType } from "../../src/backend/dtype.js";
+import { fromF32, type FloatDType } from "../../src/backend/dtype.js";
 import type { Backend, KvBlock, Tensor } from "../../src/backend/ops.js";
 import { Random } from "../../src/util/random.js";
 import { backendCases } from "../helpers.js";
@@ -11,7 +11,7 @@ const random = new Random(1234);
 const randn = (n: number, scale = 1) => Float32Array.from({ length: n }, () => (random.next() * 2 - 1) * scale * Math.sqrt(3));
 
 /** Rounds values through a 16-bit dtype, so references see exactly what the backend stores. */
-function quantize(v: Float32Array, dtype: DType): Float32Array {
+function quantize(v: Float32Array, dtype: FloatDType): Float32Array {
   if (dtype === "f32") return v;
   const bits = new Uint16Array(fromF32(v, dtype).buffer);
   const cpu = new CpuBackend();
@@ -20,7 +20,7 @@ function quantize(v: Float32Array, dtype: DType): Float32Array {
   return (t as unknown as { f32(): Float32Array }).f32();
 }
 
-async function upload(b: Backend, shape: number[], values: Float32Array, dtype: DType = "f32"): Promise<Tensor> {
+async function upload(b: Backend, shape: number[], values: Float32Array, dtype: FloatDType = "f32"): Promise<Tensor> {
   const t = b.alloc(shape, dtype);
   await b.upload(t, fromF32(values, dtype));
   return t;
@@ -57,7 +57,11 @@ interface AttnCase {
   blockCap: number;
   window?: number;
   softcap?: number;
+  /** gpt-oss's attention sinks: one logit per head in every softmax's denominator. */
+  sinks?: boolean;
 }
+
+const sinkValues = (heads: number) => Float32Array.from({ length: heads }, (_, h) => (h % 3) - 1 + 0.5 * h);
 
 function attentionRef(q: Float32Array, ks: Float32Array[], vs: Float32Array[], c: AttnCase, qPos: number): Float64Array {
   const { heads, kvHeads, headDim: hd } = c;
@@ -79,9 +83,10 @@ function attentionRef(q: Float32Array, ks: Float32Array[], vs: Float32Array[], c
         s /= Math.sqrt(hd);
         return c.softcap ? c.softcap * Math.tanh(s / c.softcap) : s;
       });
-      const m = Math.max(...scores);
+      const sink = c.sinks ? sinkValues(heads)[h]! : -Infinity;
+      const m = Math.max(sink, ...scores);
       const e = scores.map((s) => Math.exp(s - m));
-      const z = e.reduce((a, b) => a + b, 0);
+      const z = e.reduce((a, b) => a + b, 0) + Math.exp(sink - m);
       for (let d = 0; d < hd; d++) out[(r * heads + h) * hd + d] = visible.reduce((acc, key, i) => acc + (e[i]! / z) * key.v[(key.row * kvHeads + g) * hd + d]!, 0);
     }
   }
@@ -163,10 +168,13 @@ for (const bc of backendCases) {
       { heads: 8, kvHeads: 2, headDim: 128, qRows: 13, blocks: [16, 16, 3], blockCap: 16 },
       { heads: 4, kvHeads: 1, headDim: 256, qRows: 9, blocks: [7, 2], blockCap: 7, window: 5 },
       { heads: 2, kvHeads: 1, headDim: 64, qRows: 3, blocks: [4, 4], blockCap: 4, softcap: 2 },
+      { heads: 4, kvHeads: 2, headDim: 64, qRows: 20, blocks: [16, 16, 5], blockCap: 16, window: 8, sinks: true },
+      { heads: 4, kvHeads: 2, headDim: 64, qRows: 1, blocks: [16, 16, 5], blockCap: 16, sinks: true },
+      { heads: 4, kvHeads: 2, headDim: 16, qRows: 5, blocks: [8, 3], blockCap: 8, window: 4, sinks: true },
     ];
     for (const c of attnCases) {
       for (const kvDtype of ["f32", "bf16"] as const) {
-        it(`attention ${c.heads}/${c.kvHeads} heads, head_dim ${c.headDim}, ${c.qRows} queries over blocks [${c.blocks}]${c.window ? `, window ${c.window}` : ""}${c.softcap ? `, softcap ${c.softcap}` : ""}, KV ${kvDtype}`, async () => {
+        it(`attention ${c.heads}/${c.kvHeads} heads, head_dim ${c.headDim}, ${c.qRows} queries over blocks [${c.blocks}]${c.window ? `, window ${c.window}` : ""}${c.softcap ? `, softcap ${c.softcap}` : ""}${c.sinks ? ", sinks" : ""}, KV ${kvDtype}`, async () => {
           const b = await bc.create();
           const kvCols = c.kvHeads * c.headDim;
           const total = c.blocks.reduce((a, x) => a + x, 0);
@@ -182,6 +190,7 @@ for (const bc of backendCases) {
           }
           const out = b.attention(await upload(b, [c.qRows, c.heads * c.headDim], q), {
             heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim, scale: 1 / Math.sqrt(c.headDim), slidingWindow: c.window, softcap: c.softcap,
+            sinks: c.sinks ? await upload(b, [c.heads], sinkValues(c.heads), "bf16") : undefined,
             seqs: [{ qRow: 0, qRows: c.qRows, qPos, blocks }],
           });
           const tol = kvDtype === "f32" ? bc.tolF32 * 10 : bc.tol16;
@@ -205,6 +214,12 @@ for (const bc of backendCases) {
       assert.ok(relErr(await b.read(merged.out), whole) < bc.tolF32 * 10);
       const empty = b.attentionPart(qt, seq([]));
       assert.ok(relErr(await b.read(b.mergeAttention(empty, b.attentionPart(qt, seq(blocks))).out), whole) < bc.tolF32 * 10);
+      // Sinks in one part only (the first, even with no keys of its own) count once in the merge.
+      const sinks = await upload(b, [c.heads], sinkValues(c.heads));
+      const wholeSinks = await b.read(b.attention(qt, { ...seq(blocks), sinks }));
+      const sinkPart = b.attentionPart(qt, { ...seq([]), sinks });
+      assert.ok(relErr(await b.read(b.mergeAttention(sinkPart, b.attentionPart(qt, seq(blocks))).out), wholeSinks) < bc.tolF32 * 10);
+      assert.ok(relErr(wholeSinks, whole) > 1e-3, "the sinks changed the output");
       await b.dispose();
     });
 

@@ -10,7 +10,9 @@ Writes OUT_DIR/<preset>-<dtype>.json with, for fixed prompts of token ids:
   - "greedy": 24 greedy ids after the short prompt, computed step by step with transformers' KV cache,
     and the smallest top-1/top-2 margin along that path.
 Weights are loaded in their checkpoint dtype and upcast to float32 for the math (TF32 off), so the
-fixture tests layerwise's f32 reference to 1e-3.
+fixture tests layerwise's f32 reference to 1e-3. gpt-oss's MXFP4 experts are dequantized by transformers'
+own Mxfp4Config(dequantize=True) path (exact: each value is an e2m1 number times a power of two); if that
+path is unavailable, by the same arithmetic here, written into the model's expert parameters.
 """
 import hashlib
 import json
@@ -49,6 +51,46 @@ def sha256(path):
     return h.hexdigest()
 
 
+FP4 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
+
+
+def dequantize_mxfp4(blocks, scales):
+    """[..., rows, groups, 16] packed e2m1 (low nibble first) and [..., rows, groups] e8m0 -> [..., rows, groups * 32]."""
+    lut = torch.tensor(FP4, dtype=torch.float32)
+    values = torch.stack([lut[(blocks & 15).long()], lut[(blocks >> 4).long()]], dim=-1).flatten(-2)
+    return (values * torch.pow(2.0, scales.to(torch.float32) - 127).unsqueeze(-1)).flatten(-2)
+
+
+def load(model_dir, config):
+    kwargs = dict(local_files_only=True, dtype=torch.float32, attn_implementation="eager")
+    if config["model_type"] != "gpt_oss":
+        return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs).to(device).eval(), ""
+    try:
+        from transformers import Mxfp4Config
+        model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=Mxfp4Config(dequantize=True), **kwargs)
+        return model.to(torch.float32).to(device).eval(), ", MXFP4 dequantized by transformers"
+    except Exception as e:  # noqa: BLE001 - any failure of that path falls back to the explicit arithmetic
+        print(f"Mxfp4Config(dequantize=True) failed ({e}); dequantizing in the script", flush=True)
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+    cfg = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    cfg.quantization_config = None
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="eager")
+    state = {}
+    for f in sorted(os.listdir(model_dir)):
+        if f.endswith(".safetensors"):
+            state.update(load_file(os.path.join(model_dir, f)))
+    params = dict(model.named_parameters())
+    for name in [n for n in state if n.endswith("_blocks")]:
+        base = name[: -len("_blocks")]
+        w = dequantize_mxfp4(state.pop(name), state.pop(base + "_scales"))  # [experts, out, in]
+        target = params[base].shape
+        state[base] = w if tuple(w.shape) == tuple(target) else w.transpose(1, 2)
+    missing, unexpected = model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=False)
+    assert not unexpected and all("rotary" in m for m in missing), (missing, unexpected)
+    return model.to(device).eval(), ", MXFP4 dequantized by the script"
+
+
 @torch.no_grad()
 def main():
     out_dir, model_dirs = sys.argv[1], sys.argv[2:]
@@ -56,8 +98,7 @@ def main():
     for model_dir in model_dirs:
         marker = json.load(open(os.path.join(model_dir, ".layerwise-test-model.json")))
         config = json.load(open(os.path.join(model_dir, "config.json")))
-        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32,
-                                                     attn_implementation="eager").to(device).eval()
+        model, how = load(model_dir, config)
         vocab = config["vocab_size"]
         bos = config.get("bos_token_id")
         special_start = min(json.load(open(os.path.join(model_dir, "generation_config.json")))["eos_token_id"])
@@ -87,7 +128,7 @@ def main():
         fixture = {
             "format": FORMAT,
             "producer": f"tools/golden/make_goldens.py: torch {torch.__version__}, transformers {transformers.__version__}, "
-                        f"{device}, float32 math, eager attention",
+                        f"{device}, float32 math, eager attention{how}",
             "model": {**marker, "model_type": config["model_type"], "vocab_size": vocab,
                       "sha256": {f: sha256(os.path.join(model_dir, f)) for f in weights}},
             "short": {"ids": short, "logits": [[round(v, 6) for v in row] for row in short_logits.tolist()]},

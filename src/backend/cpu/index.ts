@@ -1,6 +1,6 @@
 // The CPU reference backend: every op as plain TypeScript; the twin every GPU kernel is tested against.
 import type { DType } from "../dtype.js";
-import { dtypeBytes, f32ToBf16, f32ToF16 } from "../dtype.js";
+import { f32ToBf16, f32ToF16, tensorBytes } from "../dtype.js";
 import type { AttentionOptions, AttentionPart, Backend, Fence, GateActivation, HostBuffer, MemoryStats, RopeOptions, Tensor } from "../ops.js";
 import { ScopeStack, runScoped } from "../scope.js";
 import * as math from "./math.js";
@@ -92,7 +92,7 @@ export class CpuBackend implements Backend {
 
   async readRows(t: Tensor, start: number, count: number): Promise<Uint8Array> {
     const c = cpu(t);
-    const rowBytes = (c.shape[c.shape.length - 1]! * dtypeBytes[c.dtype]);
+    const rowBytes = tensorBytes([c.shape[c.shape.length - 1]!], c.dtype);
     return new Uint8Array(c.data.buffer, c.data.byteOffset + start * rowBytes, count * rowBytes).slice();
   }
 
@@ -150,6 +150,18 @@ export class CpuBackend implements Backend {
   }
   softcap(x: Tensor, cap: number): Tensor {
     return this.result(math.softcap(cpu(x), cap));
+  }
+  clampedSwiglu(gateUp: Tensor, o: { alpha: number; limit: number }): Tensor {
+    return this.result(math.clampedSwiglu(cpu(gateUp), o.alpha, o.limit));
+  }
+  zeros(shape: readonly number[]): Tensor {
+    return this.result(f32Tensor(shape));
+  }
+  gatherRows(x: Tensor, rows: Int32Array): Tensor {
+    return this.result(math.gatherRows(cpu(x), rows));
+  }
+  accumulateRows(acc: Tensor, y: Tensor, rows: Int32Array, scales: Float32Array): void {
+    math.accumulateRows(cpu(acc), cpu(y), rows, scales);
   }
   rows(x: Tensor, start: number, count: number): Tensor {
     const c = cpu(x);

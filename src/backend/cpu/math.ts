@@ -149,7 +149,16 @@ export function attention(q: CpuTensor, o: AttentionOptions): { out: CpuTensor; 
       }
     }
   }
+  const sinks = o.sinks ? (o.sinks as CpuTensor).f32() : undefined;
   for (let i = 0; i < rows * heads; i++) {
+    if (sinks) {
+      // The sink joins the softmax's denominator only.
+      const s = sinks[i % heads]!;
+      const mNew = Math.max(m[i]!, s);
+      l[i] = l[i]! * Math.exp(m[i]! - mNew) + Math.exp(s - mNew);
+      for (let d = 0; d < hd; d++) acc[i * hd + d]! *= Math.exp(m[i]! - mNew);
+      m[i] = mNew;
+    }
     if (!(l[i]! > 0)) continue;
     lse[i] = m[i]! + Math.log(l[i]!);
     for (let d = 0; d < hd; d++) out[i * hd + d] = acc[i * hd + d]! / l[i]!;
@@ -210,4 +219,33 @@ export function scale(x: CpuTensor, factor: number): CpuTensor {
 
 export function softcap(x: CpuTensor, cap: number): CpuTensor {
   return f32Tensor(x.shape, x.f32().map((v) => cap * Math.tanh(v / cap)));
+}
+
+export function clampedSwiglu(gateUp: CpuTensor, alpha: number, limit: number): CpuTensor {
+  const [rows, cols] = gateUp.shape as [number, number];
+  const x = gateUp.f32();
+  const out = new Float32Array((rows * cols) / 2);
+  for (let i = 0; i < out.length; i++) {
+    const g = Math.min(x[2 * i]!, limit);
+    const u = Math.min(Math.max(x[2 * i + 1]!, -limit), limit);
+    out[i] = (u + 1) * (g / (1 + Math.exp(-alpha * g)));
+  }
+  return f32Tensor([rows, cols / 2], out);
+}
+
+export function gatherRows(x: CpuTensor, rows: Int32Array): CpuTensor {
+  const cols = x.shape[1]!;
+  const xs = x.f32();
+  const out = new Float32Array(rows.length * cols);
+  rows.forEach((r, i) => out.set(xs.subarray(r * cols, (r + 1) * cols), i * cols));
+  return f32Tensor([rows.length, cols], out);
+}
+
+export function accumulateRows(acc: CpuTensor, y: CpuTensor, rows: Int32Array, scales: Float32Array): void {
+  const cols = acc.shape[1]!;
+  const a = acc.data as Float32Array;
+  const ys = y.f32();
+  rows.forEach((r, i) => {
+    for (let c = 0; c < cols; c++) a[r * cols + c]! += scales[i]! * ys[i * cols + c]!;
+  });
 }

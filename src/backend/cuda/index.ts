@@ -1,7 +1,7 @@
 // The CUDA backend: the op interface on an NVIDIA GPU through the driver API. Two streams: compute, and copies that
 // overlap it; a tensor uploaded on the copy stream makes the compute stream wait before the first op that reads it.
 import { BackendError } from "../../errors.js";
-import { bf16ToF32Table, dtypeBytes, f16ToF32Table, type DType } from "../dtype.js";
+import { bf16ToF32Table, f16ToF32Table, tensorBytes, type DType } from "../dtype.js";
 import type { AttentionOptions, AttentionPart, Backend, Fence, GateActivation, HostBuffer, KvBlock, MemoryStats, RopeOptions, Tensor } from "../ops.js";
 import { numel } from "../ops.js";
 import { ScopeStack, runScoped } from "../scope.js";
@@ -32,7 +32,7 @@ export class CudaTensor implements Tensor {
   }
 
   get byteLength(): number {
-    return numel(this.shape) * dtypeBytes[this.dtype];
+    return tensorBytes(this.shape, this.dtype);
   }
 }
 
@@ -146,7 +146,7 @@ export class CudaBackend implements Backend {
   // ---- memory ----
 
   alloc(shape: readonly number[], dtype: DType): Tensor {
-    const bytes = numel(shape) * dtypeBytes[dtype];
+    const bytes = tensorBytes(shape, dtype);
     const t = new CudaTensor(shape, dtype, this.pool.alloc(Math.max(bytes, 1)), 0, true);
     this.live.add(t);
     this.memory.deviceBytes += bytes;
@@ -156,7 +156,7 @@ export class CudaBackend implements Backend {
 
   view(base: Tensor, byteOffset: number, shape: readonly number[], dtype: DType): Tensor {
     const b = cuda(base);
-    if (byteOffset < 0 || b.offset + byteOffset + numel(shape) * dtypeBytes[dtype] > b.buffer.bytes) throw new RangeError(`view at byte ${byteOffset} overruns a ${b.buffer.bytes}-byte buffer`);
+    if (byteOffset < 0 || b.offset + byteOffset + tensorBytes(shape, dtype) > b.buffer.bytes) throw new RangeError(`view at byte ${byteOffset} overruns a ${b.buffer.bytes}-byte buffer`);
     return new CudaTensor(shape, dtype, b.buffer, b.offset + byteOffset, false);
   }
 
@@ -259,7 +259,7 @@ export class CudaBackend implements Backend {
 
   async readRows(t: Tensor, start: number, count: number): Promise<Uint8Array> {
     const c = cuda(t);
-    const rowBytes = c.shape[c.shape.length - 1]! * dtypeBytes[c.dtype];
+    const rowBytes = tensorBytes([c.shape[c.shape.length - 1]!], c.dtype);
     const h = this.hostScratch(count * rowBytes);
     await this.copyToHost(c, start * rowBytes, h, 0, count * rowBytes);
     return h.bytes.slice(0, count * rowBytes);
@@ -351,21 +351,35 @@ export class CudaBackend implements Backend {
     const [n, kw] = wt.shape as [number, number];
     if (k !== kw) throw new Error(`matmul: x has ${k} columns, w has ${kw}`);
     const out = this.out([m, n]);
-    const args: KernelArg[] = [{ ptr: out.ptr }, { ptr: xt.ptr }, { ptr: wt.ptr }, { ptr: bias ? cuda(bias).ptr : 0n }, { i32: m }, { i32: n }, { i32: k }];
-    const reads = [xt, wt, bias];
+    const b = bias && this.asF32(bias);
+    const args: KernelArg[] = [{ ptr: out.ptr }, { ptr: xt.ptr }, { ptr: wt.ptr }, { ptr: b ? b.ptr : 0n }, { i32: m }, { i32: n }, { i32: k }];
+    const reads = [xt, wt, b];
+    // MXFP4 weights take the activations in bf16 on tensor cores; 16-bit weights in their own type.
+    const half = wt.dtype === "mxfp4" ? "bf16" : wt.dtype;
     const mma = `gemm_mma_${wt.dtype}`;
     if (m <= 16) {
       const rowsPerLaunch = m === 1 ? 1 : m <= 4 ? 4 : 16;
       this.launch(`gemv${rowsPerLaunch}_${wt.dtype}`, [Math.ceil(n / 8), 1, 1], [threads, 1, 1], args, reads);
-    } else if (wt.dtype !== "f32" && k % 8 === 0 && this.kernels.has(mma)) {
-      // Tensor cores take the activations in the weights' 16-bit type.
-      const xh = this.alloc([m, k], wt.dtype) as CudaTensor;
-      this.launch(`cast_rows_${wt.dtype}`, [gridFor(m * k), 1, 1], [threads, 1, 1], [{ ptr: xh.ptr }, { ptr: xt.ptr }, { i64: m * k }], [xt]);
-      this.launch(mma, [Math.ceil(n / 128), Math.ceil(m / 128), 1], [threads, 1, 1], [args[0]!, { ptr: xh.ptr }, ...args.slice(2)], [wt, bias], gemmSmem);
+    } else if (half !== "f32" && k % 8 === 0 && this.kernels.has(mma)) {
+      const xh = this.alloc([m, k], half) as CudaTensor;
+      this.launch(`cast_rows_${half}`, [gridFor(m * k), 1, 1], [threads, 1, 1], [{ ptr: xh.ptr }, { ptr: xt.ptr }, { i64: m * k }], [xt]);
+      this.launch(mma, [Math.ceil(n / 128), Math.ceil(m / 128), 1], [threads, 1, 1], [args[0]!, { ptr: xh.ptr }, ...args.slice(2)], [wt, b], gemmSmem);
       this.free(xh);
     } else {
+      if (wt.dtype === "mxfp4") throw new BackendError("CUDA_KERNEL_MISSING", "MXFP4 matmul of many rows needs the tensor-core GEMM, which this GPU cannot run", "use --backend cpu");
       this.launch(`gemm_simt_${wt.dtype}`, [Math.ceil(n / 64), Math.ceil(m / 64), 1], [threads, 1, 1], args, reads);
     }
+    if (b !== bias) this.done(b as CudaTensor);
+    return out;
+  }
+
+  /** The tensor itself when it is f32, else an f32 copy (biases and sinks stored in 16 bits; kernels read f32). */
+  private asF32(t: Tensor): CudaTensor {
+    const c = cuda(t);
+    if (c.dtype === "f32") return c;
+    const n = numel(c.shape);
+    const out = this.out(c.shape);
+    this.launch(`cast_f32_${c.dtype}`, [gridFor(n), 1, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: c.ptr }, { i64: n }], [c]);
     return out;
   }
 
@@ -408,14 +422,15 @@ export class CudaBackend implements Backend {
     const { heads, kvHeads, headDim } = o;
     const out = this.out([rows, heads * headDim]);
     const lse = withLse ? this.out([rows, heads]) : undefined;
-    if (o.seqs.every((s) => s.blocks.length === 0 || s.qRows === 0)) {
+    if (!o.sinks && o.seqs.every((s) => s.blocks.length === 0 || s.qRows === 0)) {
       // No keys at all: zero output, and -Infinity log-sum-exps so a merge ignores this part.
       this.driver.memsetAsync(out.ptr, 0, out.byteLength, this.compute);
       if (lse) this.driver.copyHtoDAsyncFrom(lse.ptr, new Uint8Array(new Float32Array(rows * heads).fill(-Infinity).buffer), rows * heads * 4, this.compute);
       return { out, lse };
     }
     const blocks: KvBlock[] = o.seqs.flatMap((s) => s.blocks);
-    const kvDtype = blocks[0]!.k.dtype;
+    const kvDtype = blocks[0]?.k.dtype ?? "bf16"; // no blocks: only the sinks count, any kernel does
+    const sinks = o.sinks && this.asF32(o.sinks);
     const seqInfo = new Int32Array(o.seqs.length * 5);
     let begin = 0;
     o.seqs.forEach((s, i) => {
@@ -442,8 +457,8 @@ export class CudaBackend implements Backend {
         flash,
         [Math.ceil(maxQRows / 64), heads, o.seqs.length],
         [128, 1, 1],
-        [{ ptr: out.ptr }, { ptr: lse?.ptr ?? 0n }, { ptr: qt.ptr }, ...common, { ptr: ptrBuf.ptr }, { ptr: posBuf.ptr }, { i32: heads }, { i32: kvHeads }, { i32: kvHeads * headDim }, { f32: o.scale }, { i32: o.slidingWindow ?? 0 }, { f32: o.softcap ?? 0 }],
-        reads,
+        [{ ptr: out.ptr }, { ptr: lse?.ptr ?? 0n }, { ptr: qt.ptr }, ...common, { ptr: ptrBuf.ptr }, { ptr: posBuf.ptr }, { ptr: sinks?.ptr ?? 0n }, { i32: heads }, { i32: kvHeads }, { i32: kvHeads * headDim }, { f32: o.scale }, { i32: o.slidingWindow ?? 0 }, { f32: o.softcap ?? 0 }],
+        [...reads, sinks],
         flashSmem(headDim),
       );
     } else {
@@ -459,11 +474,12 @@ export class CudaBackend implements Backend {
         [{ ptr: partO.ptr }, { ptr: partMl.ptr }, { ptr: qt.ptr }, ...common, { i32: o.seqs.length }, { ptr: ptrBuf.ptr }, { ptr: posBuf.ptr }, { i32: heads }, { i32: kvHeads }, { i32: headDim }, { i32: kvHeads * headDim }, { f32: o.scale }, { i32: o.slidingWindow ?? 0 }, { f32: o.softcap ?? 0 }, { i32: splits }],
         reads,
       );
-      this.launch("attn_merge_splits", [rows * heads, 1, 1], [Math.min(256, Math.ceil(headDim / 32) * 32), 1, 1], [{ ptr: out.ptr }, { ptr: lse?.ptr ?? 0n }, { ptr: partO.ptr }, { ptr: partMl.ptr }, { i32: rows * heads }, { i32: headDim }, { i32: splits }], []);
+      this.launch("attn_merge_splits", [rows * heads, 1, 1], [Math.min(256, Math.ceil(headDim / 32) * 32), 1, 1], [{ ptr: out.ptr }, { ptr: lse?.ptr ?? 0n }, { ptr: partO.ptr }, { ptr: partMl.ptr }, { ptr: sinks?.ptr ?? 0n }, { i32: heads }, { i32: rows * heads }, { i32: headDim }, { i32: splits }], [sinks]);
       this.free(partO);
       this.free(partMl);
     }
     this.done(seqBuf, ptrBuf, posBuf);
+    if (sinks && sinks !== o.sinks) this.done(sinks);
     return { out, lse };
   }
 
@@ -513,6 +529,41 @@ export class CudaBackend implements Backend {
     return out;
   }
 
+  clampedSwiglu(gateUp: Tensor, o: { alpha: number; limit: number }): Tensor {
+    const x = cuda(gateUp);
+    const [rows, cols] = x.shape as [number, number];
+    const n = (rows * cols) / 2;
+    const out = this.out([rows, cols / 2]);
+    this.launch("clamped_swiglu", [gridFor(n), 1, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: x.ptr }, { i64: n }, { f32: o.alpha }, { f32: o.limit }], [x]);
+    return out;
+  }
+
+  zeros(shape: readonly number[]): Tensor {
+    const out = this.out(shape);
+    this.driver.memsetAsync(out.ptr, 0, out.byteLength, this.compute);
+    return out;
+  }
+
+  gatherRows(x: Tensor, rows: Int32Array): Tensor {
+    const t = cuda(x);
+    const cols = t.shape[1]!;
+    const ids = this.small(rows);
+    const out = this.out([rows.length, cols]);
+    this.launch("gather_rows", [gridFor(rows.length * cols), 1, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: t.ptr }, { ptr: ids.ptr }, { i32: rows.length }, { i32: cols }], [t]);
+    this.done(ids);
+    return out;
+  }
+
+  accumulateRows(acc: Tensor, y: Tensor, rows: Int32Array, scales: Float32Array): void {
+    const a = cuda(acc);
+    const t = cuda(y);
+    const cols = a.shape[1]!;
+    const ids = this.small(rows);
+    const sc = this.small(scales);
+    this.launch("accumulate_rows", [gridFor(rows.length * cols), 1, 1], [threads, 1, 1], [{ ptr: a.ptr }, { ptr: t.ptr }, { ptr: ids.ptr }, { ptr: sc.ptr }, { i32: rows.length }, { i32: cols }], [a, t]);
+    this.done(ids, sc);
+  }
+
   rows(x: Tensor, start: number, count: number): Tensor {
     const t = cuda(x);
     const cols = t.shape[1]!;
@@ -527,7 +578,7 @@ export class CudaBackend implements Backend {
     const s = cuda(src);
     const cols = d.shape[d.shape.length - 1]!;
     if ((dstRow + count) * cols > numel(d.shape)) throw new RangeError(`writeRows: rows ${dstRow}.. do not fit [${d.shape.join(", ")}]`);
-    const dstPtr = d.ptr + BigInt(dstRow * cols * dtypeBytes[d.dtype]);
+    const dstPtr = d.ptr + BigInt(dstRow * tensorBytes([cols], d.dtype));
     const srcPtr = s.ptr + BigInt(srcRow * cols * 4);
     this.await([s, d]);
     if (d.dtype === "f32") this.driver.copyDtoDAsync(dstPtr, srcPtr, count * cols * 4, this.compute);

@@ -38,6 +38,7 @@ export class Kernels {
       for (const m of ptx.matchAll(/\.entry\s+(\w+)\s*\(/g)) this.fns.set(m[1]!, driver.function(module, m[1]!));
     }
     const needs: [string, number][] = [];
+    needs.push(["gemm_mma_mxfp4", gemmSmem]);
     for (const dtype of ["bf16", "f16"]) {
       needs.push([`gemm_mma_${dtype}`, gemmSmem]);
       for (const hd of [64, 128, 256]) needs.push([`flash_${dtype}_${hd}`, flashSmem(hd)]);

@@ -1,0 +1,73 @@
+// Mixture-of-experts layers: route each row to its top-k experts, run only those (the engine loads them on demand), combine.
+import type { Ops, Tensor } from "../backend/ops.js";
+import type { LayerRun, Weights } from "./types.js";
+
+/** Per row, the chosen experts and their weights (topK of each). */
+export interface Routes {
+  readonly experts: Int32Array;
+  readonly weights: Float32Array;
+}
+
+/** The k largest logits of one row, largest first (ties keep the lower index, as torch.topk does on these sizes). */
+function topK(logits: Float32Array, k: number): number[] {
+  const picked: number[] = [];
+  for (let j = 0; j < k; j++) {
+    let best = -1;
+    for (let e = 0; e < logits.length; e++) if (!picked.includes(e) && (best < 0 || logits[e]! > logits[best]!)) best = e;
+    picked.push(best);
+  }
+  return picked;
+}
+
+/** gpt-oss: the top-k logits, then a softmax over those k. */
+export function softmaxOfTopK(logits: Float32Array, experts: number, k: number): Routes {
+  const rows = logits.length / experts;
+  const ids = new Int32Array(rows * k);
+  const weights = new Float32Array(rows * k);
+  for (let r = 0; r < rows; r++) {
+    const row = logits.subarray(r * experts, (r + 1) * experts);
+    const top = topK(row, k);
+    const max = row[top[0]!]!;
+    const exps = top.map((e) => Math.exp(row[e]! - max));
+    const sum = exps.reduce((a, b) => a + b, 0);
+    top.forEach((e, j) => {
+      ids[r * k + j] = e;
+      weights[r * k + j] = exps[j]! / sum;
+    });
+  }
+  return { experts: ids, weights };
+}
+
+/**
+ * Runs the routed experts over x [rows, hidden] and sums their outputs weighted by the routes. Every needed expert is
+ * asked for at once, so the engine can read them in parallel, then each is computed as it arrives.
+ */
+export async function routedExperts(ops: Ops, run: LayerRun, x: Tensor, routes: Routes, expert: (w: Weights, xe: Tensor) => Tensor): Promise<Tensor> {
+  const rows = x.shape[0]!;
+  const k = routes.experts.length / rows;
+  const byExpert = new Map<number, { rows: number[]; scales: number[] }>();
+  for (let i = 0; i < routes.experts.length; i++) {
+    const e = routes.experts[i]!;
+    const entry = byExpert.get(e) ?? { rows: [], scales: [] };
+    entry.rows.push(Math.floor(i / k));
+    entry.scales.push(routes.weights[i]!);
+    byExpert.set(e, entry);
+  }
+  const order = [...byExpert.keys()].sort((a, b) => a - b);
+  const loads = order.map((e) => run.expert(e));
+  loads.forEach((p) => p.catch(() => {})); // awaited below, in order; a failure surfaces there
+  const out = ops.zeros([rows, x.shape[1]!]);
+  for (let i = 0; i < order.length; i++) {
+    const e = order[i]!;
+    const w = await loads[i]!;
+    const { rows: list, scales } = byExpert.get(e)!;
+    const rowIds = Int32Array.from(list);
+    ops.scoped(() => {
+      const xe = list.length === rows ? x : ops.gatherRows(x, rowIds);
+      ops.accumulateRows(out, expert(w, xe), rowIds, Float32Array.from(scales));
+      return out;
+    });
+    run.releaseExpert(e);
+  }
+  return out;
+}

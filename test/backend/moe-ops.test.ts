@@ -1,0 +1,112 @@
+// The mixture-of-experts ops on every backend: MXFP4 matmul (decoded here independently of the backends), the clamped
+// SwiGLU, and the row gather / weighted scatter that route rows to experts.
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { fromF32 } from "../../src/backend/dtype.js";
+import type { Backend, Tensor } from "../../src/backend/ops.js";
+import { Random } from "../../src/util/random.js";
+import { backendCases } from "../helpers.js";
+
+const random = new Random(99);
+const randn = (n: number, scale = 1) => Float32Array.from({ length: n }, () => (random.next() * 2 - 1) * scale * Math.sqrt(3));
+
+/** e2m1 from its bits: sign, two exponent bits (bias 1), one mantissa bit; exponent 0 is subnormal (0 or 0.5). */
+function e2m1(nibble: number): number {
+  const sign = nibble & 8 ? -1 : 1;
+  const e = (nibble >> 1) & 3;
+  const m = nibble & 1;
+  return sign * (e === 0 ? m * 0.5 : (1 + m / 2) * 2 ** (e - 1));
+}
+
+/** A random MXFP4 matrix [n, k] in the backends' layout (packed rows, then scales) and its values. */
+function mxfp4Matrix(n: number, k: number): { bytes: Uint8Array; values: Float32Array } {
+  const packed = n * (k / 2);
+  const bytes = new Uint8Array(packed + n * (k / 32));
+  for (let i = 0; i < packed; i++) bytes[i] = Math.floor(random.next() * 256);
+  for (let i = packed; i < bytes.length; i++) bytes[i] = 120 + Math.floor(random.next() * 6);
+  const values = new Float32Array(n * k);
+  for (let r = 0; r < n; r++) {
+    for (let c = 0; c < k; c++) {
+      const byte = bytes[r * (k / 2) + (c >> 1)]!;
+      values[r * k + c] = e2m1(c & 1 ? byte >> 4 : byte & 15) * 2 ** (bytes[packed + r * (k / 32) + (c >> 5)]! - 127);
+    }
+  }
+  return { bytes, values };
+}
+
+async function upload(b: Backend, shape: number[], values: Float32Array, dtype: "f32" | "bf16" = "f32"): Promise<Tensor> {
+  const t = b.alloc(shape, dtype);
+  await b.upload(t, fromF32(values, dtype));
+  return t;
+}
+
+function relErr(got: Float32Array, want: ArrayLike<number>): number {
+  assert.equal(got.length, want.length);
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < got.length; i++) {
+    assert.ok(Number.isFinite(got[i]), `value ${i} is ${got[i]}`);
+    num += (got[i]! - want[i]!) ** 2;
+    den += want[i]! ** 2;
+  }
+  return Math.sqrt(num / Math.max(den, 1e-30));
+}
+
+for (const bc of backendCases) {
+  describe(`mixture-of-experts ops on ${bc.name}`, () => {
+    // 1-16 rows: the decode kernel; more: the tensor-core GEMM that decodes MXFP4 tiles in shared memory.
+    for (const [rows, k, n] of [[1, 64, 48], [5, 96, 130], [16, 64, 40], [40, 128, 96], [300, 256, 260]] as const) {
+      it(`matmul [${rows}, ${k}] x MXFP4 [${n}, ${k}]^T with a bf16 bias`, async () => {
+        const b = await bc.create();
+        const x = randn(rows * k);
+        const w = mxfp4Matrix(n, k);
+        const bias = randn(n);
+        const wt = b.alloc([n, k], "mxfp4");
+        await b.upload(wt, w.bytes);
+        const biasT = await upload(b, [n], bias, "bf16");
+        const got = await b.read(b.matmul(await upload(b, [rows, k], x), wt, biasT));
+        const biasBf16 = await b.read(biasT);
+        const want = new Float64Array(rows * n);
+        for (let r = 0; r < rows; r++) for (let j = 0; j < n; j++) {
+          let s = biasBf16[j]!;
+          for (let i = 0; i < k; i++) s += x[r * k + i]! * w.values[j * k + i]!;
+          want[r * n + j] = s;
+        }
+        // Many rows go through tensor cores with bf16 activations.
+        assert.ok(relErr(got, want) < (rows > 16 ? bc.tol16 : bc.tolF32 * 10));
+        await b.dispose();
+      });
+    }
+
+    it("clamped SwiGLU on interleaved gate/up columns", async () => {
+      const b = await bc.create();
+      const x = randn(3 * 2 * 21, 6); // beyond the limit on both sides
+      const got = await b.read(b.clampedSwiglu(await upload(b, [3, 42], x), { alpha: 1.702, limit: 7 }));
+      const want = Array.from({ length: 63 }, (_, i) => {
+        const g = Math.min(x[2 * i]!, 7);
+        const u = Math.min(Math.max(x[2 * i + 1]!, -7), 7);
+        return (u + 1) * g * (1 / (1 + Math.exp(-1.702 * g)));
+      });
+      assert.ok(relErr(got, want) < bc.tolF32);
+      await b.dispose();
+    });
+
+    it("gatherRows, zeros and accumulateRows route rows to an expert and back", async () => {
+      const b = await bc.create();
+      const x = randn(6 * 10);
+      const xt = await upload(b, [6, 10], x);
+      const rows = Int32Array.from([4, 1, 5]);
+      const gathered = await b.read(b.gatherRows(xt, rows));
+      assert.deepEqual(Array.from(gathered), Array.from(rows).flatMap((r) => Array.from(x.subarray(r * 10, r * 10 + 10))));
+      const acc = b.zeros([6, 10]);
+      const y = randn(3 * 10);
+      b.accumulateRows(acc, await upload(b, [3, 10], y), rows, Float32Array.from([0.5, 2, -1]));
+      b.accumulateRows(acc, await upload(b, [3, 10], y), Int32Array.from([0, 1, 2]), Float32Array.from([1, 1, 1]));
+      const want = new Float32Array(60);
+      [0.5, 2, -1].forEach((s, i) => { for (let c = 0; c < 10; c++) want[rows[i]! * 10 + c]! += s * y[i * 10 + c]!; });
+      [0, 1, 2].forEach((r, i) => { for (let c = 0; c < 10; c++) want[r * 10 + c]! += y[i * 10 + c]!; });
+      assert.ok(relErr(await b.read(acc), want) < bc.tolF32);
+      await b.dispose();
+    });
+  });
+}
