@@ -125,3 +125,14 @@ export function fromF32(values: Float32Array, dtype: FloatDType): Uint8Array {
   for (let i = 0; i < values.length; i++) out[i] = convert(values[i]!);
   return new Uint8Array(out.buffer);
 }
+
+/**
+ * The 16-bit type a GPU matmul of x [rows, k] by w [n, k] rounds its activations to for tensor cores, or undefined where
+ * it keeps them in f32: few rows (decode, memory bound), f32 weights, k not a multiple of 8, or fewer than 128 outputs
+ * (a router's logits, which decide discrete routes and cost little). The CPU backend can apply the same rounding, so
+ * GPU results can be checked against it exactly.
+ */
+export function tensorCoreInput(rows: number, k: number, n: number, dtype: DType): "bf16" | "f16" | undefined {
+  if (rows <= 16 || k % 8 !== 0 || n < 128 || dtype === "f32") return undefined;
+  return dtype === "mxfp4" ? "bf16" : dtype;
+}

@@ -19,6 +19,7 @@ export interface ModelFlags {
   kvBlock?: string;
   kvCache?: string;
   kvCacheMax?: string;
+  expertSlots?: string;
 }
 
 export interface GenerateFlags extends ModelFlags {
@@ -43,6 +44,7 @@ export function addModelFlags(cmd: Command): Command {
     .option("--kv-block <tokens>", "tokens per KV cache block", "256")
     .option("--kv-cache <dir>", "persistent KV cache folder: a prompt that starts with a cached prefix skips its prefill")
     .option("--kv-cache-max <size>", "largest size of the KV cache folder; least recently used blocks are deleted first")
+    .option("--expert-slots <n>", "most experts cached on the GPU (mixture-of-experts models; default: what --vram leaves room for)")
     .option("--json", "print one JSON line at the end instead of streaming text")
     .option("--debug", "print stack traces of errors");
 }
@@ -59,6 +61,7 @@ export function loadOptions(flags: ModelFlags): LoadOptions {
     kvBlockTokens: count(flags.kvBlock, "--kv-block"),
     kvCache: flags.kvCache,
     kvCacheMax: flags.kvCacheMax === undefined ? undefined : parseBytes(flags.kvCacheMax, "--kv-cache-max"),
+    expertSlots: count(flags.expertSlots, "--expert-slots"),
   };
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as LoadOptions;
 }

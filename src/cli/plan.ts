@@ -55,7 +55,7 @@ export function registerPlan(program: Command): void {
         const kvDtype = (flags.kvDtype ?? (backend.name === "cpu" ? "f32" : "bf16")) as FloatDType;
         if (!["bf16", "f16", "f32"].includes(kvDtype)) throw new UsageError("BAD_FLAG", `--kv-dtype ${kvDtype} is not bf16, f16 or f32`);
         const p = plan({
-          layout: modelLayout(ckpt, model),
+          layout: modelLayout(ckpt, model, backend.caps.directIo),
           shape: model.shape,
           contextTokens: parseCount(flags.context, "--context"),
           batch: numberFlag(flags.batch, "--batch", { integer: true })!,
@@ -93,16 +93,25 @@ function printPlan(p: Plan, modelType: string, disk: LinkSpeed | undefined, h2d:
   const h = p.hostBytes;
   const f = formatBytes;
   const lines: [string, string][] = [
-    ["model", `${modelType}, ${i.shape.numLayers} layers, ${f(i.layout.layers.reduce((n, l) => n + l.dataBytes, 0) + i.layout.globals.dataBytes)} of weights`],
+    ["model", `${modelType}, ${i.shape.numLayers} layers, ${f(i.layout.layers.reduce((n, l) => n + l.dataBytes, 0) + i.layout.experts.flat().reduce((n, g) => n + g.dataBytes, 0) + i.layout.globals.dataBytes)} of weights`],
     ["context", `${i.contextTokens} tokens x ${i.batch} sequence(s), prefill chunk ${i.prefillChunk}, KV ${i.kvDtype} in blocks of ${i.kvBlockTokens}`],
     ["budgets", `VRAM ${i.vramBytes === Infinity ? "unlimited" : f(i.vramBytes)}, RAM ${f(i.ramBytes)}`],
     ["device", `embeddings+head ${f(d.globals)}, workspace ${f(d.workspace + d.kvHeadroom)}, ${p.slots} layer slots ${f(d.slots)}, ${count("device")} resident layers ${f(d.residentLayers)}, KV ${f(d.kv)} (${p.kvDeviceTokens} tokens/layer), KV staging ${f(d.kvStaging)} = ${f(d.total)}`],
     ["RAM", `${count("ram")} layers ${f(h.ramLayers)}, KV ${f(h.kv)} (${p.kvHostTokens} tokens/layer); working: disk staging ${f(h.staging)}, span activations ${f(h.activations)}, transfers ${f(h.transfer)} = ${f(h.total)}`],
     ["disk", `${count("disk")} layers streamed, KV ${f(p.kvDiskBytes)}`],
+    ...(p.experts.total > 0 ? [expertLine(p)] : []),
     ["per token", `host->device ${f(p.perToken.h2dBytes)}, disk ${f(p.perToken.diskBytes)}`],
     ["links", `host->device ${h2d ? `${h2d.gbps.toFixed(1)} GB/s (${h2d.method})` : "unused"}, disk ${disk ? `${disk.gbps.toFixed(2)} GB/s (${disk.method})` : "unused"}`],
     ["floor", floor > 0 ? `${floor.toFixed(3)} s/token (bytes per token over the slower link; compute not counted)` : "no weight or KV traffic per token: compute-bound"],
   ];
   const w = Math.max(...lines.map(([k]) => k.length));
   for (const [k, v] of lines) process.stdout.write(`${k.padEnd(w)}  ${v}\n`);
+}
+
+/** Where a mixture-of-experts model's experts live: the hot-expert cache on the GPU, pinned RAM, the rest on disk. */
+function expertLine(p: Plan): [string, string] {
+  const e = p.experts;
+  const moe = p.input.shape.moe!;
+  const where = e.deviceSlots === e.total ? "all on the GPU" : `${e.deviceSlots} cached on the GPU (${formatBytes(p.deviceBytes.experts)}), ${e.ram} in RAM (${formatBytes(p.hostBytes.ramExperts)}), ${e.total - e.ram} read from disk when routed`;
+  return ["experts", `${e.total} (${moe.experts} per layer, ${moe.topK} routed per token): ${where}`];
 }

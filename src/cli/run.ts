@@ -36,10 +36,14 @@ export function registerRun(program: Command): void {
       const prompt = flags.chatTemplate ? { messages: [{ role: "user" as const, content: text }] } : text;
       const progress = prefillProgress(model.encodePrompt(prompt).length, !flags.json);
       let first = true;
+      let afterPrefill = model.stats();
       const result = await model.complete(prompt, {
         ...gen,
         signal: interruptSignal(),
-        onPrefillProgress: progress.onProgress,
+        onPrefillProgress: (done) => {
+          progress.onProgress?.(done);
+          if (done >= 1) afterPrefill = model.stats();
+        },
         onText: (piece) => {
           if (first) progress.stop();
           first = false;
@@ -48,6 +52,8 @@ export function registerRun(program: Command): void {
       });
       progress.stop();
       const s = model.stats();
+      // Decode steps are the forwards after the prompt's: one per new token but the last.
+      const steps = Math.max(1, result.tokens.length - 1);
       if (flags.json) {
         process.stdout.write(
           JSON.stringify({
@@ -65,6 +71,10 @@ export function registerRun(program: Command): void {
             io_wait_s: s.ioWaitS,
             compute_s: s.computeS,
             kv_cache_hit_tokens: result.kvCacheHitTokens ?? 0,
+            decode_disk_read_bytes_per_token: (s.diskReadBytes - afterPrefill.diskReadBytes) / steps,
+            decode_h2d_bytes_per_token: (s.h2dBytes - afterPrefill.h2dBytes) / steps,
+            expert_loads: s.expertLoads,
+            expert_hits: s.expertHits,
             backend: model.backend.name,
             ...(warnings.length ? { warnings } : {}),
           }) + "\n",

@@ -23,6 +23,7 @@ export interface ExpertStats {
   loads: number;
   hits: number;
   loadBytes: number;
+  /** Seconds with at least one expert load in flight (the router waits for them; they start only once it has run). */
   waitS: number;
 }
 
@@ -33,6 +34,8 @@ export class ExpertCache {
   private readonly ramImages = new Map<number, HostBuffer>();
   private readonly slotWaiters: (() => void)[] = [];
   private tick = 0;
+  private inFlight = 0;
+  private busySince = 0;
 
   private constructor(
     private readonly backend: Backend,
@@ -61,7 +64,7 @@ export class ExpertCache {
         for (let key = 0; key < total; key++) {
           c.assign(c.slots[key]!, key);
           await c.slots[key]!.weights;
-          c.stats.loads = c.stats.loadBytes = 0; // loading at start is not a cache miss
+          c.stats.loads = c.stats.loadBytes = c.stats.waitS = 0; // loading at start is not a cache miss
         }
         staging.dispose(); // resident: nothing is read again
       }
@@ -81,7 +84,6 @@ export class ExpertCache {
     const key = layer * this.perLayer + expert;
     let slot = this.byKey.get(key);
     if (slot) this.stats.hits++;
-    const t0 = performance.now();
     while (!slot) {
       // Choosing and pinning a slot happen with no await between them, so concurrent requests never share one.
       const free = this.leastRecentlyUsed();
@@ -94,7 +96,6 @@ export class ExpertCache {
       slot = this.byKey.get(key); // another request may have brought it in meanwhile
       if (slot) this.slotWaiters.shift()?.(); // then the slot that woke this one is someone else's
     }
-    this.stats.waitS += (performance.now() - t0) / 1000;
     slot.pins++;
     slot.lastUse = ++this.tick;
     return slot.weights!;
@@ -136,6 +137,7 @@ export class ExpertCache {
     slot.key = key;
     this.byKey.set(key, slot);
     const group = this.group(key);
+    if (this.inFlight++ === 0) this.busySince = performance.now();
     slot.weights = (async () => {
       const ram = this.ramImages.get(key);
       const image = ram ?? (await this.staging.take());
@@ -147,6 +149,7 @@ export class ExpertCache {
         return w;
       } finally {
         if (!ram) this.staging.give(image);
+        if (--this.inFlight === 0) this.stats.waitS += (performance.now() - this.busySince) / 1000;
       }
     })();
     slot.weights.catch(() => {

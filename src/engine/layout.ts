@@ -8,8 +8,15 @@ import { resolveWeight, type ResolvedWeight } from "./weights.js";
 export const deviceAlign = 256;
 /** O_DIRECT needs offsets, lengths and memory aligned to the logical block size; 4 KiB covers the usual ones. */
 export const ioAlign = 4096;
-/** Neighbouring tensors closer than this are fetched in one read (the gap is read and dropped). */
+/** Neighbouring tensors of a layer closer than this are fetched in one read (the gap is read and dropped). */
 const coalesceGap = 64 << 10;
+
+export interface ReadShape {
+  /** Alignment of read offsets and lengths (ioAlign for O_DIRECT, else 1). */
+  readonly align: number;
+  /** Largest gap between ranges read as one; an expert's gap would be other experts' bytes, so experts use 0. */
+  readonly gap: number;
+}
 
 export interface PlacedTensor {
   /** The architecture's names for it (two when a tied head shares the embedding). */
@@ -56,7 +63,7 @@ export interface ModelLayout {
 const alignUp = (n: number, a: number) => Math.ceil(n / a) * a;
 const alignDown = (n: number, a: number) => Math.floor(n / a) * a;
 
-export function tensorGroup(ckpt: Checkpoint, specs: WeightSpecs): TensorGroup {
+export function tensorGroup(ckpt: Checkpoint, specs: WeightSpecs, io: ReadShape = { align: ioAlign, gap: coalesceGap }): TensorGroup {
   const byWeight = new Map<string, { keys: string[]; weight: ResolvedWeight }>();
   for (const [key, spec] of Object.entries(specs)) {
     const id = `${spec.name}|${spec.index ?? ""}|${spec.scales ?? ""}`;
@@ -73,16 +80,16 @@ export function tensorGroup(ckpt: Checkpoint, specs: WeightSpecs): TensorGroup {
   let current: { file: string; start: number; end: number; hostOffset: number } | undefined;
   const flush = () => {
     if (!current) return;
-    const length = alignUp(current.end, ioAlign) - current.start;
+    const length = alignUp(current.end, io.align) - current.start;
     reads.push({ file: current.file, start: current.start, length, dataLength: current.end - current.start, hostOffset: current.hostOffset });
     hostBytes = current.hostOffset + length;
     current = undefined;
   };
   for (const r of byFile) {
     const end = r.start + r.byteLength;
-    if (!current || current.file !== r.file || r.start - current.end > coalesceGap) {
+    if (!current || current.file !== r.file || alignDown(r.start, io.align) - current.end > io.gap) {
       flush();
-      current = { file: r.file, start: alignDown(r.start, ioAlign), end, hostOffset: hostBytes };
+      current = { file: r.file, start: alignDown(r.start, io.align), end, hostOffset: hostBytes };
     } else current.end = Math.max(current.end, end);
     hostOffsetOf.set(`${r.owner}:${r.part}`, current.hostOffset + r.start - current.start);
   }
@@ -103,12 +110,15 @@ export function tensorGroup(ckpt: Checkpoint, specs: WeightSpecs): TensorGroup {
   return { tensors, reads, deviceBytes, hostBytes, dataBytes };
 }
 
-export function modelLayout(ckpt: Checkpoint, model: ArchModel): ModelLayout {
-  const layers = Array.from({ length: model.shape.numLayers }, (_, i) => tensorGroup(ckpt, model.layerWeights(i)));
-  const experts = Array.from({ length: model.shape.numLayers }, (_, i) => Array.from({ length: model.shape.moe?.experts ?? 0 }, (_, e) => tensorGroup(ckpt, model.expertWeights!(i, e))));
+/** Where every layer's and expert's bytes are; `directIo`: reads aligned for O_DIRECT (else exact byte ranges). */
+export function modelLayout(ckpt: Checkpoint, model: ArchModel, directIo = true): ModelLayout {
+  const align = directIo ? ioAlign : 1;
+  const dense = { align, gap: coalesceGap };
+  const layers = Array.from({ length: model.shape.numLayers }, (_, i) => tensorGroup(ckpt, model.layerWeights(i), dense));
+  const experts = Array.from({ length: model.shape.numLayers }, (_, i) => Array.from({ length: model.shape.moe?.experts ?? 0 }, (_, e) => tensorGroup(ckpt, model.expertWeights!(i, e), { align, gap: 0 })));
   const flat = experts.flat();
   return {
-    globals: tensorGroup(ckpt, model.globalWeights),
+    globals: tensorGroup(ckpt, model.globalWeights, dense),
     layers,
     maxLayerDeviceBytes: Math.max(...layers.map((l) => l.deviceBytes)),
     maxLayerHostBytes: Math.max(...layers.map((l) => l.hostBytes)),

@@ -48,6 +48,8 @@ export interface LoadOptions {
   kvCache?: string;
   /** Largest size of the persistent KV cache; least recently used blocks go first. */
   kvCacheMax?: number;
+  /** Most device slots for hot experts (mixture-of-experts models); default: what the VRAM budget leaves room for. */
+  expertSlots?: number;
   /** Where to put KV that spills to disk; default: the OS temp folder. */
   kvSpillDir?: string;
   /** Problems layerwise handled on its own (a corrupt cache block it recomputed). */
@@ -69,6 +71,9 @@ export interface EngineStats {
   ioWaitS: number;
   computeS: number;
   kvCacheHitTokens: number;
+  /** Mixture of experts: experts copied to the device (misses of the hot-expert cache), and hits. */
+  expertLoads: number;
+  expertHits: number;
 }
 
 /** A conversation's state on the model: the tokens it has seen and their KV cache. */
@@ -145,10 +150,10 @@ export class LayerwiseModel {
       const tokenizer = await TextTokenizer.load(dir);
       const chatTemplate = await ChatTemplate.load(dir, tokenizer.config);
       const defaults = await readGenerationDefaults(dir, checkpoint.rawConfig);
-      const layout = modelLayout(checkpoint, arch);
       const shared = typeof o.backend === "object" ? o.backend : undefined;
       const { backend, note } = shared ? { backend: shared, note: undefined } : await createBackend((o.backend as BackendName | undefined) ?? "auto");
       if (!shared) cleanup.push(() => backend.dispose());
+      const layout = modelLayout(checkpoint, arch, backend.caps.directIo);
       const kvDtype = o.kvDtype ?? (backend.name === "cpu" ? "f32" : "bf16");
       const kvBlockTokens = o.kvBlockTokens ?? 256;
       const prefillChunk = o.prefillChunk ?? 2048;
@@ -165,6 +170,7 @@ export class LayerwiseModel {
         deviceBytesFor: (n) => backend.deviceBytesFor(n),
         vramBytes: (o.vram ?? (await backend.defaultDeviceBudget())) - backend.deviceOverheadBytes,
         ramBytes: o.ram ?? Math.floor(freemem() / 2),
+        expertSlots: o.expertSlots,
       });
       backend.setDeviceBudget(thePlan.input.vramBytes + backend.deviceOverheadBytes);
       backend.resetPeaks();
@@ -373,11 +379,13 @@ export class LayerwiseModel {
       ioWaitS: this.ioWaitS(),
       computeS: this.statsBase.computeS,
       kvCacheHitTokens: this.statsBase.kvCacheHitTokens,
+      expertLoads: p.streamer.expertStats?.loads ?? 0,
+      expertHits: p.streamer.expertStats?.hits ?? 0,
     };
   }
 
   private ioWaitS(): number {
-    return this.parts.streamer.stats.ioWaitS + this.parts.stager.stats.waitS;
+    return this.parts.streamer.stats.ioWaitS + (this.parts.streamer.expertStats?.waitS ?? 0) + this.parts.stager.stats.waitS;
   }
 
   /** The request's options over the model's generation_config.json defaults. */

@@ -22,6 +22,8 @@ export interface PlanInput {
   readonly ramBytes: number;
   /** Rows taken through all layers at once; their hidden states wait in host memory between layers. */
   readonly prefillSpan: number;
+  /** Most device slots for hot experts (default: what the budget leaves room for). */
+  readonly expertSlots?: number;
   /** Device bytes an allocation of n bytes really holds (the backend's rounding); identity by default. */
   readonly deviceBytesFor?: (n: number) => number;
 }
@@ -86,9 +88,9 @@ export function plan(input: PlanInput): Plan {
 
   const totalExperts = layout.experts.reduce((n, l) => n + l.length, 0);
   const expertSlotBytes = held(layout.maxExpertDeviceBytes);
-  const allExperts = totalExperts * expertSlotBytes;
   // A chunk's experts load one after another while others compute: a few slots always, the routed set of a token if room.
-  const minExpertSlots = Math.min(totalExperts, Math.max(2, shape.moe?.topK ?? 0));
+  const maxExpertSlots = Math.min(totalExperts, Math.max(2, input.expertSlots ?? totalExperts));
+  const minExpertSlots = Math.min(maxExpertSlots, Math.max(2, shape.moe?.topK ?? 0));
 
   const globals = held(layout.globals.deviceBytes);
   // The workspace is many tensors; count it as eight equal ones for the rounding.
@@ -101,8 +103,8 @@ export function plan(input: PlanInput): Plan {
   let slots = 0;
   let kvDeviceTokens = ctx;
   let kvStagingBlocks = 0;
-  let expertSlots = totalExperts;
-  if (must - minExpertSlots * expertSlotBytes + allLayers + kvTotal + allExperts > input.vramBytes) {
+  let expertSlots = maxExpertSlots;
+  if (must - minExpertSlots * expertSlotBytes + allLayers + kvTotal + maxExpertSlots * expertSlotBytes > input.vramBytes) {
     // Streaming: slots for layers in flight, KV staging for blocks in RAM or on disk, then KV and whole layers while room lasts.
     const minStaging = 2 * kvLayerBlockBytes;
     slots = must + 3 * slotBytesEach + minStaging <= input.vramBytes ? Math.min(3, shape.numLayers) : 2;
@@ -129,7 +131,7 @@ export function plan(input: PlanInput): Plan {
       slots = 0;
     }
     // What is left caches hot experts.
-    expertSlots = totalExperts === 0 ? 0 : Math.min(totalExperts, minExpertSlots + Math.floor(Math.max(0, avail) / expertSlotBytes));
+    expertSlots = totalExperts === 0 ? 0 : Math.min(maxExpertSlots, minExpertSlots + Math.floor(Math.max(0, avail) / expertSlotBytes));
   }
 
   let ramAvail = input.ramBytes;

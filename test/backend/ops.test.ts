@@ -108,6 +108,18 @@ for (const bc of backendCases) {
       });
     }
 
+    it("the CPU backend can round matmul activations as tensor cores do (to check the GPU against)", async () => {
+      const cpu = new CpuBackend({ emulateTensorCores: true });
+      const [rows, k, n] = [40, 64, 128];
+      const x = randn(rows * k);
+      const w = quantize(randn(n * k, 0.1), "bf16");
+      const got = await cpu.read(cpu.matmul(await upload(cpu, [rows, k], x), await upload(cpu, [n, k], w, "bf16")));
+      assert.ok(relErr(got, matmulRef(quantize(x, "bf16"), w, rows, k, n)) < 1e-6);
+      assert.ok(relErr(got, matmulRef(x, w, rows, k, n)) > 1e-4, "activations were rounded");
+      const router = await cpu.read(cpu.matmul(await upload(cpu, [rows, k], x), await upload(cpu, [32, k], w.subarray(0, 32 * k), "bf16")));
+      assert.ok(relErr(router, matmulRef(x, w, rows, k, 32)) < 1e-6, "fewer than 128 outputs stay exact");
+    });
+
     it("embed gathers rows of a bf16 table", async () => {
       const b = await bc.create();
       const table = quantize(randn(50 * 24), "bf16");

@@ -1,6 +1,6 @@
 // The CPU reference backend: every op as plain TypeScript; the twin every GPU kernel is tested against.
 import type { DType } from "../dtype.js";
-import { f32ToBf16, f32ToF16, tensorBytes } from "../dtype.js";
+import { f32ToBf16, f32ToF16, fromF32, tensorBytes, tensorCoreInput } from "../dtype.js";
 import type { AttentionOptions, AttentionPart, Backend, Fence, GateActivation, HostBuffer, MemoryStats, RopeOptions, Tensor } from "../ops.js";
 import { ScopeStack, runScoped } from "../scope.js";
 import * as math from "./math.js";
@@ -16,6 +16,9 @@ export class CpuBackend implements Backend {
   private fences = 0;
 
   readonly deviceOverheadBytes = 0;
+
+  /** With `emulateTensorCores`, matmuls round their activations as the CUDA backend's tensor cores do (to check it). */
+  constructor(private readonly o: { emulateTensorCores?: boolean } = {}) {}
 
   /** The CPU backend's "device" is RAM: no budget unless the user sets one. */
   async defaultDeviceBudget(): Promise<number> {
@@ -120,7 +123,10 @@ export class CpuBackend implements Backend {
     return this.result(math.embed(cpu(table), ids));
   }
   matmul(x: Tensor, w: Tensor, bias?: Tensor): Tensor {
-    return this.result(math.matmul(cpu(x), cpu(w), bias && cpu(bias)));
+    let xc = cpu(x);
+    const half = this.o.emulateTensorCores ? tensorCoreInput(xc.shape[0]!, xc.shape[1]!, w.shape[0]!, w.dtype) : undefined;
+    if (half) xc = new CpuTensor(xc.shape, half, new Uint16Array(fromF32(xc.f32(), half).buffer));
+    return this.result(math.matmul(xc, cpu(w), bias && cpu(bias)));
   }
   rmsNorm(x: Tensor, w: Tensor, o: { eps: number; offset?: number }): Tensor {
     return this.result(math.rmsNorm(cpu(x), cpu(w), o.eps, o.offset ?? 0));

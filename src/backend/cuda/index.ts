@@ -1,7 +1,7 @@
 // The CUDA backend: the op interface on an NVIDIA GPU through the driver API. Two streams: compute, and copies that
 // overlap it; a tensor uploaded on the copy stream makes the compute stream wait before the first op that reads it.
 import { BackendError } from "../../errors.js";
-import { bf16ToF32Table, f16ToF32Table, tensorBytes, type DType } from "../dtype.js";
+import { bf16ToF32Table, f16ToF32Table, tensorBytes, tensorCoreInput, type DType } from "../dtype.js";
 import type { AttentionOptions, AttentionPart, Backend, Fence, GateActivation, HostBuffer, KvBlock, MemoryStats, RopeOptions, Tensor } from "../ops.js";
 import { numel } from "../ops.js";
 import { ScopeStack, runScoped } from "../scope.js";
@@ -354,22 +354,32 @@ export class CudaBackend implements Backend {
     const b = bias && this.asF32(bias);
     const args: KernelArg[] = [{ ptr: out.ptr }, { ptr: xt.ptr }, { ptr: wt.ptr }, { ptr: b ? b.ptr : 0n }, { i32: m }, { i32: n }, { i32: k }];
     const reads = [xt, wt, b];
-    // MXFP4 weights take the activations in bf16 on tensor cores; 16-bit weights in their own type.
-    const half = wt.dtype === "mxfp4" ? "bf16" : wt.dtype;
+    const half = tensorCoreInput(m, k, n, wt.dtype);
     const mma = `gemm_mma_${wt.dtype}`;
     if (m <= 16) {
       const rowsPerLaunch = m === 1 ? 1 : m <= 4 ? 4 : 16;
       this.launch(`gemv${rowsPerLaunch}_${wt.dtype}`, [Math.ceil(n / 8), 1, 1], [threads, 1, 1], args, reads);
-    } else if (half !== "f32" && k % 8 === 0 && this.kernels.has(mma)) {
+    } else if (half && this.kernels.has(mma)) {
       const xh = this.alloc([m, k], half) as CudaTensor;
       this.launch(`cast_rows_${half}`, [gridFor(m * k), 1, 1], [threads, 1, 1], [{ ptr: xh.ptr }, { ptr: xt.ptr }, { i64: m * k }], [xt]);
       this.launch(mma, [Math.ceil(n / 128), Math.ceil(m / 128), 1], [threads, 1, 1], [args[0]!, { ptr: xh.ptr }, ...args.slice(2)], [wt, b], gemmSmem);
       this.free(xh);
     } else {
-      if (wt.dtype === "mxfp4") throw new BackendError("CUDA_KERNEL_MISSING", "MXFP4 matmul of many rows needs the tensor-core GEMM, which this GPU cannot run", "use --backend cpu");
+      if (wt.dtype === "mxfp4") {
+        // Few outputs (a router) or no tensor-core GEMM here: the decode kernel, 16 rows at a time.
+        for (let r = 0; r < m; r += 16) {
+          const rowsHere = Math.min(16, m - r);
+          this.launch(`gemv16_mxfp4`, [Math.ceil(n / 8), 1, 1], [threads, 1, 1], [{ ptr: out.ptr + BigInt(r * n * 4) }, { ptr: xt.ptr + BigInt(r * k * 4) }, ...args.slice(2, 4), { i32: rowsHere }, { i32: n }, { i32: k }], reads);
+        }
+        return this.doneBias(b, bias, out);
+      }
       this.launch(`gemm_simt_${wt.dtype}`, [Math.ceil(n / 64), Math.ceil(m / 64), 1], [threads, 1, 1], args, reads);
     }
-    if (b !== bias) this.done(b as CudaTensor);
+    return this.doneBias(b, bias, out);
+  }
+
+  private doneBias(converted: CudaTensor | undefined, bias: Tensor | undefined, out: CudaTensor): CudaTensor {
+    if (converted && converted !== bias) this.done(converted);
     return out;
   }
 
