@@ -18,7 +18,14 @@ export function decodeBytes(plan: Plan, layout: ModelLayout, model: ArchModel, c
   const kvPerToken = kvBytesPerToken(model.shape, plan.input.kvDtype);
   const kvOff = Math.max(0, ctx - plan.kvDeviceTokens) * kvPerToken;
   const kvDisk = Math.max(0, ctx - plan.kvDeviceTokens - plan.kvHostTokens) * kvPerToken;
-  return { h2d: layerBytes("ram") + layerBytes("disk") + kvOff, disk: layerBytes("disk") + kvDisk };
+  // Routed experts the hot-expert cache misses, if routing spreads evenly over the experts (random weights do).
+  const experts = layout.experts.flat();
+  const { total, deviceSlots, ram } = plan.experts;
+  const routed = model.shape.moe && total ? model.shape.numLayers * model.shape.moe.topK * (experts.reduce((n, g) => n + g.dataBytes, 0) / experts.length) : 0;
+  const missDevice = total ? 1 - deviceSlots / total : 0;
+  const expertH2d = routed * missDevice;
+  const expertDisk = expertH2d * (1 - ram / Math.max(1, total));
+  return { h2d: layerBytes("ram") + layerBytes("disk") + kvOff + expertH2d, disk: layerBytes("disk") + kvDisk + expertDisk };
 }
 
 /** FLOPs of a prefill of `ctx` tokens: every layer's matmuls (2 per weight) and causal attention. */

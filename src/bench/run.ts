@@ -20,8 +20,10 @@ export interface BenchOptions {
   vramBytes: number;
   dir: string;
   decodeTokens: number;
-  /** Workloads to leave out: cold, disk, batch, kvcache, nolimit, baseline. */
+  /** Workloads to leave out: main (every workload of the first preset but the links), disk, batch, kvcache, nolimit, baseline, long. */
   skip: Set<string>;
+  /** Models run at a context of their own (RAM tier, and mixture-of-experts models from disk too). */
+  long: { preset: string; context: number }[];
   log: (line: string) => void;
   /** Called with the results so far after every workload (so an interrupted run keeps what it measured). */
   onResults?: (results: Record<string, unknown>) => void;
@@ -33,6 +35,11 @@ export interface RunFigures {
   prefillTokensPerS: number;
   decodeSPerToken: number;
   peakVramBytes: number;
+  /** Bytes read from disk and copied host -> device per decoded token; experts loaded and cache hits per token. */
+  decodeDiskBytesPerToken?: number;
+  decodeH2dBytesPerToken?: number;
+  decodeExpertLoadsPerToken?: number;
+  decodeExpertHitsPerToken?: number;
   floorDecodeS?: number;
   floorPrefillS?: number;
 }
@@ -73,10 +80,21 @@ async function generation(m: LayerwiseModel, ids: number[], decodeTokens: number
     const t0 = performance.now();
     let logits = await m.forward(s, ids);
     const ttftS = (performance.now() - t0) / 1000;
+    const before = m.stats();
     const t1 = performance.now();
     for (let i = 0; i < decodeTokens; i++) logits = await m.forward(s, [argmax(logits)]);
     const decodeSPerToken = decodeTokens ? (performance.now() - t1) / 1000 / decodeTokens : 0;
-    return { ttftS, prefillTokensPerS: ids.length / ttftS, decodeSPerToken, peakVramBytes: m.backend.memory.deviceBytesPeak };
+    const after = m.stats();
+    const perToken = (k: "diskReadBytes" | "h2dBytes" | "expertLoads" | "expertHits") => (decodeTokens ? (after[k] - before[k]) / decodeTokens : 0);
+    return {
+      ttftS,
+      prefillTokensPerS: ids.length / ttftS,
+      decodeSPerToken,
+      peakVramBytes: m.backend.memory.deviceBytesPeak,
+      decodeDiskBytesPerToken: perToken("diskReadBytes"),
+      decodeH2dBytesPerToken: perToken("h2dBytes"),
+      ...(m.arch.shape.moe ? { decodeExpertLoadsPerToken: perToken("expertLoads"), decodeExpertHitsPerToken: perToken("expertHits") } : {}),
+    };
   } finally {
     if (!seq) s.dispose();
   }
@@ -133,7 +151,8 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
 
   // ---- RAM tier: prefill and decode at each context, with the peak device memory of each ----
   const warm: RunFigures[] = [];
-  await withModel(main, { ...budget, context: maxCtx + o.decodeTokens + 64 }, async (m) => {
+  if (o.skip.has("main")) for (const w of ["disk", "batch", "kvcache", "nolimit", "baseline"]) o.skip.add(w);
+  else await withModel(main, { ...budget, context: maxCtx + o.decodeTokens + 64 }, async (m) => {
     results.plan_ram_tier = { layer_tiers: m.plan.layerTier.join(","), kv_device_tokens: m.plan.kvDeviceTokens, device_bytes: m.plan.deviceBytes, host_bytes: m.plan.hostBytes };
     const weightBytes = m.layout.layers.reduce((n, l) => n + l.dataBytes, 0);
     for (const ctx of o.contexts) {
@@ -210,6 +229,37 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
       });
     }, o.onResults);
   }
+
+  // ---- models at a context of their own: RAM tier; mixture-of-experts models also from disk (routed experts only) ----
+  const long: Record<string, unknown>[] = [];
+  if (!o.skip.has("long")) {
+    for (const { preset, context } of o.long) {
+      await workload(`long_${preset}`, results, log, async () => {
+        const dir = await ensureModel(preset, o.dir, log);
+        const cfg = JSON.parse(await readFile(join(dir, "config.json"), "utf8")) as Record<string, number>;
+        const row: Record<string, unknown> = { preset, context };
+        long.push(row);
+        let moe = false;
+        await withModel(dir, { ...budget, context: context + o.decodeTokens + 64 }, async (m) => {
+          moe = m.arch.shape.moe !== undefined;
+          const f = await generation(m, promptIds(context, cfg.vocab_size!, 21), o.decodeTokens);
+          const floor = decodeBytes(m.plan, m.layout, m.arch, context).h2d / (links.h2dGbps * 1e9);
+          row.ram_tier = { ...f, floorDecodeS: floor, plan: { layer_tiers: m.plan.layerTier.join(","), experts: m.plan.experts, device_bytes: m.plan.deviceBytes, host_bytes: m.plan.hostBytes } };
+          log(`${preset} ${context} tokens: first token ${f.ttftS.toFixed(1)} s, decode ${f.decodeSPerToken.toFixed(3)} s/token (uniform-routing floor ${floor.toFixed(3)}), peak VRAM ${(f.peakVramBytes / 1e9).toFixed(2)} GB, ${(f.decodeH2dBytesPerToken! / 1e6).toFixed(0)} MB/token host->GPU`);
+        });
+        o.onResults?.(results);
+        if (!moe) return;
+        // From disk: a short prompt (a long one from disk re-reads every expert per chunk), then decode.
+        await withModel(dir, { ...budget, ram: 0, context: 2048 + o.decodeTokens + 64 }, async (m) => {
+          await dropCaches();
+          const f = await generation(m, promptIds(2048, cfg.vocab_size!, 22), Math.min(o.decodeTokens, 8));
+          row.disk_tier = { ...f, context: 2048, floorDecodeS: Math.max(f.decodeDiskBytesPerToken! / (links.diskGbps * 1e9), f.decodeH2dBytesPerToken! / (links.h2dGbps * 1e9)) };
+          log(`${preset} --ram 0 (2048-token prompt): decode ${f.decodeSPerToken.toFixed(2)} s/token, ${(f.decodeDiskBytesPerToken! / 1e6).toFixed(0)} MB/token from disk, ${f.decodeExpertLoadsPerToken!.toFixed(1)} experts loaded/token`);
+        });
+      }, o.onResults);
+    }
+  }
+  results.long_context = long;
 
   // ---- other models: RAM tier at the middle context ----
   const others: Record<string, unknown>[] = [];

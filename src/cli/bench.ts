@@ -16,6 +16,7 @@ interface BenchFlags {
   dir: string;
   decodeTokens: string;
   skip?: string;
+  long: string;
   out: string;
   docs: string;
   backend: string;
@@ -31,7 +32,8 @@ export function registerBench(program: Command): void {
     .option("--vram <size>", "VRAM budget", "8GB")
     .option("--dir <dir>", "where the random-weight checkpoints are written (and reused)", "/tmp/layerwise-bench")
     .option("--decode-tokens <n>", "tokens decoded per measurement", "16")
-    .option("--skip <list>", "workloads to leave out: disk, batch, kvcache, nolimit, baseline, torch")
+    .option("--skip <list>", "workloads to leave out: main (all of the first preset's but the links), disk, batch, kvcache, nolimit, baseline, torch, long")
+    .option("--long <list>", "models run at a context of their own, as preset@context", "gpt-oss-20b@32k,gemma-3-12b@50k")
     .option("--out <dir>", "folder for the JSON results", "bench/results")
     .option("--docs <file>", "markdown report to regenerate", "docs/benchmarks.md")
     .option("--backend <name>", "cpu, cuda or auto", "auto")
@@ -58,6 +60,11 @@ export function registerBench(program: Command): void {
           dir: flags.dir,
           decodeTokens: numberFlag(flags.decodeTokens, "--decode-tokens", { integer: true })!,
           skip: new Set((flags.skip ?? "").split(",").filter(Boolean)),
+          long: flags.long.split(",").filter(Boolean).map((entry) => {
+            const [preset, context] = entry.split("@");
+            if (!preset || !context || !(benchPresets.includes(preset) || preset.startsWith("tiny-"))) throw new UsageError("BAD_FLAG", `--long ${entry} is not preset@context with a preset of ${benchPresets.join(", ")}`);
+            return { preset, context: parseCount(context, "--long") };
+          }),
           log: (line) => process.stderr.write(`${line}\n`),
           onResults: (r) => writeFileMkdir(join(flags.out, "partial.json"), JSON.stringify(r, null, 2) + "\n"),
         });
@@ -134,6 +141,36 @@ function writeReport(docs: string, r: Record<string, unknown>, preset: string, j
     ...(r.kv_cache ? ["## Second question on the same document (`--kv-cache`)", "", "```json", JSON.stringify(r.kv_cache, null, 2), "```", ""] : []),
     ...(r.no_limit ? ["## No VRAM limit (everything resident), for contrast", "", "```json", JSON.stringify(r.no_limit, null, 2), "```", ""] : []),
     ...((r.other_models as unknown[])?.length ? ["## Other models, RAM tier", "", "```json", JSON.stringify(r.other_models, null, 2), "```", ""] : []),
+    ...longContextSection(r, gb),
   ].join("\n");
   writeFileMkdir(docs, md);
+}
+
+/** Models at a context of their own: the RAM tier, and for mixture-of-experts models weights from disk too. */
+function longContextSection(r: Record<string, unknown>, gb: (b: number) => string): string[] {
+  const rows = (r.long_context ?? []) as { preset: string; context: number; ram_tier?: RunFigures; disk_tier?: RunFigures }[];
+  if (!rows.length) return [];
+  const mb = (b: number | undefined) => (b === undefined ? "-" : (b / 1e6).toFixed(0));
+  const line = (preset: string, tier: string, f: RunFigures) => [
+    preset,
+    tier,
+    f.context,
+    f.ttftS,
+    f.decodeSPerToken,
+    f.floorDecodeS ?? NaN,
+    gb(f.peakVramBytes),
+    mb(f.decodeH2dBytesPerToken),
+    mb(f.decodeDiskBytesPerToken),
+    f.decodeExpertLoadsPerToken === undefined ? "-" : `${f.decodeExpertLoadsPerToken.toFixed(1)} / ${(f.decodeExpertHitsPerToken ?? 0).toFixed(1)}`,
+  ];
+  return [
+    "## Long contexts of other architectures",
+    "",
+    "Floors count routed experts as if routing spread evenly over the experts (random weights route about so).",
+    "",
+    markdownTable([
+      ["model", "weights", "context", "first token s", "decode s/token", "decode floor s", "peak VRAM GB", "host->GPU MB/token", "disk MB/token", "experts loaded / hit per token"],
+      ...rows.flatMap((x) => [...(x.ram_tier ? [line(x.preset, "RAM tier", { ...x.ram_tier, context: x.context })] : []), ...(x.disk_tier ? [line(x.preset, "--ram 0", x.disk_tier)] : [])]),
+    ]),
+  ];
 }

@@ -5,10 +5,10 @@ import { Checkpoint } from "../model/checkpoint.js";
 import { readGenerationDefaults } from "../model/generation-config.js";
 import { TextTokenizer } from "../model/tokenizer.js";
 import { ChatTemplate } from "../model/chat-template.js";
-import { validateWeights } from "../engine/weights.js";
+import type { WeightSpec } from "../arch/types.js";
+import { resolveWeight, validateWeights } from "../engine/weights.js";
 import { formatBytes } from "../util/bytes.js";
 import { kvBytesAt } from "../engine/planner.js";
-import { safetensorsDTypeBytes } from "../model/safetensors.js";
 
 export interface ModelReport {
   model_type: string;
@@ -34,19 +34,27 @@ export async function inspectModel(dir: string): Promise<ModelReport> {
   try {
     const { model } = createArchModel(ckpt.rawConfig, `${dir}/config.json`);
     validateWeights(ckpt, model);
+    // Counted as the architecture sees its weights (an MXFP4 byte holds two values; its scales are not parameters).
     const dtypes: Record<string, number> = {};
     let parameters = 0;
-    const bytesOf = (names: string[]) =>
-      [...new Set(names)].reduce((n, name) => {
-        const t = ckpt.tensor(name);
-        return n + t.byteLength;
+    const seen = new Set<string>();
+    const bytesOf = (specs: readonly WeightSpec[]) =>
+      specs.reduce((n, spec) => {
+        const w = resolveWeight(ckpt, spec);
+        const id = `${spec.name}|${spec.index ?? ""}`;
+        if (!seen.has(id)) {
+          seen.add(id);
+          const values = spec.shape.reduce((a, b) => a * b, 1);
+          parameters += values;
+          dtypes[w.dtype.toUpperCase()] = (dtypes[w.dtype.toUpperCase()] ?? 0) + values;
+        }
+        return n + w.byteLength;
       }, 0);
-    for (const t of ckpt.tensors.values()) {
-      const n = t.byteLength / safetensorsDTypeBytes[t.dtype];
-      parameters += n;
-      dtypes[t.dtype] = (dtypes[t.dtype] ?? 0) + n;
-    }
-    const perLayer = Array.from({ length: model.shape.numLayers }, (_, i) => bytesOf(Object.values(model.layerWeights(i)).map((s) => s.name)));
+    const experts = model.shape.moe?.experts ?? 0;
+    const bytesGlobal = bytesOf([...new Map(Object.values(model.globalWeights).map((s) => [s.name, s])).values()]);
+    const perLayer = Array.from({ length: model.shape.numLayers }, (_, i) =>
+      bytesOf([...Object.values(model.layerWeights(i)), ...Array.from({ length: experts }, (_, e) => Object.values(model.expertWeights!(i, e))).flat()]),
+    );
     const kvElements = model.shape.kvLayers.reduce((n, l) => n + 2 * l.kvHeads * l.headDim, 0);
     const tokenizer = await TextTokenizer.load(dir).catch(() => undefined);
     const template = tokenizer ? await ChatTemplate.load(dir, tokenizer.config) : undefined;
@@ -60,7 +68,7 @@ export async function inspectModel(dir: string): Promise<ModelReport> {
       vocab_size: model.shape.vocabSize,
       max_positions: model.shape.maxPositions,
       bytes_total: [...ckpt.tensors.values()].reduce((n, t) => n + t.byteLength, 0),
-      bytes_global: bytesOf(Object.values(model.globalWeights).map((s) => s.name)),
+      bytes_global: bytesGlobal,
       bytes_per_layer: perLayer,
       kv_bytes_per_token: { bf16: kvElements * 2, f32: kvElements * 4 },
       kv_bytes_full_context_bf16: kvBytesAt(model.shape, "bf16", model.shape.maxPositions),
