@@ -1,6 +1,6 @@
 // Physical floors for the benchmark: what a run cannot beat given the bytes it must move and the FLOPs it must do.
 import type { ArchModel } from "../arch/types.js";
-import { kvBytesPerToken, type Plan } from "../engine/planner.js";
+import { kvBytesBetween, type Plan } from "../engine/planner.js";
 import type { ModelLayout } from "../engine/layout.js";
 
 export interface Links {
@@ -15,9 +15,9 @@ export interface Links {
 /** Bytes that must reach the GPU per decoded token at `ctx`, and how many of them come from disk. */
 export function decodeBytes(plan: Plan, layout: ModelLayout, model: ArchModel, ctx: number): { h2d: number; disk: number } {
   const layerBytes = (tier: string) => layout.layers.reduce((n, l, i) => n + (plan.layerTier[i] === tier ? l.dataBytes : 0), 0);
-  const kvPerToken = kvBytesPerToken(model.shape, plan.input.kvDtype);
-  const kvOff = Math.max(0, ctx - plan.kvDeviceTokens) * kvPerToken;
-  const kvDisk = Math.max(0, ctx - plan.kvDeviceTokens - plan.kvHostTokens) * kvPerToken;
+  const kv = (from: number) => kvBytesBetween(model.shape, plan.input.kvDtype, Math.min(ctx, from), ctx);
+  const kvOff = kv(plan.kvDeviceTokens);
+  const kvDisk = kv(plan.kvDeviceTokens + plan.kvHostTokens);
   // Routed experts the hot-expert cache misses, if routing spreads evenly over the experts (random weights do).
   const experts = layout.experts.flat();
   const { total, deviceSlots, ram } = plan.experts;

@@ -171,6 +171,7 @@ export class LayerwiseModel {
         vramBytes: (o.vram ?? (await backend.defaultDeviceBudget())) - backend.deviceOverheadBytes,
         ramBytes: o.ram ?? Math.floor(freemem() / 2),
         expertSlots: o.expertSlots,
+        kvKeepsEveryBlock: o.kvCache !== undefined,
       });
       backend.setDeviceBudget(thePlan.input.vramBytes + backend.deviceOverheadBytes);
       backend.resetPeaks();
@@ -193,11 +194,15 @@ export class LayerwiseModel {
       cleanup.push(() => blocks.dispose());
       if (thePlan.slots > 0) {
         // Per sequence, each layer's full blocks and its partly filled last one; once, one chunk's new blocks (as planned).
+        // A sliding-window layer that frees what its window passed holds at most its window's blocks, in either tier.
         const batch = o.batch ?? 1;
-        arch.shape.kvLayers.forEach((l, i) => blocks.reserve(l.kvHeads * l.headDim, batch * (policy.deviceBlocks + 1) + (i === 0 ? Math.ceil(prefillChunk / kvBlockTokens) + 1 : 0)));
+        const windowBlocks = (l: (typeof arch.shape.kvLayers)[number]) => (l.slidingWindow && policy.dropOutsideWindow ? Math.ceil(l.slidingWindow / kvBlockTokens) : Infinity);
+        arch.shape.kvLayers.forEach((l, i) => blocks.reserve(l.kvHeads * l.headDim, batch * (Math.min(policy.deviceBlocks, windowBlocks(l)) + 1) + (i === 0 ? Math.ceil(prefillChunk / kvBlockTokens) + 1 : 0)));
         if (thePlan.kvStagingBlocks > 0) stager.reserve();
         // The RAM tier's pinned buffers, one per block.
-        arch.shape.kvLayers.forEach((l) => blocks.reserveHost(2 * kvBlockTokens * l.kvHeads * l.headDim * dtypeBytes[kvDtype], batch * policy.hostBlocks));
+        arch.shape.kvLayers.forEach((l) =>
+          blocks.reserveHost(2 * kvBlockTokens * l.kvHeads * l.headDim * dtypeBytes[kvDtype], batch * Math.min(policy.hostBlocks, Math.max(0, windowBlocks(l) - policy.deviceBlocks))),
+        );
       }
       let store: KvStore | undefined;
       let blockLayout: BlockLayout | undefined;

@@ -22,6 +22,8 @@ export interface PlanInput {
   readonly ramBytes: number;
   /** Rows taken through all layers at once; their hidden states wait in host memory between layers. */
   readonly prefillSpan: number;
+  /** True with the persistent KV cache: blocks stay whole, so sliding-window layers keep every block too. */
+  readonly kvKeepsEveryBlock?: boolean;
   /** Most device slots for hot experts (default: what the budget leaves room for). */
   readonly expertSlots?: number;
   /** Device bytes an allocation of n bytes really holds (the backend's rounding); identity by default. */
@@ -56,14 +58,26 @@ export interface Plan {
   readonly perToken: { diskBytes: number; h2dBytes: number };
 }
 
-/** KV bytes per token summed over layers (sliding-window layers hold at most their window). */
-export function kvBytesPerToken(shape: ModelShape, dtype: FloatDType): number {
-  return shape.kvLayers.reduce((n, l) => n + 2 * l.kvHeads * l.headDim * dtypeBytes[dtype], 0);
-}
-
 /** KV bytes of one sequence of `tokens` tokens (sliding-window layers hold at most their window). */
 export function kvBytesAt(shape: ModelShape, dtype: FloatDType, tokens: number): number {
   return shape.kvLayers.reduce((n, l) => n + 2 * l.kvHeads * l.headDim * dtypeBytes[dtype] * Math.min(tokens, l.slidingWindow ?? tokens), 0);
+}
+
+/** KV bytes of one sequence for its tokens from..to (window-bounded layers stop growing once they hold their window). */
+export function kvBytesBetween(shape: ModelShape, dtype: FloatDType, from: number, to: number): number {
+  return kvBytesAt(shape, dtype, to) - kvBytesAt(shape, dtype, from);
+}
+
+/** The most tokens past `from`, in whole blocks up to `limit`, whose KV fits in `bytes`. */
+function kvTokensWithin(bytesOf: (from: number, to: number) => number, from: number, limit: number, block: number, bytes: number): number {
+  let lo = 0;
+  let hi = Math.floor(limit / block);
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    if (bytesOf(from, from + mid * block) <= bytes) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo * block;
 }
 
 /** Rows of logits computed at once (more rows are done in groups of this many). */
@@ -77,11 +91,13 @@ export function workspaceBytes(shape: ModelShape, rows: number): number {
 export function plan(input: PlanInput): Plan {
   const { layout, shape, batch, kvBlockTokens: block } = input;
   const ctx = Math.ceil(input.contextTokens / block) * block;
-  const kvTokenBytes = kvBytesPerToken(shape, input.kvDtype) * batch;
+  // The persistent KV cache keeps every block whole, so sliding-window layers are not bounded by their window then.
+  const kvShape: ModelShape = input.kvKeepsEveryBlock ? { ...shape, kvLayers: shape.kvLayers.map((l) => ({ kvHeads: l.kvHeads, headDim: l.headDim })) } : shape;
+  const kvRange = (from: number, to: number) => kvBytesBetween(kvShape, input.kvDtype, from, to) * batch;
   const held = input.deviceBytesFor ?? ((n: number) => n);
   // A block is two allocations (K and V).
   const kvLayerBlockBytes = 2 * held(Math.max(...shape.kvLayers.map((l) => l.kvHeads * l.headDim * dtypeBytes[input.kvDtype])) * block);
-  const kvTotal = kvBytesAt(shape, input.kvDtype, ctx) * batch;
+  const kvTotal = kvRange(0, ctx);
   const layerBytes = layout.layers.map((l) => held(l.deviceBytes));
   const slotBytesEach = held(layout.maxLayerDeviceBytes);
   const allLayers = layerBytes.reduce((a, b) => a + b, 0);
@@ -116,8 +132,8 @@ export function plan(input: PlanInput): Plan {
         "give more --vram, or a smaller --prefill-chunk",
       );
     }
-    kvDeviceTokens = Math.min(ctx, Math.floor((avail - minStaging) / kvTokenBytes / block) * block);
-    avail -= kvBytesAt(shape, input.kvDtype, kvDeviceTokens) * batch;
+    kvDeviceTokens = kvTokensWithin(kvRange, 0, ctx, block, avail - minStaging);
+    avail -= kvRange(0, kvDeviceTokens);
     if (kvDeviceTokens < ctx) {
       kvStagingBlocks = Math.max(2, Math.min(Math.ceil((ctx - kvDeviceTokens) / block), Math.floor(Math.min(avail, 64 << 20) / kvLayerBlockBytes)));
       avail -= kvStagingBlocks * kvLayerBlockBytes;
@@ -135,8 +151,8 @@ export function plan(input: PlanInput): Plan {
   }
 
   let ramAvail = input.ramBytes;
-  const kvHostTokens = Math.min(ctx - kvDeviceTokens, Math.floor(ramAvail / kvTokenBytes / block) * block);
-  ramAvail -= kvHostTokens * kvTokenBytes;
+  const kvHostTokens = kvTokensWithin(kvRange, kvDeviceTokens, ctx - kvDeviceTokens, block, ramAvail);
+  ramAvail -= kvRange(kvDeviceTokens, kvDeviceTokens + kvHostTokens);
   let ramLayers = 0;
   for (let i = 0; i < layerTier.length; i++) {
     if (layerTier[i] !== "ram") continue;
@@ -157,13 +173,12 @@ export function plan(input: PlanInput): Plan {
   const activations = spanRows > input.prefillChunk ? spanRows * shape.hiddenSize * 4 : 0;
   // Staging slots' pinned copies, one block moving off the device, and the image that loads the globals.
   const transfer = (kvStagingBlocks + 1) * kvLayerBlockBytes + Math.max(layout.globals.hostBytes, layout.maxLayerHostBytes);
-  const kvDiskTokens = ctx - kvDeviceTokens - kvHostTokens;
 
   const residentLayers = layerBytes.reduce((n, b, i) => n + (layerTier[i] === "device" ? b : 0), 0);
-  const kvDevice = kvBytesAt(shape, input.kvDtype, kvDeviceTokens) * batch;
+  const kvDevice = kvRange(0, kvDeviceTokens);
   const kvStaging = kvStagingBlocks * kvLayerBlockBytes;
-  const kvHost = kvHostTokens * kvTokenBytes;
-  const kvDiskBytes = kvDiskTokens * kvTokenBytes;
+  const kvHost = kvRange(kvDeviceTokens, kvDeviceTokens + kvHostTokens);
+  const kvDiskBytes = kvRange(kvDeviceTokens + kvHostTokens, ctx);
   const streamedBytes = (tier: WeightTier) => layout.layers.reduce((n, l, i) => n + (layerTier[i] === tier ? l.dataBytes : 0), 0);
   const slotBytes = slots * slotBytesEach;
   const expertDevice = expertSlots * expertSlotBytes;
