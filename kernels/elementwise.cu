@@ -49,12 +49,13 @@ extern "C" __global__ void rope(float *out, const float *x, const int *positions
   }
 }
 
-// act(gate) * up; act 0 = silu, 1 = gelu with the tanh approximation.
+// act(gate) * up; act 0 = silu, 1 = gelu with the tanh approximation, 2 = sigmoid (an output gate).
 extern "C" __global__ void gated_act(float *out, const float *gate, const float *up, long long n, int act) {
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
     const float g = gate[i];
     float a;
     if (act == 0) a = g / (1.f + expf(-g));
+    else if (act == 2) a = 1.f / (1.f + expf(-g));
     else a = 0.5f * g * (1.f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g)));
     out[i] = a * up[i];
   }

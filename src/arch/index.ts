@@ -4,6 +4,7 @@ import { gemma3, gemma3Text } from "./gemma3.js";
 import { gptOss } from "./gpt-oss.js";
 import { llama } from "./llama.js";
 import { qwen3 } from "./qwen3.js";
+import { qwen3Next } from "./qwen3-next.js";
 import type { ArchModel, Architecture } from "./types.js";
 
 export const architectures: ReadonlyMap<string, Architecture> = new Map<string, Architecture>([
@@ -12,6 +13,7 @@ export const architectures: ReadonlyMap<string, Architecture> = new Map<string, 
   ["gemma3_text", gemma3Text],
   ["gemma3", gemma3],
   ["gpt_oss", gptOss],
+  ["qwen3_next", qwen3Next],
 ]);
 
 /** Validates a raw config.json against its architecture and builds the model description. */

@@ -38,6 +38,28 @@ export function softmaxOfTopK(logits: Float32Array, experts: number, k: number):
   return { experts: ids, weights };
 }
 
+/** Qwen MoE: a softmax over every expert's logit (rows of `stride` values, the first `experts` of them), then the top
+ * k, renormalized to sum to 1 when `normalize`. */
+export function softmaxThenTopK(logits: Float32Array, stride: number, experts: number, k: number, normalize: boolean): Routes {
+  const rows = logits.length / stride;
+  const ids = new Int32Array(rows * k);
+  const weights = new Float32Array(rows * k);
+  for (let r = 0; r < rows; r++) {
+    const row = logits.subarray(r * stride, r * stride + experts);
+    const max = row.reduce((m, v) => Math.max(m, v), -Infinity);
+    let sum = 0;
+    for (const v of row) sum += Math.exp(v - max);
+    const top = topK(row, k);
+    const probs = top.map((e) => Math.fround(Math.exp(row[e]! - max) / sum)); // transformers keeps them in f32
+    const total = normalize ? probs.reduce((a, b) => a + b, 0) : 1;
+    top.forEach((e, j) => {
+      ids[r * k + j] = e;
+      weights[r * k + j] = probs[j]! / total;
+    });
+  }
+  return { experts: ids, weights };
+}
+
 /**
  * Runs the routed experts over x [rows, hidden] and sums their outputs weighted by the routes. Every needed expert is
  * asked for at once, so the engine can read them in parallel, then each is computed as it arrives.

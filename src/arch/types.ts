@@ -8,8 +8,11 @@ export interface ModelShape {
   readonly hiddenSize: number;
   readonly vocabSize: number;
   readonly maxPositions: number;
-  /** Per layer: the KV it stores per token, and the window bounding it (undefined = full attention). */
-  readonly kvLayers: readonly { readonly kvHeads: number; readonly headDim: number; readonly slidingWindow?: number }[];
+  /**
+   * Per layer: the KV it stores per token, and the window bounding it (undefined = full attention); a recurrent layer
+   * (linear attention) stores none (kvHeads 0) and keeps `stateFloats` f32 per sequence instead.
+   */
+  readonly kvLayers: readonly { readonly kvHeads: number; readonly headDim: number; readonly slidingWindow?: number; readonly stateFloats?: number }[];
   /** Most f32 activations per row alive at once inside a layer (what the planner reserves per prefill row). */
   readonly activationsPerRow: number;
   /** Mixture of experts: experts per layer and how many each token uses; the engine loads only the routed ones. */
@@ -24,6 +27,11 @@ export interface WeightSpec {
   readonly index?: number;
   /** MXFP4: `name` holds the packed values [..., rows, cols / 32, 16] (U8), `scales` their e8m0 exponents [..., rows, cols / 32] (U8). */
   readonly scales?: string;
+  /**
+   * Rows of stored tensors, in this order, as one weight (the engine copies them back to back): how a projection whose
+   * outputs are interleaved per head is split, or two projections fused. `name` is the first range's tensor.
+   */
+  readonly rowRanges?: readonly { readonly name: string; readonly start: number; readonly count: number }[];
 }
 
 export type WeightSpecs = Readonly<Record<string, WeightSpec>>;
@@ -45,6 +53,11 @@ export interface LayerRun {
   readonly positions: Int32Array;
   /** Stores k and v [rows, kvHeads * headDim] in this layer's cache, then attends q over everything each row may see (KV may come from RAM or disk). */
   attention(q: Tensor, k: Tensor, v: Tensor, o: AttentionCall): Promise<Tensor>;
+  /**
+   * For a recurrent layer: each sequence's rows and its state tensors of the given shapes (f32, zeros at the sequence's
+   * start), which the layer's ops update in place. Call once per layer pass.
+   */
+  recurrent(shapes: Readonly<Record<string, readonly number[]>>): Promise<readonly { readonly row: number; readonly rows: number; readonly state: Readonly<Record<string, Tensor>> }[]>;
   /** Values of a small tensor (router logits) on the host. */
   read(t: Tensor): Promise<Float32Array>;
   /** Expert `expert` of this layer on the compute tier, loaded if it is not cached; hold it until `releaseExpert`. */

@@ -53,7 +53,26 @@ export interface RopeOptions {
   readonly scale: number;
 }
 
-export type GateActivation = "silu" | "gelu_tanh";
+export type GateActivation = "silu" | "gelu_tanh" | "sigmoid";
+
+/** The rows of one sequence inside a batch and its state for a recurrent layer (updated in place as the rows pass). */
+export interface RecurrentSeq {
+  readonly row: number;
+  readonly rows: number;
+  readonly state: Tensor;
+}
+
+export interface DeltaRuleOptions {
+  readonly kHeads: number;
+  readonly vHeads: number;
+  readonly kDim: number;
+  readonly vDim: number;
+  /** Per value head: A_log and dt_bias, giving the decay g = -exp(A_log) * softplus(a + dt_bias). */
+  readonly aLog: Tensor;
+  readonly dtBias: Tensor;
+  /** Each sequence's state [vHeads, kDim, vDim] (f32). */
+  readonly seqs: readonly RecurrentSeq[];
+}
 
 /** Ops enqueue work and return at once; results are new tensors owned by the current scope. */
 export interface Ops {
@@ -71,12 +90,24 @@ export interface Ops {
   attentionPart(q: Tensor, o: AttentionOptions): AttentionPart;
   /** Combines two parts over disjoint keys into one, as if attention had seen both. */
   mergeAttention(a: AttentionPart, b: AttentionPart): AttentionPart;
-  /** act(gate) * up, elementwise. */
+  /** act(gate) * up, elementwise (sigmoid: an output gate). */
   gatedActivation(gate: Tensor, up: Tensor, act: GateActivation): Tensor;
   add(a: Tensor, b: Tensor): Tensor;
   scale(x: Tensor, factor: number): Tensor;
   /** cap * tanh(x / cap), elementwise (Gemma's logit soft-capping). */
   softcap(x: Tensor, cap: number): Tensor;
+  /**
+   * Depthwise causal convolution over time then SiLU (Qwen3-Next's short conv): x [rows, channels], w [channels, 1, K];
+   * each sequence's state [channels, K - 1] holds its last K - 1 inputs (zeros at its start) and is updated.
+   */
+  causalConv1d(x: Tensor, w: Tensor, seqs: readonly RecurrentSeq[]): Tensor;
+  /**
+   * The gated delta rule (linear attention of Qwen3-Next, FLA's definition): qkv [rows, 2 * kHeads * kDim + vHeads * vDim]
+   * (q, k, v side by side), a and b [rows, vHeads]. q and k are L2-normalized per head, q scaled by 1/sqrt(kDim), k heads
+   * shared by vHeads / kHeads value heads; beta = sigmoid(b). Per row: S = S * exp(g); S += k (beta (v - S^T k))^T;
+   * out = S^T q. Returns [rows, vHeads * vDim]; each sequence's state is updated.
+   */
+  gatedDeltaRule(qkv: Tensor, a: Tensor, b: Tensor, o: DeltaRuleOptions): Tensor;
   /** gpt-oss's expert activation on interleaved [gate, up] columns: (clamp(up) + 1) * g * sigmoid(alpha * g), g = min(gate, limit). */
   clampedSwiglu(gateUp: Tensor, o: { alpha: number; limit: number }): Tensor;
   /** f32 zeros [rows, cols]. */

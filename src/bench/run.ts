@@ -11,6 +11,7 @@ import { argmax } from "../engine/sampling.js";
 import { presets } from "../testmodel/presets.js";
 import { makeTestModel, testModelMarker } from "../testmodel/write.js";
 import { Random } from "../util/random.js";
+import { plan } from "../engine/planner.js";
 import { decodeBytes, prefillFlops, prefillFloorS, type Links } from "./floors.js";
 
 export interface BenchOptions {
@@ -22,8 +23,11 @@ export interface BenchOptions {
   decodeTokens: number;
   /** Workloads to leave out: main (every workload of the first preset but the links), disk, batch, kvcache, nolimit, baseline, long. */
   skip: Set<string>;
-  /** Models run at a context of their own (RAM tier, and mixture-of-experts models from disk too). */
-  long: { preset: string; context: number }[];
+  /**
+   * Models run at a context of their own (RAM tier, and mixture-of-experts models from disk too); `layers`: fewer
+   * layers than the real model (one too big for the disk), with the planner's prediction for all of them at `predictAt`.
+   */
+  long: { preset: string; context: number; layers?: number; predictAt?: number }[];
   log: (line: string) => void;
   /** Called with the results so far after every workload (so an interrupted run keeps what it measured). */
   onResults?: (results: Record<string, unknown>) => void;
@@ -57,12 +61,12 @@ export async function dropCaches(): Promise<boolean> {
   }
 }
 
-async function ensureModel(preset: string, dir: string, log: (l: string) => void): Promise<string> {
-  const out = join(dir, preset);
+async function ensureModel(preset: string, dir: string, log: (l: string) => void, layers?: number): Promise<string> {
+  const out = join(dir, layers ? `${preset}-${layers}l` : preset);
   const marker = await readFile(join(out, testModelMarker), "utf8").then((t) => JSON.parse(t) as { preset: string; dtype: string }, () => undefined);
   if (marker?.preset === preset && marker.dtype === "bf16") return out;
   const t0 = performance.now();
-  await makeTestModel({ preset, dtype: "bf16", out });
+  await makeTestModel({ preset, dtype: "bf16", out, ...(layers ? { layers } : {}) });
   log(`wrote ${preset} to ${out} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   return out;
 }
@@ -233,11 +237,11 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
   // ---- models at a context of their own: RAM tier; mixture-of-experts models also from disk (routed experts only) ----
   const long: Record<string, unknown>[] = [];
   if (!o.skip.has("long")) {
-    for (const { preset, context } of o.long) {
+    for (const { preset, context, layers, predictAt } of o.long) {
       await workload(`long_${preset}`, results, log, async () => {
-        const dir = await ensureModel(preset, o.dir, log);
+        const dir = await ensureModel(preset, o.dir, log, layers);
         const cfg = JSON.parse(await readFile(join(dir, "config.json"), "utf8")) as Record<string, number>;
-        const row: Record<string, unknown> = { preset, context };
+        const row: Record<string, unknown> = { preset, context, ...(layers ? { layers } : {}) };
         long.push(row);
         let moe = false;
         await withModel(dir, { ...budget, context: context + o.decodeTokens + 64 }, async (m) => {
@@ -245,6 +249,7 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
           const f = await generation(m, promptIds(context, cfg.vocab_size!, 21), o.decodeTokens);
           const floor = decodeBytes(m.plan, m.layout, m.arch, context).h2d / (links.h2dGbps * 1e9);
           row.ram_tier = { ...f, floorDecodeS: floor, plan: { layer_tiers: m.plan.layerTier.join(","), experts: m.plan.experts, device_bytes: m.plan.deviceBytes, host_bytes: m.plan.hostBytes } };
+          if (layers && predictAt) row.prediction = predictFullModel(m, presets[preset]!.config, predictAt, links);
           log(`${preset} ${context} tokens: first token ${f.ttftS.toFixed(1)} s, decode ${f.decodeSPerToken.toFixed(3)} s/token (uniform-routing floor ${floor.toFixed(3)}), peak VRAM ${(f.peakVramBytes / 1e9).toFixed(2)} GB, ${(f.decodeH2dBytesPerToken! / 1e6).toFixed(0)} MB/token host->GPU`);
         });
         o.onResults?.(results);
@@ -286,6 +291,35 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
   }
 
   return Object.assign(results, ratios(results));
+}
+
+/**
+ * The planner's plan for the real depth of a model benchmarked with fewer layers: its layer (and expert) layouts repeat
+ * the measured ones, the budgets stay; per-token bytes over the links measured in this run give the floor.
+ */
+function predictFullModel(m: LayerwiseModel, realConfig: Record<string, unknown>, context: number, links: Links): Record<string, unknown> {
+  const { model: real } = createArchModel({ ...realConfig, num_hidden_layers: realConfig.num_hidden_layers });
+  const layers = real.shape.numLayers;
+  const measured = m.layout.layers.length;
+  const layout = {
+    ...m.layout,
+    layers: Array.from({ length: layers }, (_, i) => m.layout.layers[i % measured]!),
+    experts: Array.from({ length: layers }, (_, i) => m.layout.experts[i % measured]!),
+  };
+  const p = plan({ ...m.plan.input, layout, shape: real.shape, contextTokens: context });
+  const bytes = decodeBytes(p, layout, real, context);
+  const weights = layout.globals.dataBytes + layout.layers.reduce((n, l) => n + l.dataBytes, 0) + layout.experts.flat().reduce((n, g) => n + g.dataBytes, 0);
+  return {
+    layers,
+    context,
+    checkpoint_bytes: weights,
+    vram_planned_bytes: p.deviceBytes.total + m.backend.deviceOverheadBytes,
+    ram_planned_bytes: p.hostBytes.total,
+    experts: p.experts,
+    per_token_h2d_bytes: bytes.h2d,
+    per_token_disk_bytes: bytes.disk,
+    floor_decode_s: Math.max(bytes.h2d / (links.h2dGbps * 1e9), bytes.disk / (links.diskGbps * 1e9)),
+  };
 }
 
 /** The ratios the goals are stated in, derived from the raw figures of a run (also for re-reporting a saved run). */

@@ -33,7 +33,7 @@ export function registerBench(program: Command): void {
     .option("--dir <dir>", "where the random-weight checkpoints are written (and reused)", "/tmp/layerwise-bench")
     .option("--decode-tokens <n>", "tokens decoded per measurement", "16")
     .option("--skip <list>", "workloads to leave out: main (all of the first preset's but the links), disk, batch, kvcache, nolimit, baseline, torch, long")
-    .option("--long <list>", "models run at a context of their own, as preset@context", "gpt-oss-20b@32k,gemma-3-12b@50k")
+    .option("--long <list>", "models run at a context of their own, as preset@context, or preset@context/layers>context (fewer layers, with the plan for all at the second context)", "gpt-oss-20b@32k,gemma-3-12b@50k,qwen3-next-80b-a3b@8k/8>50k")
     .option("--out <dir>", "folder for the JSON results", "bench/results")
     .option("--docs <file>", "markdown report to regenerate", "docs/benchmarks.md")
     .option("--backend <name>", "cpu, cuda or auto", "auto")
@@ -61,9 +61,10 @@ export function registerBench(program: Command): void {
           decodeTokens: numberFlag(flags.decodeTokens, "--decode-tokens", { integer: true })!,
           skip: new Set((flags.skip ?? "").split(",").filter(Boolean)),
           long: flags.long.split(",").filter(Boolean).map((entry) => {
-            const [preset, context] = entry.split("@");
-            if (!preset || !context || !(benchPresets.includes(preset) || preset.startsWith("tiny-"))) throw new UsageError("BAD_FLAG", `--long ${entry} is not preset@context with a preset of ${benchPresets.join(", ")}`);
-            return { preset, context: parseCount(context, "--long") };
+            // preset@context, or preset@context/layers>prediction-context for a model cut to fewer layers
+            const m = /^([^@]+)@([^/]+)(?:\/(\d+)>(.+))?$/.exec(entry);
+            if (!m || !(benchPresets.includes(m[1]!) || m[1]!.startsWith("tiny-"))) throw new UsageError("BAD_FLAG", `--long ${entry} is not preset@context[/layers>context] with a preset of ${benchPresets.join(", ")}`);
+            return { preset: m[1]!, context: parseCount(m[2]!, "--long"), ...(m[3] ? { layers: Number(m[3]), predictAt: parseCount(m[4]!, "--long") } : {}) };
           }),
           log: (line) => process.stderr.write(`${line}\n`),
           onResults: (r) => writeFileMkdir(join(flags.out, "partial.json"), JSON.stringify(r, null, 2) + "\n"),
@@ -163,6 +164,15 @@ function longContextSection(r: Record<string, unknown>, gb: (b: number) => strin
     mb(f.decodeDiskBytesPerToken),
     f.decodeExpertLoadsPerToken === undefined ? "-" : `${f.decodeExpertLoadsPerToken.toFixed(1)} / ${(f.decodeExpertHitsPerToken ?? 0).toFixed(1)}`,
   ];
+  const predictions = rows.flatMap((x) => {
+    const p = (x as { prediction?: Record<string, number> & { experts: { total: number; deviceSlots: number; ram: number } } }).prediction;
+    if (!p) return [];
+    return [
+      `- ${x.preset}, measured with ${(x as { layers?: number }).layers} layers: the plan for all ${p.layers} at ${p.context} tokens (layers and experts laid out as the measured ones): ` +
+        `checkpoint ${gb(p.checkpoint_bytes)} GB, VRAM ${gb(p.vram_planned_bytes)} GB, RAM ${gb(p.ram_planned_bytes)} GB, experts ${p.experts.deviceSlots === p.experts.total ? "all on the GPU" : `${p.experts.deviceSlots} cached on the GPU, ${p.experts.ram} in RAM, ${p.experts.total - p.experts.ram} read from disk when routed, of ${p.experts.total}`}; ` +
+        `per token ${(p.per_token_h2d_bytes / 1e9).toFixed(2)} GB host->GPU and ${(p.per_token_disk_bytes / 1e9).toFixed(2)} GB from disk, floor ${p.floor_decode_s.toFixed(2)} s/token.`,
+    ];
+  });
   return [
     "## Long contexts of other architectures",
     "",
@@ -172,5 +182,6 @@ function longContextSection(r: Record<string, unknown>, gb: (b: number) => strin
       ["model", "weights", "context", "first token s", "decode s/token", "decode floor s", "peak VRAM GB", "host->GPU MB/token", "disk MB/token", "experts loaded / hit per token"],
       ...rows.flatMap((x) => [...(x.ram_tier ? [line(x.preset, "RAM tier", { ...x.ram_tier, context: x.context })] : []), ...(x.disk_tier ? [line(x.preset, "--ram 0", x.disk_tier)] : [])]),
     ]),
+    ...(predictions.length ? [...predictions, ""] : []),
   ];
 }

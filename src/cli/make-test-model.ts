@@ -23,7 +23,7 @@ export function registerMakeTestModel(program: Command): void {
   program
     .command("make-test-model")
     .description("write a random-weight checkpoint with the exact shapes of a real model")
-    .option("--arch <arch>", "architecture (llama, qwen3, gemma3); picks tiny-<arch> when no preset is given")
+    .option("--arch <arch>", "architecture (llama, qwen3, gemma3, gpt-oss, qwen3-next); picks tiny-<arch> when no preset is given")
     .option("--preset <name>", `shapes to copy: ${Object.keys(presets).join(", ")}`)
     .option("--dtype <dtype>", "bf16, f16 or f32", "bf16")
     .option("--layers <n>", "fewer decoder layers than the real model")

@@ -33,8 +33,22 @@ export interface DiskBlockReader {
   read(place: DiskPlace, into: Uint8Array): Promise<void>;
 }
 
+interface RecurrentState {
+  readonly tensors: Readonly<Record<string, Tensor>>;
+  /** Tokens the state has seen. */
+  tokens: number;
+}
+
 export class KvCache {
   private readonly layers: KvBlockState[][];
+  /** Recurrent layers' state (linear attention), on the device; it cannot be rewound, only dropped. */
+  private readonly states = new Map<number, RecurrentState>();
+  /** Copies of recurrent state at block boundaries (position -> layer -> bytes), until the persistent cache has them. */
+  private readonly snapshots = new Map<number, Map<number, Uint8Array>>();
+  /** Recurrent state taken from the persistent cache, not yet turned into tensors. */
+  private readonly adoptedStates = new Map<number, { bytes: Uint8Array; tokens: number }>();
+  /** The first layer that stores KV: its length is the sequence's. */
+  private readonly lengthLayer: number;
   readonly stats = { spilledBytes: 0 };
 
   constructor(
@@ -46,10 +60,11 @@ export class KvCache {
     private readonly pool: KvBlockPool,
   ) {
     this.layers = shape.kvLayers.map(() => []);
+    this.lengthLayer = Math.max(0, shape.kvLayers.findIndex((l) => l.kvHeads > 0));
   }
 
   /** Tokens stored in `layer` (every layer holds the same count between forwards). */
-  length(layer = 0): number {
+  length(layer = this.lengthLayer): number {
     const blocks = this.layers[layer]!;
     const last = blocks[blocks.length - 1];
     return last ? last.start + last.length : 0;
@@ -181,8 +196,82 @@ export class KvCache {
     }
   }
 
-  /** Whether `truncate(length)` keeps every key a query at `length` needs (sliding-window layers may have freed them). */
+  /**
+   * Layer `layer`'s recurrent state for this sequence, f32 tensors of `shapes` (zeros at first use), about to see `rows`
+   * more tokens.
+   */
+  async recurrentState(layer: number, shapes: Readonly<Record<string, readonly number[]>>, rows: number): Promise<Readonly<Record<string, Tensor>>> {
+    let state = this.states.get(layer);
+    if (!state) {
+      // A state adopted from the persistent cache waits here, as bytes, until the layer says its shapes.
+      const adopted = this.adoptedStates.get(layer);
+      this.adoptedStates.delete(layer);
+      const tensors: Record<string, Tensor> = {};
+      let offset = 0;
+      for (const [key, shape] of Object.entries(shapes)) {
+        const t = this.backend.alloc(shape, "f32");
+        const bytes = t.shape.reduce((a, b) => a * b, 4);
+        await this.backend.upload(t, adopted ? adopted.bytes.subarray(offset, offset + bytes) : new Uint8Array(bytes));
+        offset += bytes;
+        tensors[key] = t;
+      }
+      if (adopted && offset !== adopted.bytes.byteLength) throw new Error(`KvCache: layer ${layer}'s cached state has ${adopted.bytes.byteLength} bytes, its shapes ${offset}`);
+      state = { tensors, tokens: adopted?.tokens ?? 0 };
+      this.states.set(layer, state);
+    }
+    state.tokens += rows;
+    return state.tensors;
+  }
+
+  /** Whether a layer keeps recurrent state rather than KV. */
+  isRecurrent(layer: number): boolean {
+    return (this.shape.kvLayers[layer]!.stateFloats ?? 0) > 0;
+  }
+
+  /** The layer's recurrent state as bytes (its tensors in order), or undefined before the layer has run. */
+  async stateBytes(layer: number): Promise<Uint8Array | undefined> {
+    const state = this.states.get(layer) ?? this.adoptedStates.get(layer);
+    if (!state) return undefined;
+    if ("bytes" in state) return state.bytes.slice();
+    const parts = await Promise.all(Object.values(state.tensors).map((t) => this.backend.read(t)));
+    const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0));
+    parts.reduce((o, p) => (out.set(new Uint8Array(p.buffer, p.byteOffset, p.byteLength), o), o + p.byteLength), 0);
+    return out;
+  }
+
+  /** Keeps a copy of the layer's state as it stands after `position` tokens, for the persistent cache. */
+  async snapshotState(layer: number, position: number): Promise<void> {
+    const bytes = await this.stateBytes(layer);
+    if (!bytes) return;
+    const at = this.snapshots.get(position) ?? new Map<number, Uint8Array>();
+    at.set(layer, bytes);
+    this.snapshots.set(position, at);
+  }
+
+  /** Every recurrent layer's state after `position` tokens, if all were kept. */
+  snapshotAt(position: number): ReadonlyMap<number, Uint8Array> | undefined {
+    const at = this.snapshots.get(position);
+    const recurrent = this.shape.kvLayers.filter((l) => (l.stateFloats ?? 0) > 0).length;
+    return at && at.size === recurrent ? at : undefined;
+  }
+
+  /** Forgets the snapshots up to `position` (saved) or past it (truncated away). */
+  dropSnapshots(keep: (position: number) => boolean): void {
+    for (const position of [...this.snapshots.keys()]) if (!keep(position)) this.snapshots.delete(position);
+  }
+
+  /** Takes a recurrent layer's state after `tokens` tokens (from the persistent cache) for an empty sequence. */
+  adoptState(layer: number, bytes: Uint8Array, tokens: number): void {
+    if (this.states.has(layer)) throw new Error(`KvCache: layer ${layer} already has state`);
+    this.adoptedStates.set(layer, { bytes: bytes.slice(), tokens });
+  }
+
+  /**
+   * Whether `truncate(length)` keeps every key a query at `length` needs (sliding-window layers may have freed them)
+   * and recurrent state is at `length` (it cannot go back).
+   */
   canTruncate(length: number): boolean {
+    if (length > 0 && [...this.states.values(), ...this.adoptedStates.values()].some((s) => s.tokens !== length)) return false;
     return this.layers.every((blocks, layer) => {
       const window = this.shape.kvLayers[layer]!.slidingWindow;
       const first = blocks[0]?.start ?? 0;
@@ -192,7 +281,9 @@ export class KvCache {
 
   /** Drops every token from position `length` on; a partial last block comes back to the device so it can grow. */
   async truncate(length: number): Promise<void> {
-    if (!this.canTruncate(length)) throw new Error(`KvCache: keys before ${length} were freed (sliding window); rewind to 0 instead`);
+    if (!this.canTruncate(length)) throw new Error(`KvCache: keys before ${length} were freed (sliding window) or recurrent state passed it; rewind to 0 instead`);
+    if (length === 0) this.freeStates();
+    this.dropSnapshots((position) => position <= length);
     for (let layer = 0; layer < this.layers.length; layer++) {
       const blocks = this.layers[layer]!;
       while (blocks.length && blocks[blocks.length - 1]!.start >= length) this.release(blocks.pop()!);
@@ -212,6 +303,14 @@ export class KvCache {
 
   free(): void {
     for (const blocks of this.layers) while (blocks.length) this.release(blocks.pop()!);
+    this.freeStates();
+  }
+
+  private freeStates(): void {
+    for (const s of this.states.values()) for (const t of Object.values(s.tensors)) this.backend.free(t);
+    this.states.clear();
+    this.adoptedStates.clear();
+    this.snapshots.clear();
   }
 
   private deviceBlock(layer: number): { k: Tensor; v: Tensor } {

@@ -66,7 +66,7 @@ const alignDown = (n: number, a: number) => Math.floor(n / a) * a;
 export function tensorGroup(ckpt: Checkpoint, specs: WeightSpecs, io: ReadShape = { align: ioAlign, gap: coalesceGap }): TensorGroup {
   const byWeight = new Map<string, { keys: string[]; weight: ResolvedWeight }>();
   for (const [key, spec] of Object.entries(specs)) {
-    const id = `${spec.name}|${spec.index ?? ""}|${spec.scales ?? ""}`;
+    const id = `${spec.name}|${spec.index ?? ""}|${spec.scales ?? ""}|${JSON.stringify(spec.rowRanges ?? [])}`;
     const seen = byWeight.get(id); // a tied head shares the embedding's bytes
     if (seen) seen.keys.push(key);
     else byWeight.set(id, { keys: [key], weight: resolveWeight(ckpt, spec) });

@@ -112,6 +112,8 @@ export class Sequence {
 
 export class LayerwiseModel {
   private readonly statsBase = { kvCacheHitTokens: 0, computeS: 0 };
+  /** Some layers keep recurrent state (linear attention) instead of KV. */
+  private readonly recurrent: boolean;
 
   private constructor(
     readonly dir: string,
@@ -139,7 +141,9 @@ export class LayerwiseModel {
     },
     /** Why the backend was chosen, when `auto` fell back. */
     readonly backendNote?: string,
-  ) {}
+  ) {
+    this.recurrent = arch.shape.kvLayers.some((l) => (l.stateFloats ?? 0) > 0);
+  }
 
   static async load(dir: string, o: LoadOptions = {}): Promise<LayerwiseModel> {
     const checkpoint = await Checkpoint.open(dir);
@@ -181,7 +185,9 @@ export class LayerwiseModel {
       cleanup.push(() => streamer.dispose());
       const kvBlockBytes = Math.max(...arch.shape.kvLayers.map((l) => l.kvHeads * l.headDim)) * kvBlockTokens * dtypeBytes[kvDtype];
       const stager = new KvStager(backend, kvBlockBytes, Math.max(2, thePlan.kvStagingBlocks), kvDtype);
-      const runner = new Runner(backend, arch, streamer, stager, { prefillChunk, prefillSpan });
+      const recurrent = arch.shape.kvLayers.some((l) => (l.stateFloats ?? 0) > 0);
+      // With a persistent cache, recurrent state is kept at chunk ends too, so a cached prefix can resume near its end.
+      const runner = new Runner(backend, arch, streamer, stager, { prefillChunk, prefillSpan, ...(o.kvCache && recurrent ? { stateSnapshotTokens: prefillChunk } : {}) });
       const policy: KvPolicy = {
         blockTokens: kvBlockTokens,
         dtype: kvDtype,
@@ -197,10 +203,11 @@ export class LayerwiseModel {
         // A sliding-window layer that frees what its window passed holds at most its window's blocks, in either tier.
         const batch = o.batch ?? 1;
         const windowBlocks = (l: (typeof arch.shape.kvLayers)[number]) => (l.slidingWindow && policy.dropOutsideWindow ? Math.ceil(l.slidingWindow / kvBlockTokens) : Infinity);
-        arch.shape.kvLayers.forEach((l, i) => blocks.reserve(l.kvHeads * l.headDim, batch * (Math.min(policy.deviceBlocks, windowBlocks(l)) + 1) + (i === 0 ? Math.ceil(prefillChunk / kvBlockTokens) + 1 : 0)));
+        const kvLayers = arch.shape.kvLayers.filter((l) => l.kvHeads > 0); // recurrent layers keep state, not KV
+        kvLayers.forEach((l, i) => blocks.reserve(l.kvHeads * l.headDim, batch * (Math.min(policy.deviceBlocks, windowBlocks(l)) + 1) + (i === 0 ? Math.ceil(prefillChunk / kvBlockTokens) + 1 : 0)));
         if (thePlan.kvStagingBlocks > 0) stager.reserve();
         // The RAM tier's pinned buffers, one per block.
-        arch.shape.kvLayers.forEach((l) =>
+        kvLayers.forEach((l) =>
           blocks.reserveHost(2 * kvBlockTokens * l.kvHeads * l.headDim * dtypeBytes[kvDtype], batch * Math.min(policy.hostBlocks, Math.max(0, windowBlocks(l) - policy.deviceBlocks))),
         );
       }
@@ -242,10 +249,20 @@ export class LayerwiseModel {
         throw new UsageError("CONTEXT_FULL", `${seq.length} + ${ids.length} tokens exceed the model's context of ${this.maxPositions}`);
       }
     }
+    const single = items.length === 1 ? items[0]! : undefined;
+    if (single && this.parts.store && this.recurrent) {
+      // Recurrent state can be cached only where a block ends: run up to the prompt's last block boundary first.
+      const block = this.parts.policy.blockTokens;
+      const cut = Math.floor((single.seq.length + single.ids.length) / block) * block - single.seq.length;
+      if (cut > 0 && cut < single.ids.length) {
+        const first = await this.forwardBatch([{ seq: single.seq, ids: single.ids.slice(0, cut) }], logits, o);
+        const rest = await this.forwardBatch([{ seq: single.seq, ids: single.ids.slice(cut) }], logits, o);
+        return [logits === "all" ? Float32Array.from([...first[0]!, ...rest[0]!]) : rest[0]!];
+      }
+    }
     const t0 = performance.now();
     const wait0 = this.ioWaitS();
     const before = items.map(({ seq }) => seq.tokens.length);
-    const single = items.length === 1 ? items[0]! : undefined;
     // A prompt's completed spans go to the persistent cache as they finish (a crash keeps them).
     const afterSpan = single
       ? async (spanEnd: number) => {
@@ -278,20 +295,41 @@ export class LayerwiseModel {
   async loadPrefix(seq: Sequence, ids: readonly number[]): Promise<number> {
     const { store, blockLayout: layout } = this.parts;
     if (!store || !layout || seq.length > 0) return 0;
-    const blocks = await store.lookup(layout, ids);
-    const buf = new Uint8Array(Math.max(...layout.layerBytes));
+    let blocks = await store.lookup(layout, ids);
+    const recurrent = layout.layerBytes.map((_, l) => seq.cache.isRecurrent(l));
+    if (this.recurrent) {
+      // Recurrent state resumes only at a block stored with its state, and must leave a prompt token to run.
+      const resumable = (i: number) => (i + 1) * layout.blockTokens < ids.length && recurrent.every((r, l) => !r || blocks[i]!.manifest.layers[l]!.bytes > 0);
+      let last = blocks.length - 1;
+      while (last >= 0 && !resumable(last)) last--;
+      blocks = blocks.slice(0, last + 1);
+    }
+    const buf = new Uint8Array(Math.max(...layout.layerBytes, ...blocks.flatMap((b) => b.manifest.layers.map((l) => l.bytes))));
     let loaded = 0;
-    for (const b of blocks) {
-      const layers: Uint8Array[] = [];
+    for (const [i, b] of blocks.entries()) {
+      const layers: (Uint8Array | undefined)[] = [];
       for (let l = 0; l < layout.layerBytes.length; l++) {
+        if (recurrent[l] && i < blocks.length - 1) {
+          layers.push(undefined); // only the last block's state is needed
+          continue;
+        }
         const bytes = await store.readLayer(b, l, buf);
         if (!bytes) break;
         layers.push(bytes.slice());
       }
       if (layers.length < layout.layerBytes.length) break; // a corrupt block ends the reusable prefix: recompute from here
-      for (let l = 0; l < layers.length; l++) await seq.cache.adopt(l, layers[l]!);
+      for (let l = 0; l < layers.length; l++) {
+        if (!recurrent[l]) await seq.cache.adopt(l, layers[l]!);
+        else if (layers[l]) seq.cache.adoptState(l, layers[l]!, (i + 1) * layout.blockTokens);
+      }
       loaded++;
       seq.lastHash = b.hash;
+    }
+    if (this.recurrent && loaded < blocks.length) {
+      // A corrupt block before the last: the state to resume from is gone, so nothing is reused.
+      await seq.rewind(0);
+      seq.lastHash = null;
+      loaded = 0;
     }
     await store.touch(blocks.slice(0, loaded));
     const tokens = loaded * layout.blockTokens;
@@ -312,13 +350,16 @@ export class LayerwiseModel {
     const complete = Math.floor(seq.length / block);
     for (let b = seq.savedBlocks; b < complete; b++) {
       const blocks = (l: number) => seq.cache.blocks(l)[b]!;
+      const state = seq.cache.snapshotAt((b + 1) * block); // recurrent layers' state where this block ends, if kept
       seq.lastHash = await store.save(layout, seq.lastHash, b, seq.tokens.slice(b * block, (b + 1) * block), async (l) => {
+        if (seq.cache.isRecurrent(l)) return state?.get(l) ?? new Uint8Array(0);
         const bytes = new Uint8Array(layout.layerBytes[l]!);
         await seq.cache.blockBytesOf(l, blocks(l), bytes);
         return bytes;
       });
       seq.savedBlocks = b + 1;
     }
+    seq.cache.dropSnapshots((position) => position > complete * block);
   }
 
   /** Token ids for a prompt: text gets the tokenizer's special tokens (BOS), messages go through the chat template. */

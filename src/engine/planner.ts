@@ -113,7 +113,9 @@ export function plan(input: PlanInput): Plan {
   const workspace = 8 * held(workspaceBytes(shape, Math.max(input.prefillChunk, batch)) / 8);
   // Every layer's partly filled last block lives on the device; new blocks of one layer stay there until their chunk is done.
   const kvHeadroom = (shape.numLayers * batch + Math.ceil(input.prefillChunk / block) + 1) * kvLayerBlockBytes;
-  const must = globals + workspace + kvHeadroom + minExpertSlots * expertSlotBytes;
+  // Recurrent layers' state (linear attention) stays on the device for every sequence.
+  const recurrentState = batch * shape.kvLayers.reduce((n, l) => n + held(4 * (l.stateFloats ?? 0)), 0);
+  const must = globals + workspace + kvHeadroom + recurrentState + minExpertSlots * expertSlotBytes;
 
   const layerTier: WeightTier[] = layerBytes.map(() => "device");
   let slots = 0;

@@ -16,6 +16,11 @@ export interface RunnerOptions {
   readonly prefillChunk: number;
   /** Rows taken through all layers before the next ones start; each layer's weights pass once per span. */
   readonly prefillSpan: number;
+  /**
+   * With a persistent cache: recurrent layers' state is copied at block boundaries every this many tokens, and where a
+   * sequence's new tokens end on one, so cached prefixes can resume there.
+   */
+  readonly stateSnapshotTokens?: number;
 }
 
 export interface ForwardHooks {
@@ -84,6 +89,7 @@ export class Runner {
             const y = await this.layerPass(layer, w, x, c, items);
             this.backend.free(x);
             c.hidden = y;
+            await this.snapshotStates(layer, c, items, starts);
             if (onHost) await this.toHost(c);
             for (const seg of c.segments) await items[seg.item]!.cache.settle(layer);
           }
@@ -131,11 +137,24 @@ export class Runner {
         });
         return attendTiered(backend, stager, layer, q, attend, o);
       },
+      recurrent: (shapes) =>
+        Promise.all(c.segments.map(async (seg) => ({ row: seg.row - c.row, rows: seg.rows, state: await items[seg.item]!.cache.recurrentState(layer, shapes, seg.rows) }))),
       read: (t) => backend.read(t),
       expert: (e) => weights.expert(layer, e),
       releaseExpert: (e) => weights.releaseExpert(layer, e),
     };
     return this.backend.scoped(() => this.model.forwardLayer(this.backend, layer, w, x, run));
+  }
+
+  private async snapshotStates(layer: number, c: Chunk, items: readonly ForwardItem[], starts: readonly number[]): Promise<void> {
+    const every = this.o.stateSnapshotTokens;
+    if (!every) return;
+    for (const seg of c.segments) {
+      const cache = items[seg.item]!.cache;
+      const end = seg.pos + seg.rows;
+      if (!cache.isRecurrent(layer) || end % cache.policy.blockTokens !== 0) continue;
+      if (end % every === 0 || end === starts[seg.item]! + items[seg.item]!.ids.length) await cache.snapshotState(layer, end);
+    }
   }
 
   /** Logits of `rows` rows of x from `row`, computed a few rows at a time so the workspace stays small. */

@@ -67,6 +67,7 @@ function slice(t: TensorInfo, inner: readonly number[], index: number | undefine
 
 /** Checks a weight against the checkpoint and finds its bytes; throws naming the first tensor that does not fit. */
 export function resolveWeight(ckpt: Checkpoint, spec: WeightSpec): ResolvedWeight {
+  if (spec.rowRanges) return rowRanges(ckpt, spec, spec.rowRanges);
   const t = tensorOf(ckpt, spec.name);
   if (spec.scales) {
     const [rows, cols] = spec.shape as [number, number];
@@ -78,6 +79,23 @@ export function resolveWeight(ckpt: Checkpoint, spec: WeightSpec): ResolvedWeigh
   const dtype = weightDType(t);
   const range = slice(t, spec.shape, spec.index);
   return { shape: spec.shape, dtype, ranges: [range], byteLength: range.byteLength };
+}
+
+function rowRanges(ckpt: Checkpoint, spec: WeightSpec, ranges: NonNullable<WeightSpec["rowRanges"]>): ResolvedWeight {
+  const inner = spec.shape.slice(1);
+  let dtype: DType | undefined;
+  const out = ranges.map((r) => {
+    const t = tensorOf(ckpt, r.name);
+    if (t.shape.length !== spec.shape.length || t.shape.slice(1).some((d, i) => d !== inner[i]) || r.start + r.count > t.shape[0]!) throw shapeError(t, [r.start + r.count, ...inner]);
+    const d = weightDType(t);
+    if (dtype && d !== dtype) throw new CheckpointError("DTYPE_MIXED", `${t.file}: ${t.name} is ${t.dtype}, unlike the tensors it is used with`, "the checkpoint looks damaged; download it again");
+    dtype = d;
+    const rowBytes = t.byteLength / t.shape[0]!;
+    return { file: t.file, start: t.start + r.start * rowBytes, byteLength: r.count * rowBytes };
+  });
+  const rows = ranges.reduce((n, r) => n + r.count, 0);
+  if (rows !== spec.shape[0]) throw new Error(`${spec.name}: row ranges give ${rows} rows, the spec says ${spec.shape[0]}`);
+  return { shape: spec.shape, dtype: dtype!, ranges: out, byteLength: out.reduce((n, r) => n + r.byteLength, 0) };
 }
 
 /** Every weight the architecture names, per layer, with each expert's. */

@@ -172,14 +172,18 @@ const fp4MeanSquare = 68.5 / 8;
  * packed bytes plus scales near the exponent that gives the wanted std. Uniform values with the preset's std (norm
  * weights near 1, attention sinks spread wide enough to matter).
  */
-function storedTensors(specs: readonly WeightSpec[], dtype: FloatDType, preset: TestModelPreset): StoredTensor[] {
+function storedTensors(weights: readonly WeightSpec[], dtype: FloatDType, preset: TestModelPreset): StoredTensor[] {
+  // A weight made of row ranges stands for whole stored tensors: as many rows as its ranges reach.
+  const rowsOf = new Map<string, number>();
+  for (const w of weights) for (const r of w.rowRanges ?? []) rowsOf.set(r.name, Math.max(rowsOf.get(r.name) ?? 0, r.start + r.count));
+  const specs = weights.flatMap((w): WeightSpec[] => (w.rowRanges ? [...new Set(w.rowRanges.map((r) => r.name))].map((name) => ({ name, shape: [rowsOf.get(name)!, ...w.shape.slice(1)] })) : [w]));
   const out: StoredTensor[] = [];
   const seen = new Set<string>();
   for (const spec of specs) {
-    if (seen.has(spec.name)) continue; // one stored tensor for all experts
+    if (seen.has(spec.name)) continue; // one stored tensor for all experts, or for every weight taking rows of it
     seen.add(spec.name);
     const stack = spec.index === undefined ? [] : [specs.filter((x) => x.name === spec.name).length];
-    const cols = spec.shape[1] ?? 0;
+    const cols = spec.shape[spec.shape.length - 1] ?? 0; // fan-in: the last dimension (a conv's taps)
     const std = spec.shape.length === 1 ? 0.02 : preset.initStd === "fan-in" ? (spec.name.includes("embed") ? 0.1 : 1 / Math.sqrt(cols)) : preset.initStd;
     if (spec.scales) {
       const rows = spec.shape[0]!;
@@ -189,9 +193,11 @@ function storedTensors(specs: readonly WeightSpec[], dtype: FloatDType, preset: 
       continue;
     }
     const isNorm = spec.shape.length === 1 && spec.name.includes("norm");
-    const isSink = spec.name.endsWith(".sinks") && preset.initStd === "fan-in";
-    const halfWidth = isNorm ? 0.1 : isSink ? 2 : std * Math.sqrt(3);
-    out.push({ name: spec.name, shape: [...stack, ...spec.shape], dtype, dist: { center: isNorm ? 1 : 0, halfWidth } });
+    // Attention sinks and the delta rule's decay parameters spread wide enough to matter; dt_bias around 1, as initialized.
+    const wide = preset.initStd === "fan-in" && /\.(sinks|A_log)$/.test(spec.name);
+    const isDtBias = spec.name.endsWith(".dt_bias");
+    const halfWidth = isNorm ? 0.1 : wide ? 2 : isDtBias ? 0.5 : std * Math.sqrt(3);
+    out.push({ name: spec.name, shape: [...stack, ...spec.shape], dtype, dist: { center: isNorm || isDtBias ? 1 : 0, halfWidth } });
   }
   return out;
 }

@@ -1,9 +1,11 @@
-// The mixture-of-experts ops on every backend: MXFP4 matmul (decoded here independently of the backends), the clamped
-// SwiGLU, and the row gather / weighted scatter that route rows to experts.
+// The ops of the mixture-of-experts and hybrid architectures on every backend: MXFP4 matmul (decoded here independently
+// of the backends), the clamped SwiGLU, the row gather / weighted scatter that route rows to experts, and the recurrent
+// ops of linear attention (causal conv and gated delta rule) with state carried across calls and sequences.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { fromF32 } from "../../src/backend/dtype.js";
-import type { Backend, Tensor } from "../../src/backend/ops.js";
+import { CpuBackend } from "../../src/backend/cpu/index.js";
+import type { Backend, DeltaRuleOptions, RecurrentSeq, Tensor } from "../../src/backend/ops.js";
 import { Random } from "../../src/util/random.js";
 import { backendCases } from "../helpers.js";
 
@@ -108,5 +110,43 @@ for (const bc of backendCases) {
       assert.ok(relErr(await b.read(acc), want) < bc.tolF32);
       await b.dispose();
     });
+
+    // Two sequences of 7 and 12 rows in one call, then 5 more rows each in a second call, against the CPU backend run
+    // one sequence and one row at a time (on the CPU itself: batching and splitting must not change the result).
+    for (const [kHeads, vHeads, kDim, vDim] of [[2, 4, 16, 16], [1, 2, 32, 24], [2, 2, 128, 128]] as const) {
+      it(`causal conv and gated delta rule, ${kHeads} key / ${vHeads} value heads of ${kDim} / ${vDim}: state carried across calls and kept per sequence`, async () => {
+        const b = await bc.create();
+        const ref = new CpuBackend();
+        const channels = 2 * kHeads * kDim + vHeads * vDim;
+        const rows = [7, 12];
+        const inputs = rows.map((n) => ({ x: randn((n + 5) * channels), a: randn((n + 5) * vHeads), beta: randn((n + 5) * vHeads) }));
+        const w = randn(channels * 4, 0.5);
+        const aLog = randn(vHeads);
+        const dtBias = Float32Array.from(randn(vHeads), (v) => 1 + 0.3 * v);
+        const run = async (be: Backend, parts: { seq: number; from: number; count: number }[][]) => {
+          const conv = rows.map(() => be.alloc([channels, 3], "f32"));
+          const ssm = rows.map(() => be.alloc([vHeads, kDim, vDim], "f32"));
+          for (const t of [...conv, ...ssm]) await be.upload(t, new Uint8Array(t.shape.reduce((p, q) => p * q, 4)));
+          const wt = await upload(be, [channels, 1, 4], w, "bf16");
+          const opts = async (seqs: RecurrentSeq[]): Promise<DeltaRuleOptions> => ({ kHeads, vHeads, kDim, vDim, aLog: await upload(be, [vHeads], aLog), dtBias: await upload(be, [vHeads], dtBias), seqs });
+          const out: Float32Array[] = rows.map((n) => new Float32Array((n + 5) * vHeads * vDim));
+          for (const call of parts) {
+            const pick = (src: "x" | "a" | "beta", cols: number) => Float32Array.from(call.flatMap((p) => Array.from(inputs[p.seq]![src].subarray(p.from * cols, (p.from + p.count) * cols))));
+            let row = 0;
+            const seqs = call.map((p) => ((row += p.count), { row: row - p.count, rows: p.count, seq: p.seq }));
+            const n = row;
+            const conved = be.causalConv1d(await upload(be, [n, channels], pick("x", channels)), wt, seqs.map((q) => ({ row: q.row, rows: q.rows, state: conv[q.seq]! })));
+            const y = await be.read(be.gatedDeltaRule(conved, await upload(be, [n, vHeads], pick("a", vHeads)), await upload(be, [n, vHeads], pick("beta", vHeads)), await opts(seqs.map((q) => ({ row: q.row, rows: q.rows, state: ssm[q.seq]! })))));
+            call.forEach((p, i) => out[p.seq]!.set(y.subarray(seqs[i]!.row * vHeads * vDim, (seqs[i]!.row + p.count) * vHeads * vDim), p.from * vHeads * vDim));
+          }
+          return out;
+        };
+        const got = await run(b, [rows.map((n, seq) => ({ seq, from: 0, count: n })), rows.map((n, seq) => ({ seq, from: n, count: 5 }))]);
+        const oneByOne = rows.flatMap((n, seq) => Array.from({ length: n + 5 }, (_, r) => [{ seq, from: r, count: 1 }]));
+        const want = await run(ref, oneByOne);
+        for (let s = 0; s < rows.length; s++) assert.ok(relErr(got[s]!, want[s]!) < (bc.name === "cpu" ? 1e-6 : bc.tolF32), `sequence ${s}: ${relErr(got[s]!, want[s]!)}`);
+        await b.dispose();
+      });
+    }
   });
 }

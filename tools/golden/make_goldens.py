@@ -63,6 +63,14 @@ def dequantize_mxfp4(blocks, scales):
 
 def load(model_dir, config):
     kwargs = dict(local_files_only=True, dtype=torch.float32, attn_implementation="eager")
+    if config["model_type"] == "qwen3_next":
+        model, info = AutoModelForCausalLM.from_pretrained(model_dir, output_loading_info=True, **kwargs)
+        problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        if not problems:
+            return model.to(device).eval(), ""
+        # Per-expert tensors (as the Qwen release stores them) into transformers' stacked expert parameters.
+        print(f"stacking experts by hand ({str(problems)[:200]})", flush=True)
+        return load_stacking_experts(model, model_dir), ", experts stacked by the script"
     if config["model_type"] != "gpt_oss":
         return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs).to(device).eval(), ""
     try:
@@ -89,6 +97,26 @@ def load(model_dir, config):
     missing, unexpected = model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=False)
     assert not unexpected and all("rotary" in m for m in missing), (missing, unexpected)
     return model.to(device).eval(), ", MXFP4 dequantized by the script"
+
+
+def load_stacking_experts(model, model_dir):
+    from safetensors.torch import load_file
+    state = {}
+    for f in sorted(os.listdir(model_dir)):
+        if f.endswith(".safetensors"):
+            state.update(load_file(os.path.join(model_dir, f)))
+    params = dict(model.named_parameters())
+    for name in [n for n in params if n.endswith("mlp.experts.gate_up_proj") or n.endswith("mlp.experts.down_proj")]:
+        base = name.rsplit(".", 1)[0]
+        count = params[name].shape[0]
+        if name.endswith("gate_up_proj"):
+            w = torch.stack([torch.cat([state.pop(f"{base}.{e}.gate_proj.weight"), state.pop(f"{base}.{e}.up_proj.weight")]) for e in range(count)])
+        else:
+            w = torch.stack([state.pop(f"{base}.{e}.down_proj.weight") for e in range(count)])
+        state[name] = w if tuple(w.shape) == tuple(params[name].shape) else w.transpose(1, 2)
+    missing, unexpected = model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=False)
+    assert not unexpected and not missing, (missing, unexpected)
+    return model.to(device).eval()
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 // The CPU reference backend: every op as plain TypeScript; the twin every GPU kernel is tested against.
 import type { DType } from "../dtype.js";
 import { f32ToBf16, f32ToF16, fromF32, tensorBytes, tensorCoreInput } from "../dtype.js";
-import type { AttentionOptions, AttentionPart, Backend, Fence, GateActivation, HostBuffer, MemoryStats, RopeOptions, Tensor } from "../ops.js";
+import type { AttentionOptions, AttentionPart, Backend, DeltaRuleOptions, Fence, GateActivation, HostBuffer, MemoryStats, RecurrentSeq, RopeOptions, Tensor } from "../ops.js";
 import { ScopeStack, runScoped } from "../scope.js";
 import * as math from "./math.js";
 import { CpuTensor, cpu, cpuView, f32Tensor } from "./tensor.js";
@@ -156,6 +156,12 @@ export class CpuBackend implements Backend {
   }
   softcap(x: Tensor, cap: number): Tensor {
     return this.result(math.softcap(cpu(x), cap));
+  }
+  causalConv1d(x: Tensor, w: Tensor, seqs: readonly RecurrentSeq[]): Tensor {
+    return this.result(math.causalConv1d(cpu(x), cpu(w), seqs));
+  }
+  gatedDeltaRule(qkv: Tensor, a: Tensor, b: Tensor, o: DeltaRuleOptions): Tensor {
+    return this.result(math.gatedDeltaRule(cpu(qkv), cpu(a), cpu(b), o));
   }
   clampedSwiglu(gateUp: Tensor, o: { alpha: number; limit: number }): Tensor {
     return this.result(math.clampedSwiglu(cpu(gateUp), o.alpha, o.limit));

@@ -1,5 +1,5 @@
 // The CPU reference kernels: plain loops over typed arrays, accumulating in f64 (JS numbers).
-import type { AttentionOptions, GateActivation, RopeOptions } from "../ops.js";
+import type { AttentionOptions, DeltaRuleOptions, GateActivation, RecurrentSeq, RopeOptions } from "../ops.js";
 import { CpuTensor, f32Tensor } from "./tensor.js";
 
 const rowTile = 32;
@@ -194,6 +194,8 @@ export function gatedActivation(gate: CpuTensor, up: CpuTensor, act: GateActivat
   const out = new Float32Array(g.length);
   if (act === "silu") {
     for (let i = 0; i < g.length; i++) out[i] = (g[i]! / (1 + Math.exp(-g[i]!))) * u[i]!;
+  } else if (act === "sigmoid") {
+    for (let i = 0; i < g.length; i++) out[i] = u[i]! / (1 + Math.exp(-g[i]!));
   } else {
     const c = Math.sqrt(2 / Math.PI);
     for (let i = 0; i < g.length; i++) {
@@ -248,4 +250,81 @@ export function accumulateRows(acc: CpuTensor, y: CpuTensor, rows: Int32Array, s
   rows.forEach((r, i) => {
     for (let c = 0; c < cols; c++) a[r * cols + c]! += scales[i]! * ys[i * cols + c]!;
   });
+}
+
+export function causalConv1d(x: CpuTensor, w: CpuTensor, seqs: readonly RecurrentSeq[]): CpuTensor {
+  const [rows, channels] = x.shape as [number, number];
+  const kernel = w.shape[w.shape.length - 1]!;
+  const xs = x.f32();
+  const ws = w.f32();
+  const out = new Float32Array(rows * channels);
+  for (const seq of seqs) {
+    const state = (seq.state as CpuTensor).data as Float32Array; // [channels, kernel - 1], oldest first
+    for (let c = 0; c < channels; c++) {
+      const history = Array.from(state.subarray(c * (kernel - 1), (c + 1) * (kernel - 1)));
+      for (let r = 0; r < seq.rows; r++) {
+        history.push(xs[(seq.row + r) * channels + c]!);
+        let s = 0;
+        for (let j = 0; j < kernel; j++) s += ws[c * kernel + j]! * history[history.length - kernel + j]!;
+        out[(seq.row + r) * channels + c] = s / (1 + Math.exp(-s));
+      }
+      state.set(history.slice(history.length - (kernel - 1)), c * (kernel - 1));
+    }
+  }
+  return f32Tensor([rows, channels], out);
+}
+
+export function gatedDeltaRule(qkv: CpuTensor, a: CpuTensor, b: CpuTensor, o: DeltaRuleOptions): CpuTensor {
+  const { kHeads, vHeads, kDim, vDim } = o;
+  const cols = qkv.shape[1]!;
+  const xs = qkv.f32();
+  const as = a.f32();
+  const bs = b.f32();
+  const aLog = (o.aLog as CpuTensor).f32();
+  const dtBias = (o.dtBias as CpuTensor).f32();
+  const rows = qkv.shape[0]!;
+  const out = new Float32Array(rows * vHeads * vDim);
+  const group = vHeads / kHeads;
+  const q = new Float64Array(kDim);
+  const k = new Float64Array(kDim);
+  const kv = new Float64Array(vDim);
+  const l2 = (src: Float32Array, at: number, dst: Float64Array, scale: number) => {
+    let ss = 0;
+    for (let d = 0; d < kDim; d++) ss += src[at + d]! * src[at + d]!;
+    const inv = scale / Math.sqrt(ss + 1e-6);
+    for (let d = 0; d < kDim; d++) dst[d] = src[at + d]! * inv;
+  };
+  for (const seq of o.seqs) {
+    const state = (seq.state as CpuTensor).data as Float32Array; // [vHeads, kDim, vDim]
+    for (let r = seq.row; r < seq.row + seq.rows; r++) {
+      for (let h = 0; h < vHeads; h++) {
+        const kh = Math.floor(h / group);
+        l2(xs, r * cols + kh * kDim, q, 1 / Math.sqrt(kDim));
+        l2(xs, r * cols + kHeads * kDim + kh * kDim, k, 1);
+        const vAt = r * cols + 2 * kHeads * kDim + h * vDim;
+        const x = as[r * vHeads + h]! + dtBias[h]!;
+        const softplus = x > 20 ? x : Math.log1p(Math.exp(x));
+        const decay = Math.exp(-Math.exp(aLog[h]!) * softplus);
+        const beta = 1 / (1 + Math.exp(-bs[r * vHeads + h]!));
+        const S = state.subarray(h * kDim * vDim, (h + 1) * kDim * vDim);
+        kv.fill(0);
+        for (let i = 0; i < kDim; i++) {
+          for (let j = 0; j < vDim; j++) {
+            S[i * vDim + j] = S[i * vDim + j]! * decay;
+            kv[j] += S[i * vDim + j]! * k[i]!;
+          }
+        }
+        for (let j = 0; j < vDim; j++) kv[j] = (xs[vAt + j]! - kv[j]!) * beta;
+        for (let j = 0; j < vDim; j++) {
+          let s = 0;
+          for (let i = 0; i < kDim; i++) {
+            S[i * vDim + j] = S[i * vDim + j]! + k[i]! * kv[j]!;
+            s += S[i * vDim + j]! * q[i]!;
+          }
+          out[(r * vHeads + h) * vDim + j] = s;
+        }
+      }
+    }
+  }
+  return f32Tensor([rows, vHeads * vDim], out);
 }

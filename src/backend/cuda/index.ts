@@ -2,7 +2,7 @@
 // overlap it; a tensor uploaded on the copy stream makes the compute stream wait before the first op that reads it.
 import { BackendError } from "../../errors.js";
 import { bf16ToF32Table, f16ToF32Table, tensorBytes, tensorCoreInput, type DType } from "../dtype.js";
-import type { AttentionOptions, AttentionPart, Backend, Fence, GateActivation, HostBuffer, KvBlock, MemoryStats, RopeOptions, Tensor } from "../ops.js";
+import type { AttentionOptions, AttentionPart, Backend, DeltaRuleOptions, Fence, GateActivation, HostBuffer, KvBlock, MemoryStats, RecurrentSeq, RopeOptions, Tensor } from "../ops.js";
 import { numel } from "../ops.js";
 import { ScopeStack, runScoped } from "../scope.js";
 import {
@@ -508,7 +508,7 @@ export class CudaBackend implements Backend {
     const u = cuda(up);
     const n = numel(g.shape);
     const out = this.out(g.shape);
-    this.launch("gated_act", [gridFor(n), 1, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: g.ptr }, { ptr: u.ptr }, { i64: n }, { i32: act === "silu" ? 0 : 1 }], [g, u]);
+    this.launch("gated_act", [gridFor(n), 1, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: g.ptr }, { ptr: u.ptr }, { i64: n }, { i32: { silu: 0, gelu_tanh: 1, sigmoid: 2 }[act] }], [g, u]);
     return out;
   }
 
@@ -536,6 +536,46 @@ export class CudaBackend implements Backend {
     const n = numel(t.shape);
     const out = this.out(t.shape);
     this.launch(kernel, [gridFor(n), 1, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: t.ptr }, { f32: value }, { i64: n }], [t]);
+    return out;
+  }
+
+  /** Row ranges and state pointers of the sequences of a recurrent op, as two small device buffers. */
+  private recurrentSeqs(seqs: readonly RecurrentSeq[]): { info: CudaTensor; states: CudaTensor } {
+    return { info: this.small(Int32Array.from(seqs.flatMap((s) => [s.row, s.rows]))), states: this.small(BigUint64Array.from(seqs.map((s) => cuda(s.state).ptr))) };
+  }
+
+  causalConv1d(x: Tensor, w: Tensor, seqs: readonly RecurrentSeq[]): Tensor {
+    const xt = cuda(x);
+    const wt = cuda(w);
+    const [rows, channels] = xt.shape as [number, number];
+    const kernel = wt.shape[wt.shape.length - 1]!;
+    if (kernel !== 4) throw new BackendError("CUDA_CONV_KERNEL", `causal conv of width ${kernel}; the CUDA kernel is built for 4`, "use --backend cpu");
+    const out = this.out([rows, channels]);
+    const { info, states } = this.recurrentSeqs(seqs);
+    this.launch(`causal_conv1d_4_${wt.dtype}`, [Math.ceil(channels / threads), seqs.length, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: xt.ptr }, { ptr: wt.ptr }, { ptr: info.ptr }, { ptr: states.ptr }, { i32: channels }], [xt, wt, ...seqs.map((s) => s.state)]);
+    this.done(info, states);
+    return out;
+  }
+
+  gatedDeltaRule(qkv: Tensor, a: Tensor, b: Tensor, o: DeltaRuleOptions): Tensor {
+    const x = cuda(qkv);
+    const rows = x.shape[0]!;
+    const kernel = `gated_delta_rule_${o.kDim}`;
+    if (!this.kernels.has(kernel) || o.vDim > 256) throw new BackendError("CUDA_DELTA_RULE_SHAPE", `gated delta rule with key head dim ${o.kDim} and value head dim ${o.vDim}; the CUDA kernel takes 16, 32, 64 or 128 and at most 256`, "use --backend cpu");
+    const out = this.out([rows, o.vHeads * o.vDim]);
+    const aLog = this.asF32(o.aLog);
+    const dtBias = this.asF32(o.dtBias);
+    const { info, states } = this.recurrentSeqs(o.seqs);
+    this.launch(
+      kernel,
+      [o.vHeads, o.seqs.length, 1],
+      [Math.ceil(o.vDim / 32) * 32, 1, 1],
+      [{ ptr: out.ptr }, { ptr: x.ptr }, { ptr: cuda(a).ptr }, { ptr: cuda(b).ptr }, { ptr: aLog.ptr }, { ptr: dtBias.ptr }, { ptr: info.ptr }, { ptr: states.ptr }, { i32: o.kHeads }, { i32: o.vHeads }, { i32: o.vDim }],
+      [x, a, b, aLog, dtBias, ...o.seqs.map((s) => s.state)],
+    );
+    this.done(info, states);
+    if (aLog !== o.aLog) this.done(aLog);
+    if (dtBias !== o.dtBias) this.done(dtBias);
     return out;
   }
 

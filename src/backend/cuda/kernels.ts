@@ -5,7 +5,7 @@ import { CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, Driver, type Handle } 
 
 export type KernelArg = { ptr: Handle } | { i32: number } | { i64: number } | { f32: number };
 
-const modules = ["elementwise", "matmul", "gemm", "attention", "flash"] as const;
+const modules = ["elementwise", "matmul", "gemm", "attention", "flash", "recurrent"] as const;
 const kernelDir = new URL("../../../../kernels/", import.meta.url);
 
 /** Dynamic shared memory of the tensor-core kernels; mirrors the constants in kernels/gemm.cu and kernels/flash.cu. */
