@@ -165,7 +165,7 @@ function createQwen3Next(c: Qwen3NextConfig): ArchModel {
       activationsPerRow:
         Math.max(3 * h + 6 * heads * headDim + 4 * kvHeads * headDim, 3 * h + 2 * convDim + 4 * nv * hv + 2 * nv, 7 * h + experts + 1 + 3 * c.moe_intermediate_size + 3 * Math.max(c.shared_expert_intermediate_size, c.intermediate_size)) +
         Math.max(h, convDim) / 2,
-      moe: { experts, topK },
+      moe: { experts, topK, layers: types.map((_, i) => sparse(i)) },
     },
     globalWeights: {
       embed: { name: "model.embed_tokens.weight", shape: [c.vocab_size, h] },

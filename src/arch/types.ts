@@ -15,8 +15,16 @@ export interface ModelShape {
   readonly kvLayers: readonly { readonly kvHeads: number; readonly headDim: number; readonly slidingWindow?: number; readonly stateFloats?: number }[];
   /** Most f32 activations per row alive at once inside a layer (what the planner reserves per prefill row). */
   readonly activationsPerRow: number;
-  /** Mixture of experts: experts per layer and how many each token uses; the engine loads only the routed ones. */
-  readonly moe?: { readonly experts: number; readonly topK: number };
+  /**
+   * Mixture of experts: experts per layer and how many each token uses (the engine loads only the routed ones), and
+   * which layers have them (default: all).
+   */
+  readonly moe?: { readonly experts: number; readonly topK: number; readonly layers?: readonly boolean[] };
+}
+
+/** Experts of `layer` (0 for a dense layer or model). */
+export function expertsIn(shape: ModelShape, layer: number): number {
+  return shape.moe && (shape.moe.layers?.[layer] ?? true) ? shape.moe.experts : 0;
 }
 
 export interface WeightSpec {

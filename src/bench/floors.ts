@@ -21,7 +21,7 @@ export function decodeBytes(plan: Plan, layout: ModelLayout, model: ArchModel, c
   // Routed experts the hot-expert cache misses, if routing spreads evenly over the experts (random weights do).
   const experts = layout.experts.flat();
   const { total, deviceSlots, ram } = plan.experts;
-  const routed = model.shape.moe && total ? model.shape.numLayers * model.shape.moe.topK * (experts.reduce((n, g) => n + g.dataBytes, 0) / experts.length) : 0;
+  const routed = model.shape.moe && total ? layout.experts.filter((l) => l.length > 0).length * model.shape.moe.topK * (experts.reduce((n, g) => n + g.dataBytes, 0) / experts.length) : 0;
   const missDevice = total ? 1 - deviceSlots / total : 0;
   const expertH2d = routed * missDevice;
   const expertDisk = expertH2d * (1 - ram / Math.max(1, total));

@@ -37,15 +37,22 @@ export class ExpertCache {
   private inFlight = 0;
   private busySince = 0;
 
+  /** Every expert's group, layer by layer (dense layers have none); an expert's key is its index here. */
+  private readonly groups: readonly TensorGroup[];
+  private readonly firstKey: readonly number[];
+
   private constructor(
     private readonly backend: Backend,
-    private readonly groups: readonly (readonly TensorGroup[])[],
+    perLayer: readonly (readonly TensorGroup[])[],
     private readonly reader: DiskReader,
     private readonly staging: BufferPool,
-  ) {}
+  ) {
+    this.groups = perLayer.flat();
+    this.firstKey = perLayer.map((_, l) => perLayer.slice(0, l).reduce((n, g) => n + g.length, 0));
+  }
 
-  private get perLayer(): number {
-    return this.groups[0]?.length ?? 0;
+  private key(layer: number, expert: number): number {
+    return this.firstKey[layer]! + expert;
   }
 
   /** Allocates the plan's slots and RAM images; with a slot for every expert, loads them all now. */
@@ -76,12 +83,12 @@ export class ExpertCache {
   }
 
   private group(key: number): TensorGroup {
-    return this.groups[Math.floor(key / this.perLayer)]![key % this.perLayer]!;
+    return this.groups[key]!;
   }
 
   /** The expert's weights on the device, pinned until `release`. */
   async acquire(layer: number, expert: number): Promise<Weights> {
-    const key = layer * this.perLayer + expert;
+    const key = this.key(layer, expert);
     let slot = this.byKey.get(key);
     if (slot) this.stats.hits++;
     while (!slot) {
@@ -102,7 +109,7 @@ export class ExpertCache {
   }
 
   release(layer: number, expert: number): void {
-    const slot = this.byKey.get(layer * this.perLayer + expert);
+    const slot = this.byKey.get(this.key(layer, expert));
     if (!slot || slot.pins === 0) return;
     if (--slot.pins === 0) {
       slot.freeAfter = this.backend.fence();

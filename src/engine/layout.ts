@@ -1,5 +1,5 @@
 // Where each layer's bytes are: its tensors in the checkpoint, the coalesced reads that fetch them, and their place in a device slot.
-import type { ArchModel, WeightSpecs } from "../arch/types.js";
+import { expertsIn, type ArchModel, type WeightSpecs } from "../arch/types.js";
 import type { DType } from "../backend/dtype.js";
 import type { Checkpoint } from "../model/checkpoint.js";
 import { resolveWeight, type ResolvedWeight } from "./weights.js";
@@ -115,7 +115,7 @@ export function modelLayout(ckpt: Checkpoint, model: ArchModel, directIo = true)
   const align = directIo ? ioAlign : 1;
   const dense = { align, gap: coalesceGap };
   const layers = Array.from({ length: model.shape.numLayers }, (_, i) => tensorGroup(ckpt, model.layerWeights(i), dense));
-  const experts = Array.from({ length: model.shape.numLayers }, (_, i) => Array.from({ length: model.shape.moe?.experts ?? 0 }, (_, e) => tensorGroup(ckpt, model.expertWeights!(i, e), { align, gap: 0 })));
+  const experts = Array.from({ length: model.shape.numLayers }, (_, i) => Array.from({ length: expertsIn(model.shape, i) }, (_, e) => tensorGroup(ckpt, model.expertWeights!(i, e), { align, gap: 0 })));
   const flat = experts.flat();
   return {
     globals: tensorGroup(ckpt, model.globalWeights, dense),

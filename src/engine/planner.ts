@@ -185,7 +185,7 @@ export function plan(input: PlanInput): Plan {
   const slotBytes = slots * slotBytesEach;
   const expertDevice = expertSlots * expertSlotBytes;
   const expertData = totalExperts === 0 ? 0 : layout.experts.flat().reduce((n, g) => n + g.dataBytes, 0) / totalExperts;
-  const routedPerToken = totalExperts === 0 ? 0 : shape.numLayers * shape.moe!.topK * expertData;
+  const routedPerToken = totalExperts === 0 ? 0 : layout.experts.filter((l) => l.length > 0).length * shape.moe!.topK * expertData;
   const missDevice = expertsResident ? 0 : 1 - expertSlots / totalExperts;
   const missRam = 1 - ramExperts / Math.max(1, totalExperts);
   return {

@@ -1,5 +1,5 @@
 // Where an architecture's weights come from, and the checks that every tensor it needs is there with the right shape and dtype.
-import type { ArchModel, Weights, WeightSpec } from "../arch/types.js";
+import { expertsIn, type ArchModel, type Weights, type WeightSpec } from "../arch/types.js";
 import { tensorBytes, type DType } from "../backend/dtype.js";
 import { CheckpointError } from "../errors.js";
 import type { Checkpoint } from "../model/checkpoint.js";
@@ -103,7 +103,7 @@ export function allWeightSpecs(model: ArchModel): WeightSpec[] {
   const specs = [...Object.values(model.globalWeights)];
   for (let i = 0; i < model.shape.numLayers; i++) {
     specs.push(...Object.values(model.layerWeights(i)));
-    for (let e = 0; e < (model.shape.moe?.experts ?? 0); e++) specs.push(...Object.values(model.expertWeights!(i, e)));
+    for (let e = 0; e < expertsIn(model.shape, i); e++) specs.push(...Object.values(model.expertWeights!(i, e)));
   }
   return specs;
 }

@@ -2,7 +2,7 @@
 import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { createArchModel } from "../arch/index.js";
-import type { WeightSpec } from "../arch/types.js";
+import { expertsIn, type WeightSpec } from "../arch/types.js";
 import type { FloatDType } from "../backend/dtype.js";
 import { UsageError } from "../errors.js";
 import { safetensorsDTypeBytes, writeSafetensors, type SafetensorsDType, type TensorToWrite } from "../model/safetensors.js";
@@ -65,7 +65,7 @@ export async function makeTestModel(o: MakeTestModelOptions): Promise<TestModelI
   const specs: WeightSpec[] = [model.globalWeights.embed!];
   for (let i = 0; i < numLayers; i++) {
     specs.push(...Object.values(model.layerWeights(i)));
-    for (let e = 0; e < (model.shape.moe?.experts ?? 0); e++) specs.push(...Object.values(model.expertWeights!(i, e)));
+    for (let e = 0; e < expertsIn(model.shape, i); e++) specs.push(...Object.values(model.expertWeights!(i, e)));
   }
   specs.push(model.globalWeights.norm!);
   if (model.globalWeights.lmHead!.name !== model.globalWeights.embed!.name) specs.push(model.globalWeights.lmHead!);
