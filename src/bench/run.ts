@@ -297,7 +297,7 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
  * The planner's plan for the real depth of a model benchmarked with fewer layers: its layer (and expert) layouts repeat
  * the measured ones, the budgets stay; per-token bytes over the links measured in this run give the floor.
  */
-function predictFullModel(m: LayerwiseModel, realConfig: Record<string, unknown>, context: number, links: Links): Record<string, unknown> {
+export function predictFullModel(m: LayerwiseModel, realConfig: Record<string, unknown>, context: number, links: Links): Record<string, unknown> {
   const { model: real } = createArchModel({ ...realConfig, num_hidden_layers: realConfig.num_hidden_layers });
   const layers = real.shape.numLayers;
   const measured = m.layout.layers.length;

@@ -75,7 +75,8 @@ export async function makeTestModel(o: MakeTestModelOptions): Promise<TestModelI
   const parameterCount = stored.reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1) * (t.dtype === "u8" ? 2 : 1), 0);
   // Worker threads pay off for real-size presets; tiny ones are written inline.
   const pool = parameterCount > 50e6 ? new FillPool() : undefined;
-  const tensors = stored.map((t) => randomTensor(t, seed, pool));
+  const segments = new SegmentStream(stored, seed, pool);
+  const tensors = stored.map((t) => randomTensor(t, segments));
   let files: string[];
   try {
     files = await writeShards(o.out, tensors, o.shardBytes ?? 4e9);
@@ -203,24 +204,50 @@ function storedTensors(weights: readonly WeightSpec[], dtype: FloatDType, preset
 }
 
 /** Random contents in segments seeded by the tensor's name and index. */
-function randomTensor(t: StoredTensor, seed: number, pool: FillPool | undefined): TensorToWrite {
+function randomTensor(t: StoredTensor, segments: SegmentStream): TensorToWrite {
   return {
     name: t.name,
     dtype: stDType[t.dtype],
     shape: t.shape,
     fill: async (write) => {
-      const n = t.shape.reduce((a, b) => a * b, 1);
-      const jobs: SegmentJob[] = [];
-      for (let i = 0; i * segmentValues < n; i++) jobs.push({ seed: hash(`${seed}:${t.name}:${i}`), count: Math.min(segmentValues, n - i * segmentValues), dist: t.dist, dtype: t.dtype });
-      // Keep a few segments in flight ahead of the one being written.
-      const pending = jobs.map((job, i) => (i < 32 && pool ? pool.run(job) : undefined));
-      for (let i = 0; i < jobs.length; i++) {
-        const bytes = await (pending[i] ?? (pool ? pool.run(jobs[i]!) : Promise.resolve(fillSegment(jobs[i]!))));
-        if (pool && i + 32 < jobs.length) pending[i + 32] = pool.run(jobs[i + 32]!);
-        await write(bytes);
-      }
+      for (let i = 0; i * segmentValues < t.shape.reduce((a, b) => a * b, 1); i++) await write(await segments.next(t.name, i));
     },
   };
+}
+
+/**
+ * The segments of every tensor in file order, filled ahead on worker threads: up to 32 in flight across tensor
+ * boundaries, so checkpoints of many small tensors (experts) keep every worker busy too.
+ */
+class SegmentStream {
+  private readonly jobs: { key: string; job: SegmentJob }[] = [];
+  private readonly pending = new Map<string, Promise<Uint8Array>>();
+  private cursor = 0;
+
+  constructor(
+    tensors: readonly StoredTensor[],
+    seed: number,
+    private readonly pool: FillPool | undefined,
+  ) {
+    for (const t of tensors) {
+      const n = t.shape.reduce((a, b) => a * b, 1);
+      for (let i = 0; i * segmentValues < n; i++) this.jobs.push({ key: `${t.name}:${i}`, job: { seed: hash(`${seed}:${t.name}:${i}`), count: Math.min(segmentValues, n - i * segmentValues), dist: t.dist, dtype: t.dtype } });
+    }
+  }
+
+  /** Segment `index` of tensor `name`; asked for in file order. */
+  next(name: string, index: number): Promise<Uint8Array> {
+    const { key, job } = this.jobs[this.cursor++]!;
+    if (key !== `${name}:${index}`) throw new Error(`segments asked out of order: ${name}:${index}, expected ${key}`);
+    if (!this.pool) return Promise.resolve(fillSegment(job));
+    for (let j = this.cursor - 1; j < Math.min(this.jobs.length, this.cursor + 31); j++) {
+      const ahead = this.jobs[j]!;
+      if (!this.pending.has(ahead.key)) this.pending.set(ahead.key, this.pool.run(ahead.job));
+    }
+    const bytes = this.pending.get(key)!;
+    this.pending.delete(key);
+    return bytes;
+  }
 }
 
 /** FNV-1a, to give each tensor its own random stream. */
