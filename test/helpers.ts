@@ -7,7 +7,9 @@ import { fileURLToPath } from "node:url";
 import { after } from "node:test";
 import { makeTestModel, type MakeTestModelOptions } from "../src/testmodel/write.js";
 import { CpuBackend } from "../src/backend/cpu/index.js";
-import type { Backend } from "../src/backend/ops.js";
+import assert from "node:assert/strict";
+import { fromF32, type FloatDType } from "../src/backend/dtype.js";
+import type { Backend, Tensor } from "../src/backend/ops.js";
 
 export const repoRoot = fileURLToPath(new URL("../../", import.meta.url));
 export const sharedDir = process.env.LAYERWISE_SHARED ?? join(repoRoot, "..", "shared");
@@ -71,4 +73,24 @@ export const backendCases: BackendCase[] = [{ name: "cpu", create: async () => n
 if (process.env.LAYERWISE_TEST_CUDA) {
   const { createCudaBackend } = await import("../src/backend/cuda/index.js");
   backendCases.push({ name: "cuda", create: createCudaBackend, tolF32: 2e-3, tol16: 1.5e-2 });
+}
+
+/** A new tensor of `dtype` holding `values` (rounded to it). */
+export async function uploadValues(b: Backend, shape: number[], values: Float32Array, dtype: FloatDType = "f32"): Promise<Tensor> {
+  const t = b.alloc(shape, dtype);
+  await b.upload(t, fromF32(values, dtype));
+  return t;
+}
+
+/** ||got - want|| / ||want||, after checking every value is finite. */
+export function relErr(got: Float32Array, want: ArrayLike<number>): number {
+  assert.equal(got.length, want.length);
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < got.length; i++) {
+    assert.ok(Number.isFinite(got[i]), `value ${i} is ${got[i]}`);
+    num += (got[i]! - want[i]!) ** 2;
+    den += want[i]! ** 2;
+  }
+  return Math.sqrt(num / Math.max(den, 1e-30));
 }

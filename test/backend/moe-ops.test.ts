@@ -3,11 +3,10 @@
 // ops of linear attention (causal conv and gated delta rule) with state carried across calls and sequences.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { fromF32 } from "../../src/backend/dtype.js";
 import { CpuBackend } from "../../src/backend/cpu/index.js";
-import type { Backend, DeltaRuleOptions, RecurrentSeq, Tensor } from "../../src/backend/ops.js";
+import type { Backend, DeltaRuleOptions, RecurrentSeq } from "../../src/backend/ops.js";
 import { Random } from "../../src/util/random.js";
-import { backendCases } from "../helpers.js";
+import { backendCases, relErr, uploadValues } from "../helpers.js";
 
 const random = new Random(99);
 const randn = (n: number, scale = 1) => Float32Array.from({ length: n }, () => (random.next() * 2 - 1) * scale * Math.sqrt(3));
@@ -36,23 +35,7 @@ function mxfp4Matrix(n: number, k: number): { bytes: Uint8Array; values: Float32
   return { bytes, values };
 }
 
-async function upload(b: Backend, shape: number[], values: Float32Array, dtype: "f32" | "bf16" = "f32"): Promise<Tensor> {
-  const t = b.alloc(shape, dtype);
-  await b.upload(t, fromF32(values, dtype));
-  return t;
-}
-
-function relErr(got: Float32Array, want: ArrayLike<number>): number {
-  assert.equal(got.length, want.length);
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < got.length; i++) {
-    assert.ok(Number.isFinite(got[i]), `value ${i} is ${got[i]}`);
-    num += (got[i]! - want[i]!) ** 2;
-    den += want[i]! ** 2;
-  }
-  return Math.sqrt(num / Math.max(den, 1e-30));
-}
+const upload = uploadValues;
 
 for (const bc of backendCases) {
   describe(`mixture-of-experts ops on ${bc.name}`, () => {

@@ -5,7 +5,7 @@ import { CpuBackend } from "../../src/backend/cpu/index.js";
 import { fromF32, type FloatDType } from "../../src/backend/dtype.js";
 import type { Backend, KvBlock, Tensor } from "../../src/backend/ops.js";
 import { Random } from "../../src/util/random.js";
-import { backendCases } from "../helpers.js";
+import { backendCases, relErr, uploadValues } from "../helpers.js";
 
 const random = new Random(1234);
 const randn = (n: number, scale = 1) => Float32Array.from({ length: n }, () => (random.next() * 2 - 1) * scale * Math.sqrt(3));
@@ -20,23 +20,7 @@ function quantize(v: Float32Array, dtype: FloatDType): Float32Array {
   return (t as unknown as { f32(): Float32Array }).f32();
 }
 
-async function upload(b: Backend, shape: number[], values: Float32Array, dtype: FloatDType = "f32"): Promise<Tensor> {
-  const t = b.alloc(shape, dtype);
-  await b.upload(t, fromF32(values, dtype));
-  return t;
-}
-
-function relErr(got: Float32Array, want: ArrayLike<number>): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < got.length; i++) {
-    assert.ok(Number.isFinite(got[i]), `value ${i} is ${got[i]}`);
-    num += (got[i]! - want[i]!) ** 2;
-    den += want[i]! ** 2;
-  }
-  assert.equal(got.length, want.length);
-  return Math.sqrt(num / Math.max(den, 1e-30));
-}
+const upload = uploadValues;
 
 function matmulRef(x: Float32Array, w: Float32Array, rows: number, k: number, n: number, bias?: Float32Array): Float64Array {
   const out = new Float64Array(rows * n);
