@@ -22,6 +22,11 @@ export interface ModelShape {
   readonly moe?: { readonly experts: number; readonly topK: number; readonly layers?: readonly boolean[] };
 }
 
+/** Whether some layers keep recurrent state (linear attention) instead of KV. */
+export function hasRecurrentLayers(shape: ModelShape): boolean {
+  return shape.kvLayers.some((l) => (l.stateFloats ?? 0) > 0);
+}
+
 /** Experts of `layer` (0 for a dense layer or model). */
 export function expertsIn(shape: ModelShape, layer: number): number {
   return shape.moe && (shape.moe.layers?.[layer] ?? true) ? shape.moe.experts : 0;

@@ -255,7 +255,7 @@ export class KvCache {
     return at && at.size === recurrent ? at : undefined;
   }
 
-  /** Forgets the snapshots up to `position` (saved) or past it (truncated away). */
+  /** Keeps only the snapshots at positions `keep` accepts (the rest are saved, or were truncated away). */
   dropSnapshots(keep: (position: number) => boolean): void {
     for (const position of [...this.snapshots.keys()]) if (!keep(position)) this.snapshots.delete(position);
   }

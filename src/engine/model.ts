@@ -1,7 +1,7 @@
 // The library's entry point: a loaded model folder that plans its memory, streams its layers, generates text and exposes logits.
 import { freemem } from "node:os";
 import { createArchModel } from "../arch/index.js";
-import type { ArchModel } from "../arch/types.js";
+import { hasRecurrentLayers, type ArchModel } from "../arch/types.js";
 import { createBackend, type BackendName } from "../backend/index.js";
 import { dtypeBytes, type FloatDType } from "../backend/dtype.js";
 import type { Backend } from "../backend/ops.js";
@@ -142,7 +142,7 @@ export class LayerwiseModel {
     /** Why the backend was chosen, when `auto` fell back. */
     readonly backendNote?: string,
   ) {
-    this.recurrent = arch.shape.kvLayers.some((l) => (l.stateFloats ?? 0) > 0);
+    this.recurrent = hasRecurrentLayers(arch.shape);
   }
 
   static async load(dir: string, o: LoadOptions = {}): Promise<LayerwiseModel> {
@@ -185,9 +185,8 @@ export class LayerwiseModel {
       cleanup.push(() => streamer.dispose());
       const kvBlockBytes = Math.max(...arch.shape.kvLayers.map((l) => l.kvHeads * l.headDim)) * kvBlockTokens * dtypeBytes[kvDtype];
       const stager = new KvStager(backend, kvBlockBytes, Math.max(2, thePlan.kvStagingBlocks), kvDtype);
-      const recurrent = arch.shape.kvLayers.some((l) => (l.stateFloats ?? 0) > 0);
       // With a persistent cache, recurrent state is kept at chunk ends too, so a cached prefix can resume near its end.
-      const runner = new Runner(backend, arch, streamer, stager, { prefillChunk, prefillSpan, ...(o.kvCache && recurrent ? { stateSnapshotTokens: prefillChunk } : {}) });
+      const runner = new Runner(backend, arch, streamer, stager, { prefillChunk, prefillSpan, ...(o.kvCache && hasRecurrentLayers(arch.shape) ? { stateSnapshotTokens: prefillChunk } : {}) });
       const policy: KvPolicy = {
         blockTokens: kvBlockTokens,
         dtype: kvDtype,
