@@ -29,7 +29,10 @@ export const GptOssConfig = z.object({
   swiglu_limit: z.number().positive().default(7),
   attention_bias: z.literal(true).default(true),
   tie_word_embeddings: z.boolean().default(false),
-  quantization_config: z.looseObject({ quant_method: z.literal("mxfp4", { message: 'layerwise reads gpt-oss experts as MXFP4 (quant_method "mxfp4", the official release)' }) }),
+  quantization_config: z.looseObject(
+    { quant_method: z.literal("mxfp4", { message: 'layerwise reads gpt-oss experts as MXFP4 (quant_method "mxfp4", the official release)' }) },
+    { error: 'missing: layerwise reads gpt-oss experts as MXFP4, as released (quant_method "mxfp4"); bf16 re-releases are not supported' },
+  ),
 });
 export type GptOssConfig = z.infer<typeof GptOssConfig>;
 

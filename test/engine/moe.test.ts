@@ -1,7 +1,8 @@
 // Mixture-of-experts models out of core (CPU backend): experts streamed through the hot-expert cache from RAM or disk give
 // the same outputs as resident ones, a decode step reads only its routed experts, and a failed expert read loses nothing.
 import assert from "node:assert/strict";
-import { open as fsOpen } from "node:fs/promises";
+import { open as fsOpen, readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import { LayerwiseModel, withModel, type LoadOptions } from "../../src/engine/model.js";
 import { Random } from "../../src/util/random.js";
@@ -72,6 +73,14 @@ describe("gpt-oss experts out of core, cpu", () => {
     const want = await withModel(dir, { backend: "cpu" }, async (m) => m.arch.shape.numLayers * m.arch.shape.moe!.topK * expertBytes(m));
     assert.equal(out.decode_disk_read_bytes_per_token, want, JSON.stringify(out));
     assert.equal(out.decode_h2d_bytes_per_token, want);
+  });
+
+  it("a gpt-oss checkpoint without MXFP4 experts is refused, naming the field and why", async () => {
+    const dir = await tinyModel({ preset: "tiny-gpt-oss" });
+    const config = JSON.parse(await readFile(join(dir, "config.json"), "utf8")) as Record<string, unknown>;
+    delete config.quantization_config;
+    await writeFile(join(dir, "config.json"), JSON.stringify(config));
+    await assert.rejects(LayerwiseModel.load(dir, { backend: "cpu" }), (e: Error & { code: string }) => e.code === "CONFIG_INVALID" && /quantization_config: missing: .*MXFP4/.test(e.message));
   });
 
   it("a failed expert read fails the step, and the next step recomputes it with the same result", async () => {
