@@ -1,7 +1,7 @@
 // `layerwise bench`: random-weight checkpoints with real shapes, the links they stream over (measured in the same run),
 // layerwise's prefill and decode at several contexts inside a VRAM budget, and the transformers + accelerate baseline.
 import { execFileSync } from "node:child_process";
-import { readFile, stat, writeFile } from "node:fs/promises";
+import { readFile, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { createArchModel } from "../arch/index.js";
 import type { Backend } from "../backend/ops.js";
@@ -69,6 +69,16 @@ async function ensureModel(preset: string, dir: string, log: (l: string) => void
   await makeTestModel({ preset, dtype: "bf16", out, ...(layers ? { layers } : {}) });
   log(`wrote ${preset} to ${out} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   return out;
+}
+
+/**
+ * Removes a checkpoint this benchmark wrote once its workloads are done, except the main one (later workloads use it):
+ * every model kept would not fit the disks these runs get (64 GB on the GPU machine).
+ */
+async function removeModel(dir: string, main: string): Promise<void> {
+  if (dir === main) return;
+  const ours = await readFile(join(dir, testModelMarker), "utf8").then(() => true, () => false);
+  if (ours) await rm(dir, { recursive: true, force: true });
 }
 
 function promptIds(n: number, vocab: number, seed: number): number[] {
@@ -238,8 +248,10 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
   const long: Record<string, unknown>[] = [];
   if (!o.skip.has("long")) {
     for (const { preset, context, layers, predictAt } of o.long) {
+      const cleanups: (() => Promise<void>)[] = [];
       await workload(`long_${preset}`, results, log, async () => {
         const dir = await ensureModel(preset, o.dir, log, layers);
+        cleanups.push(() => removeModel(dir, main));
         const cfg = JSON.parse(await readFile(join(dir, "config.json"), "utf8")) as Record<string, number>;
         const row: Record<string, unknown> = { preset, context, ...(layers ? { layers } : {}) };
         long.push(row);
@@ -262,6 +274,7 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
           log(`${preset} --ram 0 (2048-token prompt): decode ${f.decodeSPerToken.toFixed(2)} s/token, ${(f.decodeDiskBytesPerToken! / 1e6).toFixed(0)} MB/token from disk, ${f.decodeExpertLoadsPerToken!.toFixed(1)} experts loaded/token`);
         });
       }, o.onResults);
+      for (const c of cleanups) await c();
     }
   }
   results.long_context = long;
@@ -276,7 +289,7 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
       const floor = decodeBytes(m.plan, m.layout, m.arch, ctx32).h2d / (links.h2dGbps * 1e9);
       others.push({ preset, context: ctx32, ...f, floorDecodeS: floor });
       log(`${preset} ${ctx32} tokens: first token ${f.ttftS.toFixed(2)} s, decode ${f.decodeSPerToken.toFixed(3)} s/token (floor ${floor.toFixed(3)}), peak VRAM ${(f.peakVramBytes / 1e9).toFixed(2)} GB`);
-    });
+    }).finally(() => removeModel(dir, main));
   }
   results.other_models = others;
 
