@@ -91,7 +91,8 @@ export class Sequence {
 
   /**
    * Forgets everything from token `length` on; returns the length kept, which is 0 when a sliding-window layer has
-   * already freed keys that position needs (the caller then feeds the tokens again).
+   * already freed keys that position needs, or a recurrent layer's state has moved past it (the caller then feeds the
+   * tokens again).
    */
   async rewind(length: number): Promise<number> {
     if (!this.cache.canTruncate(Math.min(length, this.tokens.length))) length = 0;
