@@ -19,45 +19,39 @@ function topK(logits: Float32Array, k: number): number[] {
   return picked;
 }
 
-/** gpt-oss: the top-k logits, then a softmax over those k. */
-export function softmaxOfTopK(logits: Float32Array, experts: number, k: number): Routes {
-  const rows = logits.length / experts;
-  const ids = new Int32Array(rows * k);
-  const weights = new Float32Array(rows * k);
-  for (let r = 0; r < rows; r++) {
-    const row = logits.subarray(r * experts, (r + 1) * experts);
-    const top = topK(row, k);
-    const max = row[top[0]!]!;
-    const exps = top.map((e) => Math.exp(row[e]! - max));
-    const sum = exps.reduce((a, b) => a + b, 0);
-    top.forEach((e, j) => {
-      ids[r * k + j] = e;
-      weights[r * k + j] = exps[j]! / sum;
-    });
-  }
-  return { experts: ids, weights };
-}
-
-/** Qwen MoE: a softmax over every expert's logit (rows of `stride` values, the first `experts` of them), then the top
- * k, renormalized to sum to 1 when `normalize`. */
-export function softmaxThenTopK(logits: Float32Array, stride: number, experts: number, k: number, normalize: boolean): Routes {
+/** Routes of every row of logits (rows of `stride` values, the first `experts` of them): `weigh` gives a row's top k weights. */
+function route(logits: Float32Array, stride: number, experts: number, k: number, weigh: (row: Float32Array, top: number[]) => number[]): Routes {
   const rows = logits.length / stride;
   const ids = new Int32Array(rows * k);
   const weights = new Float32Array(rows * k);
   for (let r = 0; r < rows; r++) {
     const row = logits.subarray(r * stride, r * stride + experts);
+    const top = topK(row, k);
+    ids.set(top, r * k);
+    weights.set(weigh(row, top), r * k);
+  }
+  return { experts: ids, weights };
+}
+
+/** gpt-oss: the top-k logits, then a softmax over those k. */
+export function softmaxOfTopK(logits: Float32Array, experts: number, k: number): Routes {
+  return route(logits, experts, experts, k, (row, top) => {
+    const exps = top.map((e) => Math.exp(row[e]! - row[top[0]!]!));
+    const sum = exps.reduce((a, b) => a + b, 0);
+    return exps.map((x) => x / sum);
+  });
+}
+
+/** Qwen MoE: a softmax over every expert's logit, then the top k, renormalized to sum to 1 when `normalize`. */
+export function softmaxThenTopK(logits: Float32Array, stride: number, experts: number, k: number, normalize: boolean): Routes {
+  return route(logits, stride, experts, k, (row, top) => {
     const max = row.reduce((m, v) => Math.max(m, v), -Infinity);
     let sum = 0;
     for (const v of row) sum += Math.exp(v - max);
-    const top = topK(row, k);
     const probs = top.map((e) => Math.fround(Math.exp(row[e]! - max) / sum)); // transformers keeps them in f32
     const total = normalize ? probs.reduce((a, b) => a + b, 0) : 1;
-    top.forEach((e, j) => {
-      ids[r * k + j] = e;
-      weights[r * k + j] = probs[j]! / total;
-    });
-  }
-  return { experts: ids, weights };
+    return probs.map((p) => p / total);
+  });
 }
 
 /**

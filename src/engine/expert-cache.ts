@@ -5,7 +5,7 @@ import type { Backend, Fence, HostBuffer, Tensor } from "../backend/ops.js";
 import type { DiskReader } from "../model/disk-reader.js";
 import type { ModelLayout, TensorGroup } from "./layout.js";
 import type { Plan } from "./planner.js";
-import { BufferPool, copyGroup, deviceBytes, readGroup } from "./streamer-io.js";
+import { BufferPool, deviceBytes, fetchGroup, readGroup } from "./streamer-io.js";
 
 interface ExpertSlot {
   readonly buffer: Tensor;
@@ -71,8 +71,8 @@ export class ExpertCache {
         for (let key = 0; key < total; key++) {
           c.assign(c.slots[key]!, key);
           await c.slots[key]!.weights;
-          c.stats.loads = c.stats.loadBytes = c.stats.waitS = 0; // loading at start is not a cache miss
         }
+        c.stats.loads = c.stats.loadBytes = c.stats.waitS = 0; // loading at start is not a cache miss
         staging.dispose(); // resident: nothing is read again
       }
     } catch (e) {
@@ -146,16 +146,12 @@ export class ExpertCache {
     const group = this.group(key);
     if (this.inFlight++ === 0) this.busySince = performance.now();
     slot.weights = (async () => {
-      const ram = this.ramImages.get(key);
-      const image = ram ?? (await this.staging.take());
       try {
-        if (!ram) await readGroup(this.reader, group, image);
-        const w = await copyGroup(this.backend, group, image, slot.buffer, slot.freeAfter, !ram);
+        const w = await fetchGroup(this.backend, this.reader, group, this.ramImages.get(key), this.staging, slot.buffer, slot.freeAfter);
         this.stats.loads++;
         this.stats.loadBytes += group.dataBytes;
         return w;
       } finally {
-        if (!ram) this.staging.give(image);
         if (--this.inFlight === 0) this.stats.waitS += (performance.now() - this.busySince) / 1000;
       }
     })();

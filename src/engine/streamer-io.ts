@@ -33,6 +33,20 @@ export async function loadGroup(backend: Backend, reader: DiskReader, group: Ten
   return copyGroup(backend, group, image, buffer, undefined, true);
 }
 
+/**
+ * A group's weights in a device buffer: copied from its RAM image when it has one, else read from disk into a staging
+ * buffer first (given back once the copies are done). Copies wait for compute to reach `after`.
+ */
+export async function fetchGroup(backend: Backend, reader: DiskReader, group: TensorGroup, ram: HostBuffer | undefined, staging: BufferPool, buffer: Tensor, after: Fence | undefined): Promise<Weights> {
+  const image = ram ?? (await staging.take());
+  try {
+    if (!ram) await readGroup(reader, group, image);
+    return await copyGroup(backend, group, image, buffer, after, !ram);
+  } finally {
+    if (!ram) staging.give(image);
+  }
+}
+
 /** Pinned host buffers that disk reads land in, handed out in request order. */
 export class BufferPool {
   private readonly free: HostBuffer[] = [];

@@ -5,7 +5,7 @@ import type { DiskReader } from "../model/disk-reader.js";
 import { ExpertCache } from "./expert-cache.js";
 import type { ModelLayout } from "./layout.js";
 import type { Plan } from "./planner.js";
-import { BufferPool, copyGroup, deviceBytes, loadGroup, readGroup } from "./streamer-io.js";
+import { BufferPool, deviceBytes, fetchGroup, loadGroup, readGroup } from "./streamer-io.js";
 import type { WeightSource } from "./weights.js";
 
 interface Slot {
@@ -127,16 +127,9 @@ export class LayerStreamer implements WeightSource {
     slot.busy = true;
     const group = this.layout.layers[layer]!;
     slot.loading = (async () => {
-      const ram = this.ramImages.get(layer);
-      const image = ram ?? (await this.staging!.take());
-      try {
-        if (!ram) await readGroup(this.reader, group, image);
-        const w = await copyGroup(this.backend, group, image, slot.buffer, slot.freeAfter, !ram);
-        this.stats.h2dBytes += group.dataBytes;
-        return w;
-      } finally {
-        if (!ram) this.staging!.give(image);
-      }
+      const w = await fetchGroup(this.backend, this.reader, group, this.ramImages.get(layer), this.staging!, slot.buffer, slot.freeAfter);
+      this.stats.h2dBytes += group.dataBytes;
+      return w;
     })();
     return slot.loading;
   }
