@@ -1,6 +1,6 @@
 // Physical floors for the benchmark: what a run cannot beat given the bytes it must move and the FLOPs it must do.
 import type { ArchModel } from "../arch/types.js";
-import { kvBytesBetween, type Plan } from "../engine/planner.js";
+import { kvBytesBetween, routedExpertBytes, type Plan } from "../engine/planner.js";
 import type { ModelLayout } from "../engine/layout.js";
 
 export interface Links {
@@ -18,14 +18,8 @@ export function decodeBytes(plan: Plan, layout: ModelLayout, model: ArchModel, c
   const kv = (from: number) => kvBytesBetween(model.shape, plan.input.kvDtype, Math.min(ctx, from), ctx);
   const kvOff = kv(plan.kvDeviceTokens);
   const kvDisk = kv(plan.kvDeviceTokens + plan.kvHostTokens);
-  // Routed experts the hot-expert cache misses, if routing spreads evenly over the experts (random weights do).
-  const experts = layout.experts.flat();
-  const { total, deviceSlots, ram } = plan.experts;
-  const routed = model.shape.moe && total ? layout.experts.filter((l) => l.length > 0).length * model.shape.moe.topK * (experts.reduce((n, g) => n + g.dataBytes, 0) / experts.length) : 0;
-  const missDevice = total ? 1 - deviceSlots / total : 0;
-  const expertH2d = routed * missDevice;
-  const expertDisk = expertH2d * (1 - ram / Math.max(1, total));
-  return { h2d: layerBytes("ram") + layerBytes("disk") + kvOff + expertH2d, disk: layerBytes("disk") + kvDisk + expertDisk };
+  const experts = routedExpertBytes(layout, model.shape, plan.experts);
+  return { h2d: layerBytes("ram") + layerBytes("disk") + kvOff + experts.h2d, disk: layerBytes("disk") + kvDisk + experts.disk };
 }
 
 /** FLOPs of a prefill of `ctx` tokens: every layer's matmuls (2 per weight) and causal attention. */

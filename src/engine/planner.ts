@@ -68,6 +68,19 @@ export function kvBytesBetween(shape: ModelShape, dtype: FloatDType, from: numbe
   return kvBytesAt(shape, dtype, to) - kvBytesAt(shape, dtype, from);
 }
 
+/**
+ * Bytes of routed experts a decoded token must copy to the device (hot-cache misses) and read from disk (misses not in
+ * RAM), if routing spreads evenly over the experts (random weights route about so).
+ */
+export function routedExpertBytes(layout: ModelLayout, shape: ModelShape, experts: Plan["experts"]): { h2d: number; disk: number } {
+  const { total, deviceSlots, ram } = experts;
+  if (total === 0 || !shape.moe) return { h2d: 0, disk: 0 };
+  const perExpert = layout.experts.flat().reduce((n, g) => n + g.dataBytes, 0) / total;
+  const routed = layout.experts.filter((l) => l.length > 0).length * shape.moe.topK * perExpert;
+  const h2d = routed * (1 - deviceSlots / total);
+  return { h2d, disk: h2d * (1 - ram / total) };
+}
+
 /** The most tokens past `from`, in whole blocks up to `limit`, whose KV fits in `bytes`. */
 function kvTokensWithin(bytesOf: (from: number, to: number) => number, from: number, limit: number, block: number, bytes: number): number {
   let lo = 0;
@@ -115,14 +128,15 @@ export function plan(input: PlanInput): Plan {
   const kvHeadroom = (shape.numLayers * batch + Math.ceil(input.prefillChunk / block) + 1) * kvLayerBlockBytes;
   // Recurrent layers' state (linear attention) stays on the device for every sequence.
   const recurrentState = batch * shape.kvLayers.reduce((n, l) => n + held(4 * (l.stateFloats ?? 0)), 0);
-  const must = globals + workspace + kvHeadroom + recurrentState + minExpertSlots * expertSlotBytes;
+  const base = globals + workspace + kvHeadroom + recurrentState;
+  const must = base + minExpertSlots * expertSlotBytes;
 
   const layerTier: WeightTier[] = layerBytes.map(() => "device");
   let slots = 0;
   let kvDeviceTokens = ctx;
   let kvStagingBlocks = 0;
   let expertSlots = maxExpertSlots;
-  if (must - minExpertSlots * expertSlotBytes + allLayers + kvTotal + maxExpertSlots * expertSlotBytes > input.vramBytes) {
+  if (base + allLayers + kvTotal + maxExpertSlots * expertSlotBytes > input.vramBytes) {
     // Streaming: slots for layers in flight, KV staging for blocks in RAM or on disk, then KV and whole layers while room lasts.
     const minStaging = 2 * kvLayerBlockBytes;
     slots = must + 3 * slotBytesEach + minStaging <= input.vramBytes ? Math.min(3, shape.numLayers) : 2;
@@ -184,10 +198,8 @@ export function plan(input: PlanInput): Plan {
   const streamedBytes = (tier: WeightTier) => layout.layers.reduce((n, l, i) => n + (layerTier[i] === tier ? l.dataBytes : 0), 0);
   const slotBytes = slots * slotBytesEach;
   const expertDevice = expertSlots * expertSlotBytes;
-  const expertData = totalExperts === 0 ? 0 : layout.experts.flat().reduce((n, g) => n + g.dataBytes, 0) / totalExperts;
-  const routedPerToken = totalExperts === 0 ? 0 : layout.experts.filter((l) => l.length > 0).length * shape.moe!.topK * expertData;
-  const missDevice = expertsResident ? 0 : 1 - expertSlots / totalExperts;
-  const missRam = 1 - ramExperts / Math.max(1, totalExperts);
+  const experts = { total: totalExperts, deviceSlots: expertSlots, ram: ramExperts, stagingBuffers: expertStaging };
+  const routed = routedExpertBytes(layout, shape, experts);
   return {
     input,
     layerTier,
@@ -196,7 +208,7 @@ export function plan(input: PlanInput): Plan {
     kvDeviceTokens,
     kvHostTokens,
     kvStagingBlocks,
-    experts: { total: totalExperts, deviceSlots: expertSlots, ram: ramExperts, stagingBuffers: expertStaging },
+    experts,
     deviceBytes: {
       globals,
       workspace,
@@ -206,13 +218,13 @@ export function plan(input: PlanInput): Plan {
       residentLayers,
       kv: kvDevice,
       experts: expertDevice,
-      total: must - minExpertSlots * expertSlotBytes + slotBytes + kvStaging + residentLayers + kvDevice + expertDevice,
+      total: base + slotBytes + kvStaging + residentLayers + kvDevice + expertDevice,
     },
     hostBytes: { ramLayers, kv: kvHost, ramExperts: ramExperts * layout.maxExpertHostBytes, staging, activations, transfer, total: ramLayers + kvHost + ramExperts * layout.maxExpertHostBytes + staging + activations + transfer },
     kvDiskBytes,
     perToken: {
-      diskBytes: streamedBytes("disk") + kvDiskBytes + routedPerToken * missDevice * missRam,
-      h2dBytes: streamedBytes("disk") + streamedBytes("ram") + kvHost + kvDiskBytes + routedPerToken * missDevice,
+      diskBytes: streamedBytes("disk") + kvDiskBytes + routed.disk,
+      h2dBytes: streamedBytes("disk") + streamedBytes("ram") + kvHost + kvDiskBytes + routed.h2d,
     },
   };
 }
