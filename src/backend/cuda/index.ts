@@ -371,16 +371,18 @@ export class CudaBackend implements Backend {
           const rowsHere = Math.min(16, m - r);
           this.launch(`gemv16_mxfp4`, [Math.ceil(n / 8), 1, 1], [threads, 1, 1], [{ ptr: out.ptr + BigInt(r * n * 4) }, { ptr: xt.ptr + BigInt(r * k * 4) }, ...args.slice(2, 4), { i32: rowsHere }, { i32: n }, { i32: k }], reads);
         }
-        return this.doneBias(b, bias, out);
+        this.doneWithF32(b, bias);
+        return out;
       }
       this.launch(`gemm_simt_${wt.dtype}`, [Math.ceil(n / 64), Math.ceil(m / 64), 1], [threads, 1, 1], args, reads);
     }
-    return this.doneBias(b, bias, out);
+    this.doneWithF32(b, bias);
+    return out;
   }
 
-  private doneBias(converted: CudaTensor | undefined, bias: Tensor | undefined, out: CudaTensor): CudaTensor {
-    if (converted && converted !== bias) this.done(converted);
-    return out;
+  /** Frees what `asF32` made for `original` once the ops using it are enqueued (nothing when it was f32 already). */
+  private doneWithF32(converted: CudaTensor | undefined, original: Tensor | undefined): void {
+    if (converted && converted !== original) this.done(converted);
   }
 
   /** The tensor itself when it is f32, else an f32 copy (biases and sinks stored in 16 bits; kernels read f32). */
@@ -489,7 +491,7 @@ export class CudaBackend implements Backend {
       this.free(partMl);
     }
     this.done(seqBuf, ptrBuf, posBuf);
-    if (sinks && sinks !== o.sinks) this.done(sinks);
+    this.doneWithF32(sinks, o.sinks);
     return { out, lse };
   }
 
@@ -574,8 +576,8 @@ export class CudaBackend implements Backend {
       [x, a, b, aLog, dtBias, ...o.seqs.map((s) => s.state)],
     );
     this.done(info, states);
-    if (aLog !== o.aLog) this.done(aLog);
-    if (dtBias !== o.dtBias) this.done(dtBias);
+    this.doneWithF32(aLog, o.aLog);
+    this.doneWithF32(dtBias, o.dtBias);
     return out;
   }
 
