@@ -251,8 +251,7 @@ export class KvCache {
   /** Every recurrent layer's state after `position` tokens, if all were kept. */
   snapshotAt(position: number): ReadonlyMap<number, Uint8Array> | undefined {
     const at = this.snapshots.get(position);
-    const recurrent = this.shape.kvLayers.filter((l) => (l.stateFloats ?? 0) > 0).length;
-    return at && at.size === recurrent ? at : undefined;
+    return at && at.size === this.shape.kvLayers.filter((_, l) => this.isRecurrent(l)).length ? at : undefined;
   }
 
   /** Keeps only the snapshots at positions `keep` accepts (the rest are saved, or were truncated away). */
