@@ -94,14 +94,15 @@ for (const bc of backendCases) {
       await b.dispose();
     });
 
-    // Two sequences of 7 and 12 rows in one call, then 5 more rows each in a second call, against the CPU backend run
-    // one sequence and one row at a time (on the CPU itself: batching and splitting must not change the result).
+    // Two sequences of 7 and 70 rows in one call (CUDA: the chunked kernel, 32 rows a chunk, the last one partial), then
+    // 5 more rows each in a second call, and the same one row per call (CUDA: the recurrent kernel), against the CPU
+    // backend run one sequence and one row at a time (on the CPU itself: batching and splitting must not change the result).
     for (const [kHeads, vHeads, kDim, vDim] of [[2, 4, 16, 16], [1, 2, 32, 24], [2, 2, 128, 128]] as const) {
       it(`causal conv and gated delta rule, ${kHeads} key / ${vHeads} value heads of ${kDim} / ${vDim}: state carried across calls and kept per sequence`, async () => {
         const b = await bc.create();
         const ref = new CpuBackend();
         const channels = 2 * kHeads * kDim + vHeads * vDim;
-        const rows = [7, 12];
+        const rows = [7, 70];
         const inputs = rows.map((n) => ({ x: randn((n + 5) * channels), a: randn((n + 5) * vHeads), beta: randn((n + 5) * vHeads) }));
         const w = randn(channels * 4, 0.5);
         const aLog = randn(vHeads);
@@ -127,7 +128,12 @@ for (const bc of backendCases) {
         const got = await run(b, [rows.map((n, seq) => ({ seq, from: 0, count: n })), rows.map((n, seq) => ({ seq, from: n, count: 5 }))]);
         const oneByOne = rows.flatMap((n, seq) => Array.from({ length: n + 5 }, (_, r) => [{ seq, from: r, count: 1 }]));
         const want = await run(ref, oneByOne);
-        for (let s = 0; s < rows.length; s++) assert.ok(relErr(got[s]!, want[s]!) < (bc.name === "cpu" ? 1e-6 : bc.tolF32), `sequence ${s}: ${relErr(got[s]!, want[s]!)}`);
+        const gotOneByOne = await run(b, oneByOne);
+        for (let s = 0; s < rows.length; s++) {
+          const tol = bc.name === "cpu" ? 1e-6 : bc.tolF32;
+          assert.ok(relErr(got[s]!, want[s]!) < tol, `sequence ${s}, batched: ${relErr(got[s]!, want[s]!)}`);
+          assert.ok(relErr(gotOneByOne[s]!, want[s]!) < tol, `sequence ${s}, a row per call: ${relErr(gotOneByOne[s]!, want[s]!)}`);
+        }
         await b.dispose();
       });
     }

@@ -14,7 +14,7 @@ import {
   minDriverVersion,
   type Handle,
 } from "./driver.js";
-import { Kernels, flashSmem, gemmSmem, type KernelArg } from "./kernels.js";
+import { Kernels, deltaChunkSmem, deltaRuleKeyDims, flashSmem, gemmSmem, type KernelArg } from "./kernels.js";
 import { DeviceBuffer, DevicePool, bucket } from "./memory.js";
 
 export class CudaTensor implements Tensor {
@@ -559,23 +559,37 @@ export class CudaBackend implements Backend {
     return out;
   }
 
+  /**
+   * Sequences of more than one row (prefill) take the chunked kernel, 32 rows at a time with their value columns split
+   * across blocks; single rows (decode) the recurrent one.
+   */
   gatedDeltaRule(qkv: Tensor, a: Tensor, b: Tensor, o: DeltaRuleOptions): Tensor {
     const x = cuda(qkv);
     const rows = x.shape[0]!;
-    const kernel = `gated_delta_rule_${o.kDim}`;
-    if (!this.kernels.has(kernel) || o.vDim > 256) throw new BackendError("CUDA_DELTA_RULE_SHAPE", `gated delta rule with key head dim ${o.kDim} and value head dim ${o.vDim}; the CUDA kernel takes 16, 32, 64 or 128 and at most 256`, "use --backend cpu");
+    const recurrent = `gated_delta_rule_${o.kDim}`;
+    const chunked = `gated_delta_chunked_${o.kDim}`;
+    if (!this.kernels.has(recurrent) || o.vDim > 256) throw new BackendError("CUDA_DELTA_RULE_SHAPE", `gated delta rule with key head dim ${o.kDim} and value head dim ${o.vDim}; the CUDA kernel takes ${deltaRuleKeyDims.join(", ")} and at most 256`, "use --backend cpu");
     const out = this.out([rows, o.vHeads * o.vDim]);
     const aLog = this.asF32(o.aLog);
     const dtBias = this.asF32(o.dtBias);
-    const { info, states } = this.recurrentSeqs(o.seqs);
-    this.launch(
-      kernel,
-      [o.vHeads, o.seqs.length, 1],
-      [Math.ceil(o.vDim / 32) * 32, 1, 1],
-      [{ ptr: out.ptr }, { ptr: x.ptr }, { ptr: cuda(a).ptr }, { ptr: cuda(b).ptr }, { ptr: aLog.ptr }, { ptr: dtBias.ptr }, { ptr: info.ptr }, { ptr: states.ptr }, { i32: o.kHeads }, { i32: o.vHeads }, { i32: o.vDim }],
-      [x, a, b, aLog, dtBias, ...o.seqs.map((s) => s.state)],
-    );
-    this.done(info, states);
+    const useChunked = (s: RecurrentSeq) => s.rows > 1 && this.kernels.has(chunked);
+    const launches = [
+      { kernel: chunked, seqs: o.seqs.filter((s) => useChunked(s)), grid: [o.vHeads, Math.ceil(o.vDim / 32)], threads: 256, smem: deltaChunkSmem(o.kDim) },
+      { kernel: recurrent, seqs: o.seqs.filter((s) => s.rows > 0 && !useChunked(s)), grid: [o.vHeads, 1], threads: Math.ceil(o.vDim / 32) * 32, smem: 0 },
+    ] as const;
+    for (const { kernel, seqs, grid, threads: blockThreads, smem } of launches) {
+      if (seqs.length === 0) continue;
+      const { info, states } = this.recurrentSeqs(seqs);
+      this.launch(
+        kernel,
+        [grid[0], grid[1], seqs.length],
+        [blockThreads, 1, 1],
+        [{ ptr: out.ptr }, { ptr: x.ptr }, { ptr: cuda(a).ptr }, { ptr: cuda(b).ptr }, { ptr: aLog.ptr }, { ptr: dtBias.ptr }, { ptr: info.ptr }, { ptr: states.ptr }, { i32: o.kHeads }, { i32: o.vHeads }, { i32: o.vDim }],
+        [x, a, b, aLog, dtBias, ...seqs.map((s) => s.state)],
+        smem,
+      );
+      this.done(info, states);
+    }
     this.doneWithF32(aLog, o.aLog);
     this.doneWithF32(dtBias, o.dtBias);
     return out;

@@ -8,11 +8,19 @@ export type KernelArg = { ptr: Handle } | { i32: number } | { i64: number } | { 
 const modules = ["elementwise", "matmul", "gemm", "attention", "flash", "recurrent"] as const;
 const kernelDir = new URL("../../../../kernels/", import.meta.url);
 
-/** Dynamic shared memory of the tensor-core kernels; mirrors the constants in kernels/gemm.cu and kernels/flash.cu. */
+/** Dynamic shared memory of the kernels that need more than the default; mirrors the constants in kernels/gemm.cu, flash.cu and recurrent.cu. */
 export const gemmSmem = 3 * (128 + 128) * (32 + 8) * 2;
 export function flashSmem(headDim: number): number {
   const bkv = headDim <= 128 ? 64 : 32;
   return (64 + 4 * bkv) * (headDim + 8) * 2;
+}
+
+/** Key head dims the gated delta rule kernels are built for. */
+export const deltaRuleKeyDims = [16, 32, 64, 128] as const;
+export function deltaChunkSmem(kDim: number): number {
+  const rows = 32;
+  const columns = 32;
+  return 4 * (2 * rows * (kDim + 1) + kDim * columns + 2 * rows * (rows + 1) + rows * columns + 4 * rows);
 }
 
 export class Kernels {
@@ -43,6 +51,7 @@ export class Kernels {
       needs.push([`gemm_mma_${dtype}`, gemmSmem]);
       for (const hd of [64, 128, 256]) needs.push([`flash_${dtype}_${hd}`, flashSmem(hd)]);
     }
+    for (const kDim of deltaRuleKeyDims) needs.push([`gated_delta_chunked_${kDim}`, deltaChunkSmem(kDim)]);
     for (const [name, smem] of needs) {
       if (smem <= maxSharedOptin) driver.setFunctionAttribute(this.fn(name), CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem, name);
       else this.fns.delete(name); // too little shared memory on this GPU: the exact fallback kernels run instead
