@@ -110,6 +110,8 @@ export interface Ops {
   gatedDeltaRule(qkv: Tensor, a: Tensor, b: Tensor, o: DeltaRuleOptions): Tensor;
   /** gpt-oss's expert activation on interleaved [gate, up] columns: (clamp(up) + 1) * g * sigmoid(alpha * g), g = min(gate, limit). */
   clampedSwiglu(gateUp: Tensor, o: { alpha: number; limit: number }): Tensor;
+  /** In place, on row `row` of x: values at `ids` divided by `factor` where positive, multiplied where negative (repetition penalty). */
+  penalize(x: Tensor, row: number, ids: Int32Array, factor: number): void;
   /** f32 zeros [rows, cols]. */
   zeros(shape: readonly number[]): Tensor;
   /** Rows `rows[i]` of x, in that order. */
@@ -186,6 +188,11 @@ export interface Backend extends Ops {
   writeRows(dst: Tensor, dstRow: number, src: Tensor, srcRow: number, count: number): void;
   /** Waits for t and returns its values as f32. */
   read(t: Tensor): Promise<Float32Array>;
+  /**
+   * The `k` largest values of each row of x [rows, cols] (f32, k <= cols) and their columns, best first, equal values by
+   * lower column (NaN last): [rows * k] each. Only these cross to the host.
+   */
+  topK(x: Tensor, k: number): Promise<{ ids: Int32Array; values: Float32Array }>;
   /** Raw bytes of rows start .. start + count - 1 of t, in t's dtype. */
   readRows(t: Tensor, start: number, count: number): Promise<Uint8Array>;
   free(t: Tensor): void;

@@ -2,7 +2,7 @@
 // (TextStream); and the loops that drive one sequence with them. The server's scheduler drives many with the same parts.
 import { UsageError } from "../errors.js";
 import { StreamingDetokenizer, type TextTokenizer } from "../model/tokenizer.js";
-import { Sampler, type SamplingOptions } from "./sampling.js";
+import { Sampler, type LogitsRequest, type RankedLogits, type SamplingOptions } from "./sampling.js";
 
 export interface GenerateOptions extends SamplingOptions {
   /** Most new tokens; default 256. */
@@ -36,7 +36,8 @@ export interface GenerationResult extends TokenStats {
 /** The token-level state of one request: what it may still generate and why it stops. */
 export class Generation {
   readonly tokens: number[] = [];
-  private readonly history: number[];
+  /** The sequence's ids so far, kept only while a repetition penalty needs them. */
+  private readonly seen = new Set<number>();
   private readonly sampler: Sampler;
   private readonly stopIds: Set<number>;
   /** Most new tokens: the request's limit, or what the context leaves. */
@@ -65,7 +66,7 @@ export class Generation {
     }
     this.sampler = new Sampler(o);
     this.stopIds = new Set([...(o.ignoreEos ? [] : eosTokenIds), ...(o.stopTokenIds ?? [])]);
-    this.history = [...promptIds];
+    if (this.sampler.penalized) for (const id of promptIds) this.seen.add(id);
     this.limit = Math.min(maxTokens, contextLeft);
     if (this.limit === 0) this.finish("length");
   }
@@ -74,12 +75,17 @@ export class Generation {
     return this.finishReason !== undefined;
   }
 
-  /** Samples the next token from `logits`; afterwards `done` says whether it was the last. */
-  next(logits: Float32Array): number {
-    const id = this.sampler.sample(logits, this.history);
+  /** What the next `next` needs of the logits: the best few ids, or (undefined) the whole row. */
+  logitsRequest(): LogitsRequest | undefined {
+    return this.sampler.request(this.seen);
+  }
+
+  /** Samples the next token from the logits `logitsRequest` asked for; afterwards `done` says whether it was the last. */
+  next(logits: Float32Array | RankedLogits): number {
+    const id = this.sampler.sample(logits, this.seen);
     if (this.tokens.length === 0) this.firstAt = performance.now();
     this.tokens.push(id);
-    this.history.push(id);
+    if (this.sampler.penalized) this.seen.add(id);
     if (this.stopIds.has(id)) this.finish("stop");
     else if (this.tokens.length >= this.limit) this.finish("length");
     return id;
@@ -152,8 +158,8 @@ export interface TokenStepper {
   readonly eosTokenIds: readonly number[];
   /** Positions the context has left before the prompt is fed. */
   readonly room: number;
-  /** Feeds ids after what the sequence holds; logits of the last id. */
-  step(ids: readonly number[]): Promise<Float32Array>;
+  /** Feeds ids after what the sequence holds; what `request` asks of the last id's logits (undefined: all of them). */
+  step(ids: readonly number[], request: LogitsRequest | undefined): Promise<Float32Array | RankedLogits>;
 }
 
 /**
@@ -164,7 +170,7 @@ export async function* generateTokens(model: TokenStepper, promptIds: readonly n
   const gen = new Generation(promptIds, o, model.eosTokenIds, model.room - fresh, kvCacheHitTokens);
   // A cancel during a step ends the run as "abort" (the engine rolled the step back); other errors propagate.
   const step = (ids: readonly number[]) =>
-    model.step(ids).catch((e: unknown) => {
+    model.step(ids, gen.logitsRequest()).catch((e: unknown) => {
       if (o.signal?.aborted) return undefined;
       throw e;
     });

@@ -21,7 +21,8 @@ import { KvBlockPool } from "./kv-blocks.js";
 import { KvStore, type BlockLayout, type StoreIo } from "./kv-store.js";
 import { modelLayout, type ModelLayout } from "./layout.js";
 import { plan, type Plan } from "./planner.js";
-import { Runner } from "./runner.js";
+import { Runner, type LogitsWanted } from "./runner.js";
+import type { LogitsRequest, RankedLogits } from "./sampling.js";
 import { LayerStreamer } from "./streamer.js";
 import { validateWeights } from "./weights.js";
 
@@ -109,6 +110,12 @@ export class Sequence {
   dispose(): void {
     this.cache.free();
   }
+}
+
+export interface ForwardOptions {
+  /** Fraction of the forward's layer passes done. */
+  onProgress?: (done: number) => void;
+  signal?: AbortSignal;
 }
 
 export class LayerwiseModel {
@@ -235,7 +242,7 @@ export class LayerwiseModel {
   }
 
   /** Feeds `ids` after what `seq` holds; logits [rows * vocab] of the last id, or of every id with `all`. */
-  async forward(seq: Sequence, ids: readonly number[], logits: "last" | "all" = "last", o: { onProgress?: (done: number) => void; signal?: AbortSignal } = {}): Promise<Float32Array> {
+  async forward(seq: Sequence, ids: readonly number[], logits: "last" | "all" = "last", o: ForwardOptions = {}): Promise<Float32Array> {
     return (await this.forwardBatch([{ seq, ids }], logits, o))[0]!;
   }
 
@@ -243,7 +250,10 @@ export class LayerwiseModel {
    * Feeds new ids to several sequences in one pass (every layer's weights serve all of them): a batch of decode steps,
    * or prompts. Logits per sequence, as `forward` gives them.
    */
-  async forwardBatch(items: readonly { seq: Sequence; ids: readonly number[] }[], logits: "last" | "all" = "last", o: { onProgress?: (done: number) => void; signal?: AbortSignal } = {}): Promise<Float32Array[]> {
+  async forwardBatch(items: readonly { seq: Sequence; ids: readonly number[] }[], logits?: "last" | "all", o?: ForwardOptions): Promise<Float32Array[]>;
+  /** With sampling requests (one per item): the last token's best ids where its request asks, ranked on the backend. */
+  async forwardBatch(items: readonly { seq: Sequence; ids: readonly number[] }[], logits: LogitsWanted, o?: ForwardOptions): Promise<(Float32Array | RankedLogits)[]>;
+  async forwardBatch(items: readonly { seq: Sequence; ids: readonly number[] }[], logits: LogitsWanted = "last", o: ForwardOptions = {}): Promise<(Float32Array | RankedLogits)[]> {
     for (const { seq, ids } of items) {
       if (seq.length + ids.length > this.maxPositions) {
         throw new UsageError("CONTEXT_FULL", `${seq.length} + ${ids.length} tokens exceed the model's context of ${this.maxPositions}`);
@@ -255,9 +265,9 @@ export class LayerwiseModel {
       const block = this.parts.policy.blockTokens;
       const cut = Math.floor((single.seq.length + single.ids.length) / block) * block - single.seq.length;
       if (cut > 0 && cut < single.ids.length) {
-        const first = await this.forwardBatch([{ seq: single.seq, ids: single.ids.slice(0, cut) }], logits, o);
+        const first = await this.forwardBatch([{ seq: single.seq, ids: single.ids.slice(0, cut) }], logits === "all" ? "all" : "last", o);
         const rest = await this.forwardBatch([{ seq: single.seq, ids: single.ids.slice(cut) }], logits, o);
-        return [logits === "all" ? Float32Array.from([...first[0]!, ...rest[0]!]) : rest[0]!];
+        return [logits === "all" ? Float32Array.from([...first[0]!, ...(rest[0] as Float32Array)]) : rest[0]!];
       }
     }
     const t0 = performance.now();
@@ -271,7 +281,7 @@ export class LayerwiseModel {
           await this.persist(single.seq);
         }
       : undefined;
-    let out: Float32Array[];
+    let out: (Float32Array | RankedLogits)[];
     try {
       out = await this.parts.runner.forward(
         items.map(({ seq, ids }) => ({ cache: seq.cache, ids })),
@@ -382,10 +392,10 @@ export class LayerwiseModel {
         const stepper = {
           eosTokenIds: model.defaults.eosTokenIds,
           room: model.maxPositions - sequence.length,
-          step: (ids: readonly number[]) => {
+          step: async (ids: readonly number[], request: LogitsRequest | undefined) => {
             const progress = first ? o.onPrefillProgress : undefined;
             first = false;
-            return model.forward(sequence, ids, "last", { onProgress: progress, signal: o.signal });
+            return (await model.forwardBatch([{ seq: sequence, ids }], [request], { onProgress: progress, signal: o.signal }))[0]!;
           },
         };
         const stats = yield* generateTokens(stepper, promptIds, promptIds.length - hit, model.withDefaults(o), hit);

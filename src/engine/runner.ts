@@ -4,7 +4,11 @@ import type { Backend, HostBuffer, Tensor } from "../backend/ops.js";
 import { attendTiered, type AttendItem, type KvStager } from "./kv-attention.js";
 import type { KvCache } from "./kv-cache.js";
 import { logitRows } from "./planner.js";
+import type { LogitsRequest, RankedLogits } from "./sampling.js";
 import type { WeightSource } from "./weights.js";
+
+/** Per item: every new token's logits ("all"), the last one's ("last"), or what sampling asks of the last one's. */
+export type LogitsWanted = "all" | "last" | readonly (LogitsRequest | undefined)[];
 
 export interface ForwardItem {
   readonly cache: KvCache;
@@ -56,8 +60,13 @@ export class Runner {
     private readonly o: RunnerOptions,
   ) {}
 
-  /** Logits [rows * vocab] per item: of its last new token ("last") or of every new token ("all"). */
-  async forward(items: readonly ForwardItem[], logits: "last" | "all", hooks: ForwardHooks = {}): Promise<Float32Array[]> {
+  /**
+   * Logits per item: [rows * vocab] of every new token ("all"), [vocab] of its last one ("last"), or for sampling
+   * requests the last token's best ids where one was asked (ranked on the backend), else its whole row.
+   */
+  async forward(items: readonly ForwardItem[], logits: "last" | "all", hooks?: ForwardHooks): Promise<Float32Array[]>;
+  async forward(items: readonly ForwardItem[], logits: LogitsWanted, hooks?: ForwardHooks): Promise<(Float32Array | RankedLogits)[]>;
+  async forward(items: readonly ForwardItem[], logits: LogitsWanted, hooks: ForwardHooks = {}): Promise<(Float32Array | RankedLogits)[]> {
     const starts = items.map((it) => it.cache.length());
     const ids: number[] = [];
     const itemOfRow: number[] = [];
@@ -68,7 +77,8 @@ export class Runner {
     const firstRow: number[] = [];
     items.forEach((it, i) => firstRow.push(i === 0 ? 0 : firstRow[i - 1]! + items[i - 1]!.ids.length));
     const positionOf = (row: number) => starts[itemOfRow[row]!]! + row - firstRow[itemOfRow[row]!]!;
-    const out: Float32Array[][] = items.map(() => []);
+    const allRows: Float32Array[][] = items.map(() => []);
+    const lastRow: (Float32Array | RankedLogits)[] = [];
     const spanRows = Math.max(1, this.o.prefillSpan);
     const chunkRows = Math.max(items.length, this.o.prefillChunk);
     const layers = this.model.shape.numLayers;
@@ -100,16 +110,19 @@ export class Runner {
         for (const c of chunks) {
           const x = await hiddenOf(c);
           c.hidden = undefined;
-          for (const seg of c.segments) {
-            const last = seg.row + seg.rows === firstRow[seg.item]! + items[seg.item]!.ids.length;
-            if (logits === "all" || last) out[seg.item]!.push(await this.logits(x, seg.row - c.row + (logits === "all" ? 0 : seg.rows - 1), logits === "all" ? seg.rows : 1));
+          if (logits === "all") {
+            for (const seg of c.segments) allRows[seg.item]!.push(await this.logits(x, seg.row - c.row, seg.rows));
+          } else {
+            const ending = c.segments.filter((seg) => seg.row + seg.rows === firstRow[seg.item]! + items[seg.item]!.ids.length);
+            const got = await this.lastLogits(x, ending.map((seg) => seg.row - c.row + seg.rows - 1), ending.map((seg) => (logits === "last" ? undefined : logits[seg.item])));
+            ending.forEach((seg, i) => (lastRow[seg.item] = got[i]!));
           }
           this.backend.free(x);
           if (c.host) this.backend.freeHost(c.host);
         }
         await hooks.afterSpan?.(s1);
       }
-      return out.map((parts) => (parts.length === 1 ? parts[0]! : concat(parts)));
+      return logits === "all" ? allRows.map((parts) => (parts.length === 1 ? parts[0]! : concat(parts))) : lastRow;
     } catch (e) {
       await this.weights.reset();
       // A failed pass leaves no half-written tokens behind (or none at all, where a sliding window already freed keys).
@@ -170,6 +183,36 @@ export class Runner {
       }
     }
     return parts.length === 1 ? parts[0]! : concat(parts);
+  }
+
+  /**
+   * Per row of x in `rows`: the best ids its request asks for, or (no request) its whole row of logits. The head runs on
+   * a few rows at a time, so the workspace stays small and a decode batch reads the head's weights once a few rows.
+   */
+  private async lastLogits(x: Tensor, rows: readonly number[], requests: readonly (LogitsRequest | undefined)[]): Promise<(Float32Array | RankedLogits)[]> {
+    const backend = this.backend;
+    const out: (Float32Array | RankedLogits)[] = [];
+    for (let g = 0; g < rows.length; g += logitRows) {
+      const group = rows.slice(g, g + logitRows);
+      const asks = requests.slice(g, g + logitRows);
+      const inOrder = group.length === x.shape[0] && group.every((r, i) => r === i);
+      const t = backend.scoped(() => this.model.head(backend, this.weights.globals, inOrder ? x : backend.gatherRows(x, Int32Array.from(group))));
+      try {
+        const vocab = t.shape[1]!;
+        asks.forEach((a, i) => a?.penalty && backend.penalize(t, i, a.penalty.ids, a.penalty.factor));
+        const top = Math.min(vocab, Math.max(0, ...asks.map((a) => a?.top ?? 0)));
+        const ranked = top > 0 ? await backend.topK(t, top) : undefined;
+        const whole = asks.some((a) => !a) ? await backend.read(t) : undefined;
+        asks.forEach((a, i) => {
+          if (!a) return out.push(whole!.slice(i * vocab, (i + 1) * vocab));
+          const n = Math.min(a.top, vocab);
+          out.push({ ids: ranked!.ids.slice(i * top, i * top + n), scores: ranked!.values.slice(i * top, i * top + n) });
+        });
+      } finally {
+        backend.free(t);
+      }
+    }
+    return out;
   }
 
   private chunks(s0: number, s1: number, chunkRows: number, itemOfRow: number[], positionOf: (row: number) => number): Chunk[] {

@@ -1,6 +1,7 @@
 // Picking the next token from logits: repetition penalty, then temperature, top-k, top-p and min-p (transformers' order).
 import { UsageError } from "../errors.js";
 import { Random } from "../util/random.js";
+import { topIndices } from "../util/top-k.js";
 
 export interface SamplingOptions {
   /** 0 (the default) means greedy decoding. */
@@ -23,6 +24,19 @@ export function validateSampling(o: SamplingOptions): void {
   if (o.repetitionPenalty !== undefined) check(o.repetitionPenalty > 0, `repetition penalty ${o.repetitionPenalty} is not > 0`, "1 turns it off");
 }
 
+/** The best ids of one row of logits (repetition penalty already applied) with their scores, best first. */
+export interface RankedLogits {
+  readonly ids: Int32Array;
+  readonly scores: Float32Array;
+}
+
+/** What sampling needs of a row: only its best `top` ids, ranked where the logits are (on the GPU, say). */
+export interface LogitsRequest {
+  readonly top: number;
+  /** Applied to the row before ranking: positive logits of these ids divided by `factor`, negative ones multiplied. */
+  readonly penalty?: { readonly ids: Int32Array; readonly factor: number };
+}
+
 export class Sampler {
   private readonly random: Random;
 
@@ -35,54 +49,138 @@ export class Sampler {
     return !this.o.temperature;
   }
 
-  /** The next token id; `history` is every id of the sequence so far (prompt included), for the repetition penalty. */
-  sample(logits: Float32Array, history: Iterable<number>): number {
-    const scores = Float64Array.from(logits);
-    const penalty = this.o.repetitionPenalty;
-    if (penalty && penalty !== 1) {
-      for (const id of new Set(history)) {
-        const s = scores[id]!;
-        scores[id] = s < 0 ? s * penalty : s / penalty;
-      }
-    }
-    if (this.greedy) return argmax(scores);
+  /** Ids whose logits the repetition penalty changes, when it is on: the caller keeps the sequence's ids in it. */
+  get penalized(): boolean {
+    const p = this.o.repetitionPenalty;
+    return p !== undefined && p !== 1;
+  }
+
+  /**
+   * What the next token needs: greedy and top-k decoding need only the best ids (1 or k), anything else the whole row
+   * (undefined). `seen` holds the sequence's ids so far when `penalized`.
+   */
+  request(seen: ReadonlySet<number>): LogitsRequest | undefined {
+    const top = this.greedy ? 1 : this.o.topK;
+    if (!top) return undefined;
+    return this.penalized && seen.size > 0 ? { top, penalty: { ids: Int32Array.from(seen), factor: this.o.repetitionPenalty! } } : { top };
+  }
+
+  /**
+   * The next token id, from the whole row of logits or from the ranked ids a `request` asked for (penalty applied
+   * there); the same seed gives the same ids either way. `seen` is every id of the sequence so far, prompt included.
+   */
+  sample(logits: Float32Array | RankedLogits, seen: ReadonlySet<number>): number {
+    if (logits instanceof Float32Array && this.greedy) return argmax(this.penalize(logits, seen));
+    const ranked = logits instanceof Float32Array ? new LazyRanking(this.penalize(logits, seen)) : new GivenRanking(logits);
+    if (this.greedy) return ranked.id(0);
     const t = this.o.temperature!;
-    // Candidates sorted by score, best first; every filter below only shortens this list.
-    let order = Array.from(scores.keys()).sort((a, b) => scores[b]! - scores[a]!);
-    if (this.o.topK && this.o.topK < order.length) order = order.slice(0, this.o.topK);
-    const max = scores[order[0]!]! / t;
-    let probs = order.map((id) => Math.exp(scores[id]! / t - max));
-    let total = probs.reduce((a, b) => a + b, 0);
+    // Candidates in score order, best first; every filter below only shortens the prefix that stays.
+    const candidates = Math.min(this.o.topK || Infinity, ranked.size);
+    const max = ranked.score(0) / t;
+    const prob = (i: number) => Math.exp(ranked.score(i) / t - max);
+    const sumOf = (n: number) => (n === ranked.size ? ranked.sumExp(t, max) : sumPrefix(prob, n));
+    let keep = candidates;
     const topP = this.o.topP;
     if (topP !== undefined && topP < 1) {
-      // Keep the smallest prefix whose mass reaches top_p (transformers drops tokens whose cumulative mass from below is <= 1 - top_p).
+      // The smallest prefix whose mass reaches top_p (transformers drops tokens whose cumulative mass from below is <= 1 - top_p).
+      const total = sumOf(candidates);
       let cum = 0;
-      let keep = order.length;
-      for (let i = 0; i < order.length; i++) {
-        cum += probs[i]! / total;
+      for (let i = 0; i < candidates; i++) {
+        cum += prob(i) / total;
         if (cum >= topP) {
           keep = i + 1;
           break;
         }
       }
-      order = order.slice(0, keep);
-      probs = probs.slice(0, keep);
     }
     if (this.o.minP) {
-      const threshold = this.o.minP * probs[0]!;
-      const firstBelow = probs.findIndex((p) => p < threshold);
-      const keep = firstBelow === -1 ? probs.length : Math.max(1, firstBelow);
-      order = order.slice(0, keep);
-      probs = probs.slice(0, keep);
+      const threshold = this.o.minP * prob(0);
+      for (let i = 1; i < keep; i++) {
+        if (prob(i) < threshold) {
+          keep = i;
+          break;
+        }
+      }
     }
-    total = probs.reduce((a, b) => a + b, 0);
-    let r = this.random.next() * total;
-    for (let i = 0; i < order.length; i++) {
-      r -= probs[i]!;
-      if (r < 0) return order[i]!;
+    let r = this.random.next() * sumOf(keep);
+    for (let i = 0; i < keep; i++) {
+      r -= prob(i);
+      if (r < 0) return ranked.id(i);
     }
-    return order[order.length - 1]!;
+    return ranked.id(keep - 1);
   }
+
+  private penalize(logits: Float32Array, seen: ReadonlySet<number>): Float32Array | Float64Array {
+    if (!this.penalized || seen.size === 0) return logits;
+    const scores = Float64Array.from(logits);
+    const factor = this.o.repetitionPenalty!;
+    for (const id of seen) {
+      const s = scores[id]!;
+      scores[id] = s < 0 ? s * factor : s / factor;
+    }
+    return scores;
+  }
+}
+
+interface Ranking {
+  /** How many ids can be ranked: the row's length, or what was given. */
+  readonly size: number;
+  id(rank: number): number;
+  score(rank: number): number;
+  /** Sum over every id of exp(score / t - max). */
+  sumExp(t: number, max: number): number;
+}
+
+/** A whole row, ranked as far as sampling walks into it (a full sort of 200k logits would cost tens of ms a token). */
+class LazyRanking implements Ranking {
+  private order: Int32Array = new Int32Array(0);
+
+  constructor(private readonly scores: Float32Array | Float64Array) {}
+
+  get size(): number {
+    return this.scores.length;
+  }
+
+  id(rank: number): number {
+    if (rank >= this.order.length) this.order = topIndices(this.scores, Math.max(rank + 1, 4 * this.order.length, 64));
+    return this.order[rank]!;
+  }
+
+  score(rank: number): number {
+    return this.scores[this.id(rank)]!;
+  }
+
+  sumExp(t: number, max: number): number {
+    let sum = 0;
+    for (const s of this.scores) sum += Math.exp(s / t - max);
+    return sum;
+  }
+}
+
+class GivenRanking implements Ranking {
+  constructor(private readonly r: RankedLogits) {}
+
+  get size(): number {
+    return this.r.ids.length;
+  }
+
+  id(rank: number): number {
+    return this.r.ids[rank]!;
+  }
+
+  score(rank: number): number {
+    return this.r.scores[rank]!;
+  }
+
+  sumExp(t: number, max: number): number {
+    return sumPrefix((i) => Math.exp(this.r.scores[i]! / t - max), this.size);
+  }
+}
+
+function sumPrefix(f: (i: number) => number, n: number): number {
+  let sum = 0;
+  for (let i = 0; i < n; i++) sum += f(i);
+  return sum;
 }
 
 export function argmax(values: ArrayLike<number>): number {

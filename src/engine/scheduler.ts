@@ -3,6 +3,7 @@
 import { LayerwiseError } from "../errors.js";
 import { Generation, TextStream, type FinishReason, type GenerateOptions, type GenerationResult } from "./generate.js";
 import type { LayerwiseModel, Sequence } from "./model.js";
+import type { RankedLogits } from "./sampling.js";
 
 export interface Job {
   promptIds: readonly number[];
@@ -72,9 +73,12 @@ export class Scheduler {
       this.finishAborted();
       const stepping = this.active.filter((a) => a.pending !== undefined);
       if (stepping.length === 0) continue;
-      let logits: Float32Array[];
+      let logits: (Float32Array | RankedLogits)[];
       try {
-        logits = await this.model.forwardBatch(stepping.map((a) => ({ seq: a.seq, ids: [a.pending!] })));
+        logits = await this.model.forwardBatch(
+          stepping.map((a) => ({ seq: a.seq, ids: [a.pending!] })),
+          stepping.map((a) => a.gen.logitsRequest()),
+        );
       } catch (e) {
         for (const a of stepping) this.fail(a, e);
         continue;
@@ -99,9 +103,9 @@ export class Scheduler {
       const a: Active = { job: w.job, seq, gen, text: new TextStream(this.model.tokenizer, options.stop), resolve: w.resolve, reject: w.reject };
       this.counters.promptTokens += w.job.promptIds.length;
       if (gen.done) return this.complete(a);
-      const logits = await this.model.forward(seq, w.job.promptIds.slice(hit), "last", { signal: w.job.options.signal });
+      const [logits] = await this.model.forwardBatch([{ seq, ids: w.job.promptIds.slice(hit) }], [gen.logitsRequest()], { signal: w.job.options.signal });
       this.active.push(a);
-      this.advance(a, logits);
+      this.advance(a, logits!);
     } catch (e) {
       seq.dispose();
       if (w.job.options.signal?.aborted) w.resolve({ text: "", tokens: [], promptTokens: w.job.promptIds.length, finishReason: "abort", ttftS: 0, decodeSPerToken: 0 });
@@ -109,7 +113,7 @@ export class Scheduler {
     }
   }
 
-  private advance(a: Active, logits: Float32Array): void {
+  private advance(a: Active, logits: Float32Array | RankedLogits): void {
     const id = a.gen.next(logits);
     this.counters.generatedTokens++;
     const piece = a.text.push(id);

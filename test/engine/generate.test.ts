@@ -4,6 +4,7 @@ import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { LayerwiseModel } from "../../src/engine/model.js";
+import { Sampler } from "../../src/engine/sampling.js";
 import { maxAbsDiff, storiesCopy } from "../helpers.js";
 
 describe("generation on stories260K", () => {
@@ -77,6 +78,33 @@ describe("generation on stories260K", () => {
       assert.equal(seqs[i]!.length, prompts[i]!.length + 1);
     }
   });
+
+  // Generation asks the backend for only the best ids where that suffices (greedy, top-k); drawing from them must give
+  // what sampling the whole row of logits gives.
+  for (const o of [
+    { temperature: 0, repetitionPenalty: 1.5 },
+    { temperature: 0.9, topK: 20, topP: 0.9, repetitionPenalty: 1.2, seed: 3 },
+    { temperature: 1.1, topK: 0, minP: 0.02, seed: 4 },
+  ]) {
+    it(`sampling from the backend's ranked ids equals sampling the whole row: ${JSON.stringify(o)}`, async () => {
+      const prompt = [1, 403, 407];
+      const got = await model.complete({ ids: prompt }, { ...o, maxTokens: 30, ignoreEos: true });
+      const options = model.withDefaults(o);
+      const sampler = new Sampler(options);
+      const seen = new Set(prompt);
+      const seq = model.createSequence();
+      let logits = await model.forward(seq, prompt);
+      const want: number[] = [];
+      while (want.length < 30) {
+        const id = sampler.sample(logits, sampler.penalized ? seen : new Set());
+        want.push(id);
+        seen.add(id);
+        logits = await model.forward(seq, [id]);
+      }
+      seq.dispose();
+      assert.deepEqual(got.tokens, want);
+    });
+  }
 
   it("seeded sampling is repeatable", async () => {
     const a = await model.complete("Once upon a time", { maxTokens: 20, temperature: 0.8, topP: 0.9, seed: 42 });

@@ -1,25 +1,28 @@
 // Sampling: greedy, seeded repeatability, and each filter's effect on which tokens can come out.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { Sampler, argmax } from "../../src/engine/sampling.js";
+import { Sampler, argmax, type SamplingOptions } from "../../src/engine/sampling.js";
 import { UsageError } from "../../src/errors.js";
+import { Random } from "../../src/util/random.js";
+import { topIndices } from "../../src/util/top-k.js";
 
 const logits = Float32Array.from([1.0, 3.0, 2.5, -1.0, 0.5, 2.9]);
+const none: ReadonlySet<number> = new Set();
 
-function counts(sampler: Sampler, n: number, history: number[] = []): number[] {
+function counts(sampler: Sampler, n: number, seen: ReadonlySet<number> = new Set()): number[] {
   const c = new Array(logits.length).fill(0);
-  for (let i = 0; i < n; i++) c[sampler.sample(logits, history)]++;
+  for (let i = 0; i < n; i++) c[sampler.sample(logits, seen)]++;
   return c;
 }
 
 describe("sampling", () => {
   it("temperature 0 is argmax", () => {
-    assert.equal(new Sampler({ temperature: 0 }).sample(logits, []), 1);
+    assert.equal(new Sampler({ temperature: 0 }).sample(logits, none), 1);
     assert.equal(argmax(logits), 1);
   });
 
   it("the same seed gives the same tokens; another seed gives others", () => {
-    const run = (seed: number) => Array.from({ length: 50 }, ((s) => () => s.sample(logits, []))(new Sampler({ temperature: 1, seed })));
+    const run = (seed: number) => Array.from({ length: 50 }, ((s) => () => s.sample(logits, none))(new Sampler({ temperature: 1, seed })));
     assert.deepEqual(run(7), run(7));
     assert.notDeepEqual(run(7), run(8));
   });
@@ -50,10 +53,82 @@ describe("sampling", () => {
 
   it("repetition penalty divides positive and multiplies negative logits of seen tokens", () => {
     const s = new Sampler({ temperature: 0, repetitionPenalty: 2 });
-    assert.equal(s.sample(logits, [1]), 5); // 3.0 / 2 = 1.5 < 2.9
-    assert.equal(s.sample(logits, [1, 5]), 2); // 2.9 / 2 = 1.45 < 2.5
+    assert.equal(s.sample(logits, new Set([1])), 5); // 3.0 / 2 = 1.5 < 2.9
+    assert.equal(s.sample(logits, new Set([1, 5])), 2); // 2.9 / 2 = 1.45 < 2.5
     const negative = Float32Array.from([-1, -1.5]);
-    assert.equal(new Sampler({ temperature: 0, repetitionPenalty: 2 }).sample(negative, [0]), 1); // -1 * 2 = -2 < -1.5
+    assert.equal(new Sampler({ temperature: 0, repetitionPenalty: 2 }).sample(negative, new Set([0])), 1); // -1 * 2 = -2 < -1.5
+  });
+
+  // The definition the sampler must keep: a full stable sort of the penalized row, then each filter on that list.
+  function referenceSample(o: SamplingOptions, random: Random, row: Float32Array, seen: ReadonlySet<number>): number {
+    const scores = Float64Array.from(row);
+    for (const id of seen) scores[id] = scores[id]! < 0 ? scores[id]! * (o.repetitionPenalty ?? 1) : scores[id]! / (o.repetitionPenalty ?? 1);
+    let order = Array.from(scores.keys()).sort((a, b) => scores[b]! - scores[a]!);
+    if (!o.temperature) return order[0]!;
+    if (o.topK) order = order.slice(0, o.topK);
+    const max = scores[order[0]!]! / o.temperature;
+    let probs = order.map((id) => Math.exp(scores[id]! / o.temperature! - max));
+    const sum = (p: number[]) => p.reduce((a, b) => a + b, 0);
+    if (o.topP !== undefined && o.topP < 1) {
+      const total = sum(probs);
+      let cum = 0;
+      const keep = probs.findIndex((p) => (cum += p / total) >= o.topP!);
+      if (keep !== -1) [order, probs] = [order.slice(0, keep + 1), probs.slice(0, keep + 1)];
+    }
+    if (o.minP) {
+      const below = probs.findIndex((p) => p < o.minP! * probs[0]!);
+      if (below !== -1) [order, probs] = [order.slice(0, Math.max(1, below)), probs.slice(0, Math.max(1, below))];
+    }
+    let r = random.next() * sum(probs);
+    for (let i = 0; i < order.length; i++) if ((r -= probs[i]!) < 0) return order[i]!;
+    return order[order.length - 1]!;
+  }
+
+  const settings: SamplingOptions[] = [
+    { temperature: 0 },
+    { temperature: 0, repetitionPenalty: 1.3 },
+    { temperature: 0.8 },
+    { temperature: 0.8, topK: 40 },
+    { temperature: 1.2, topK: 5, topP: 0.7 },
+    { temperature: 0.7, topP: 0.9 },
+    { temperature: 0.7, topP: 0.95, minP: 0.05 },
+    { temperature: 1, minP: 0.2, repetitionPenalty: 1.2 },
+    { temperature: 0.9, topK: 50, topP: 0.9, repetitionPenalty: 0.8 },
+  ];
+  for (const o of settings) {
+    it(`ranks only as far as it must and draws what a full sort would: ${JSON.stringify(o)}`, () => {
+      const vocab = 5000;
+      const rng = new Random(11);
+      const seen = new Set(Array.from({ length: 300 }, () => Math.floor(rng.next() * vocab)));
+      const sampler = new Sampler({ ...o, seed: 5 });
+      const reference = new Random(5);
+      for (let step = 0; step < 40; step++) {
+        // Peaked rows (as trained models give) and flat ones, with ties among the best.
+        const spread = step % 2 ? 8 : 0.5;
+        const row = Float32Array.from({ length: vocab }, () => Math.round(rng.next() * spread * 64) / 64);
+        const want = referenceSample(o, reference, row, seen);
+        const request = sampler.request(seen);
+        if (request === undefined) {
+          assert.equal(sampler.sample(row, seen), want, `step ${step}`);
+          continue;
+        }
+        // What a backend gives for a request: the penalized row's best ids (ranked as topIndices ranks them).
+        const penalized = Float32Array.from(row);
+        for (const id of request.penalty?.ids ?? []) penalized[id] = penalized[id]! < 0 ? penalized[id]! * request.penalty!.factor : penalized[id]! / request.penalty!.factor;
+        const ids = topIndices(penalized, request.top);
+        assert.equal(sampler.sample({ ids, scores: Float32Array.from(ids, (id) => penalized[id]!) }, seen), want, `step ${step}`);
+      }
+    });
+  }
+
+  it("top indices: a stable descending sort's first k, ties by lower index, NaN last", () => {
+    const rng = new Random(3);
+    for (const n of [1, 7, 100, 4000]) {
+      const values = Float32Array.from({ length: n }, () => Math.floor(rng.next() * 20));
+      if (n > 10) values[3] = NaN;
+      const sorted = Array.from(values.keys()).sort((a, b) => (Number.isNaN(values[b]!) ? -Infinity : values[b]!) - (Number.isNaN(values[a]!) ? -Infinity : values[a]!) || a - b);
+      for (const k of [0, 1, 5, 64, n, n + 3]) assert.deepEqual(Array.from(topIndices(values, k)), sorted.slice(0, k), `n ${n}, k ${k}`);
+    }
   });
 
   it("rejects impossible settings", () => {

@@ -2,6 +2,7 @@
 import type { DType } from "../dtype.js";
 import { f32ToBf16, f32ToF16, fromF32, tensorBytes, tensorCoreInput } from "../dtype.js";
 import type { AttentionOptions, AttentionPart, Backend, DeltaRuleOptions, Fence, GateActivation, HostBuffer, MemoryStats, RecurrentSeq, RopeOptions, Tensor } from "../ops.js";
+import { topKRows } from "../../util/top-k.js";
 import { ScopeStack, runScoped } from "../scope.js";
 import * as math from "./math.js";
 import { CpuTensor, cpu, cpuView, f32Tensor } from "./tensor.js";
@@ -93,6 +94,11 @@ export class CpuBackend implements Backend {
     return Float32Array.from(cpu(t).f32());
   }
 
+  async topK(x: Tensor, k: number): Promise<{ ids: Int32Array; values: Float32Array }> {
+    const c = cpu(x);
+    return topKRows(c.f32(), c.shape[0]!, c.shape[1]!, k);
+  }
+
   async readRows(t: Tensor, start: number, count: number): Promise<Uint8Array> {
     const c = cpu(t);
     const rowBytes = tensorBytes([c.shape[c.shape.length - 1]!], c.dtype);
@@ -171,6 +177,12 @@ export class CpuBackend implements Backend {
   }
   gatherRows(x: Tensor, rows: Int32Array): Tensor {
     return this.result(math.gatherRows(cpu(x), rows));
+  }
+  penalize(x: Tensor, row: number, ids: Int32Array, factor: number): void {
+    const c = cpu(x);
+    const at = row * c.shape[1]!;
+    const values = c.data as Float32Array;
+    for (const id of ids) values[at + id] = values[at + id]! < 0 ? values[at + id]! * factor : values[at + id]! / factor;
   }
   accumulateRows(acc: Tensor, y: Tensor, rows: Int32Array, scales: Float32Array): void {
     math.accumulateRows(cpu(acc), cpu(y), rows, scales);

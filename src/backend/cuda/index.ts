@@ -14,7 +14,8 @@ import {
   minDriverVersion,
   type Handle,
 } from "./driver.js";
-import { Kernels, deltaChunkSmem, deltaRuleKeyDims, flashSmem, gemmSmem, type KernelArg } from "./kernels.js";
+import { topKRows } from "../../util/top-k.js";
+import { Kernels, deltaChunkSmem, deltaRuleKeyDims, flashSmem, gemmSmem, topKMax, type KernelArg } from "./kernels.js";
 import { DeviceBuffer, DevicePool, bucket } from "./memory.js";
 
 export class CudaTensor implements Tensor {
@@ -263,6 +264,20 @@ export class CudaBackend implements Backend {
     const h = this.hostScratch(count * rowBytes);
     await this.copyToHost(c, start * rowBytes, h, 0, count * rowBytes);
     return h.bytes.slice(0, count * rowBytes);
+  }
+
+  async topK(x: Tensor, k: number): Promise<{ ids: Int32Array; values: Float32Array }> {
+    const t = cuda(x);
+    const [rows, cols] = t.shape as [number, number];
+    if (k > topKMax) return topKRows(await this.read(t), rows, cols, k); // the kernel ranks at most topKMax in shared memory
+    const out = this.alloc([2 * rows * k], "f32") as CudaTensor; // ids, then values
+    try {
+      this.launch("top_k", [rows, 1, 1], [1024, 1, 1], [{ ptr: out.ptr }, { ptr: out.ptr + BigInt(4 * rows * k) }, { ptr: t.ptr }, { i32: cols }, { i32: k }], [t]);
+      const raw = await this.readRows(out, 0, 1);
+      return { ids: new Int32Array(raw.buffer, raw.byteOffset, rows * k), values: new Float32Array(raw.buffer, raw.byteOffset + 4 * rows * k, rows * k) };
+    } finally {
+      this.free(out);
+    }
   }
 
   async read(t: Tensor): Promise<Float32Array> {
@@ -608,6 +623,13 @@ export class CudaBackend implements Backend {
     const out = this.out(shape);
     this.driver.memsetAsync(out.ptr, 0, out.byteLength, this.compute);
     return out;
+  }
+
+  penalize(x: Tensor, row: number, ids: Int32Array, factor: number): void {
+    const t = cuda(x);
+    const idBuf = this.small(ids);
+    this.launch("penalize", [gridFor(ids.length), 1, 1], [threads, 1, 1], [{ ptr: t.ptr + BigInt(4 * row * t.shape[1]!) }, { ptr: idBuf.ptr }, { i32: ids.length }, { f32: factor }], [t]);
+    this.done(idBuf);
   }
 
   gatherRows(x: Tensor, rows: Int32Array): Tensor {

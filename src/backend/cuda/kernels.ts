@@ -5,7 +5,7 @@ import { CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, Driver, type Handle } 
 
 export type KernelArg = { ptr: Handle } | { i32: number } | { i64: number } | { f32: number };
 
-const modules = ["elementwise", "matmul", "gemm", "attention", "flash", "recurrent"] as const;
+const modules = ["elementwise", "matmul", "gemm", "attention", "flash", "recurrent", "sampling"] as const;
 const kernelDir = new URL("../../../../kernels/", import.meta.url);
 
 /** Dynamic shared memory of the kernels that need more than the default; mirrors the constants in kernels/gemm.cu, flash.cu and recurrent.cu. */
@@ -14,6 +14,9 @@ export function flashSmem(headDim: number): number {
   const bkv = headDim <= 128 ? 64 : 32;
   return (64 + 4 * bkv) * (headDim + 8) * 2;
 }
+
+/** Most ids the top_k kernel ranks per row; mirrors TOPK_MAX in kernels/sampling.cu. */
+export const topKMax = 2048;
 
 /** Key head dims the gated delta rule kernels are built for. */
 export const deltaRuleKeyDims = [16, 32, 64, 128] as const;
