@@ -7,7 +7,7 @@ export LAYERWISE_SHARED="$PWD/.device/shared" PATH="$PATH:/usr/local/cuda/bin" L
 out="${OUT:-/tmp}"
 node --test --test-concurrency=1 dist/test/backend/ dist/test/arch/ dist/test/engine/streaming.test.js > "$out/cuda-tests.log" 2>&1
 echo "cuda tests: exit $?"; grep -E "^# (tests|pass|fail)|^not ok|^    not ok|error:" "$out/cuda-tests.log" | head -40
-for t in ops moe-ops; do
+for t in ops moe-ops sampling-ops; do
   timeout 240 compute-sanitizer --tool memcheck --target-processes all --print-limit 20 node dist/test/backend/$t.test.js > "$out/memcheck-$t.log" 2>&1
   echo "memcheck $t: exit $?"; grep -E "ERROR SUMMARY|^# (pass|fail)" "$out/memcheck-$t.log" | tail -3
 done
