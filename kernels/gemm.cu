@@ -1,15 +1,26 @@
 // Prefill GEMM on tensor cores: y[M, N] = xh[M, K] * w[N, K]^T + bias, with xh the activations already in the weights'
-// 16-bit type (cast_rows does that). 128 x 128 tiles, 8 warps of 64 x 32, K in steps of 32 through a 3-stage cp.async
-// pipeline; ldmatrix feeds mma.m16n8k16. Needs K % 8 == 0 (16-byte rows); other shapes use gemm_tc in matmul.cu.
-// MXFP4 weights (K % 32 == 0): each B tile row is one group of 32, decoded to bf16 in shared memory (exact: an e2m1 value
-// times a power of two), so the weights stay packed in device memory.
+// 16-bit type (cast_rows does that). A CTA of WARPS_M x WARPS_N warps computes a BM x BN tile, K in steps of 32 through
+// a STAGES-deep cp.async pipeline; ldmatrix feeds mma.m16n8k16. Needs K % 8 == 0 (16-byte rows); other shapes use
+// gemm_tc in matmul.cu. Two tiles: 128 x 128 (warps of 64 x 32) and the wide 128 x 256 (warps of 64 x 64: a third fewer
+// shared-memory loads per MMA, twice the registers).
+// MXFP4 weights (K % 32 == 0, the 128 x 128 tile): each B tile row is one group of 32, decoded to bf16 in shared memory
+// (exact: an e2m1 value times a power of two), so the weights stay packed in device memory.
 #include "mma.cuh"
 
-// Dynamic shared memory: GSTAGES * (GBM + GBN) * GLD * 2 bytes (kernels.ts sets it at load).
-constexpr int GBM = 128, GBN = 128, GBK = 32, GSTAGES = 3, GLD = GBK + 8; // +8: rows 80 bytes apart, ldmatrix conflict-free
+template <int BM_, int BN_, int WARPS_M, int WARPS_N, int STAGES_> struct GemmTile {
+  static constexpr int BM = BM_, BN = BN_, BK = 32, STAGES = STAGES_;
+  static constexpr int LD = BK + 8; // +8: rows 80 bytes apart, ldmatrix conflict-free
+  static constexpr int THREADS = 32 * WARPS_M * WARPS_N, WN_WARPS = WARPS_N;
+  static constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N, MI = WM / 16, NI = WN / 8;
+  // Dynamic shared memory (kernels.ts mirrors it).
+  static constexpr int SMEM = STAGES * (BM + BN) * LD * 2;
+};
+using SquareTile = GemmTile<128, 128, 2, 4, 3>;
+using WideTile = GemmTile<128, 256, 2, 4, 3>;
 
 // Decodes row group `kt` of MXFP4 rows n0.. into a bf16 tile: two threads a row, 16 values each.
 __device__ __forceinline__ void load_mxfp4_tile(bf16 *tile, const uint8_t *w, int n0, int N, int K, int kt) {
+  constexpr int GLD = SquareTile::LD;
   const int r = threadIdx.x >> 1, half = threadIdx.x & 1, n = n0 + r;
   uint32_t out[8] = {};
   if (n < N) {
@@ -27,60 +38,71 @@ __device__ __forceinline__ void load_mxfp4_tile(bf16 *tile, const uint8_t *w, in
   dst[1] = make_uint4(out[4], out[5], out[6], out[7]);
 }
 
-template <typename T, bool MXFP4>
+template <typename Tile, typename T, bool MXFP4>
 __device__ void gemm_mma(float *y, const T *x, const void *wraw, const float *bias, int M, int N, int K) {
+  constexpr int BM = Tile::BM, BN = Tile::BN, BK = Tile::BK, STAGES = Tile::STAGES, LD = Tile::LD, MI = Tile::MI, NI = Tile::NI;
+  static_assert(!MXFP4 || (BN * 2 == Tile::THREADS && BK == 32), "the MXFP4 tile loader takes two threads a row of 32");
   const T *w = reinterpret_cast<const T *>(wraw);
   extern __shared__ __align__(128) unsigned char smem[];
   T *As = reinterpret_cast<T *>(smem);
-  T *Bs = As + GSTAGES * GBM * GLD;
+  T *Bs = As + STAGES * BM * LD;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int wm = (warp >> 2) * 64, wn = (warp & 3) * 32;
-  const int m0 = blockIdx.y * GBM, n0 = blockIdx.x * GBN;
-  const int tiles = (K + GBK - 1) / GBK;
+  const int wm = ((unsigned)warp / Tile::WN_WARPS) * Tile::WM, wn = ((unsigned)warp % Tile::WN_WARPS) * Tile::WN;
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  const int tiles = (K + BK - 1) / BK;
 
   auto load = [&](int stage, int kt) {
-    const int k0 = kt * GBK;
+    const int k0 = kt * BK;
+    constexpr int CHUNKS = BK / 8; // 16-byte pieces of a row
 #pragma unroll
-    for (int i = 0; i < 2; i++) {
-      const int chunk = tid + i * 256, r = chunk >> 2, c = (chunk & 3) * 8;
+    for (int i = 0; i < BM * CHUNKS / Tile::THREADS; i++) {
+      const int chunk = tid + i * Tile::THREADS, r = (unsigned)chunk / CHUNKS, c = ((unsigned)chunk % CHUNKS) * 8;
       const bool kin = k0 + c < K;
-      cp_async16(As + (stage * GBM + r) * GLD + c, x + (size_t)min(m0 + r, M - 1) * K + (kin ? k0 + c : 0), m0 + r < M && kin);
-      if constexpr (!MXFP4) cp_async16(Bs + (stage * GBN + r) * GLD + c, w + (size_t)min(n0 + r, N - 1) * K + (kin ? k0 + c : 0), n0 + r < N && kin);
+      cp_async16(As + (stage * BM + r) * LD + c, x + (size_t)min(m0 + r, M - 1) * K + (kin ? k0 + c : 0), m0 + r < M && kin);
     }
-    if constexpr (MXFP4) load_mxfp4_tile(Bs + stage * GBN * GLD, reinterpret_cast<const uint8_t *>(wraw), n0, N, K, kt);
+    if constexpr (MXFP4) {
+      load_mxfp4_tile(Bs + stage * BN * LD, reinterpret_cast<const uint8_t *>(wraw), n0, N, K, kt);
+    } else {
+#pragma unroll
+      for (int i = 0; i < BN * CHUNKS / Tile::THREADS; i++) {
+        const int chunk = tid + i * Tile::THREADS, r = (unsigned)chunk / CHUNKS, c = ((unsigned)chunk % CHUNKS) * 8;
+        const bool kin = k0 + c < K;
+        cp_async16(Bs + (stage * BN + r) * LD + c, w + (size_t)min(n0 + r, N - 1) * K + (kin ? k0 + c : 0), n0 + r < N && kin);
+      }
+    }
   };
 
-  float acc[4][4][4] = {};
+  float acc[MI][NI][4] = {};
 #pragma unroll
-  for (int s = 0; s < GSTAGES - 1; s++) {
+  for (int s = 0; s < STAGES - 1; s++) {
     if (s < tiles) load(s, s);
     cp_async_commit();
   }
   for (int kt = 0; kt < tiles; kt++) {
-    cp_async_wait<GSTAGES - 2>();
+    cp_async_wait<STAGES - 2>();
     __syncthreads();
-    if (kt + GSTAGES - 1 < tiles) load((kt + GSTAGES - 1) % GSTAGES, kt + GSTAGES - 1);
+    if (kt + STAGES - 1 < tiles) load((kt + STAGES - 1) % STAGES, kt + STAGES - 1);
     cp_async_commit();
-    const T *a = As + (kt % GSTAGES) * GBM * GLD;
-    const T *b = Bs + (kt % GSTAGES) * GBN * GLD;
+    const T *a = As + (kt % STAGES) * BM * LD;
+    const T *b = Bs + (kt % STAGES) * BN * LD;
 #pragma unroll
-    for (int kk = 0; kk < GBK; kk += 16) {
-      uint32_t af[4][4], bfr[2][4];
+    for (int kk = 0; kk < BK; kk += 16) {
+      uint32_t af[MI][4], bfr[NI / 2][4];
 #pragma unroll
-      for (int mi = 0; mi < 4; mi++) ldmatrix_x4(af[mi], a + (wm + mi * 16 + (lane & 15)) * GLD + kk + (lane >> 4) * 8);
+      for (int mi = 0; mi < MI; mi++) ldmatrix_x4(af[mi], a + (wm + mi * 16 + (lane & 15)) * LD + kk + (lane >> 4) * 8);
 #pragma unroll
-      for (int nj = 0; nj < 2; nj++) ldmatrix_x4(bfr[nj], b + (wn + nj * 16 + (lane & 7) + (lane >> 4) * 8) * GLD + kk + ((lane >> 3) & 1) * 8);
+      for (int nj = 0; nj < NI / 2; nj++) ldmatrix_x4(bfr[nj], b + (wn + nj * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk + ((lane >> 3) & 1) * 8);
 #pragma unroll
-      for (int mi = 0; mi < 4; mi++)
+      for (int mi = 0; mi < MI; mi++)
 #pragma unroll
-        for (int ni = 0; ni < 4; ni++) mma16816<T>(acc[mi][ni], af[mi], bfr[ni >> 1][(ni & 1) * 2], bfr[ni >> 1][(ni & 1) * 2 + 1]);
+        for (int ni = 0; ni < NI; ni++) mma16816<T>(acc[mi][ni], af[mi], bfr[ni >> 1][(ni & 1) * 2], bfr[ni >> 1][(ni & 1) * 2 + 1]);
     }
   }
   cp_async_wait<0>();
 #pragma unroll
-  for (int mi = 0; mi < 4; mi++)
+  for (int mi = 0; mi < MI; mi++)
 #pragma unroll
-    for (int ni = 0; ni < 4; ni++)
+    for (int ni = 0; ni < NI; ni++)
 #pragma unroll
       for (int h = 0; h < 2; h++) {
         const int m = m0 + wm + mi * 16 + (lane >> 2) + h * 8;
@@ -99,7 +121,10 @@ __device__ void cast_rows(T *out, const float *x, long long n) {
 
 #define GEMM_MMA(T, NAME)                                                                                                     \
   extern "C" __global__ void __launch_bounds__(256) gemm_mma_##NAME(float *y, const T *x, const T *w, const float *bias, int M, int N, int K) { \
-    gemm_mma<T, false>(y, x, w, bias, M, N, K);                                                                               \
+    gemm_mma<SquareTile, T, false>(y, x, w, bias, M, N, K);                                                                   \
+  }                                                                                                                           \
+  extern "C" __global__ void __launch_bounds__(256) gemm_mma_wide_##NAME(float *y, const T *x, const T *w, const float *bias, int M, int N, int K) { \
+    gemm_mma<WideTile, T, false>(y, x, w, bias, M, N, K);                                                                     \
   }                                                                                                                           \
   extern "C" __global__ void cast_rows_##NAME(T *out, const float *x, long long n) { cast_rows<T>(out, x, n); }
 GEMM_MMA(bf16, bf16)
@@ -107,5 +132,5 @@ GEMM_MMA(f16, f16)
 
 // Activations in bf16, weights MXFP4.
 extern "C" __global__ void __launch_bounds__(256) gemm_mma_mxfp4(float *y, const bf16 *x, const uint8_t *w, const float *bias, int M, int N, int K) {
-  gemm_mma<bf16, true>(y, x, w, bias, M, N, K);
+  gemm_mma<SquareTile, bf16, true>(y, x, w, bias, M, N, K);
 }

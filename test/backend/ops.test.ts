@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { CpuBackend } from "../../src/backend/cpu/index.js";
 import { fromF32, type FloatDType } from "../../src/backend/dtype.js";
+import type { CudaBackend } from "../../src/backend/cuda/index.js";
 import type { Backend, KvBlock, Tensor } from "../../src/backend/ops.js";
 import { Random } from "../../src/util/random.js";
 import { backendCases, relErr, uploadValues } from "../helpers.js";
@@ -80,9 +81,12 @@ function attentionRef(q: Float32Array, ks: Float32Array[], vs: Float32Array[], c
 for (const bc of backendCases) {
   describe(`ops on ${bc.name}`, () => {
     // 1-16 rows: the decode kernel; more rows: tensor cores (K % 8 == 0, 16-bit weights) or exact FMA tiles.
-    for (const [rows, k, n, dtype] of [[1, 64, 48, "f32"], [7, 67, 33, "bf16"], [33, 128, 96, "f16"], [130, 256, 160, "bf16"], [300, 520, 260, "bf16"], [20, 67, 40, "bf16"], [40, 64, 70, "f32"]] as const) {
-      it(`matmul [${rows}, ${k}] x [${n}, ${k}]^T ${dtype} with bias`, async () => {
+    // CUDA: both tensor-core tiles (the backend's default and the one the kernel bench compares it with).
+    const tiles = bc.name === "cuda" ? (["square", "wide"] as const) : ([undefined] as const);
+    for (const [rows, k, n, dtype] of [[1, 64, 48, "f32"], [7, 67, 33, "bf16"], [33, 128, 96, "f16"], [130, 256, 160, "bf16"], [300, 520, 260, "bf16"], [20, 67, 40, "bf16"], [40, 64, 70, "f32"]] as const) for (const tile of tiles) {
+      it(`matmul [${rows}, ${k}] x [${n}, ${k}]^T ${dtype} with bias${tile ? `, ${tile} GEMM tile` : ""}`, async () => {
         const b = await bc.create();
+        if (tile) (b as CudaBackend).gemmTile = tile;
         const x = randn(rows * k);
         const w = quantize(randn(n * k, 0.1), dtype);
         const bias = randn(n);

@@ -15,7 +15,7 @@ import {
   type Handle,
 } from "./driver.js";
 import { topKRows } from "../../util/top-k.js";
-import { Kernels, deltaChunkSmem, deltaRuleKeyDims, flashSmem, gemmSmem, topKMax, type KernelArg } from "./kernels.js";
+import { Kernels, deltaChunkSmem, deltaRuleKeyDims, flashSmem, gemmSmem, gemmTiles, topKMax, type GemmTile, type KernelArg } from "./kernels.js";
 import { DeviceBuffer, DevicePool, bucket } from "./memory.js";
 
 export class CudaTensor implements Tensor {
@@ -79,6 +79,8 @@ export class CudaBackend implements Backend {
   private readonly live = new Set<CudaTensor>();
   private readonly hostLive = new Set<CudaHostBuffer>();
   private scratch?: CudaHostBuffer;
+  /** The tensor-core GEMM's tile for 16-bit weights (MXFP4 always takes the square one); the kernel bench compares them. */
+  gemmTile: GemmTile = "square";
   private disposed = false;
 
   private constructor(
@@ -370,14 +372,15 @@ export class CudaBackend implements Backend {
     const args: KernelArg[] = [{ ptr: out.ptr }, { ptr: xt.ptr }, { ptr: wt.ptr }, { ptr: b ? b.ptr : 0n }, { i32: m }, { i32: n }, { i32: k }];
     const reads = [xt, wt, b];
     const half = tensorCoreInput(m, k, n, wt.dtype);
-    const mma = `gemm_mma_${wt.dtype}`;
+    const tile: GemmTile = this.gemmTile === "wide" && wt.dtype !== "mxfp4" && this.kernels.has(`gemm_mma_wide_${wt.dtype}`) ? "wide" : "square";
+    const mma = `gemm_mma_${tile === "wide" ? "wide_" : ""}${wt.dtype}`;
     if (m <= 16) {
       const rowsPerLaunch = m === 1 ? 1 : m <= 4 ? 4 : 16;
       this.launch(`gemv${rowsPerLaunch}_${wt.dtype}`, [Math.ceil(n / 8), 1, 1], [threads, 1, 1], args, reads);
     } else if (half && this.kernels.has(mma)) {
       const xh = this.alloc([m, k], half) as CudaTensor;
       this.launch(`cast_rows_${half}`, [gridFor(m * k), 1, 1], [threads, 1, 1], [{ ptr: xh.ptr }, { ptr: xt.ptr }, { i64: m * k }], [xt]);
-      this.launch(mma, [Math.ceil(n / 128), Math.ceil(m / 128), 1], [threads, 1, 1], [args[0]!, { ptr: xh.ptr }, ...args.slice(2)], [wt, b], gemmSmem);
+      this.launch(mma, [Math.ceil(n / gemmTiles[tile].cols), Math.ceil(m / gemmTiles[tile].rows), 1], [threads, 1, 1], [args[0]!, { ptr: xh.ptr }, ...args.slice(2)], [wt, b], gemmSmem(tile));
       this.free(xh);
     } else {
       if (wt.dtype === "mxfp4") {
