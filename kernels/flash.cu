@@ -95,19 +95,30 @@ __device__ void flash(float *out, float *lse, const float *q, const int *seqs, c
         mma16816<T>(s[2 * nj + 1], a, b[2], b[3]);
       }
     }
-    // Mask, soft cap, online softmax per row (a row's 4 values per tile column block live in the 4 threads of a quad).
+    // Soft cap, mask, online softmax per row (a row's 4 values per tile column block live in the 4 threads of a quad).
+    // Most tiles are wholly visible to every row of this warp (before the diagonal, inside the window): no mask there.
+    const int warp_pos = pos0 + warp * 16;
+    const bool visible = valid >= BKV && start + BKV - 1 <= warp_pos && (window <= 0 || start > warp_pos + 15 - window);
+    if (softcap > 0.f) {
+#pragma unroll
+      for (int ni = 0; ni < BKV / 8; ni++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) s[ni][e] = softcap * tanhf(s[ni][e] / softcap);
+    }
+    if (!visible) {
+#pragma unroll
+      for (int ni = 0; ni < BKV / 8; ni++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int c = ni * 8 + (lane & 3) * 2 + (e & 1), kp = start + c, qpos = qp[e >> 1];
+          if (c >= valid || kp > qpos || (window > 0 && kp <= qpos - window)) s[ni][e] = -INFINITY;
+        }
+    }
     float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int ni = 0; ni < BKV / 8; ni++)
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
-        const int c = ni * 8 + (lane & 3) * 2 + (e & 1), h = e >> 1;
-        const int kp = start + c;
-        float v = softcap > 0.f ? softcap * tanhf(s[ni][e] / softcap) : s[ni][e];
-        if (c >= valid || kp > qp[h] || (window > 0 && kp <= qp[h] - window)) v = -INFINITY;
-        s[ni][e] = v;
-        mx[h] = fmaxf(mx[h], v);
-      }
+      for (int e = 0; e < 4; e++) mx[e >> 1] = fmaxf(mx[e >> 1], s[ni][e]);
     float rescale[2];
 #pragma unroll
     for (int h = 0; h < 2; h++) {

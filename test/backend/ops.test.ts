@@ -171,6 +171,8 @@ for (const bc of backendCases) {
       { heads: 4, kvHeads: 2, headDim: 64, qRows: 20, blocks: [16, 16, 5], blockCap: 16, window: 8, sinks: true },
       { heads: 4, kvHeads: 2, headDim: 64, qRows: 1, blocks: [16, 16, 5], blockCap: 16, sinks: true },
       { heads: 4, kvHeads: 2, headDim: 16, qRows: 5, blocks: [8, 3], blockCap: 8, window: 4, sinks: true },
+      // Two query tiles; key tiles wholly visible (inside the window, before the diagonal) beside masked ones.
+      { heads: 4, kvHeads: 2, headDim: 128, qRows: 100, blocks: [64, 64, 64, 64], blockCap: 64, window: 150 },
     ];
     for (const c of attnCases) {
       for (const kvDtype of ["f32", "bf16"] as const) {
