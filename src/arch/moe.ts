@@ -1,22 +1,12 @@
 // Mixture-of-experts layers: route each row to its top-k experts, run only those (the engine loads them on demand), combine.
 import type { Ops, Tensor } from "../backend/ops.js";
+import { topIndices } from "../util/top-k.js";
 import type { LayerRun, Weights } from "./types.js";
 
 /** Per row, the chosen experts and their weights (topK of each). */
 export interface Routes {
   readonly experts: Int32Array;
   readonly weights: Float32Array;
-}
-
-/** The k largest logits of one row, largest first (ties keep the lower index, as torch.topk does on these sizes). */
-function topK(logits: Float32Array, k: number): number[] {
-  const picked: number[] = [];
-  for (let j = 0; j < k; j++) {
-    let best = -1;
-    for (let e = 0; e < logits.length; e++) if (!picked.includes(e) && (best < 0 || logits[e]! > logits[best]!)) best = e;
-    picked.push(best);
-  }
-  return picked;
 }
 
 /** Routes of every row of logits (rows of `stride` values, the first `experts` of them): `weigh` gives a row's top k weights. */
@@ -26,7 +16,7 @@ function route(logits: Float32Array, stride: number, experts: number, k: number,
   const weights = new Float32Array(rows * k);
   for (let r = 0; r < rows; r++) {
     const row = logits.subarray(r * stride, r * stride + experts);
-    const top = topK(row, k);
+    const top = Array.from(topIndices(row, k)); // ties keep the lower index, as torch.topk does on these sizes
     ids.set(top, r * k);
     weights.set(weigh(row, top), r * k);
   }
@@ -45,12 +35,13 @@ export function softmaxOfTopK(logits: Float32Array, experts: number, k: number):
 /** Qwen MoE: a softmax over every expert's logit, then the top k, renormalized to sum to 1 when `normalize`. */
 export function softmaxThenTopK(logits: Float32Array, stride: number, experts: number, k: number, normalize: boolean): Routes {
   return route(logits, stride, experts, k, (row, top) => {
-    const max = row.reduce((m, v) => Math.max(m, v), -Infinity);
-    let sum = 0;
-    for (const v of row) sum += Math.exp(v - max);
-    const probs = top.map((e) => Math.fround(Math.exp(row[e]! - max) / sum)); // transformers keeps them in f32
-    const total = normalize ? probs.reduce((a, b) => a + b, 0) : 1;
-    return probs.map((p) => p / total);
+    const max = row[top[0]!]!;
+    const exps = top.map((e) => Math.exp(row[e]! - max));
+    // Renormalized, the softmax's denominator cancels: only the top k's exponentials are needed (512 experts a row).
+    let total = 0;
+    if (normalize) for (const x of exps) total += x;
+    else for (let e = 0; e < row.length; e++) total += Math.exp(row[e]! - max);
+    return exps.map((x) => x / total);
   });
 }
 

@@ -76,7 +76,7 @@ export class ExpertCache {
         staging.dispose(); // resident: nothing is read again
       }
     } catch (e) {
-      c.dispose();
+      await c.dispose();
       throw e;
     }
     return c;
@@ -160,7 +160,10 @@ export class ExpertCache {
     });
   }
 
-  dispose(): void {
+  /** Frees everything once expert reads still in flight have landed and their copies are done. */
+  async dispose(): Promise<void> {
+    await Promise.allSettled(this.slots.map((s) => s.weights));
+    await this.backend.sync();
     for (const s of this.slots.splice(0)) this.backend.free(s.buffer);
     for (const b of this.ramImages.values()) this.backend.freeHost(b);
     this.ramImages.clear();

@@ -451,9 +451,9 @@ export class LayerwiseModel {
   }
 
   async close(): Promise<void> {
+    await this.parts.streamer.dispose(); // first: its reads ahead may still be landing
     this.parts.stager.dispose();
     this.parts.blocks.dispose();
-    this.parts.streamer.dispose();
     await this.parts.spill.dispose();
     await this.parts.ranges.close();
     await this.parts.reader.close();

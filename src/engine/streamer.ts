@@ -147,11 +147,15 @@ export class LayerStreamer implements WeightSource {
     return this.experts?.stats;
   }
 
-  dispose(): void {
+  /** Frees everything once reads ahead still in flight have landed and their copies are done (they write into these buffers). */
+  async dispose(): Promise<void> {
+    this.slotWaiters.clear();
+    await Promise.allSettled(this.slots.map((s) => s.loading));
+    await this.experts?.dispose();
+    await this.backend.sync();
     for (const b of this.buffers.splice(0)) this.backend.free(b);
     for (const s of this.slots.splice(0)) this.backend.free(s.buffer);
     this.staging?.dispose();
-    this.experts?.dispose();
     for (const b of this.ramImages.values()) this.backend.freeHost(b);
     this.ramImages.clear();
   }

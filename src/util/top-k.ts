@@ -10,6 +10,7 @@ export function topIndices(values: ArrayLike<number>, k: number): Int32Array {
     const v = values[i]!;
     keys[i] = v === v ? v : -Infinity;
   }
+  if (k <= 16) return insertionTop(keys, k);
   const byRank = (a: number, b: number) => keys[b]! - keys[a]! || a - b;
   if (k * 4 >= n) return Int32Array.from({ length: n }, (_, i) => i).sort(byRank).slice(0, k);
   const threshold = kthLargest(Float64Array.from(keys), k);
@@ -18,6 +19,25 @@ export function topIndices(values: ArrayLike<number>, k: number): Int32Array {
   for (let i = 0; i < n && m < k; i++) if (keys[i]! > threshold) chosen[m++] = i;
   for (let i = 0; i < n && m < k; i++) if (keys[i] === threshold) chosen[m++] = i;
   return chosen.sort(byRank);
+}
+
+/** A few best: one pass keeping them sorted (a later equal value never passes an earlier one). */
+function insertionTop(keys: Float64Array, k: number): Int32Array {
+  const ids = new Int32Array(k);
+  const best = new Float64Array(k);
+  let m = 0;
+  for (let i = 0; i < keys.length; i++) {
+    const v = keys[i]!;
+    if (m === k && !(v > best[k - 1]!)) continue;
+    let j = m < k ? m++ : k - 1;
+    for (; j > 0 && v > best[j - 1]!; j--) {
+      best[j] = best[j - 1]!;
+      ids[j] = ids[j - 1]!;
+    }
+    best[j] = v;
+    ids[j] = i;
+  }
+  return ids;
 }
 
 /** topIndices of each row of `values` [rows, cols], and those values: [rows * k] each. */

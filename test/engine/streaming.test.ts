@@ -1,6 +1,10 @@
 // Out-of-core runs on the CPU backend: weights streamed from RAM or disk and KV in tiers give the same outputs, inside the budgets.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { open as fsOpen } from "node:fs/promises";
+import { setTimeout as sleep } from "node:timers/promises";
+import { CpuBackend } from "../../src/backend/cpu/index.js";
+import type { HostBuffer } from "../../src/backend/ops.js";
 import { LayerwiseModel, withModel, type LoadOptions } from "../../src/engine/model.js";
 import { Random } from "../../src/util/random.js";
 import type { Backend } from "../../src/backend/ops.js";
@@ -106,3 +110,51 @@ describe(`memory stays flat as the context grows, ${bc.name}`, () => {
   });
 });
 }
+
+// Weights streamed from disk are read ahead into pinned buffers; freeing one while a read still lands in it crashed a
+// GPU run (the CPU backend's buffers are garbage-collected, so the test counts the frees instead).
+describe("closing a streaming model", () => {
+  it("waits for weight reads in flight before it frees the host buffers they land in", async () => {
+    let inFlight = 0;
+    let freedDuringRead = 0;
+    class CheckedCpu extends CpuBackend {
+      override freeHost(b: HostBuffer): void {
+        if (inFlight > 0) freedDuringRead++;
+        super.freeHost(b);
+      }
+    }
+    const m = await LayerwiseModel.load(await storiesCopy(), {
+      backend: new CheckedCpu(),
+      vram: 800e3,
+      ram: 0,
+      prefillChunk: 16,
+      kvBlockTokens: 16,
+      fileIo: {
+        async open(path) {
+          const fh = await fsOpen(path, "r");
+          return new Proxy(fh, {
+            get(target, prop) {
+              const v = Reflect.get(target, prop);
+              if (prop !== "read") return typeof v === "function" ? v.bind(target) : v;
+              return async (...args: unknown[]) => {
+                inFlight++;
+                try {
+                  await sleep(20);
+                  return await (v as (...a: unknown[]) => Promise<unknown>).apply(target, args);
+                } finally {
+                  inFlight--;
+                }
+              };
+            },
+          });
+        },
+      },
+    });
+    const seq = m.createSequence();
+    await m.forward(seq, [1, 403, 407]);
+    await m.forward(seq, [261]);
+    await m.close();
+    assert.equal(freedDuringRead, 0);
+    assert.equal(inFlight, 0);
+  });
+});

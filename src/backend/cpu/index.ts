@@ -182,7 +182,8 @@ export class CpuBackend implements Backend {
     const c = cpu(x);
     const at = row * c.shape[1]!;
     const values = c.data as Float32Array;
-    for (const id of ids) values[at + id] = values[at + id]! < 0 ? values[at + id]! * factor : values[at + id]! / factor;
+    const f = Math.fround(factor); // as the GPU kernel gets it
+    for (const id of ids) values[at + id] = values[at + id]! < 0 ? values[at + id]! * f : values[at + id]! / f;
   }
   accumulateRows(acc: Tensor, y: Tensor, rows: Int32Array, scales: Float32Array): void {
     math.accumulateRows(cpu(acc), cpu(y), rows, scales);
