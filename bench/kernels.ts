@@ -38,10 +38,10 @@ async function seconds(enqueue: () => void, reps = 10, rounds = 5): Promise<numb
 const results: Record<string, unknown> = { gpu: b.info.name, driver: b.info.driverVersion, date: new Date().toISOString() };
 
 // GEMM 4096^3, bf16 weights, and a prefill chunk's MLP projection (2048 rows, 4096 -> 14336), with each tensor-core
-// tile; the backend's default tile gives gemm_4096_tflops.
-for (const tile of ["square", "wide"] as const) {
+// tile; the backend's default (deep) tile gives gemm_4096_tflops, the square one gemm_square_*.
+for (const tile of ["deep", "square"] as const) {
   b.gemmTile = tile;
-  const suffix = tile === "square" ? "" : `_${tile}`;
+  const suffix = tile === "deep" ? "" : `_${tile}`;
   for (const [m, k, n, key] of [[4096, 4096, 4096, "4096"], [2048, 4096, 14336, "prefill_mlp"]] as const) {
     const x = await tensor([m, k], "f32");
     const w = await tensor([n, k], "bf16", 0.02);
@@ -51,7 +51,7 @@ for (const tile of ["square", "wide"] as const) {
     b.free(w);
   }
 }
-b.gemmTile = "square";
+b.gemmTile = "deep";
 
 // Decode GEMV: one row against a 14336 x 4096 bf16 weight (an 8B model's MLP projection), and 16 rows.
 for (const rows of [1, 16]) {
@@ -101,7 +101,7 @@ try {
 if (torch) {
   const r = results as Record<string, number>;
   results.gemm_vs_torch = r.gemm_4096_tflops! / torch.matmul_bf16_tflops!;
-  results.gemm_wide_vs_torch = r.gemm_wide_4096_tflops! / torch.matmul_bf16_tflops!;
+  results.gemm_square_vs_torch = r.gemm_square_4096_tflops! / torch.matmul_bf16_tflops!;
   results.gemv_vs_torch_copy = r.gemv_1_gbps! / torch.copy_gbps!;
   results.attn_8k_vs_sdpa = r.attn_8k_tflops! / torch.sdpa_8k_tflops!;
   results.attn_32k_vs_sdpa = r.attn_32k_tflops! / torch.sdpa_32k_tflops!;

@@ -1,22 +1,23 @@
 // Prefill GEMM on tensor cores: y[M, N] = xh[M, K] * w[N, K]^T + bias, with xh the activations already in the weights'
-// 16-bit type (cast_rows does that). A CTA of WARPS_M x WARPS_N warps computes a BM x BN tile, K in steps of 32 through
+// 16-bit type (cast_rows does that). A CTA of WARPS_M x WARPS_N warps computes a BM x BN tile, K in steps of BK through
 // a STAGES-deep cp.async pipeline; ldmatrix feeds mma.m16n8k16. Needs K % 8 == 0 (16-byte rows); other shapes use
-// gemm_tc in matmul.cu. Two tiles: 128 x 128 (warps of 64 x 32) and the wide 128 x 256 (warps of 64 x 64: a third fewer
-// shared-memory loads per MMA, twice the registers).
-// MXFP4 weights (K % 32 == 0, the 128 x 128 tile): each B tile row is one group of 32, decoded to bf16 in shared memory
+// gemm_tc in matmul.cu. Two tiles of 128 x 128 (warps of 64 x 32): the deep one takes K 64 at a time (half the barriers
+// per MMA; 1.1-1.2x the other on an H200) and needs 110 KB of shared memory, which GPUs with less (consumer cards have
+// 99 KB) replace by the 32-deep one. A 128 x 256 tile and a 4-stage deep one measured slower there.
+// MXFP4 weights (K % 32 == 0, the 32-deep tile): each B tile row is one group of 32, decoded to bf16 in shared memory
 // (exact: an e2m1 value times a power of two), so the weights stay packed in device memory.
 #include "mma.cuh"
 
-template <int BM_, int BN_, int WARPS_M, int WARPS_N, int STAGES_> struct GemmTile {
-  static constexpr int BM = BM_, BN = BN_, BK = 32, STAGES = STAGES_;
-  static constexpr int LD = BK + 8; // +8: rows 80 bytes apart, ldmatrix conflict-free
+template <int BM_, int BN_, int WARPS_M, int WARPS_N, int STAGES_, int BK_ = 32> struct GemmTile {
+  static constexpr int BM = BM_, BN = BN_, BK = BK_, STAGES = STAGES_;
+  static constexpr int LD = BK + 8; // +8: rows 80 (or 144) bytes apart, ldmatrix conflict-free
   static constexpr int THREADS = 32 * WARPS_M * WARPS_N, WN_WARPS = WARPS_N;
   static constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N, MI = WM / 16, NI = WN / 8;
   // Dynamic shared memory (kernels.ts mirrors it).
   static constexpr int SMEM = STAGES * (BM + BN) * LD * 2;
 };
 using SquareTile = GemmTile<128, 128, 2, 4, 3>;
-using WideTile = GemmTile<128, 256, 2, 4, 3>;
+using DeepTile = GemmTile<128, 128, 2, 4, 3, 64>;
 
 // Decodes row group `kt` of MXFP4 rows n0.. into a bf16 tile: two threads a row, 16 values each.
 __device__ __forceinline__ void load_mxfp4_tile(bf16 *tile, const uint8_t *w, int n0, int N, int K, int kt) {
@@ -123,8 +124,8 @@ __device__ void cast_rows(T *out, const float *x, long long n) {
   extern "C" __global__ void __launch_bounds__(256) gemm_mma_##NAME(float *y, const T *x, const T *w, const float *bias, int M, int N, int K) { \
     gemm_mma<SquareTile, T, false>(y, x, w, bias, M, N, K);                                                                   \
   }                                                                                                                           \
-  extern "C" __global__ void __launch_bounds__(256) gemm_mma_wide_##NAME(float *y, const T *x, const T *w, const float *bias, int M, int N, int K) { \
-    gemm_mma<WideTile, T, false>(y, x, w, bias, M, N, K);                                                                     \
+  extern "C" __global__ void __launch_bounds__(256) gemm_mma_deep_##NAME(float *y, const T *x, const T *w, const float *bias, int M, int N, int K) { \
+    gemm_mma<DeepTile, T, false>(y, x, w, bias, M, N, K);                                                                     \
   }                                                                                                                           \
   extern "C" __global__ void cast_rows_##NAME(T *out, const float *x, long long n) { cast_rows<T>(out, x, n); }
 GEMM_MMA(bf16, bf16)

@@ -79,8 +79,11 @@ export class CudaBackend implements Backend {
   private readonly live = new Set<CudaTensor>();
   private readonly hostLive = new Set<CudaHostBuffer>();
   private scratch?: CudaHostBuffer;
-  /** The tensor-core GEMM's tile for 16-bit weights (MXFP4 always takes the square one); the kernel bench compares them. */
-  gemmTile: GemmTile = "square";
+  /**
+   * The tensor-core GEMM's tile for 16-bit weights: the deep one where shared memory allows (MXFP4 and smaller GPUs take
+   * the square one); the kernel bench compares them.
+   */
+  gemmTile: GemmTile = "deep";
   private disposed = false;
 
   private constructor(
@@ -372,8 +375,8 @@ export class CudaBackend implements Backend {
     const args: KernelArg[] = [{ ptr: out.ptr }, { ptr: xt.ptr }, { ptr: wt.ptr }, { ptr: b ? b.ptr : 0n }, { i32: m }, { i32: n }, { i32: k }];
     const reads = [xt, wt, b];
     const half = tensorCoreInput(m, k, n, wt.dtype);
-    const tile: GemmTile = this.gemmTile === "wide" && wt.dtype !== "mxfp4" && this.kernels.has(`gemm_mma_wide_${wt.dtype}`) ? "wide" : "square";
-    const mma = `gemm_mma_${tile === "wide" ? "wide_" : ""}${wt.dtype}`;
+    const tile: GemmTile = this.gemmTile !== "square" && wt.dtype !== "mxfp4" && this.kernels.has(`gemm_mma_${this.gemmTile}_${wt.dtype}`) ? this.gemmTile : "square";
+    const mma = `gemm_mma_${tile === "square" ? "" : `${tile}_`}${wt.dtype}`;
     if (m <= 16) {
       const rowsPerLaunch = m === 1 ? 1 : m <= 4 ? 4 : 16;
       this.launch(`gemv${rowsPerLaunch}_${wt.dtype}`, [Math.ceil(n / 8), 1, 1], [threads, 1, 1], args, reads);

@@ -9,10 +9,11 @@ const modules = ["elementwise", "matmul", "gemm", "attention", "flash", "recurre
 const kernelDir = new URL("../../../../kernels/", import.meta.url);
 
 /** Dynamic shared memory of the kernels that need more than the default; mirrors the constants in kernels/gemm.cu, flash.cu and recurrent.cu. */
-export const gemmTiles = { square: { rows: 128, cols: 128 }, wide: { rows: 128, cols: 256 } } as const;
+export const gemmTiles = { square: { rows: 128, cols: 128, depth: 32, stages: 3 }, deep: { rows: 128, cols: 128, depth: 64, stages: 3 } } as const;
 export type GemmTile = keyof typeof gemmTiles;
 export function gemmSmem(tile: GemmTile): number {
-  return 3 * (gemmTiles[tile].rows + gemmTiles[tile].cols) * (32 + 8) * 2;
+  const t = gemmTiles[tile];
+  return t.stages * (t.rows + t.cols) * (t.depth + 8) * 2;
 }
 export function flashSmem(headDim: number): number {
   const bkv = headDim <= 128 ? 64 : 32;
@@ -55,7 +56,7 @@ export class Kernels {
     const needs: [string, number][] = [];
     needs.push(["gemm_mma_mxfp4", gemmSmem("square")]);
     for (const dtype of ["bf16", "f16"]) {
-      needs.push([`gemm_mma_${dtype}`, gemmSmem("square")], [`gemm_mma_wide_${dtype}`, gemmSmem("wide")]);
+      needs.push([`gemm_mma_${dtype}`, gemmSmem("square")], [`gemm_mma_deep_${dtype}`, gemmSmem("deep")]);
       for (const hd of [64, 128, 256]) needs.push([`flash_${dtype}_${hd}`, flashSmem(hd)]);
     }
     for (const kDim of deltaRuleKeyDims) needs.push([`gated_delta_chunked_${kDim}`, deltaChunkSmem(kDim)]);
