@@ -26,3 +26,6 @@ export class BackendError extends LayerwiseError {}
 
 /** Reading or writing the tool's own caches failed. */
 export class CacheError extends LayerwiseError {}
+
+/** A disk (or quota) has no room for what layerwise was about to write or was writing. */
+export class DiskFullError extends LayerwiseError {}

@@ -63,8 +63,8 @@ export async function dropCaches(): Promise<boolean> {
 
 async function ensureModel(preset: string, dir: string, log: (l: string) => void, layers?: number): Promise<string> {
   const out = join(dir, layers ? `${preset}-${layers}l` : preset);
-  const marker = await readFile(join(out, testModelMarker), "utf8").then((t) => JSON.parse(t) as { preset: string; dtype: string }, () => undefined);
-  if (marker?.preset === preset && marker.dtype === "bf16") return out;
+  const marker = await readFile(join(out, testModelMarker), "utf8").then((t) => JSON.parse(t) as { preset: string; dtype: string; complete?: boolean }, () => undefined);
+  if (marker?.preset === preset && marker.dtype === "bf16" && marker.complete !== false) return out;
   const t0 = performance.now();
   await makeTestModel({ preset, dtype: "bf16", out, ...(layers ? { layers } : {}) });
   log(`wrote ${preset} to ${out} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);

@@ -5,6 +5,7 @@ import { createArchModel } from "../arch/index.js";
 import { expertsIn, type WeightSpec } from "../arch/types.js";
 import type { FloatDType } from "../backend/dtype.js";
 import { UsageError } from "../errors.js";
+import { checkDiskSpace, writeError } from "../util/disk-space.js";
 import { safetensorsDTypeBytes, writeSafetensors, type SafetensorsDType, type TensorToWrite } from "../model/safetensors.js";
 import { FillPool, fillSegment, segmentValues, type Distribution, type FillDType, type SegmentJob } from "./fill.js";
 import { presets, type TestModelPreset } from "./presets.js";
@@ -72,6 +73,10 @@ export async function makeTestModel(o: MakeTestModelOptions): Promise<TestModelI
   const stored = storedTensors(specs, o.dtype, preset);
 
   await prepareOutDir(o.out);
+  // Marked ours from the start, so a folder a failed write leaves behind can be written again; `complete` once done.
+  const marker = { preset: o.preset, dtype: o.dtype, layers: numLayers, seed };
+  await writeFile(join(o.out, testModelMarker), JSON.stringify({ ...marker, complete: false }) + "\n");
+  const hint = "free disk space, choose --out on a larger disk, or write fewer layers (--layers)";
   const parameterCount = stored.reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1) * (t.dtype === "u8" ? 2 : 1), 0);
   // Worker threads pay off for real-size presets; tiny ones are written inline.
   const pool = parameterCount > 50e6 ? new FillPool() : undefined;
@@ -79,7 +84,8 @@ export async function makeTestModel(o: MakeTestModelOptions): Promise<TestModelI
   const tensors = stored.map((t) => randomTensor(t, segments));
   let files: string[];
   try {
-    files = await writeShards(o.out, tensors, o.shardBytes ?? 4e9);
+    await checkDiskSpace(o.out, tensors.reduce((n, t) => n + byteSize(t), 0), `the ${o.preset} checkpoint`, hint);
+    files = await writeShards(o.out, tensors, o.shardBytes ?? 4e9, hint);
   } finally {
     await pool?.close();
   }
@@ -102,7 +108,7 @@ export async function makeTestModel(o: MakeTestModelOptions): Promise<TestModelI
       chat_template: chatTemplates[preset.tokenizer],
     }),
   );
-  await writeFile(join(o.out, testModelMarker), json({ preset: o.preset, dtype: o.dtype, layers: numLayers, seed }));
+  await writeFile(join(o.out, testModelMarker), json({ ...marker, complete: true }));
   return { dir: o.out, files, parameterCount, bytes: tensors.reduce((n, t) => n + byteSize(t), 0) };
 }
 
@@ -117,14 +123,14 @@ async function prepareOutDir(dir: string): Promise<void> {
   if (names.length === 0) return;
   const ours = await readFile(join(dir, testModelMarker), "utf8").then(() => true, () => false);
   if (!ours) throw new UsageError("OUT_NOT_EMPTY", `${dir} exists and is not empty`, "give a new folder; layerwise only replaces folders it wrote itself");
-  for (const n of names) if (n.endsWith(".safetensors") || n.endsWith(".json")) await rm(join(dir, n));
+  for (const n of names) if (n.endsWith(".safetensors") || n.endsWith(".json") || n.endsWith(".partial")) await rm(join(dir, n));
 }
 
 function byteSize(t: TensorToWrite): number {
   return t.shape.reduce((a, b) => a * b, 1) * safetensorsDTypeBytes[t.dtype];
 }
 
-async function writeShards(dir: string, tensors: TensorToWrite[], shardBytes: number): Promise<string[]> {
+async function writeShards(dir: string, tensors: TensorToWrite[], shardBytes: number, hint: string): Promise<string[]> {
   const shards: TensorToWrite[][] = [[]];
   let size = 0;
   for (const t of tensors) {
@@ -137,14 +143,14 @@ async function writeShards(dir: string, tensors: TensorToWrite[], shardBytes: nu
     size += bytes;
   }
   if (shards.length === 1) {
-    await writeAtomically(join(dir, "model.safetensors"), (tmp) => writeSafetensors(tmp, shards[0]!));
+    await writeAtomically(join(dir, "model.safetensors"), (tmp) => writeSafetensors(tmp, shards[0]!), hint);
     return ["model.safetensors"];
   }
   const pad = (n: number) => String(n).padStart(5, "0");
   const names = shards.map((_, i) => `model-${pad(i + 1)}-of-${pad(shards.length)}.safetensors`);
   const weightMap: Record<string, string> = {};
   for (let i = 0; i < shards.length; i++) {
-    await writeAtomically(join(dir, names[i]!), (tmp) => writeSafetensors(tmp, shards[i]!));
+    await writeAtomically(join(dir, names[i]!), (tmp) => writeSafetensors(tmp, shards[i]!), hint);
     for (const t of shards[i]!) weightMap[t.name] = names[i]!;
   }
   const total = tensors.reduce((n, t) => n + byteSize(t), 0);
@@ -152,9 +158,15 @@ async function writeShards(dir: string, tensors: TensorToWrite[], shardBytes: nu
   return [...names, "model.safetensors.index.json"];
 }
 
-async function writeAtomically(file: string, write: (tmp: string) => Promise<void>): Promise<void> {
+/** Writes `file` through a temporary beside it; a failed write removes the temporary (a full disk says so). */
+async function writeAtomically(file: string, write: (tmp: string) => Promise<void>, hint: string): Promise<void> {
   const tmp = `${file}.partial`;
-  await write(tmp);
+  try {
+    await write(tmp);
+  } catch (e) {
+    await rm(tmp, { force: true });
+    throw writeError(file, e, hint);
+  }
   await rename(tmp, file);
 }
 
