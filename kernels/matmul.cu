@@ -3,54 +3,70 @@
 // Many rows: gemm.cu's tensor-core GEMM, or the exact FMA tiles below for f32 weights and odd shapes.
 #include "common.cuh"
 
-// ---- decode: up to MAXM rows, one warp per output column ----
-template <typename T, int MAXM>
+// ---- decode: up to MAXM rows; a warp streams the weight rows of COLS output columns once (memory bound) ----
+// With several rows, each activation load serves COLS weight rows: one column a warp re-read every row of x per weight
+// (64 bytes of x per 2 of weights at 16 rows) and ran at a tenth of the memory's speed.
+template <typename T, int MAXM, int COLS>
 __device__ void gemv(float *y, const float *x, const T *w, const float *bias, int M, int N, int K) {
   constexpr int VEC = 16 / sizeof(T); // weights per 16-byte load
   const int lane = threadIdx.x & 31;
-  const int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  if (n >= N) return;
-  const T *wr = w + (size_t)n * K;
-  float acc[MAXM];
+  const int n0 = (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * COLS;
+  if (n0 >= N) return;
+  const int cols = min(COLS, N - n0);
+  float acc[COLS][MAXM];
 #pragma unroll
-  for (int m = 0; m < MAXM; m++) acc[m] = 0.f;
+  for (int c = 0; c < COLS; c++)
+#pragma unroll
+    for (int m = 0; m < MAXM; m++) acc[c][m] = 0.f;
   const bool vec = (K % VEC) == 0 && ((uintptr_t)w & 15) == 0 && ((uintptr_t)x & 15) == 0;
   int k0 = 0;
   if (vec) {
-#pragma unroll 4
+#pragma unroll 2
     for (int k = lane * VEC; k < K; k += 32 * VEC) {
-      const uint4 raw = __ldg(reinterpret_cast<const uint4 *>(wr + k));
-      const T *wv = reinterpret_cast<const T *>(&raw);
-      float wf[VEC];
+      float wf[COLS][VEC];
 #pragma unroll
-      for (int i = 0; i < VEC; i++) wf[i] = to_f32(wv[i]);
+      for (int c = 0; c < COLS; c++) {
+        const uint4 raw = c < cols ? __ldg(reinterpret_cast<const uint4 *>(w + (size_t)(n0 + c) * K + k)) : make_uint4(0, 0, 0, 0);
+        const T *wv = reinterpret_cast<const T *>(&raw);
+#pragma unroll
+        for (int i = 0; i < VEC; i++) wf[c][i] = to_f32(wv[i]);
+      }
 #pragma unroll
       for (int m = 0; m < MAXM; m++) {
         if (m < M) {
           const float4 *xv = reinterpret_cast<const float4 *>(x + (size_t)m * K + k);
-          float s = 0.f;
+          float4 xx[VEC / 4];
 #pragma unroll
-          for (int i = 0; i < VEC / 4; i++) {
-            const float4 xx = __ldg(xv + i);
-            s += xx.x * wf[4 * i] + xx.y * wf[4 * i + 1] + xx.z * wf[4 * i + 2] + xx.w * wf[4 * i + 3];
+          for (int i = 0; i < VEC / 4; i++) xx[i] = __ldg(xv + i);
+#pragma unroll
+          for (int c = 0; c < COLS; c++) {
+            float s = 0.f;
+#pragma unroll
+            for (int i = 0; i < VEC / 4; i++) s += xx[i].x * wf[c][4 * i] + xx[i].y * wf[c][4 * i + 1] + xx[i].z * wf[c][4 * i + 2] + xx[i].w * wf[c][4 * i + 3];
+            acc[c][m] += s;
           }
-          acc[m] += s;
         }
       }
     }
     k0 = K; // the vector loop covered everything
   }
   for (int k = k0 + lane; k < K; k += 32) {
-    const float wf = to_f32(wr[k]);
 #pragma unroll
-    for (int m = 0; m < MAXM; m++)
-      if (m < M) acc[m] += x[(size_t)m * K + k] * wf;
+    for (int c = 0; c < COLS; c++) {
+      const float wf = c < cols ? to_f32(w[(size_t)(n0 + c) * K + k]) : 0.f;
+#pragma unroll
+      for (int m = 0; m < MAXM; m++)
+        if (m < M) acc[c][m] += x[(size_t)m * K + k] * wf;
+    }
   }
-  const float b = bias ? bias[n] : 0.f;
 #pragma unroll
-  for (int m = 0; m < MAXM; m++) {
-    const float s = warp_sum(acc[m]);
-    if (lane == 0 && m < M) y[(size_t)m * N + n] = s + b;
+  for (int c = 0; c < COLS; c++) {
+    const float b = bias && c < cols ? bias[n0 + c] : 0.f;
+#pragma unroll
+    for (int m = 0; m < MAXM; m++) {
+      const float s = warp_sum(acc[c][m]);
+      if (lane == 0 && m < M && c < cols) y[(size_t)m * N + n0 + c] = s + b;
+    }
   }
 }
 
@@ -137,9 +153,11 @@ __device__ void gemm_simt(float *y, const float *x, const T *w, const float *bia
     }
 }
 
+// Output columns a warp takes (kernels.ts mirrors it): one for a single row, four for more.
+__host__ __device__ constexpr int gemv_cols(int maxm) { return maxm == 1 ? 1 : 4; }
 #define GEMV(T, NAME, MAXM)                                                                                                   \
   extern "C" __global__ void __launch_bounds__(256) gemv##MAXM##_##NAME(float *y, const float *x, const T *w, const float *bias, int M, int N, int K) { \
-    gemv<T, MAXM>(y, x, w, bias, M, N, K);                                                                                    \
+    gemv<T, MAXM, gemv_cols(MAXM)>(y, x, w, bias, M, N, K);                                                                   \
   }
 #define GEMVS(T, NAME) GEMV(T, NAME, 1) GEMV(T, NAME, 4) GEMV(T, NAME, 16)
 FOR_WEIGHT_TYPES(GEMVS)

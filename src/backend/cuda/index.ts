@@ -15,7 +15,7 @@ import {
   type Handle,
 } from "./driver.js";
 import { topKRows } from "../../util/top-k.js";
-import { Kernels, deltaChunkSmem, deltaRuleKeyDims, flashSmem, gemmSmem, gemmTiles, topKMax, type GemmTile, type KernelArg } from "./kernels.js";
+import { Kernels, deltaChunkSmem, deltaRuleKeyDims, flashSmem, gemmSmem, gemmTiles, gemvColumns, topKMax, type GemmTile, type KernelArg } from "./kernels.js";
 import { DeviceBuffer, DevicePool, bucket } from "./memory.js";
 
 export class CudaTensor implements Tensor {
@@ -379,7 +379,7 @@ export class CudaBackend implements Backend {
     const mma = `gemm_mma_${tile === "square" ? "" : `${tile}_`}${wt.dtype}`;
     if (m <= 16) {
       const rowsPerLaunch = m === 1 ? 1 : m <= 4 ? 4 : 16;
-      this.launch(`gemv${rowsPerLaunch}_${wt.dtype}`, [Math.ceil(n / 8), 1, 1], [threads, 1, 1], args, reads);
+      this.launch(`gemv${rowsPerLaunch}_${wt.dtype}`, [Math.ceil(n / (8 * gemvColumns(rowsPerLaunch, wt.dtype))), 1, 1], [threads, 1, 1], args, reads);
     } else if (half && this.kernels.has(mma)) {
       const xh = this.alloc([m, k], half) as CudaTensor;
       this.launch(`cast_rows_${half}`, [gridFor(m * k), 1, 1], [threads, 1, 1], [{ ptr: xh.ptr }, { ptr: xt.ptr }, { i64: m * k }], [xt]);

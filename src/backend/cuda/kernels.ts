@@ -20,6 +20,11 @@ export function flashSmem(headDim: number): number {
   return (64 + 4 * bkv) * (headDim + 8) * 2;
 }
 
+/** Output columns a warp of the decode GEMV takes; mirrors gemv_cols in kernels/matmul.cu (MXFP4: one). */
+export function gemvColumns(maxRows: number, dtype: string): number {
+  return maxRows === 1 || dtype === "mxfp4" ? 1 : 4;
+}
+
 /** Most ids the top_k kernel ranks per row; mirrors TOPK_MAX in kernels/sampling.cu. */
 export const topKMax = 2048;
 
