@@ -62,8 +62,11 @@ for (const rows of [1, 16]) {
   results[`gemv_${rows}_gbps`] = (n * k * 2) / s / 1e9;
 }
 
-// Prefill attention: 32 query heads, 8 KV heads, head_dim 128, causal, KV in blocks of 256 tokens.
-for (const t of [8192, 32768]) {
+// Prefill attention: 32 query heads, 8 KV heads, head_dim 128, causal, KV in blocks of 256 tokens; CTAs of 64 query
+// rows (the default) and of 128 (attn_tall_*).
+for (const [t, rows] of [[8192, 64], [32768, 64], [8192, 128], [32768, 128]] as const) {
+  b.flashRows = rows;
+  const key = `attn${rows === 128 ? "_tall" : ""}_${t / 1024}k`;
   const heads = 32;
   const kvHeads = 8;
   const hd = 128;
@@ -72,11 +75,12 @@ for (const t of [8192, 32768]) {
   for (let s0 = 0; s0 < t; s0 += 256) blocks.push({ k: await tensor([256, kvHeads * hd], "bf16"), v: await tensor([256, kvHeads * hd], "bf16"), start: s0, length: 256 });
   const o = { heads, kvHeads, headDim: hd, scale: 1 / Math.sqrt(hd), seqs: [{ qRow: 0, qRows: t, qPos: 0, blocks }] };
   const s = await seconds(() => b.attention(q, o), 1, 3);
-  results[`attn_${t / 1024}k_tflops`] = (4 * (t * t) / 2 * heads * hd) / s / 1e12;
-  results[`attn_${t / 1024}k_s`] = s;
+  results[`${key}_tflops`] = (4 * (t * t) / 2 * heads * hd) / s / 1e12;
+  results[`${key}_s`] = s;
   b.free(q);
   for (const blk of blocks) b.free(blk.k), b.free(blk.v);
 }
+b.flashRows = 64;
 
 // Pinned host -> device copy of 1 GiB.
 {
@@ -105,6 +109,8 @@ if (torch) {
   results.gemv_vs_torch_copy = r.gemv_1_gbps! / torch.copy_gbps!;
   results.attn_8k_vs_sdpa = r.attn_8k_tflops! / torch.sdpa_8k_tflops!;
   results.attn_32k_vs_sdpa = r.attn_32k_tflops! / torch.sdpa_32k_tflops!;
+  results.attn_tall_8k_vs_sdpa = r.attn_tall_8k_tflops! / torch.sdpa_8k_tflops!;
+  results.attn_tall_32k_vs_sdpa = r.attn_tall_32k_tflops! / torch.sdpa_32k_tflops!;
   results.h2d_vs_torch_pinned = r.h2d_pinned_gbps! / torch.h2d_pinned_gbps!;
 }
 await b.dispose();

@@ -4,15 +4,17 @@
 // causal, sliding window, soft cap), for 16-bit KV and head_dim 64, 128 or 256.
 #include "mma.cuh"
 
-template <int HD> struct FlashShape {
-  static constexpr int BQ = 64, BKV = HD <= 128 ? 64 : 32, LD = HD + 8; // rows (HD+8)*2 bytes apart: ldmatrix conflict-free
+// BQ query rows a CTA (BQ / 16 warps): 64, or 128 (each KV tile loaded serves twice the rows; twice the shared memory
+// for Q, 104 KB at head_dim 128), which the kernel bench compares.
+template <int HD, int BQ_> struct FlashShape {
+  static constexpr int BQ = BQ_, BKV = HD <= 128 ? 64 : 32, LD = HD + 8; // rows (HD+8)*2 bytes apart: ldmatrix conflict-free
   // Dynamic shared memory (kernels.ts mirrors it): Q, then K and V for two stages, (BQ + 4 * BKV) * LD * 2 bytes.
 };
 
-template <typename T, int HD>
+template <typename T, int HD, int BQ_>
 __device__ void flash(float *out, float *lse, const float *q, const int *seqs, const unsigned long long *block_ptrs, const int *block_pos,
                       const float *sinks, int heads, int kv_heads, int kv_cols, float scale, int window, float softcap) {
-  using S = FlashShape<HD>;
+  using S = FlashShape<HD, BQ_>;
   constexpr int BQ = S::BQ, BKV = S::BKV, LD = S::LD;
   extern __shared__ __align__(128) unsigned char smem[];
   T *Qs = reinterpret_cast<T *>(smem);
@@ -182,11 +184,14 @@ __device__ void flash(float *out, float *lse, const float *q, const int *seqs, c
   }
 }
 
-#define FLASH(T, NAME, HD)                                                                                                    \
-  extern "C" __global__ void __launch_bounds__(128) flash_##NAME##_##HD(float *out, float *lse, const float *q, const int *seqs,      \
+#define FLASH_KERNEL(T, NAME, HD, BQ, PREFIX)                                                                                 \
+  extern "C" __global__ void __launch_bounds__(BQ * 2) PREFIX##NAME##_##HD(float *out, float *lse, const float *q, const int *seqs, \
       const unsigned long long *block_ptrs, const int *block_pos, const float *sinks, int heads, int kv_heads, int kv_cols,      \
       float scale, int window, float softcap) {                                                                               \
-    flash<T, HD>(out, lse, q, seqs, block_ptrs, block_pos, sinks, heads, kv_heads, kv_cols, scale, window, softcap);           \
+    flash<T, HD, BQ>(out, lse, q, seqs, block_ptrs, block_pos, sinks, heads, kv_heads, kv_cols, scale, window, softcap);       \
   }
+#define FLASH(T, NAME, HD) FLASH_KERNEL(T, NAME, HD, 64, flash_)
+#define FLASH_TALL(T, NAME, HD) FLASH_KERNEL(T, NAME, HD, 128, flash_tall_)
 FLASH(bf16, bf16, 64) FLASH(bf16, bf16, 128) FLASH(bf16, bf16, 256)
 FLASH(f16, f16, 64) FLASH(f16, f16, 128) FLASH(f16, f16, 256)
+FLASH_TALL(bf16, bf16, 64) FLASH_TALL(bf16, bf16, 128) FLASH_TALL(f16, f16, 64) FLASH_TALL(f16, f16, 128)

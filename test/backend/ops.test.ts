@@ -172,13 +172,17 @@ for (const bc of backendCases) {
       { heads: 4, kvHeads: 2, headDim: 64, qRows: 20, blocks: [16, 16, 5], blockCap: 16, window: 8, sinks: true },
       { heads: 4, kvHeads: 2, headDim: 64, qRows: 1, blocks: [16, 16, 5], blockCap: 16, sinks: true },
       { heads: 4, kvHeads: 2, headDim: 16, qRows: 5, blocks: [8, 3], blockCap: 8, window: 4, sinks: true },
-      // Two query tiles; key tiles wholly visible (inside the window, before the diagonal) beside masked ones.
-      { heads: 4, kvHeads: 2, headDim: 128, qRows: 100, blocks: [64, 64, 64, 64], blockCap: 64, window: 150 },
+      // Several query tiles; key tiles wholly visible (inside the window, before the diagonal) beside masked ones.
+      { heads: 4, kvHeads: 2, headDim: 128, qRows: 200, blocks: [64, 64, 64, 64], blockCap: 64, window: 150 },
+      { heads: 2, kvHeads: 1, headDim: 64, qRows: 130, blocks: [128, 16], blockCap: 128, sinks: true },
     ];
-    for (const c of attnCases) {
+    // CUDA: prefill CTAs of 64 query rows (the default) and of 128.
+    const flashRows = bc.name === "cuda" ? ([64, 128] as const) : ([undefined] as const);
+    for (const c of attnCases) for (const rows of flashRows) {
       for (const kvDtype of ["f32", "bf16"] as const) {
-        it(`attention ${c.heads}/${c.kvHeads} heads, head_dim ${c.headDim}, ${c.qRows} queries over blocks [${c.blocks}]${c.window ? `, window ${c.window}` : ""}${c.softcap ? `, softcap ${c.softcap}` : ""}${c.sinks ? ", sinks" : ""}, KV ${kvDtype}`, async () => {
+        it(`attention ${c.heads}/${c.kvHeads} heads, head_dim ${c.headDim}, ${c.qRows} queries over blocks [${c.blocks}]${c.window ? `, window ${c.window}` : ""}${c.softcap ? `, softcap ${c.softcap}` : ""}${c.sinks ? ", sinks" : ""}, KV ${kvDtype}${rows ? `, ${rows}-row CTAs` : ""}`, async () => {
           const b = await bc.create();
+          if (rows) (b as CudaBackend).flashRows = rows;
           const kvCols = c.kvHeads * c.headDim;
           const total = c.blocks.reduce((a, x) => a + x, 0);
           const qPos = total - c.qRows;

@@ -15,7 +15,7 @@ import {
   type Handle,
 } from "./driver.js";
 import { topKRows } from "../../util/top-k.js";
-import { Kernels, deltaChunkSmem, deltaRuleKeyDims, flashSmem, gemmSmem, gemmTiles, gemvColumns, topKMax, type GemmTile, type KernelArg } from "./kernels.js";
+import { Kernels, deltaChunkSmem, deltaRuleKeyDims, flashSmem, gemmSmem, gemmTiles, gemvColumns, topKMax, type FlashRows, type GemmTile, type KernelArg } from "./kernels.js";
 import { DeviceBuffer, DevicePool, bucket } from "./memory.js";
 
 export class CudaTensor implements Tensor {
@@ -84,6 +84,8 @@ export class CudaBackend implements Backend {
    * the square one); the kernel bench compares them.
    */
   gemmTile: GemmTile = "deep";
+  /** Query rows a prefill attention CTA takes (128: head_dim 64 and 128, prompts of 128+ rows); the kernel bench compares them. */
+  flashRows: FlashRows = 64;
   private disposed = false;
 
   private constructor(
@@ -484,15 +486,17 @@ export class CudaBackend implements Backend {
     const reads = [qt, ...blocks.flatMap((b) => [b.k, b.v])];
     const common: KernelArg[] = [{ ptr: seqBuf.ptr }];
     const maxQRows = Math.max(...o.seqs.map((s) => s.qRows));
-    const flash = `flash_${kvDtype}_${headDim}`;
+    const tall = this.flashRows === 128 && maxQRows >= 128 && this.kernels.has(`flash_tall_${kvDtype}_${headDim}`);
+    const flash = `flash_${tall ? "tall_" : ""}${kvDtype}_${headDim}`;
+    const flashRows: FlashRows = tall ? 128 : 64;
     if (maxQRows >= 16 && this.kernels.has(flash)) {
       this.launch(
         flash,
-        [Math.ceil(maxQRows / 64), heads, o.seqs.length],
-        [128, 1, 1],
+        [Math.ceil(maxQRows / flashRows), heads, o.seqs.length],
+        [2 * flashRows, 1, 1],
         [{ ptr: out.ptr }, { ptr: lse?.ptr ?? 0n }, { ptr: qt.ptr }, ...common, { ptr: ptrBuf.ptr }, { ptr: posBuf.ptr }, { ptr: sinks?.ptr ?? 0n }, { i32: heads }, { i32: kvHeads }, { i32: kvHeads * headDim }, { f32: o.scale }, { i32: o.slidingWindow ?? 0 }, { f32: o.softcap ?? 0 }],
         [...reads, sinks],
-        flashSmem(headDim),
+        flashSmem(headDim, flashRows),
       );
     } else {
       if (headDim > 256) throw new BackendError("CUDA_HEAD_DIM", `head_dim ${headDim} is larger than the 256 the CUDA kernels support`);

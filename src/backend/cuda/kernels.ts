@@ -15,9 +15,11 @@ export function gemmSmem(tile: GemmTile): number {
   const t = gemmTiles[tile];
   return t.stages * (t.rows + t.cols) * (t.depth + 8) * 2;
 }
-export function flashSmem(headDim: number): number {
+/** Query rows a flash attention CTA takes: 64, or 128 ("tall", head_dim 64 and 128). */
+export type FlashRows = 64 | 128;
+export function flashSmem(headDim: number, rows: FlashRows = 64): number {
   const bkv = headDim <= 128 ? 64 : 32;
-  return (64 + 4 * bkv) * (headDim + 8) * 2;
+  return (rows + 4 * bkv) * (headDim + 8) * 2;
 }
 
 /** Output columns a warp of the decode GEMV takes; mirrors gemv_cols in kernels/matmul.cu (MXFP4: one). */
@@ -63,6 +65,7 @@ export class Kernels {
     for (const dtype of ["bf16", "f16"]) {
       needs.push([`gemm_mma_${dtype}`, gemmSmem("square")], [`gemm_mma_deep_${dtype}`, gemmSmem("deep")]);
       for (const hd of [64, 128, 256]) needs.push([`flash_${dtype}_${hd}`, flashSmem(hd)]);
+      for (const hd of [64, 128]) needs.push([`flash_tall_${dtype}_${hd}`, flashSmem(hd, 128)]);
     }
     for (const kDim of deltaRuleKeyDims) needs.push([`gated_delta_chunked_${kDim}`, deltaChunkSmem(kDim)]);
     for (const [name, smem] of needs) {
