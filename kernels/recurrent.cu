@@ -145,12 +145,7 @@ __device__ void gated_delta_chunked(float *out, const float *qkv, const float *a
     }
     __syncthreads();
     if (warp == 0) {
-      float g = G[lane];
-#pragma unroll
-      for (int o = 1; o < 32; o <<= 1) {
-        const float up = __shfl_up_sync(0xffffffffu, g, o);
-        if (lane >= o) g += up;
-      }
+      const float g = warp_inclusive_sum(G[lane]);
       const float last = __shfl_sync(0xffffffffu, g, n - 1);
       G[lane] = g, eG[lane] = expf(g), toLast[lane] = expf(last - g);
     }

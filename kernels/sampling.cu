@@ -22,24 +22,11 @@ __device__ __forceinline__ uint32_t order_key(float v) {
 // Exclusive prefix sum over the block; `total` gets the sum. scratch: 32 ints.
 __device__ __forceinline__ int block_exclusive_scan(int v, int *scratch, int &total) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  int incl = v;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const int up = __shfl_up_sync(0xffffffffu, incl, o);
-    if (lane >= o) incl += up;
-  }
+  const int incl = warp_inclusive_sum(v);
   __syncthreads();
   if (lane == 31) scratch[warp] = incl;
   __syncthreads();
-  if (warp == 0) {
-    int w = scratch[lane];
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const int up = __shfl_up_sync(0xffffffffu, w, o);
-      if (lane >= o) w += up;
-    }
-    scratch[lane] = w; // inclusive over warps
-  }
+  if (warp == 0) scratch[lane] = warp_inclusive_sum(scratch[lane]); // inclusive over warps
   __syncthreads();
   total = scratch[31];
   return incl - v + (warp > 0 ? scratch[warp - 1] : 0);

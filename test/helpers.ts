@@ -1,6 +1,6 @@
 // Shared test helpers: temp folders, the stories260K model, tiny checkpoints, running the CLI.
 import { execFile } from "node:child_process";
-import { cp, mkdtemp, rm } from "node:fs/promises";
+import { cp, mkdtemp, open as fsOpen, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -10,6 +10,7 @@ import { CpuBackend } from "../src/backend/cpu/index.js";
 import assert from "node:assert/strict";
 import { fromF32, type FloatDType } from "../src/backend/dtype.js";
 import type { Backend, Tensor } from "../src/backend/ops.js";
+import type { FileIo } from "../src/model/disk-reader.js";
 
 export const repoRoot = fileURLToPath(new URL("../../", import.meta.url));
 export const sharedDir = process.env.LAYERWISE_SHARED ?? join(repoRoot, "..", "shared");
@@ -93,4 +94,20 @@ export function relErr(got: Float32Array, want: ArrayLike<number>): number {
     den += want[i]! ** 2;
   }
   return Math.sqrt(num / Math.max(den, 1e-30));
+}
+
+/** A FileIo whose file handles read through `read(original, args)`: to delay or fail the engine's reads in a test. */
+export function fileIoWithRead(read: (original: (...args: unknown[]) => Promise<unknown>, args: unknown[]) => Promise<unknown>): FileIo {
+  return {
+    async open(path) {
+      const fh = await fsOpen(path, "r");
+      return new Proxy(fh, {
+        get(target, prop) {
+          const v = Reflect.get(target, prop);
+          if (prop === "read") return (...args: unknown[]) => read((v as (...a: unknown[]) => Promise<unknown>).bind(target), args);
+          return typeof v === "function" ? v.bind(target) : v;
+        },
+      });
+    },
+  };
 }

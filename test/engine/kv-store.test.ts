@@ -8,7 +8,7 @@ import { LayerwiseModel, type LoadOptions } from "../../src/engine/model.js";
 import type { StoreIo } from "../../src/engine/kv-store.js";
 import { CacheError } from "../../src/errors.js";
 import { Random } from "../../src/util/random.js";
-import { cliPath, runCli, storiesCopy, tempDir, tinyModel } from "../helpers.js";
+import { cliPath, fileIoWithRead, runCli, storiesCopy, tempDir, tinyModel } from "../helpers.js";
 
 function ids(n: number, seed: number): number[] {
   const r = new Random(seed);
@@ -173,22 +173,13 @@ describe("weight files failing while streaming", () => {
 
   it("a read error names the file and the offset", async () => {
     const dir = await tinyModel({ preset: "tiny-llama", layers: 2 });
-    const { open: fsOpen } = await import("node:fs/promises");
     let armed = false;
     const m = await LayerwiseModel.load(dir, {
       ...streamFromDisk,
-      fileIo: {
-        async open(path) {
-          const fh = await fsOpen(path, "r");
-          return new Proxy(fh, {
-            get(target, prop) {
-              if (prop === "read" && armed) return async () => { throw Object.assign(new Error("EIO: i/o error, read"), { code: "EIO" }); };
-              const v = Reflect.get(target, prop);
-              return typeof v === "function" ? v.bind(target) : v;
-            },
-          });
-        },
-      },
+      fileIo: fileIoWithRead(async (read, args) => {
+        if (armed) throw Object.assign(new Error("EIO: i/o error, read"), { code: "EIO" });
+        return read(...args);
+      }),
     });
     try {
       armed = true;

@@ -1,12 +1,12 @@
 // Mixture-of-experts models out of core (CPU backend): experts streamed through the hot-expert cache from RAM or disk give
 // the same outputs as resident ones, a decode step reads only its routed experts, and a failed expert read loses nothing.
 import assert from "node:assert/strict";
-import { open as fsOpen, readFile, writeFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { LayerwiseModel, withModel, type LoadOptions } from "../../src/engine/model.js";
 import { Random } from "../../src/util/random.js";
-import { runCli, tinyModel } from "../helpers.js";
+import { fileIoWithRead, runCli, tinyModel } from "../helpers.js";
 
 const prompt = (() => {
   const r = new Random(5);
@@ -91,21 +91,11 @@ describe("gpt-oss experts out of core, cpu", () => {
       kvDtype: "f32",
       expertSlots: 2,
       ram: 0,
-      fileIo: {
-        async open(path) {
-          const fh = await fsOpen(path, "r");
-          return new Proxy(fh, {
-            get(target, prop) {
-              if (prop === "read" && failNext) {
-                failNext = false;
-                return async () => { throw Object.assign(new Error("EIO: i/o error, read"), { code: "EIO" }); };
-              }
-              const v = Reflect.get(target, prop);
-              return typeof v === "function" ? v.bind(target) : v;
-            },
-          });
-        },
-      },
+      fileIo: fileIoWithRead(async (read, args) => {
+        if (!failNext) return read(...args);
+        failNext = false;
+        throw Object.assign(new Error("EIO: i/o error, read"), { code: "EIO" });
+      }),
     });
     try {
       const want = await m.forward(m.createSequence(), prompt, "all");

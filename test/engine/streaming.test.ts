@@ -1,14 +1,13 @@
 // Out-of-core runs on the CPU backend: weights streamed from RAM or disk and KV in tiers give the same outputs, inside the budgets.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { open as fsOpen } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { CpuBackend } from "../../src/backend/cpu/index.js";
 import type { HostBuffer } from "../../src/backend/ops.js";
 import { LayerwiseModel, withModel, type LoadOptions } from "../../src/engine/model.js";
 import { Random } from "../../src/util/random.js";
 import type { Backend } from "../../src/backend/ops.js";
-import { backendCases, maxAbsDiff, storiesCopy, tinyModel } from "../helpers.js";
+import { backendCases, fileIoWithRead, maxAbsDiff, storiesCopy, tinyModel } from "../helpers.js";
 
 /** Budgets written for the CPU backend, on a backend that also holds a context (CUDA) and rounds small allocations up (the plan counts that). */
 function budget(backend: Backend, bytes: number | undefined): number | undefined {
@@ -129,26 +128,15 @@ describe("closing a streaming model", () => {
       ram: 0,
       prefillChunk: 16,
       kvBlockTokens: 16,
-      fileIo: {
-        async open(path) {
-          const fh = await fsOpen(path, "r");
-          return new Proxy(fh, {
-            get(target, prop) {
-              const v = Reflect.get(target, prop);
-              if (prop !== "read") return typeof v === "function" ? v.bind(target) : v;
-              return async (...args: unknown[]) => {
-                inFlight++;
-                try {
-                  await sleep(20);
-                  return await (v as (...a: unknown[]) => Promise<unknown>).apply(target, args);
-                } finally {
-                  inFlight--;
-                }
-              };
-            },
-          });
-        },
-      },
+      fileIo: fileIoWithRead(async (read, args) => {
+        inFlight++;
+        try {
+          await sleep(20);
+          return await read(...args);
+        } finally {
+          inFlight--;
+        }
+      }),
     });
     const seq = m.createSequence();
     await m.forward(seq, [1, 403, 407]);
