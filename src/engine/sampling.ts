@@ -49,7 +49,7 @@ export class Sampler {
     return !this.o.temperature;
   }
 
-  /** Ids whose logits the repetition penalty changes, when it is on: the caller keeps the sequence's ids in it. */
+  /** Whether a repetition penalty is on; then the caller keeps the sequence's ids in the `seen` set it passes. */
   get penalized(): boolean {
     const p = this.o.repetitionPenalty;
     return p !== undefined && p !== 1;
@@ -67,7 +67,7 @@ export class Sampler {
 
   /**
    * The next token id, from the whole row of logits or from the ranked ids a `request` asked for (penalty applied
-   * there); the same seed gives the same ids either way. `seen` is every id of the sequence so far, prompt included.
+   * there, in f32); both draw as a full sort of the row would. `seen` is every id of the sequence so far, prompt included.
    */
   sample(logits: Float32Array | RankedLogits, seen: ReadonlySet<number>): number {
     if (logits instanceof Float32Array && this.greedy) return argmax(this.penalize(logits, seen));
