@@ -38,8 +38,9 @@ async function seconds(enqueue: () => void, reps = 10, rounds = 5): Promise<numb
 const results: Record<string, unknown> = { gpu: b.info.name, driver: b.info.driverVersion, date: new Date().toISOString() };
 
 // GEMM 4096^3, bf16 weights, and a prefill chunk's MLP projection (2048 rows, 4096 -> 14336), with each tensor-core
-// tile; the backend's default (deep) tile gives gemm_4096_tflops, the square one gemm_square_*.
-for (const tile of ["deep", "square"] as const) {
+// tile; the backend's default (deep) tile gives gemm_4096_tflops, the others gemm_square_* and (Hopper) gemm_hopper_*.
+for (const tile of ["deep", "square", "hopper"] as const) {
+  if (tile === "hopper" && b.info.computeCapability !== "9.0") continue;
   b.gemmTile = tile;
   const suffix = tile === "deep" ? "" : `_${tile}`;
   for (const [m, k, n, key] of [[4096, 4096, 4096, "4096"], [2048, 4096, 14336, "prefill_mlp"]] as const) {
@@ -106,6 +107,7 @@ if (torch) {
   const r = results as Record<string, number>;
   results.gemm_vs_torch = r.gemm_4096_tflops! / torch.matmul_bf16_tflops!;
   results.gemm_square_vs_torch = r.gemm_square_4096_tflops! / torch.matmul_bf16_tflops!;
+  if (r.gemm_hopper_4096_tflops) results.gemm_hopper_vs_torch = r.gemm_hopper_4096_tflops / torch.matmul_bf16_tflops!;
   results.gemv_vs_torch_copy = r.gemv_1_gbps! / torch.copy_gbps!;
   results.attn_8k_vs_sdpa = r.attn_8k_tflops! / torch.sdpa_8k_tflops!;
   results.attn_32k_vs_sdpa = r.attn_32k_tflops! / torch.sdpa_32k_tflops!;

@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 out="${1:-.}"
 for src in *.cu; do
-  nvcc -ptx -arch=compute_80 -O3 -std=c++17 -o "$out/${src%.cu}.ptx" "$src"
+  arch=compute_80
+  [[ "$src" == *_sm90.cu ]] && arch=compute_90a # Hopper-only instructions (wgmma); loaded only on compute capability 9.0
+  nvcc -ptx -arch="$arch" -O3 -std=c++17 -o "$out/${src%.cu}.ptx" "$src"
 done
 echo "built: $(cd "$out" && ls *.ptx | tr '\n' ' ')"

@@ -82,8 +82,9 @@ for (const bc of backendCases) {
   describe(`ops on ${bc.name}`, () => {
     // 1-16 rows: the decode kernel (several rows: 4 output columns a warp, some past N); more rows: tensor cores
     // (K % 8 == 0, 16-bit weights) or exact FMA tiles.
-    // CUDA: both tensor-core GEMM tiles (the default deep one, and the square one smaller GPUs and MXFP4 take).
-    const tiles = bc.name === "cuda" ? (["deep", "square"] as const) : ([undefined] as const);
+    // CUDA: each tensor-core GEMM tile (the default deep one, the square one smaller GPUs and MXFP4 take, and on Hopper
+    // the wgmma one; elsewhere that falls back to the deep one).
+    const tiles = bc.name === "cuda" ? (["deep", "square", "hopper"] as const) : ([undefined] as const);
     for (const [rows, k, n, dtype] of [[1, 64, 48, "f32"], [3, 64, 50, "bf16"], [16, 128, 37, "f16"], [7, 67, 33, "bf16"], [33, 128, 96, "f16"], [130, 256, 160, "bf16"], [300, 520, 260, "bf16"], [20, 67, 40, "bf16"], [40, 64, 70, "f32"]] as const) for (const tile of tiles) {
       it(`matmul [${rows}, ${k}] x [${n}, ${k}]^T ${dtype} with bias${tile ? `, ${tile} GEMM tile` : ""}`, async () => {
         const b = await bc.create();

@@ -15,7 +15,7 @@ import {
   type Handle,
 } from "./driver.js";
 import { topKRows } from "../../util/top-k.js";
-import { Kernels, deltaChunkSmem, deltaRuleKeyDims, flashSmem, gemmSmem, gemmTiles, gemvColumns, topKMax, type FlashRows, type GemmTile, type KernelArg } from "./kernels.js";
+import { Kernels, deltaChunkSmem, deltaRuleKeyDims, flashSmem, gemmKernel, gemmSmem, gemmTiles, gemvColumns, topKMax, type FlashRows, type GemmTile, type KernelArg } from "./kernels.js";
 import { DeviceBuffer, DevicePool, bucket } from "./memory.js";
 
 export class CudaTensor implements Tensor {
@@ -81,7 +81,8 @@ export class CudaBackend implements Backend {
   private scratch?: CudaHostBuffer;
   /**
    * The tensor-core GEMM's tile for 16-bit weights: the deep one where shared memory allows (MXFP4 and smaller GPUs take
-   * the square one); the kernel bench compares them.
+   * the square one); "hopper" (wgmma, compute capability 9.0 only) waits for its first GPU run. The kernel bench
+   * compares them.
    */
   gemmTile: GemmTile = "deep";
   /** Query rows a prefill attention CTA takes (128: head_dim 64 and 128, prompts of 128+ rows); the kernel bench compares them. */
@@ -94,7 +95,7 @@ export class CudaBackend implements Backend {
     readonly info: DeviceInfo,
   ) {
     this.pool = new DevicePool(driver);
-    this.kernels = new Kernels(driver, driver.attribute(device, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN));
+    this.kernels = new Kernels(driver, driver.attribute(device, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN), info.computeCapability === "9.0");
     this.compute = driver.streamCreate();
     this.copy = driver.streamCreate();
     for (let i = 0; i < ringSize; i++) this.events.push(driver.eventCreate());
@@ -377,8 +378,9 @@ export class CudaBackend implements Backend {
     const args: KernelArg[] = [{ ptr: out.ptr }, { ptr: xt.ptr }, { ptr: wt.ptr }, { ptr: b ? b.ptr : 0n }, { i32: m }, { i32: n }, { i32: k }];
     const reads = [xt, wt, b];
     const half = tensorCoreInput(m, k, n, wt.dtype);
-    const tile: GemmTile = this.gemmTile !== "square" && wt.dtype !== "mxfp4" && this.kernels.has(`gemm_mma_${this.gemmTile}_${wt.dtype}`) ? this.gemmTile : "square";
-    const mma = `gemm_mma_${tile === "square" ? "" : `${tile}_`}${wt.dtype}`;
+    // The chosen tile where this GPU has its kernel, else the next more portable one; MXFP4 has only the square one.
+    const tile: GemmTile = wt.dtype === "mxfp4" ? "square" : ([this.gemmTile, "deep", "square"] as const).find((t) => this.kernels.has(gemmKernel(t, wt.dtype)))!;
+    const mma = gemmKernel(tile, wt.dtype);
     if (m <= 16) {
       const rowsPerLaunch = m === 1 ? 1 : m <= 4 ? 4 : 16;
       this.launch(`gemv${rowsPerLaunch}_${wt.dtype}`, [Math.ceil(n / (8 * gemvColumns(rowsPerLaunch, wt.dtype))), 1, 1], [threads, 1, 1], args, reads);

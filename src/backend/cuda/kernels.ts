@@ -6,14 +6,26 @@ import { CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, Driver, type Handle } 
 export type KernelArg = { ptr: Handle } | { i32: number } | { i64: number } | { f32: number };
 
 const modules = ["elementwise", "matmul", "gemm", "attention", "flash", "recurrent", "sampling"] as const;
+/** Modules of sm_90a PTX (wgmma), which only Hopper GPUs (compute capability 9.0) can load. */
+const hopperModules = ["gemm_sm90"] as const;
 const kernelDir = new URL("../../../../kernels/", import.meta.url);
 
 /** Dynamic shared memory of the kernels that need more than the default; mirrors the constants in kernels/gemm.cu, flash.cu and recurrent.cu. */
-export const gemmTiles = { square: { rows: 128, cols: 128, depth: 32, stages: 3 }, deep: { rows: 128, cols: 128, depth: 64, stages: 3 } } as const;
+export const gemmTiles = {
+  square: { rows: 128, cols: 128, depth: 32, stages: 3 },
+  deep: { rows: 128, cols: 128, depth: 64, stages: 3 },
+  /** Hopper's wgmma (kernels/gemm_sm90.cu): swizzled tiles without padding, 1 KB for their alignment. */
+  hopper: { rows: 128, cols: 128, depth: 64, stages: 4 },
+} as const;
 export type GemmTile = keyof typeof gemmTiles;
 export function gemmSmem(tile: GemmTile): number {
   const t = gemmTiles[tile];
+  if (tile === "hopper") return t.stages * (t.rows + t.cols) * t.depth * 2 + 1024;
   return t.stages * (t.rows + t.cols) * (t.depth + 8) * 2;
+}
+/** The tensor-core GEMM kernel of a tile for 16-bit weights. */
+export function gemmKernel(tile: GemmTile, dtype: string): string {
+  return tile === "hopper" ? `gemm_wgmma_${dtype}` : `gemm_mma_${tile === "square" ? "" : `${tile}_`}${dtype}`;
 }
 /** Query rows a flash attention CTA takes: 64, or 128 ("tall", head_dim 64 and 128). */
 export type FlashRows = 64 | 128;
@@ -48,22 +60,19 @@ export class Kernels {
   constructor(
     private readonly driver: Driver,
     maxSharedOptin: number,
+    hopper: boolean,
   ) {
-    for (const name of modules) {
-      let ptx: string;
+    for (const name of modules) this.load(name);
+    // Optional: without them the portable kernels run (a driver too old for sm_90a PTX, say).
+    if (hopper) for (const name of hopperModules) {
       try {
-        ptx = readFileSync(new URL(`${name}.ptx`, kernelDir), "utf8");
-      } catch (e) {
-        throw new BackendError("CUDA_KERNELS_MISSING", `kernels/${name}.ptx cannot be read: ${(e as Error).message}`, "reinstall layerwise, or run npm run build:kernels where nvcc is installed");
-      }
-      const module = driver.moduleLoad(ptx, `${name}.ptx`);
-      this.loaded.push(module);
-      for (const m of ptx.matchAll(/\.entry\s+(\w+)\s*\(/g)) this.fns.set(m[1]!, driver.function(module, m[1]!));
+        this.load(name);
+      } catch {}
     }
     const needs: [string, number][] = [];
     needs.push(["gemm_mma_mxfp4", gemmSmem("square")]);
     for (const dtype of ["bf16", "f16"]) {
-      needs.push([`gemm_mma_${dtype}`, gemmSmem("square")], [`gemm_mma_deep_${dtype}`, gemmSmem("deep")]);
+      for (const tile of ["square", "deep", "hopper"] as const) if (this.fns.has(gemmKernel(tile, dtype))) needs.push([gemmKernel(tile, dtype), gemmSmem(tile)]);
       for (const hd of [64, 128, 256]) needs.push([`flash_${dtype}_${hd}`, flashSmem(hd)]);
       for (const hd of [64, 128]) needs.push([`flash_tall_${dtype}_${hd}`, flashSmem(hd, 128)]);
     }
@@ -74,6 +83,18 @@ export class Kernels {
     }
     this.argBase = driver.hostAlloc(4096);
     this.argView = new DataView(Driver.view(this.argBase, 4096).buffer);
+  }
+
+  private load(name: string): void {
+    let ptx: string;
+    try {
+      ptx = readFileSync(new URL(`${name}.ptx`, kernelDir), "utf8");
+    } catch (e) {
+      throw new BackendError("CUDA_KERNELS_MISSING", `kernels/${name}.ptx cannot be read: ${(e as Error).message}`, "reinstall layerwise, or run npm run build:kernels where nvcc is installed");
+    }
+    const module = this.driver.moduleLoad(ptx, `${name}.ptx`);
+    this.loaded.push(module);
+    for (const m of ptx.matchAll(/\.entry\s+(\w+)\s*\(/g)) this.fns.set(m[1]!, this.driver.function(module, m[1]!));
   }
 
   has(name: string): boolean {
