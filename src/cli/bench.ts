@@ -32,7 +32,7 @@ export function registerBench(program: Command): void {
     .option("--vram <size>", "VRAM budget", "8GB")
     .option("--dir <dir>", "where the random-weight checkpoints are written (and reused)", "/tmp/layerwise-bench")
     .option("--decode-tokens <n>", "tokens decoded per measurement", "16")
-    .option("--skip <list>", "workloads to leave out: main (all of the first preset's but the links), disk, batch, kvcache, nolimit, baseline, torch, long")
+    .option("--skip <list>", "workloads to leave out: main (all of the first preset's but the links, which still read its checkpoint: put a small preset first), disk, batch, kvcache, nolimit, baseline, torch, long")
     .option("--long <list>", "models run at a context of their own, as preset@context, or preset@context/layers>context (fewer layers, with the plan for all at the second context)", "gpt-oss-20b@32k,gemma-3-12b@50k,qwen3-next-80b-a3b@8k/8>50k")
     .option("--out <dir>", "folder for the JSON results", "bench/results")
     .option("--docs <file>", "markdown report to regenerate", "docs/benchmarks.md")
