@@ -3,6 +3,7 @@ import { mkdtemp, open, rm, type FileHandle } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CacheError } from "../errors.js";
+import { isDiskFull } from "../util/disk-space.js";
 
 export interface DiskPlace {
   readonly file: string;
@@ -49,8 +50,7 @@ export class KvSpill {
 }
 
 export function diskWriteError(file: string, bytes: number, e: unknown): CacheError {
-  const code = (e as NodeJS.ErrnoException).code;
-  if (code === "ENOSPC" || code === "EDQUOT") {
+  if (isDiskFull(e)) {
     return new CacheError("DISK_FULL", `${file}: no space left on the device writing ${bytes} bytes of KV cache`, "free disk space, lower --kv-cache-max, or give more --ram so less KV goes to disk");
   }
   return new CacheError("KV_WRITE_FAILED", `${file}: writing ${bytes} bytes of KV cache failed: ${(e as Error).message}`);

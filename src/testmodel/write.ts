@@ -82,9 +82,10 @@ export async function makeTestModel(o: MakeTestModelOptions): Promise<TestModelI
   const pool = parameterCount > 50e6 ? new FillPool() : undefined;
   const segments = new SegmentStream(stored, seed, pool);
   const tensors = stored.map((t) => randomTensor(t, segments));
+  const bytes = tensors.reduce((n, t) => n + byteSize(t), 0);
   let files: string[];
   try {
-    await checkDiskSpace(o.out, tensors.reduce((n, t) => n + byteSize(t), 0), `the ${o.preset} checkpoint`, hint);
+    await checkDiskSpace(o.out, bytes, `the ${o.preset} checkpoint`, hint);
     files = await writeShards(o.out, tensors, o.shardBytes ?? 4e9, hint);
   } finally {
     await pool?.close();
@@ -109,7 +110,7 @@ export async function makeTestModel(o: MakeTestModelOptions): Promise<TestModelI
     }),
   );
   await writeFile(join(o.out, testModelMarker), json({ ...marker, complete: true }));
-  return { dir: o.out, files, parameterCount, bytes: tensors.reduce((n, t) => n + byteSize(t), 0) };
+  return { dir: o.out, files, parameterCount, bytes };
 }
 
 async function prepareOutDir(dir: string): Promise<void> {

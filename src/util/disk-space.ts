@@ -11,9 +11,13 @@ export async function checkDiskSpace(dir: string, bytes: number, what: string, h
   if (bytes > free) throw new DiskFullError("DISK_FULL", `${what} needs ${formatBytes(bytes)} in ${dir}; its disk has ${formatBytes(free)} free`, hint);
 }
 
+/** Whether a failed write failed because the disk or the user's quota ran out. */
+export function isDiskFull(e: unknown): boolean {
+  const code = (e as NodeJS.ErrnoException).code;
+  return code === "ENOSPC" || code === "EDQUOT";
+}
+
 /** The error to throw for a failed write of `file`: DISK_FULL (with `hint`) when the disk or quota ran out, else `e`. */
 export function writeError(file: string, e: unknown, hint: string): unknown {
-  const code = (e as NodeJS.ErrnoException).code;
-  if (code === "ENOSPC" || code === "EDQUOT") return new DiskFullError("DISK_FULL", `${file}: no space left on the device`, hint);
-  return e;
+  return isDiskFull(e) ? new DiskFullError("DISK_FULL", `${file}: no space left on the device`, hint) : e;
 }

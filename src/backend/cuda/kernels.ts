@@ -11,17 +11,17 @@ const hopperModules = ["gemm_sm90"] as const;
 const kernelDir = new URL("../../../../kernels/", import.meta.url);
 
 /** Dynamic shared memory of the kernels that need more than the default; mirrors the constants in kernels/gemm.cu, flash.cu and recurrent.cu. */
+// pad: 16-bit values after each tile row (rows apart by depth + pad, so ldmatrix is conflict-free); align: bytes added
+// to align the tiles (Hopper's wgmma reads swizzled, unpadded tiles from a 1 KB boundary, kernels/gemm_sm90.cu).
 export const gemmTiles = {
-  square: { rows: 128, cols: 128, depth: 32, stages: 3 },
-  deep: { rows: 128, cols: 128, depth: 64, stages: 3 },
-  /** Hopper's wgmma (kernels/gemm_sm90.cu): swizzled tiles without padding, 1 KB for their alignment. */
-  hopper: { rows: 128, cols: 128, depth: 64, stages: 4 },
+  square: { rows: 128, cols: 128, depth: 32, stages: 3, pad: 8, align: 0 },
+  deep: { rows: 128, cols: 128, depth: 64, stages: 3, pad: 8, align: 0 },
+  hopper: { rows: 128, cols: 128, depth: 64, stages: 4, pad: 0, align: 1024 },
 } as const;
 export type GemmTile = keyof typeof gemmTiles;
 export function gemmSmem(tile: GemmTile): number {
   const t = gemmTiles[tile];
-  if (tile === "hopper") return t.stages * (t.rows + t.cols) * t.depth * 2 + 1024;
-  return t.stages * (t.rows + t.cols) * (t.depth + 8) * 2;
+  return t.stages * (t.rows + t.cols) * (t.depth + t.pad) * 2 + t.align;
 }
 /** The tensor-core GEMM kernel of a tile for 16-bit weights. */
 export function gemmKernel(tile: GemmTile, dtype: string): string {
