@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { fromF32 } from "../src/backend/dtype.js";
 import type { KvBlock, Tensor } from "../src/backend/ops.js";
 import { CudaBackend } from "../src/backend/cuda/index.js";
+import { flashTiles, gemmTiles, type FlashTile, type GemmTile } from "../src/backend/cuda/kernels.js";
 import { Random } from "../src/util/random.js";
 
 const outDir = process.argv.includes("--out") ? process.argv[process.argv.indexOf("--out") + 1]! : "bench/results";
@@ -38,24 +39,28 @@ async function seconds(enqueue: () => void, reps = 10, rounds = 5): Promise<numb
 const results: Record<string, unknown> = { gpu: b.info.name, driver: b.info.driverVersion, date: new Date().toISOString() };
 
 // GEMM 4096^3, bf16 weights, and a prefill chunk's MLP projection (2048 rows, 4096 -> 14336), with each tensor-core
-// tile; the backend's default (deep) tile gives gemm_4096_tflops, the others gemm_square_* and (Hopper) gemm_hopper_*.
-for (const tile of ["deep", "square", "hopper"] as const) {
-  if (tile === "hopper" && b.info.computeCapability !== "9.0") continue;
+// tile this GPU has (gemm_<tile>_*); the backend's default tile (the first this GPU has of its fallbacks) gives gemm_*.
+const defaultTile = b.gemmTile;
+for (const tile of Object.keys(gemmTiles) as GemmTile[]) {
+  if (!b.hasGemmTile(tile)) continue;
   b.gemmTile = tile;
-  const suffix = tile === "deep" ? "" : `_${tile}`;
   for (const [m, k, n, key] of [[4096, 4096, 4096, "4096"], [2048, 4096, 14336, "prefill_mlp"]] as const) {
     const x = await tensor([m, k], "f32");
     const w = await tensor([n, k], "bf16", 0.02);
     const s = await seconds(() => b.matmul(x, w), 5);
-    results[`gemm${suffix}_${key}_tflops`] = (2 * m * k * n) / s / 1e12;
+    results[`gemm_${tile}_${key}_tflops`] = (2 * m * k * n) / s / 1e12;
     b.free(x);
     b.free(w);
   }
 }
-b.gemmTile = "deep";
+b.gemmTile = defaultTile;
+const usedTile = b.gemmTileFor("bf16");
+results.gemm_tile = usedTile;
+results.gemm_4096_tflops = results[`gemm_${usedTile}_4096_tflops`];
+results.gemm_prefill_mlp_tflops = results[`gemm_${usedTile}_prefill_mlp_tflops`];
 
-// Decode GEMV: one row against a 14336 x 4096 bf16 weight (an 8B model's MLP projection), and 16 rows.
-for (const rows of [1, 16]) {
+// Decode GEMV: 1, 4, 16 and 64 rows against a 14336 x 4096 bf16 weight (an 8B model's MLP projection).
+for (const rows of [1, 4, 16, 64]) {
   const [n, k] = [14336, 4096];
   const x = await tensor([rows, k], "f32");
   const w = await tensor([n, k], "bf16", 0.02);
@@ -63,25 +68,28 @@ for (const rows of [1, 16]) {
   results[`gemv_${rows}_gbps`] = (n * k * 2) / s / 1e9;
 }
 
-// Prefill attention: 32 query heads, 8 KV heads, head_dim 128, causal, KV in blocks of 256 tokens; CTAs of 64 query
-// rows (the default) and of 128 (attn_tall_*).
-for (const [t, rows] of [[8192, 64], [32768, 64], [8192, 128], [32768, 128]] as const) {
-  b.flashRows = rows;
-  const key = `attn${rows === 128 ? "_tall" : ""}_${t / 1024}k`;
-  const heads = 32;
-  const kvHeads = 8;
-  const hd = 128;
-  const q = await tensor([t, heads * hd], "f32");
-  const blocks: KvBlock[] = [];
-  for (let s0 = 0; s0 < t; s0 += 256) blocks.push({ k: await tensor([256, kvHeads * hd], "bf16"), v: await tensor([256, kvHeads * hd], "bf16"), start: s0, length: 256 });
-  const o = { heads, kvHeads, headDim: hd, scale: 1 / Math.sqrt(hd), seqs: [{ qRow: 0, qRows: t, qPos: 0, blocks }] };
-  const s = await seconds(() => b.attention(q, o), 1, 3);
-  results[`${key}_tflops`] = (4 * (t * t) / 2 * heads * hd) / s / 1e12;
-  results[`${key}_s`] = s;
-  b.free(q);
-  for (const blk of blocks) b.free(blk.k), b.free(blk.v);
+// Prefill attention: 32 query heads, 8 KV heads, head_dim 128, causal, KV in blocks of 256 tokens, with each tile
+// (attn_<tile>_*); the backend's default tile gives attn_*.
+const defaultFlash = b.flashTile;
+for (const tile of Object.keys(flashTiles) as FlashTile[]) {
+  b.flashTile = tile;
+  for (const t of [8192, 32768]) {
+    const heads = 32;
+    const kvHeads = 8;
+    const hd = 128;
+    const q = await tensor([t, heads * hd], "f32");
+    const blocks: KvBlock[] = [];
+    for (let s0 = 0; s0 < t; s0 += 256) blocks.push({ k: await tensor([256, kvHeads * hd], "bf16"), v: await tensor([256, kvHeads * hd], "bf16"), start: s0, length: 256 });
+    const o = { heads, kvHeads, headDim: hd, scale: 1 / Math.sqrt(hd), seqs: [{ qRow: 0, qRows: t, qPos: 0, blocks }] };
+    const s = await seconds(() => b.attention(q, o), 1, 3);
+    results[`attn_${tile}_${t / 1024}k_tflops`] = (4 * (t * t) / 2 * heads * hd) / s / 1e12;
+    b.free(q);
+    for (const blk of blocks) b.free(blk.k), b.free(blk.v);
+  }
 }
-b.flashRows = 64;
+b.flashTile = defaultFlash;
+results.attn_tile = defaultFlash;
+for (const t of ["8k", "32k"]) results[`attn_${t}_tflops`] = results[`attn_${defaultFlash}_${t}_tflops`];
 
 // Pinned host -> device copy of 1 GiB.
 {
@@ -106,13 +114,11 @@ try {
 if (torch) {
   const r = results as Record<string, number>;
   results.gemm_vs_torch = r.gemm_4096_tflops! / torch.matmul_bf16_tflops!;
-  results.gemm_square_vs_torch = r.gemm_square_4096_tflops! / torch.matmul_bf16_tflops!;
-  if (r.gemm_hopper_4096_tflops) results.gemm_hopper_vs_torch = r.gemm_hopper_4096_tflops / torch.matmul_bf16_tflops!;
+  for (const tile of Object.keys(gemmTiles)) if (r[`gemm_${tile}_4096_tflops`]) results[`gemm_${tile}_vs_torch`] = r[`gemm_${tile}_4096_tflops`]! / torch.matmul_bf16_tflops!;
   results.gemv_vs_torch_copy = r.gemv_1_gbps! / torch.copy_gbps!;
   results.attn_8k_vs_sdpa = r.attn_8k_tflops! / torch.sdpa_8k_tflops!;
   results.attn_32k_vs_sdpa = r.attn_32k_tflops! / torch.sdpa_32k_tflops!;
-  results.attn_tall_8k_vs_sdpa = r.attn_tall_8k_tflops! / torch.sdpa_8k_tflops!;
-  results.attn_tall_32k_vs_sdpa = r.attn_tall_32k_tflops! / torch.sdpa_32k_tflops!;
+  for (const tile of Object.keys(flashTiles)) for (const t of ["8k", "32k"]) results[`attn_${tile}_${t}_vs_sdpa`] = r[`attn_${tile}_${t}_tflops`]! / torch[`sdpa_${t}_tflops`]!;
   results.h2d_vs_torch_pinned = r.h2d_pinned_gbps! / torch.h2d_pinned_gbps!;
 }
 await b.dispose();

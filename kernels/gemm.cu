@@ -114,6 +114,74 @@ __device__ void gemm_mma(float *y, const T *x, const void *wraw, const float *bi
       }
 }
 
+// Decode batches (5-64 rows, xh already 16-bit): f32 FMAs run out near 16 rows (each weight serves every row), so the
+// rows go through mma.m16n8k16 as MT m-tiles of 16, the weights read straight from global memory, once. A CTA takes 32
+// output columns; its 8 warps split K (warp w takes the 32-deep k steps w, w + 8, ...) and add their partial tiles in
+// shared memory in a fixed order (a tree), so results do not depend on timing. Within a k step the order of k is
+// permuted (a sum does not care): lane (g, t) loads k 8t .. 8t + 7 of weight row g with one 16-byte load, and takes the
+// same 8 k of its x rows; the first MMA gets k 8t .. 8t + 3, the second 8t + 4 .. 8t + 7. Needs K % 8 == 0.
+template <typename T, int MT>
+__device__ void gemm_skinny(float *y, const T *x, const T *w, const float *bias, int M, int N, int K) {
+  constexpr int NT = 4, COLS = 8 * NT, WARPS = 8;
+  __shared__ float part[WARPS / 2][MT * 16][COLS + 1];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int n0 = blockIdx.x * COLS;
+  float acc[MT][NT][4] = {};
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+#pragma unroll 2
+  for (int step = warp; step * 32 < K; step += WARPS) {
+    const int k = step * 32 + t * 8;
+    const bool kin = k < K;
+    uint4 wv[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+      const int n = n0 + nt * 8 + g;
+      wv[nt] = kin && n < N ? __ldg(reinterpret_cast<const uint4 *>(w + (size_t)n * K + k)) : zero;
+    }
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+      const int r = mt * 16 + g;
+      const uint4 x0 = kin && r < M ? __ldg(reinterpret_cast<const uint4 *>(x + (size_t)r * K + k)) : zero;
+      const uint4 x1 = kin && r + 8 < M ? __ldg(reinterpret_cast<const uint4 *>(x + (size_t)(r + 8) * K + k)) : zero;
+      const uint32_t a0[4] = {x0.x, x1.x, x0.y, x1.y}, a1[4] = {x0.z, x1.z, x0.w, x1.w};
+#pragma unroll
+      for (int nt = 0; nt < NT; nt++) {
+        mma16816<T>(acc[mt][nt], a0, wv[nt].x, wv[nt].y);
+        mma16816<T>(acc[mt][nt], a1, wv[nt].z, wv[nt].w);
+      }
+    }
+  }
+  // Accumulator e of (mt, nt): row mt * 16 + g + 8 * (e / 2), column nt * 8 + 2t + e % 2.
+  for (int level = WARPS / 2; level >= 1; level /= 2) {
+    if (warp >= level && warp < 2 * level)
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) part[warp - level][mt * 16 + g + 8 * (e >> 1)][nt * 8 + 2 * t + (e & 1)] = acc[mt][nt][e];
+    __syncthreads();
+    if (warp < level)
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) acc[mt][nt][e] += part[warp][mt * 16 + g + 8 * (e >> 1)][nt * 8 + 2 * t + (e & 1)];
+    __syncthreads();
+  }
+  if (warp != 0) return;
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int m = mt * 16 + g + 8 * (e >> 1), n = n0 + nt * 8 + 2 * t + (e & 1);
+        if (m < M && n < N) y[(size_t)m * N + n] = acc[mt][nt][e] + (bias ? bias[n] : 0.f);
+      }
+}
+
 // f32 activations to the weights' 16-bit type, for the tensor-core GEMM.
 template <typename T>
 __device__ void cast_rows(T *out, const float *x, long long n) {
@@ -127,7 +195,13 @@ __device__ void cast_rows(T *out, const float *x, long long n) {
   extern "C" __global__ void __launch_bounds__(256) gemm_mma_deep_##NAME(float *y, const T *x, const T *w, const float *bias, int M, int N, int K) { \
     gemm_mma<DeepTile, T, false>(y, x, w, bias, M, N, K);                                                                     \
   }                                                                                                                           \
-  extern "C" __global__ void cast_rows_##NAME(T *out, const float *x, long long n) { cast_rows<T>(out, x, n); }
+  extern "C" __global__ void cast_rows_##NAME(T *out, const float *x, long long n) { cast_rows<T>(out, x, n); }            \
+  GEMM_SKINNY(T, NAME, 1) GEMM_SKINNY(T, NAME, 2) GEMM_SKINNY(T, NAME, 4)
+// gemm_skinny<MT>: up to 16 MT rows.
+#define GEMM_SKINNY(T, NAME, MT)                                                                                              \
+  extern "C" __global__ void __launch_bounds__(256) gemm_skinny##MT##_##NAME(float *y, const T *x, const T *w, const float *bias, int M, int N, int K) { \
+    gemm_skinny<T, MT>(y, x, w, bias, M, N, K);                                                                               \
+  }
 GEMM_MMA(bf16, bf16)
 GEMM_MMA(f16, f16)
 

@@ -126,13 +126,16 @@ export function fromF32(values: Float32Array, dtype: FloatDType): Uint8Array {
   return new Uint8Array(out.buffer);
 }
 
+/** Rows up to which a GPU matmul keeps its activations in f32 (CUDA cores still keep up with memory there). */
+export const f32MatmulRows = { mxfp4: 16, other: 4 } as const;
+
 /**
  * The 16-bit type a GPU matmul of x [rows, k] by w [n, k] rounds its activations to for tensor cores, or undefined where
- * it keeps them in f32: few rows (decode, memory bound), f32 weights, k not a multiple of 8, or fewer than 128 outputs
- * (a router's logits, which decide discrete routes and cost little). The CPU backend can apply the same rounding, so
- * GPU results can be checked against it exactly.
+ * it keeps them in f32: few rows (decode of one to four sequences, memory bound; MXFP4 up to 16), f32 weights, k not a
+ * multiple of 8, or fewer than 128 outputs (a router's logits, which decide discrete routes and cost little). The CPU
+ * backend can apply the same rounding, so GPU results can be checked against it exactly.
  */
 export function tensorCoreInput(rows: number, k: number, n: number, dtype: DType): "bf16" | "f16" | undefined {
-  if (rows <= 16 || k % 8 !== 0 || n < 128 || dtype === "f32") return undefined;
+  if (rows <= (dtype === "mxfp4" ? f32MatmulRows.mxfp4 : f32MatmulRows.other) || k % 8 !== 0 || n < 128 || dtype === "f32") return undefined;
   return dtype === "mxfp4" ? "bf16" : dtype;
 }

@@ -4,6 +4,7 @@ import { describe, it } from "node:test";
 import { CpuBackend } from "../../src/backend/cpu/index.js";
 import { fromF32, type FloatDType } from "../../src/backend/dtype.js";
 import type { CudaBackend } from "../../src/backend/cuda/index.js";
+import { flashTiles, gemmTiles, type FlashTile, type GemmTile } from "../../src/backend/cuda/kernels.js";
 import type { Backend, KvBlock, Tensor } from "../../src/backend/ops.js";
 import { Random } from "../../src/util/random.js";
 import { backendCases, relErr, uploadValues } from "../helpers.js";
@@ -80,12 +81,13 @@ function attentionRef(q: Float32Array, ks: Float32Array[], vs: Float32Array[], c
 
 for (const bc of backendCases) {
   describe(`ops on ${bc.name}`, () => {
-    // 1-16 rows: the decode kernel (several rows: 4 output columns a warp, some past N); more rows: tensor cores
-    // (K % 8 == 0, 16-bit weights) or exact FMA tiles.
-    // CUDA: each tensor-core GEMM tile (the default deep one, the square one smaller GPUs and MXFP4 take, and on Hopper
-    // the wgmma one; elsewhere that falls back to the deep one).
-    const tiles = bc.name === "cuda" ? (["deep", "square", "hopper"] as const) : ([undefined] as const);
-    for (const [rows, k, n, dtype] of [[1, 64, 48, "f32"], [3, 64, 50, "bf16"], [16, 128, 37, "f16"], [7, 67, 33, "bf16"], [33, 128, 96, "f16"], [130, 256, 160, "bf16"], [300, 520, 260, "bf16"], [20, 67, 40, "bf16"], [40, 64, 70, "f32"]] as const) for (const tile of tiles) {
+    // 1-4 rows, or up to 16 where tensor cores do not apply: the decode kernel (several rows: 4 output columns a warp,
+    // some past N); 5-64 rows of 16-bit weights: the skinny tensor-core kernel (columns past N, K past the last 32-deep
+    // step); more rows: tensor cores (K % 8 == 0, 16-bit weights) or exact FMA tiles.
+    // CUDA: each tensor-core GEMM tile (the wgmma ones on Hopper, elsewhere falling back to the deep one; the deep one;
+    // the square one smaller GPUs and MXFP4 take).
+    const tiles = bc.name === "cuda" ? (Object.keys(gemmTiles) as GemmTile[]) : ([undefined] as const);
+    for (const [rows, k, n, dtype] of [[1, 64, 48, "f32"], [3, 64, 50, "bf16"], [16, 128, 37, "f16"], [7, 67, 33, "bf16"], [33, 128, 96, "f16"], [130, 256, 160, "bf16"], [300, 520, 260, "bf16"], [20, 67, 40, "bf16"], [40, 64, 70, "f32"], [8, 256, 160, "bf16"], [24, 136, 200, "f16"], [50, 264, 130, "bf16"]] as const) for (const tile of tiles) {
       it(`matmul [${rows}, ${k}] x [${n}, ${k}]^T ${dtype} with bias${tile ? `, ${tile} GEMM tile` : ""}`, async () => {
         const b = await bc.create();
         if (tile) (b as CudaBackend).gemmTile = tile;
@@ -177,13 +179,13 @@ for (const bc of backendCases) {
       { heads: 4, kvHeads: 2, headDim: 128, qRows: 200, blocks: [64, 64, 64, 64], blockCap: 64, window: 150 },
       { heads: 2, kvHeads: 1, headDim: 64, qRows: 130, blocks: [128, 16], blockCap: 128, sinks: true },
     ];
-    // CUDA: prefill CTAs of 64 query rows (the default) and of 128.
-    const flashRows = bc.name === "cuda" ? ([64, 128] as const) : ([undefined] as const);
-    for (const c of attnCases) for (const rows of flashRows) {
+    // CUDA: each prefill attention tile (128-row ones fall back to the short one for head_dim 256 and fewer rows).
+    const flashTileNames = bc.name === "cuda" ? (Object.keys(flashTiles) as FlashTile[]) : ([undefined] as const);
+    for (const c of attnCases) for (const tile of flashTileNames) {
       for (const kvDtype of ["f32", "bf16"] as const) {
-        it(`attention ${c.heads}/${c.kvHeads} heads, head_dim ${c.headDim}, ${c.qRows} queries over blocks [${c.blocks}]${c.window ? `, window ${c.window}` : ""}${c.softcap ? `, softcap ${c.softcap}` : ""}${c.sinks ? ", sinks" : ""}, KV ${kvDtype}${rows ? `, ${rows}-row CTAs` : ""}`, async () => {
+        it(`attention ${c.heads}/${c.kvHeads} heads, head_dim ${c.headDim}, ${c.qRows} queries over blocks [${c.blocks}]${c.window ? `, window ${c.window}` : ""}${c.softcap ? `, softcap ${c.softcap}` : ""}${c.sinks ? ", sinks" : ""}, KV ${kvDtype}${tile ? `, ${tile} tile` : ""}`, async () => {
           const b = await bc.create();
-          if (rows) (b as CudaBackend).flashRows = rows;
+          if (tile) (b as CudaBackend).flashTile = tile;
           const kvCols = c.kvHeads * c.headDim;
           const total = c.blocks.reduce((a, x) => a + x, 0);
           const qPos = total - c.qRows;

@@ -11,6 +11,10 @@ export const CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76;
 export const CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = 97;
 export const CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
 const CU_STREAM_NON_BLOCKING = 1;
+const CU_TENSOR_MAP_DATA_TYPE_FLOAT16 = 6;
+const CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 = 9;
+const CU_TENSOR_MAP_SWIZZLE_128B = 3;
+const CU_TENSOR_MAP_L2_PROMOTION_L2_256B = 3;
 const CU_EVENT_DISABLE_TIMING = 2;
 const CUDA_SUCCESS = 0;
 const CUDA_ERROR_OUT_OF_MEMORY = 2;
@@ -60,6 +64,8 @@ export class Driver {
       cuModuleUnload: "int cuModuleUnload(uint64_t module)",
       cuModuleGetFunction: "int cuModuleGetFunction(_Out_ uint64_t *fn, uint64_t module, const char *name)",
       cuFuncSetAttribute: "int cuFuncSetAttribute(uint64_t fn, int attribute, int value)",
+      cuTensorMapEncodeTiled:
+        "int cuTensorMapEncodeTiled(uint64_t map, int dataType, uint32_t rank, uint64_t address, const uint64_t *dims, const uint64_t *strides, const uint32_t *box, const uint32_t *elementStrides, int interleave, int swizzle, int l2Promotion, int oobFill)",
       cuLaunchKernel:
         "int cuLaunchKernel(uint64_t fn, uint32_t gx, uint32_t gy, uint32_t gz, uint32_t bx, uint32_t by, uint32_t bz, uint32_t smem, uint64_t stream, uint64_t params, uint64_t extra)",
     };
@@ -233,6 +239,19 @@ export class Driver {
   }
   launch(fn: Handle, grid: readonly [number, number, number], block: readonly [number, number, number], smem: number, stream: Handle, params: Handle, name: string): void {
     this.check(this.f.cuLaunchKernel!(fn, grid[0], grid[1], grid[2], block[0], block[1], block[2], smem, stream, params, 0n), `launch of ${name} grid [${grid}] block [${block}]`);
+  }
+
+  /**
+   * Writes at `map` (128 bytes of host memory, 64-aligned) the TMA descriptor of a row-major 16-bit matrix [rows, cols]
+   * at device address `address`, read in boxes of 64 columns x `boxRows` rows with the 128-byte swizzle; reads outside
+   * the matrix give zeros. Needs cols % 8 == 0 and a 16-byte aligned address.
+   */
+  encodeTensorMap(map: Handle, dtype: "bf16" | "f16", address: Handle, rows: number, cols: number, boxRows: number): void {
+    const dataType = dtype === "bf16" ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+    const dims = new BigUint64Array([BigInt(cols), BigInt(rows)]);
+    const strides = new BigUint64Array([BigInt(cols * 2)]);
+    const r = this.f.cuTensorMapEncodeTiled!(map, dataType, 2, address, dims, strides, new Uint32Array([64, boxRows]), new Uint32Array([1, 1]), 0, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, 0);
+    this.check(r, `cuTensorMapEncodeTiled of a [${rows}, ${cols}] ${dtype} matrix at 0x${address.toString(16)}`);
   }
 
   /** JS view of host memory the driver allocated. */

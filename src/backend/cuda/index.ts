@@ -15,7 +15,7 @@ import {
   type Handle,
 } from "./driver.js";
 import { topKRows } from "../../util/top-k.js";
-import { Kernels, deltaChunkSmem, deltaRuleKeyDims, flashSmem, gemmKernel, gemmSmem, gemmTiles, gemvColumns, topKMax, type FlashRows, type GemmTile, type KernelArg } from "./kernels.js";
+import { Kernels, deltaChunkSmem, deltaRuleKeyDims, flashKernel, flashSmem, flashTiles, gemmKernel, gemmSmem, gemmTiles, gemvColumns, topKMax, type FlashTile, type GemmTile, type KernelArg } from "./kernels.js";
 import { DeviceBuffer, DevicePool, bucket } from "./memory.js";
 
 export class CudaTensor implements Tensor {
@@ -80,13 +80,12 @@ export class CudaBackend implements Backend {
   private readonly hostLive = new Set<CudaHostBuffer>();
   private scratch?: CudaHostBuffer;
   /**
-   * The tensor-core GEMM's tile for 16-bit weights: the deep one where shared memory allows (MXFP4 and smaller GPUs take
-   * the square one); "hopper" (wgmma, compute capability 9.0 only) waits for its first GPU run. The kernel bench
-   * compares them.
+   * The tensor-core GEMM's tile for 16-bit weights: the wgmma + TMA one on Hopper (compute capability 9.0), elsewhere the
+   * deep one where shared memory allows (MXFP4 and smaller GPUs take the square one). The kernel bench compares them.
    */
-  gemmTile: GemmTile = "deep";
-  /** Query rows a prefill attention CTA takes (128: head_dim 64 and 128, prompts of 128+ rows); the kernel bench compares them. */
-  flashRows: FlashRows = 64;
+  gemmTile: GemmTile = "hopper";
+  /** The prefill attention tile (a 128-row one: head_dim 64 and 128, prompts of 128+ rows; else "short"); the kernel bench compares them. */
+  flashTile: FlashTile = "tall";
   private disposed = false;
 
   private constructor(
@@ -367,6 +366,17 @@ export class CudaBackend implements Backend {
     return out;
   }
 
+  /** Whether this GPU has the tensor-core GEMM of a tile (wgmma ones: Hopper only; the deep one: 110 KB of shared memory). */
+  hasGemmTile(tile: GemmTile): boolean {
+    return this.kernels.has(gemmKernel(tile, "bf16"));
+  }
+
+  /** The GEMM tile matmul takes for weights of a dtype: the chosen one where this GPU has it, else the next more portable one; MXFP4 has only the square one. */
+  gemmTileFor(dtype: string): GemmTile {
+    if (dtype === "mxfp4") return "square";
+    return ([this.gemmTile, "deep", "square"] as const).find((t) => this.kernels.has(gemmKernel(t, dtype))) ?? "square";
+  }
+
   matmul(x: Tensor, w: Tensor, bias?: Tensor): Tensor {
     const xt = cuda(x);
     const wt = cuda(w);
@@ -378,17 +388,26 @@ export class CudaBackend implements Backend {
     const args: KernelArg[] = [{ ptr: out.ptr }, { ptr: xt.ptr }, { ptr: wt.ptr }, { ptr: b ? b.ptr : 0n }, { i32: m }, { i32: n }, { i32: k }];
     const reads = [xt, wt, b];
     const half = tensorCoreInput(m, k, n, wt.dtype);
-    // The chosen tile where this GPU has its kernel, else the next more portable one; MXFP4 has only the square one.
-    const tile: GemmTile = wt.dtype === "mxfp4" ? "square" : ([this.gemmTile, "deep", "square"] as const).find((t) => this.kernels.has(gemmKernel(t, wt.dtype)))!;
+    const tile = this.gemmTileFor(wt.dtype);
     const mma = gemmKernel(tile, wt.dtype);
-    if (m <= 16) {
-      const rowsPerLaunch = m === 1 ? 1 : m <= 4 ? 4 : 16;
-      this.launch(`gemv${rowsPerLaunch}_${wt.dtype}`, [Math.ceil(n / (8 * gemvColumns(rowsPerLaunch, wt.dtype))), 1, 1], [threads, 1, 1], args, reads);
-    } else if (half && this.kernels.has(mma)) {
+    // 5-64 rows of 16-bit weights: decode batches, on tensor cores with the weights read once (gemm_skinny in kernels/gemm.cu).
+    const skinny = half !== undefined && half === wt.dtype && m <= 64;
+    if (half && (skinny || this.kernels.has(mma))) {
       const xh = this.alloc([m, k], half) as CudaTensor;
       this.launch(`cast_rows_${half}`, [gridFor(m * k), 1, 1], [threads, 1, 1], [{ ptr: xh.ptr }, { ptr: xt.ptr }, { i64: m * k }], [xt]);
-      this.launch(mma, [Math.ceil(n / gemmTiles[tile].cols), Math.ceil(m / gemmTiles[tile].rows), 1], [threads, 1, 1], [args[0]!, { ptr: xh.ptr }, ...args.slice(2)], [wt, b], gemmSmem(tile));
+      const halfArgs = [args[0]!, { ptr: xh.ptr }, ...args.slice(2)];
+      if (skinny) this.launch(`gemm_skinny${m <= 16 ? 1 : m <= 32 ? 2 : 4}_${half}`, [Math.ceil(n / 32), 1, 1], [threads, 1, 1], halfArgs, [wt, b]);
+      else {
+        const t = gemmTiles[tile];
+        const operands: KernelArg[] = t.tma
+          ? [{ tensorMap: { dtype: half, ptr: xh.ptr, rows: m, cols: k, boxRows: t.rows } }, { tensorMap: { dtype: half, ptr: wt.ptr, rows: n, cols: k, boxRows: t.cols } }]
+          : [{ ptr: xh.ptr }, { ptr: wt.ptr }];
+        this.launch(mma, [Math.ceil(n / t.cols), Math.ceil(m / t.rows), 1], [t.threads, 1, 1], [args[0]!, ...operands, ...args.slice(3)], [wt, b], gemmSmem(tile));
+      }
       this.free(xh);
+    } else if (m <= 16) {
+      const rowsPerLaunch = m === 1 ? 1 : m <= 4 ? 4 : 16;
+      this.launch(`gemv${rowsPerLaunch}_${wt.dtype}`, [Math.ceil(n / (8 * gemvColumns(rowsPerLaunch, wt.dtype))), 1, 1], [threads, 1, 1], args, reads);
     } else {
       if (wt.dtype === "mxfp4") {
         // Few outputs (a router) or no tensor-core GEMM here: the decode kernel, 16 rows at a time.
@@ -488,17 +507,16 @@ export class CudaBackend implements Backend {
     const reads = [qt, ...blocks.flatMap((b) => [b.k, b.v])];
     const common: KernelArg[] = [{ ptr: seqBuf.ptr }];
     const maxQRows = Math.max(...o.seqs.map((s) => s.qRows));
-    const tall = this.flashRows === 128 && maxQRows >= 128 && this.kernels.has(`flash_tall_${kvDtype}_${headDim}`);
-    const flash = `flash_${tall ? "tall_" : ""}${kvDtype}_${headDim}`;
-    const flashRows: FlashRows = tall ? 128 : 64;
+    const tile: FlashTile = maxQRows >= flashTiles[this.flashTile].rows && this.kernels.has(flashKernel(this.flashTile, kvDtype, headDim)) ? this.flashTile : "short";
+    const flash = flashKernel(tile, kvDtype, headDim);
     if (maxQRows >= 16 && this.kernels.has(flash)) {
       this.launch(
         flash,
-        [Math.ceil(maxQRows / flashRows), heads, o.seqs.length],
-        [2 * flashRows, 1, 1],
+        [Math.ceil(maxQRows / flashTiles[tile].rows), heads, o.seqs.length],
+        [128, 1, 1],
         [{ ptr: out.ptr }, { ptr: lse?.ptr ?? 0n }, { ptr: qt.ptr }, ...common, { ptr: ptrBuf.ptr }, { ptr: posBuf.ptr }, { ptr: sinks?.ptr ?? 0n }, { i32: heads }, { i32: kvHeads }, { i32: kvHeads * headDim }, { f32: o.scale }, { i32: o.slidingWindow ?? 0 }, { f32: o.softcap ?? 0 }],
         [...reads, sinks],
-        flashSmem(headDim, flashRows),
+        flashSmem(headDim, tile),
       );
     } else {
       if (headDim > 256) throw new BackendError("CUDA_HEAD_DIM", `head_dim ${headDim} is larger than the 256 the CUDA kernels support`);

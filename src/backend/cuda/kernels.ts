@@ -3,7 +3,15 @@ import { readFileSync } from "node:fs";
 import { BackendError } from "../../errors.js";
 import { CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, Driver, type Handle } from "./driver.js";
 
-export type KernelArg = { ptr: Handle } | { i32: number } | { i64: number } | { f32: number };
+/** A TMA descriptor of a row-major 16-bit matrix, read in boxes of 64 columns x boxRows rows (encoded at launch). */
+export interface TensorMapArg {
+  dtype: "bf16" | "f16";
+  ptr: Handle;
+  rows: number;
+  cols: number;
+  boxRows: number;
+}
+export type KernelArg = { ptr: Handle } | { i32: number } | { i64: number } | { f32: number } | { tensorMap: TensorMapArg };
 
 const modules = ["elementwise", "matmul", "gemm", "attention", "flash", "recurrent", "sampling"] as const;
 /** Modules of sm_90a PTX (wgmma), which only Hopper GPUs (compute capability 9.0) can load. */
@@ -11,12 +19,13 @@ const hopperModules = ["gemm_sm90"] as const;
 const kernelDir = new URL("../../../../kernels/", import.meta.url);
 
 /** Dynamic shared memory of the kernels that need more than the default; mirrors the constants in kernels/gemm.cu, flash.cu and recurrent.cu. */
+// kernel: the name before the dtype; threads a CTA; tma: x and w go as tensor maps (TensorMapArg), not pointers.
 // pad: 16-bit values after each tile row (rows apart by depth + pad, so ldmatrix is conflict-free); align: bytes added
 // to align the tiles (Hopper's wgmma reads swizzled, unpadded tiles from a 1 KB boundary, kernels/gemm_sm90.cu).
 export const gemmTiles = {
-  square: { rows: 128, cols: 128, depth: 32, stages: 3, pad: 8, align: 0 },
-  deep: { rows: 128, cols: 128, depth: 64, stages: 3, pad: 8, align: 0 },
-  hopper: { rows: 128, cols: 128, depth: 64, stages: 4, pad: 0, align: 1024 },
+  square: { kernel: "gemm_mma_", rows: 128, cols: 128, depth: 32, stages: 3, pad: 8, align: 0, threads: 256, tma: false },
+  deep: { kernel: "gemm_mma_deep_", rows: 128, cols: 128, depth: 64, stages: 3, pad: 8, align: 0, threads: 256, tma: false },
+  hopper: { kernel: "gemm_tma_", rows: 128, cols: 256, depth: 64, stages: 4, pad: 0, align: 1024, threads: 384, tma: true },
 } as const;
 export type GemmTile = keyof typeof gemmTiles;
 export function gemmSmem(tile: GemmTile): number {
@@ -25,13 +34,24 @@ export function gemmSmem(tile: GemmTile): number {
 }
 /** The tensor-core GEMM kernel of a tile for 16-bit weights. */
 export function gemmKernel(tile: GemmTile, dtype: string): string {
-  return tile === "hopper" ? `gemm_wgmma_${dtype}` : `gemm_mma_${tile === "square" ? "" : `${tile}_`}${dtype}`;
+  return `${gemmTiles[tile].kernel}${dtype}`;
 }
-/** Query rows a flash attention CTA takes: 64, or 128 ("tall", head_dim 64 and 128). */
-export type FlashRows = 64 | 128;
-export function flashSmem(headDim: number, rows: FlashRows = 64): number {
-  const bkv = headDim <= 128 ? 64 : 32;
-  return (rows + 4 * bkv) * (headDim + 8) * 2;
+/**
+ * Prefill attention tiles, a CTA of 4 warps each (mirrors FlashShape in kernels/flash.cu): query rows x keys a KV tile.
+ * All head dims have "short" (keys 32 at head_dim 256); the 128-row ones (32 rows a warp) are built for head_dim 64 and 128.
+ */
+export const flashTiles = {
+  short: { kernel: "flash_", rows: 64, keys: 64 },
+  tall: { kernel: "flash_tall_", rows: 128, keys: 64 },
+} as const;
+export type FlashTile = keyof typeof flashTiles;
+export function flashKernel(tile: FlashTile, dtype: string, headDim: number): string {
+  return `${flashTiles[tile].kernel}${dtype}_${headDim}`;
+}
+export function flashSmem(headDim: number, tile: FlashTile): number {
+  const t = flashTiles[tile];
+  const keys = headDim <= 128 ? t.keys : 32;
+  return (t.rows + 4 * keys) * (headDim + 8) * 2;
 }
 
 /** Output columns a warp of the decode GEMV takes; mirrors gemv_cols in kernels/matmul.cu (MXFP4: one). */
@@ -72,9 +92,9 @@ export class Kernels {
     const needs: [string, number][] = [];
     needs.push(["gemm_mma_mxfp4", gemmSmem("square")]);
     for (const dtype of ["bf16", "f16"]) {
-      for (const tile of ["square", "deep", "hopper"] as const) if (this.fns.has(gemmKernel(tile, dtype))) needs.push([gemmKernel(tile, dtype), gemmSmem(tile)]);
-      for (const hd of [64, 128, 256]) needs.push([`flash_${dtype}_${hd}`, flashSmem(hd)]);
-      for (const hd of [64, 128]) needs.push([`flash_tall_${dtype}_${hd}`, flashSmem(hd, 128)]);
+      for (const tile of Object.keys(gemmTiles) as GemmTile[]) if (this.fns.has(gemmKernel(tile, dtype))) needs.push([gemmKernel(tile, dtype), gemmSmem(tile)]);
+      for (const tile of Object.keys(flashTiles) as FlashTile[])
+        for (const hd of tile === "short" ? [64, 128, 256] : [64, 128]) needs.push([flashKernel(tile, dtype, hd), flashSmem(hd, tile)]);
     }
     for (const kDim of deltaRuleKeyDims) needs.push([`gated_delta_chunked_${kDim}`, deltaChunkSmem(kDim)]);
     for (const [name, smem] of needs) {
@@ -109,13 +129,16 @@ export class Kernels {
 
   launch(name: string, grid: readonly [number, number, number], block: readonly [number, number, number], smem: number, stream: Handle, args: readonly KernelArg[]): void {
     const v = this.argView;
+    let at = 0;
     args.forEach((a, i) => {
-      const at = 8 * i;
+      at = "tensorMap" in a ? Math.ceil(at / 64) * 64 : at; // a CUtensorMap parameter is 128 bytes, 64-aligned
       if ("ptr" in a) v.setBigUint64(at, a.ptr, true);
       else if ("i32" in a) v.setInt32(at, a.i32, true);
       else if ("i64" in a) v.setBigInt64(at, BigInt(a.i64), true);
-      else v.setFloat32(at, a.f32, true);
-      v.setBigUint64(2048 + at, this.argBase + BigInt(at), true);
+      else if ("f32" in a) v.setFloat32(at, a.f32, true);
+      else this.driver.encodeTensorMap(this.argBase + BigInt(at), a.tensorMap.dtype, a.tensorMap.ptr, a.tensorMap.rows, a.tensorMap.cols, a.tensorMap.boxRows);
+      v.setBigUint64(2048 + 8 * i, this.argBase + BigInt(at), true);
+      at += "tensorMap" in a ? 128 : 8;
     });
     this.driver.launch(this.fn(name), grid, block, smem, stream, this.argBase + 2048n, name);
   }
