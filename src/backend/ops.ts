@@ -176,11 +176,16 @@ export interface Backend extends Ops {
   allocHost(byteLength: number): HostBuffer;
   freeHost(b: HostBuffer): void;
   /**
-   * Enqueues a copy of `length` bytes from `src` to `dst` on the copy queue, after compute reaches `after`.
-   * Ops that read `dst` wait for it by themselves. Resolves when `src` may be reused.
+   * Enqueues a copy of `length` bytes from `src` to `dst` on the copy queue, after compute reaches `after` (by default,
+   * all compute enqueued so far, copies to host included). Ops that read `dst` wait for it by themselves. Resolves when
+   * `src` may be reused by the host.
    */
   copyToDevice(dst: Tensor, dstOffset: number, src: HostBuffer, srcOffset: number, length: number, after?: Fence): Promise<void>;
-  /** Copies bytes of `src` to host memory once the compute enqueued so far is done. */
+  /**
+   * Enqueues a copy of bytes of `src` to host memory after the compute enqueued so far, in order with it: `src` may be
+   * freed at once, and a later copyToDevice from `dst` (without `after`) reads what it wrote. Resolves when the host
+   * may read `dst`; a caller that only hands the bytes back to the device need not wait.
+   */
   copyToHost(src: Tensor, srcOffset: number, dst: HostBuffer, dstOffset: number, length: number): Promise<void>;
   /** Marks the compute enqueued so far. */
   fence(): Fence;

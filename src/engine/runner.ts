@@ -88,37 +88,53 @@ export class Runner {
         const s1 = Math.min(ids.length, s0 + spanRows);
         const chunks = this.chunks(s0, s1, chunkRows, itemOfRow, positionOf);
         // With several chunks, hidden states wait in host memory between layers: device memory stays one chunk's worth.
+        // Their copies are ordered on the device (a copy back waits for the compute that wrote the bytes), so the host
+        // does not wait for each one, which would leave the GPU idle while the next chunk is enqueued; a layer's copies
+        // are checked at the end of the next layer, and all of them before the host buffers are freed.
         const onHost = chunks.length > 1;
-        const hiddenOf = async (c: Chunk) =>
-          c.hidden ?? (c.host ? await this.fromHost(c) : this.model.embed(this.backend, this.weights.globals, Int32Array.from(ids.slice(c.row, c.row + c.rows))));
-        for (let layer = 0; layer < layers; layer++) {
-          if (hooks.signal?.aborted) throw abortError();
-          const w = await this.weights.layer(layer);
+        const copies = new HostCopies();
+        const hiddenOf = (c: Chunk) =>
+          c.hidden ?? (c.host ? this.fromHost(c, copies) : this.model.embed(this.backend, this.weights.globals, Int32Array.from(ids.slice(c.row, c.row + c.rows))));
+        try {
+          for (let layer = 0; layer < layers; layer++) {
+            if (hooks.signal?.aborted) throw abortError();
+            const w = await this.weights.layer(layer);
+            for (const c of chunks) {
+              const x = hiddenOf(c);
+              const y = await this.layerPass(layer, w, x, c, items);
+              this.backend.free(x);
+              c.hidden = y;
+              await this.snapshotStates(layer, c, items, starts);
+              if (onHost) this.toHost(c, copies);
+              for (const seg of c.segments) await items[seg.item]!.cache.settle(layer);
+            }
+            this.weights.release(layer);
+            await copies.checkPrevious();
+            hooks.onProgress?.((span * layers + layer + 1) / (spans * layers));
+            if (ids.length > chunkRows) await new Promise((resolve) => setImmediate(resolve)); // long prefills leave room for timers and I/O
+          }
           for (const c of chunks) {
-            const x = await hiddenOf(c);
-            const y = await this.layerPass(layer, w, x, c, items);
-            this.backend.free(x);
-            c.hidden = y;
-            await this.snapshotStates(layer, c, items, starts);
-            if (onHost) await this.toHost(c);
-            for (const seg of c.segments) await items[seg.item]!.cache.settle(layer);
+            if (logits === "all") {
+              const x = hiddenOf(c);
+              for (const seg of c.segments) allRows[seg.item]!.push(await this.logits(x, seg.row - c.row, seg.rows));
+              this.backend.free(x);
+            } else {
+              const ending = c.segments.filter((seg) => seg.row + seg.rows === firstRow[seg.item]! + items[seg.item]!.ids.length);
+              if (ending.length === 0) continue; // no last token here: its hidden states are not needed
+              const x = hiddenOf(c);
+              const got = await this.lastLogits(x, ending.map((seg) => seg.row - c.row + seg.rows - 1), ending.map((seg) => (logits === "last" ? undefined : logits[seg.item])));
+              ending.forEach((seg, i) => (lastRow[seg.item] = got[i]!));
+              this.backend.free(x);
+            }
+            c.hidden = undefined;
           }
-          this.weights.release(layer);
-          hooks.onProgress?.((span * layers + layer + 1) / (spans * layers));
-          if (ids.length > chunkRows) await new Promise((resolve) => setImmediate(resolve)); // long prefills leave room for timers and I/O
-        }
-        for (const c of chunks) {
-          const x = await hiddenOf(c);
-          c.hidden = undefined;
-          if (logits === "all") {
-            for (const seg of c.segments) allRows[seg.item]!.push(await this.logits(x, seg.row - c.row, seg.rows));
-          } else {
-            const ending = c.segments.filter((seg) => seg.row + seg.rows === firstRow[seg.item]! + items[seg.item]!.ids.length);
-            const got = await this.lastLogits(x, ending.map((seg) => seg.row - c.row + seg.rows - 1), ending.map((seg) => (logits === "last" ? undefined : logits[seg.item])));
-            ending.forEach((seg, i) => (lastRow[seg.item] = got[i]!));
+          await copies.checkAll();
+        } finally {
+          await copies.settleAll();
+          for (const c of chunks) {
+            if (c.hidden) this.backend.free(c.hidden);
+            if (c.host) this.backend.freeHost(c.host);
           }
-          this.backend.free(x);
-          if (c.host) this.backend.freeHost(c.host);
         }
         await hooks.afterSpan?.(s1);
       }
@@ -231,18 +247,49 @@ export class Runner {
     return chunks;
   }
 
-  private async toHost(c: Chunk): Promise<void> {
+  /** Enqueues the copy of a chunk's hidden states to its host buffer and frees them (later ops reuse them in order). */
+  private toHost(c: Chunk, copies: HostCopies): void {
     const bytes = c.rows * this.model.shape.hiddenSize * 4;
     c.host ??= this.backend.allocHost(bytes);
-    await this.backend.copyToHost(c.hidden!, 0, c.host, 0, bytes);
+    copies.add(this.backend.copyToHost(c.hidden!, 0, c.host, 0, bytes));
     this.backend.free(c.hidden!);
     c.hidden = undefined;
   }
 
-  private async fromHost(c: Chunk): Promise<Tensor> {
+  /** A chunk's hidden states back on the device; ops that read them wait for the copy by themselves. */
+  private fromHost(c: Chunk, copies: HostCopies): Tensor {
     const t = this.backend.alloc([c.rows, this.model.shape.hiddenSize], "f32");
-    await this.backend.copyToDevice(t, 0, c.host!, 0, c.rows * this.model.shape.hiddenSize * 4);
+    copies.add(this.backend.copyToDevice(t, 0, c.host!, 0, c.rows * this.model.shape.hiddenSize * 4));
     return t;
+  }
+}
+
+/** Copies the host does not wait for as they go: each gets a handler at once, and their first error is thrown when checked. */
+class HostCopies {
+  private current: Promise<unknown>[] = [];
+  private previous: Promise<unknown>[] = [];
+
+  add(copy: Promise<void>): void {
+    this.current.push(copy.then(() => undefined, (e: unknown) => e ?? new Error("a copy failed")));
+  }
+
+  /** Waits for the copies added before the last check (long done, as the device works in order) and rethrows a failure. */
+  async checkPrevious(): Promise<void> {
+    const done = this.previous;
+    this.previous = this.current;
+    this.current = [];
+    for (const error of await Promise.all(done)) if (error) throw error;
+  }
+
+  /** Waits for every copy and rethrows a failure. */
+  async checkAll(): Promise<void> {
+    await this.checkPrevious();
+    await this.checkPrevious();
+  }
+
+  /** Waits for every copy, failed or not (before their buffers are freed, on any path). */
+  async settleAll(): Promise<void> {
+    await Promise.all([...this.previous, ...this.current]);
   }
 }
 

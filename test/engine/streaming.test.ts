@@ -110,6 +110,37 @@ describe(`memory stays flat as the context grows, ${bc.name}`, () => {
 });
 }
 
+// Between layers, a long prompt's hidden states wait in host memory; the host does not wait for each copy (the device
+// orders them), so a copy that fails is reported later: it must still fail that prefill, with its own error.
+describe("hidden states through host memory", () => {
+  it("a copy that fails fails the prefill with its error, and the model runs the next prompt", async () => {
+    const chunk = 20;
+    const hiddenCopyBytes = chunk * 64 * 4; // stories260K: hidden size 64, f32 (KV blocks copy other sizes)
+    let copies = 0;
+    let failNext = false;
+    class FlakyCpu extends CpuBackend {
+      override async copyToHost(...args: Parameters<CpuBackend["copyToHost"]>): Promise<void> {
+        if (args[4] === hiddenCopyBytes) copies++;
+        if (failNext && args[4] === hiddenCopyBytes) {
+          failNext = false;
+          await sleep(5);
+          throw new Error("device lost the copy");
+        }
+        return super.copyToHost(...args);
+      }
+    }
+    await withModel(await storiesCopy(), { backend: new FlakyCpu(), prefillChunk: chunk, kvBlockTokens: 16 }, async (m) => {
+      const prompt = randomIds(100, 3, 3, 500, 1);
+      const want = await m.complete({ ids: prompt }, { maxTokens: 3, temperature: 0 });
+      assert.ok(copies >= 5 * 4, `the prompt's chunks went through host memory (${copies} copies)`);
+      failNext = true;
+      await assert.rejects(m.complete({ ids: prompt }, { maxTokens: 3, temperature: 0 }), /device lost the copy/);
+      const again = await m.complete({ ids: prompt }, { maxTokens: 3, temperature: 0 });
+      assert.deepEqual(again.tokens, want.tokens);
+    });
+  });
+});
+
 // Weights streamed from disk are read ahead into pinned buffers; freeing one while a read still lands in it crashed a
 // GPU run (the CPU backend's buffers are garbage-collected, so the test counts the frees instead).
 describe("closing a streaming model", () => {

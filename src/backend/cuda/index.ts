@@ -236,13 +236,14 @@ export class CudaBackend implements Backend {
     return lazy(() => this.driver.eventWait(done));
   }
 
-  async copyToHost(src: Tensor, srcOffset: number, dst: HostBuffer, dstOffset: number, length: number): Promise<void> {
+  copyToHost(src: Tensor, srcOffset: number, dst: HostBuffer, dstOffset: number, length: number): Promise<void> {
     const s = cuda(src);
     this.await([s]);
+    // On the compute stream: ops after it reuse src in order, and copies to the device wait for compute fences.
     this.driver.copyDtoHAsync((dst as CudaHostBuffer).ptr + BigInt(dstOffset), s.ptr + BigInt(srcOffset), length, this.compute);
     const done = this.event();
     this.driver.eventRecord(done, this.compute);
-    await this.driver.eventWait(done);
+    return lazy(() => this.driver.eventWait(done));
   }
 
   /** The compute stream waits for pending uploads into these tensors' buffers. */
