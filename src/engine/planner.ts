@@ -97,8 +97,9 @@ function kvTokensWithin(bytesOf: (from: number, to: number) => number, from: num
 export const logitRows = 8;
 
 export function workspaceBytes(shape: ModelShape, rows: number): number {
-  // A layer's live activations for a chunk, and a group of logit rows with the final norm before it.
-  return rows * shape.activationsPerRow * 4 + logitRows * (shape.vocabSize + shape.hiddenSize) * 4;
+  // A layer's live activations for a chunk, the next chunk's hidden states copied in meanwhile (prefill), and a group of
+  // logit rows with the final norm before it.
+  return rows * (shape.activationsPerRow + shape.hiddenSize) * 4 + logitRows * (shape.vocabSize + shape.hiddenSize) * 4;
 }
 
 export function plan(input: PlanInput): Plan {

@@ -93,14 +93,18 @@ export class Runner {
         // are checked at the end of the next layer, and all of them before the host buffers are freed.
         const onHost = chunks.length > 1;
         const copies = new HostCopies();
+        let next: Tensor | undefined;
         const hiddenOf = (c: Chunk) =>
           c.hidden ?? (c.host ? this.fromHost(c, copies) : this.model.embed(this.backend, this.weights.globals, Int32Array.from(ids.slice(c.row, c.row + c.rows))));
         try {
           for (let layer = 0; layer < layers; layer++) {
             if (hooks.signal?.aborted) throw abortError();
             const w = await this.weights.layer(layer);
-            for (const c of chunks) {
-              const x = hiddenOf(c);
+            for (let i = 0; i < chunks.length; i++) {
+              const c = chunks[i]!;
+              const x = next ?? hiddenOf(c);
+              // The next chunk's hidden states copy in while this one computes (the copy waits only for compute so far).
+              next = onHost && i + 1 < chunks.length ? hiddenOf(chunks[i + 1]!) : undefined;
               const y = await this.layerPass(layer, w, x, c, items);
               this.backend.free(x);
               c.hidden = y;
@@ -130,6 +134,7 @@ export class Runner {
           }
           await copies.checkAll();
         } finally {
+          if (next) this.backend.free(next);
           await copies.settleAll();
           for (const c of chunks) {
             if (c.hidden) this.backend.free(c.hidden);
