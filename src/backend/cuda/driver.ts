@@ -59,6 +59,7 @@ export class Driver {
       cuEventDestroy: "int cuEventDestroy_v2(uint64_t event)",
       cuEventRecord: "int cuEventRecord(uint64_t event, uint64_t stream)",
       cuEventQuery: "int cuEventQuery(uint64_t event)",
+      cuEventSynchronize: "int cuEventSynchronize(uint64_t event)",
       cuEventElapsedTime: "int cuEventElapsedTime_v2(_Out_ float *ms, uint64_t start, uint64_t end)",
       cuModuleLoadData: "int cuModuleLoadData(_Out_ uint64_t *module, const char *image)",
       cuModuleUnload: "int cuModuleUnload(uint64_t module)",
@@ -191,6 +192,10 @@ export class Driver {
   }
   eventRecord(event: Handle, stream: Handle): void {
     this.call("cuEventRecord", event, stream);
+  }
+  /** Blocks this thread until the event has happened (for waits that are normally already over). */
+  eventSynchronize(event: Handle): void {
+    this.call("cuEventSynchronize", event);
   }
   eventDone(event: Handle): boolean {
     const r = this.f.cuEventQuery!(event);

@@ -17,6 +17,7 @@ import {
 import { topKRows } from "../../util/top-k.js";
 import { Kernels, deltaChunkSmem, deltaRuleKeyDims, flashKernel, flashSmem, flashTiles, gemmKernel, gemmSmem, gemmTiles, gemvColumns, topKMax, type FlashTile, type GemmTile, type KernelArg } from "./kernels.js";
 import { DeviceBuffer, DevicePool, bucket } from "./memory.js";
+import { UploadRing } from "./upload-ring.js";
 
 export class CudaTensor implements Tensor {
   constructor(
@@ -51,6 +52,8 @@ interface CudaFence extends Fence {
 }
 
 const ringSize = 1024;
+/** Pinned bytes for small uploads (see UploadRing): two halves of 2 MB, several prefill layers' worth of ids and block lists. */
+const uploadRingBytes = 4 << 20;
 const threads = 256;
 const gridFor = (n: number) => Math.max(1, Math.min(65535, Math.ceil(n / threads)));
 
@@ -79,6 +82,8 @@ export class CudaBackend implements Backend {
   private readonly live = new Set<CudaTensor>();
   private readonly hostLive = new Set<CudaHostBuffer>();
   private scratch?: CudaHostBuffer;
+  private readonly uploadBase: Handle;
+  private readonly uploads: UploadRing;
   /**
    * The tensor-core GEMM's tile for 16-bit weights: the wgmma + TMA one on Hopper (compute capability 9.0), elsewhere the
    * deep one where shared memory allows (MXFP4 and smaller GPUs take the square one). The kernel bench compares them.
@@ -98,6 +103,8 @@ export class CudaBackend implements Backend {
     this.compute = driver.streamCreate();
     this.copy = driver.streamCreate();
     for (let i = 0; i < ringSize; i++) this.events.push(driver.eventCreate());
+    this.uploadBase = driver.hostAlloc(uploadRingBytes);
+    this.uploads = new UploadRing(driver, this.uploadBase, uploadRingBytes);
     const { free, total } = driver.memInfo();
     info.contextBytes = total - free;
     info.totalBytes = total;
@@ -328,6 +335,8 @@ export class CudaBackend implements Backend {
     this.pool.trim();
     this.kernels.dispose();
     for (const e of this.events) this.driver.eventDestroy(e);
+    this.uploads.dispose();
+    this.driver.hostFree(this.uploadBase);
     this.driver.streamDestroy(this.compute);
     this.driver.streamDestroy(this.copy);
     this.driver.releasePrimaryContext(this.device);
@@ -344,10 +353,12 @@ export class CudaBackend implements Backend {
     this.kernels.launch(name, grid, block, smem, this.compute, args);
   }
 
-  /** Small host data (ids, positions, block lists) copied to a temporary device buffer in compute order. */
+  /** Small host data (ids, positions, block lists) copied to a temporary device buffer in compute order, through pinned memory. */
   private small(data: ArrayBufferView): CudaTensor {
     const t = this.scopes.add(this.alloc([Math.ceil(data.byteLength / 4)], "f32") as CudaTensor);
-    this.driver.copyHtoDAsyncFrom(t.ptr, new Uint8Array(data.buffer, data.byteOffset, data.byteLength), data.byteLength, this.compute);
+    const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    if (bytes.byteLength <= this.uploads.maxBytes) this.uploads.copy(t.ptr, bytes, this.compute);
+    else this.driver.copyHtoDAsyncFrom(t.ptr, bytes, bytes.byteLength, this.compute);
     return t;
   }
 

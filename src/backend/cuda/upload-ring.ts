@@ -1,0 +1,47 @@
+// Pinned host memory for the small uploads ops make (token ids, positions, block lists). A copy from pageable memory may
+// make the driver wait for the stream before it returns, which would keep the host in step with the GPU op by op.
+import { Driver, type Handle } from "./driver.js";
+
+export class UploadRing {
+  private readonly view: Uint8Array;
+  private half = 0;
+  private head = 0;
+  /** Per half: recorded on the stream after the last copy from it, when the ring moved to the other half. */
+  private readonly left: Handle[];
+  private readonly recorded = [false, false];
+
+  constructor(
+    private readonly driver: Driver,
+    private readonly base: Handle,
+    private readonly bytes: number,
+  ) {
+    this.view = new Uint8Array(Driver.view(base, bytes).buffer);
+    this.left = [driver.eventCreate(), driver.eventCreate()];
+  }
+
+  /** Bytes one copy may take at most; larger data is copied another way. */
+  get maxBytes(): number {
+    return this.bytes / 2;
+  }
+
+  /** Copies `data` to device address `dst` in order on `stream` (the only stream the ring serves). */
+  copy(dst: Handle, data: Uint8Array, stream: Handle): void {
+    const n = data.byteLength;
+    if (n > this.maxBytes) throw new RangeError(`UploadRing: ${n} bytes is more than half the ring`);
+    if (this.head + n > (this.half + 1) * this.maxBytes) {
+      this.driver.eventRecord(this.left[this.half]!, stream);
+      this.recorded[this.half] = true;
+      this.half ^= 1;
+      this.head = this.half * this.maxBytes;
+      // The copies that read this half were enqueued a half's worth of uploads ago: normally long done.
+      if (this.recorded[this.half]) this.driver.eventSynchronize(this.left[this.half]!);
+    }
+    this.view.set(data, this.head);
+    this.driver.copyHtoDAsync(dst, this.base + BigInt(this.head), n, stream);
+    this.head += Math.ceil(n / 16) * 16;
+  }
+
+  dispose(): void {
+    for (const e of this.left) this.driver.eventDestroy(e);
+  }
+}
