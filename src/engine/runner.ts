@@ -93,6 +93,8 @@ export class Runner {
         // are checked at the end of the next layer, and all of them before the host buffers are freed.
         const onHost = chunks.length > 1;
         const copies = new HostCopies();
+        // A layer pass's input, and the next chunk's, fetched ahead (freed on any path).
+        let current: Tensor | undefined;
         let next: Tensor | undefined;
         const hiddenOf = (c: Chunk) =>
           c.hidden ?? (c.host ? this.fromHost(c, copies) : this.model.embed(this.backend, this.weights.globals, Int32Array.from(ids.slice(c.row, c.row + c.rows))));
@@ -102,11 +104,12 @@ export class Runner {
             const w = await this.weights.layer(layer);
             for (let i = 0; i < chunks.length; i++) {
               const c = chunks[i]!;
-              const x = next ?? hiddenOf(c);
+              const x = (current = next ?? hiddenOf(c));
               // The next chunk's hidden states copy in while this one computes (the copy waits only for compute so far).
               next = onHost && i + 1 < chunks.length ? hiddenOf(chunks[i + 1]!) : undefined;
               const y = await this.layerPass(layer, w, x, c, items);
               this.backend.free(x);
+              current = undefined;
               c.hidden = y;
               await this.snapshotStates(layer, c, items, starts);
               if (onHost) this.toHost(c, copies);
@@ -134,12 +137,9 @@ export class Runner {
           }
           await copies.checkAll();
         } finally {
-          if (next) this.backend.free(next);
+          for (const t of new Set([current, next, ...chunks.map((c) => c.hidden)])) if (t) this.backend.free(t);
           await copies.settleAll();
-          for (const c of chunks) {
-            if (c.hidden) this.backend.free(c.hidden);
-            if (c.host) this.backend.freeHost(c.host);
-          }
+          for (const c of chunks) if (c.host) this.backend.freeHost(c.host);
         }
         await hooks.afterSpan?.(s1);
       }

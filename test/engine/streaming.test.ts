@@ -113,12 +113,17 @@ describe(`memory stays flat as the context grows, ${bc.name}`, () => {
 // Between layers, a long prompt's hidden states wait in host memory; the host does not wait for each copy (the device
 // orders them), so a copy that fails is reported later: it must still fail that prefill, with its own error.
 describe("hidden states through host memory", () => {
-  it("a copy that fails fails the prefill with its error, and the model runs the next prompt", async () => {
+  it("a copy that fails fails the prefill with its error, frees what it held, and the model runs the next prompt", async () => {
     const chunk = 20;
     const hiddenCopyBytes = chunk * 64 * 4; // stories260K: hidden size 64, f32 (KV blocks copy other sizes)
     let copies = 0;
     let failNext = false;
+    let failMatmulIn = Infinity; // matmuls from now until one throws
     class FlakyCpu extends CpuBackend {
+      override matmul(...args: Parameters<CpuBackend["matmul"]>) {
+        if (--failMatmulIn === 0) throw new Error("out of device memory mid-layer");
+        return super.matmul(...args);
+      }
       override async copyToHost(...args: Parameters<CpuBackend["copyToHost"]>): Promise<void> {
         if (args[4] === hiddenCopyBytes) copies++;
         if (failNext && args[4] === hiddenCopyBytes) {
@@ -133,8 +138,13 @@ describe("hidden states through host memory", () => {
       const prompt = randomIds(100, 3, 3, 500, 1);
       const want = await m.complete({ ids: prompt }, { maxTokens: 3, temperature: 0 });
       assert.ok(copies >= 5 * 4, `the prompt's chunks went through host memory (${copies} copies)`);
+      const held = m.backend.memory.deviceBytes;
       failNext = true;
       await assert.rejects(m.complete({ ids: prompt }, { maxTokens: 3, temperature: 0 }), /device lost the copy/);
+      assert.equal(m.backend.memory.deviceBytes, held, "the failed prefill freed what it held");
+      failMatmulIn = 7 * 5 + 7 * 2 + 3; // 7 matmuls a chunk, 5 chunks: the second layer's third chunk, with its input and the next chunk's held
+      await assert.rejects(m.complete({ ids: prompt }, { maxTokens: 3, temperature: 0 }), /out of device memory mid-layer/);
+      assert.equal(m.backend.memory.deviceBytes, held, "the prefill that failed mid-layer freed what it held");
       const again = await m.complete({ ids: prompt }, { maxTokens: 3, temperature: 0 });
       assert.deepEqual(again.tokens, want.tokens);
     });
