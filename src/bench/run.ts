@@ -49,6 +49,8 @@ export interface RunFigures {
   /** Where the time went (the model's stats): waiting for weights and KV to arrive, and the rest; decode per token. */
   prefillIoWaitS?: number;
   prefillComputeS?: number;
+  /** Seconds of the prefill the weight reader had a read in flight. */
+  prefillDiskBusyS?: number;
   decodeIoWaitSPerToken?: number;
   decodeComputeSPerToken?: number;
 }
@@ -119,6 +121,7 @@ async function generation(m: LayerwiseModel, ids: number[], decodeTokens: number
       peakVramBytes: m.backend.memory.deviceBytesPeak,
       prefillIoWaitS: before.ioWaitS - start.ioWaitS,
       prefillComputeS: before.computeS - start.computeS,
+      prefillDiskBusyS: before.diskBusyS - start.diskBusyS,
       decodeIoWaitSPerToken: perToken("ioWaitS"),
       decodeComputeSPerToken: perToken("computeS"),
       decodeDiskBytesPerToken: perToken("diskReadBytes"),

@@ -69,6 +69,7 @@ export function registerRun(program: Command): void {
             h2d_bytes: s.h2dBytes,
             kv_disk_bytes: s.kvDiskBytes,
             io_wait_s: s.ioWaitS,
+            disk_busy_s: s.diskBusyS,
             compute_s: s.computeS,
             kv_cache_hit_tokens: result.kvCacheHitTokens ?? 0,
             decode_disk_read_bytes_per_token: (s.diskReadBytes - afterPrefill.diskReadBytes) / steps,

@@ -71,6 +71,8 @@ export interface EngineStats {
   kvDiskBytes: number;
   ioWaitS: number;
   computeS: number;
+  /** Seconds the weight reader had a read in flight (busy time of the disk, as this process drives it). */
+  diskBusyS: number;
   kvCacheHitTokens: number;
   /** Mixture of experts: experts copied to the device (misses of the hot-expert cache), and hits. */
   expertLoads: number;
@@ -434,6 +436,7 @@ export class LayerwiseModel {
       kvDiskBytes: p.spill.bytesWritten + (p.store?.stats.bytesWritten ?? 0),
       ioWaitS: this.ioWaitS(),
       computeS: this.statsBase.computeS,
+      diskBusyS: p.reader.stats.readBusyS,
       kvCacheHitTokens: this.statsBase.kvCacheHitTokens,
       expertLoads: p.streamer.expertStats?.loads ?? 0,
       expertHits: p.streamer.expertStats?.hits ?? 0,
