@@ -10,38 +10,12 @@
 // zero-fills rows and columns outside the matrices. Needs K % 8 == 0 and 16-byte aligned matrices (the tensor maps,
 // which kernels.ts encodes, are kernel parameters). On an H200 this runs 1.7x the mma.sync tiles of gemm.cu; a
 // cp.async version of the same tile (every thread copying, a CTA barrier a K tile) reached 0.85x of it.
-#include "mma.cuh"
+#include "wgmma.cuh"
 
 constexpr int HBM = 128, HBN = 256, HBK = 64, HSTAGES = 4;
 constexpr int A_BYTES = HBM * HBK * 2, B_BYTES = HBN * HBK * 2, STAGE_BYTES = A_BYTES + B_BYTES;
 // Dynamic shared memory (kernels.ts mirrors it): HSTAGES A and B tiles, and 1 KB to align them to the swizzle's 1024 bytes.
 
-__device__ __forceinline__ uint64_t swizzled_descriptor(uint32_t smem) {
-  return (uint64_t)((smem & 0x3FFFF) >> 4) | ((uint64_t)(16 >> 4) << 16) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
-}
-
-// D[64 x 128] += A[64 x 16] * B[128 x 16]^T, both K-major in shared memory; d is this thread's 64 accumulators.
-template <typename T> __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t a, uint64_t b);
-#define WGMMA_M64N128K16(T, PTX_TYPE)                                                                                      \
-  template <> __device__ __forceinline__ void wgmma_m64n128k16<T>(float (&d)[64], uint64_t a, uint64_t b) {                \
-    asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32." PTX_TYPE "." PTX_TYPE " {"                                 \
-                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                                  \
-                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "                        \
-                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "                        \
-                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"                          \
-                 "}, %64, %65, 1, 1, 1, 0, 0;\n"                                                                           \
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),         \
-                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),   \
-                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
-                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
-                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
-                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
-                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
-                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])  \
-                 : "l"(a), "l"(b));                                                                                        \
-  }
-WGMMA_M64N128K16(bf16, "bf16")
-WGMMA_M64N128K16(f16, "f16")
 
 // One K tile (64 deep) of a warpgroup's 64 rows: 4 k-steps, each a wgmma per 128 columns, committed as one group.
 template <typename T, int HALVES>

@@ -89,7 +89,10 @@ export class CudaBackend implements Backend {
    * deep one where shared memory allows (MXFP4 and smaller GPUs take the square one). The kernel bench compares them.
    */
   gemmTile: GemmTile = "hopper";
-  /** The prefill attention tile (a 128-row one: head_dim 64 and 128, prompts of 128+ rows; else "short"); the kernel bench compares them. */
+  /**
+   * The prefill attention tile (128-row ones for prompts of 128+ rows and the head dims they are built for, else "short");
+   * "hopper" (wgmma, compute capability 9.0, head_dim 128) waits for its first GPU run. The kernel bench compares them.
+   */
   flashTile: FlashTile = "tall";
   private disposed = false;
 
@@ -525,7 +528,7 @@ export class CudaBackend implements Backend {
       this.launch(
         flash,
         [Math.ceil(maxQRows / flashTiles[tile].rows), heads, o.seqs.length],
-        [128, 1, 1],
+        [flashTiles[tile].threads, 1, 1],
         [{ ptr: out.ptr }, { ptr: lse?.ptr ?? 0n }, { ptr: qt.ptr }, ...common, { ptr: ptrBuf.ptr }, { ptr: posBuf.ptr }, { ptr: sinks?.ptr ?? 0n }, { i32: heads }, { i32: kvHeads }, { i32: kvHeads * headDim }, { f32: o.scale }, { i32: o.slidingWindow ?? 0 }, { f32: o.softcap ?? 0 }],
         [...reads, sinks],
         flashSmem(headDim, tile),

@@ -15,10 +15,10 @@ export type KernelArg = { ptr: Handle } | { i32: number } | { i64: number } | { 
 
 const modules = ["elementwise", "matmul", "gemm", "attention", "flash", "recurrent", "sampling"] as const;
 /** Modules of sm_90a PTX (wgmma), which only Hopper GPUs (compute capability 9.0) can load. */
-const hopperModules = ["gemm_sm90"] as const;
+const hopperModules = ["gemm_sm90", "flash_sm90"] as const;
 const kernelDir = new URL("../../../../kernels/", import.meta.url);
 
-/** Dynamic shared memory of the kernels that need more than the default; mirrors the constants in kernels/gemm.cu, flash.cu and recurrent.cu. */
+/** Dynamic shared memory of the kernels that need more than the default; mirrors the constants in kernels/gemm.cu, gemm_sm90.cu and recurrent.cu. */
 // kernel: the name before the dtype; threads a CTA; tma: x and w go as tensor maps (TensorMapArg), not pointers.
 // pad: 16-bit values after each tile row (rows apart by depth + pad, so ldmatrix is conflict-free); align: bytes added
 // to align the tiles (Hopper's wgmma reads swizzled, unpadded tiles from a 1 KB boundary, kernels/gemm_sm90.cu).
@@ -37,12 +37,15 @@ export function gemmKernel(tile: GemmTile, dtype: string): string {
   return `${gemmTiles[tile].kernel}${dtype}`;
 }
 /**
- * Prefill attention tiles, a CTA of 4 warps each (mirrors FlashShape in kernels/flash.cu): query rows x keys a KV tile.
- * All head dims have "short" (keys 32 at head_dim 256); the 128-row ones (32 rows a warp) are built for head_dim 64 and 128.
+ * Prefill attention tiles (mirror FlashShape in kernels/flash.cu and the constants of kernels/flash_sm90.cu): query rows
+ * x keys a KV tile, threads a CTA, the head dims built, and the shared memory layout (16-bit values after each row, bytes
+ * added for alignment). "short" (keys 32 at head_dim 256) and "tall" (32 rows a warp) run on mma.sync; "hopper" on
+ * wgmma, compute capability 9.0 only.
  */
 export const flashTiles = {
-  short: { kernel: "flash_", rows: 64, keys: 64 },
-  tall: { kernel: "flash_tall_", rows: 128, keys: 64 },
+  short: { kernel: "flash_", rows: 64, keys: 64, threads: 128, headDims: [64, 128, 256], pad: 8, align: 0 },
+  tall: { kernel: "flash_tall_", rows: 128, keys: 64, threads: 128, headDims: [64, 128], pad: 8, align: 0 },
+  hopper: { kernel: "flash_wgmma_", rows: 128, keys: 128, threads: 256, headDims: [128], pad: 0, align: 1024 },
 } as const;
 export type FlashTile = keyof typeof flashTiles;
 export function flashKernel(tile: FlashTile, dtype: string, headDim: number): string {
@@ -51,7 +54,7 @@ export function flashKernel(tile: FlashTile, dtype: string, headDim: number): st
 export function flashSmem(headDim: number, tile: FlashTile): number {
   const t = flashTiles[tile];
   const keys = headDim <= 128 ? t.keys : 32;
-  return (t.rows + 4 * keys) * (headDim + 8) * 2;
+  return (t.rows + 4 * keys) * (headDim + t.pad) * 2 + t.align;
 }
 
 /** Output columns a warp of the decode GEMV takes; mirrors gemv_cols in kernels/matmul.cu (MXFP4: one). */
@@ -94,7 +97,7 @@ export class Kernels {
     for (const dtype of ["bf16", "f16"]) {
       for (const tile of Object.keys(gemmTiles) as GemmTile[]) if (this.fns.has(gemmKernel(tile, dtype))) needs.push([gemmKernel(tile, dtype), gemmSmem(tile)]);
       for (const tile of Object.keys(flashTiles) as FlashTile[])
-        for (const hd of tile === "short" ? [64, 128, 256] : [64, 128]) needs.push([flashKernel(tile, dtype, hd), flashSmem(hd, tile)]);
+        for (const hd of flashTiles[tile].headDims) if (this.fns.has(flashKernel(tile, dtype, hd))) needs.push([flashKernel(tile, dtype, hd), flashSmem(hd, tile)]);
     }
     for (const kDim of deltaRuleKeyDims) needs.push([`gated_delta_chunked_${kDim}`, deltaChunkSmem(kDim)]);
     for (const [name, smem] of needs) {
