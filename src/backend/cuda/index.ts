@@ -107,7 +107,7 @@ export class CudaBackend implements Backend {
     this.copy = driver.streamCreate();
     for (let i = 0; i < ringSize; i++) this.events.push(driver.eventCreate());
     this.uploadBase = driver.hostAlloc(uploadRingBytes);
-    this.uploads = new UploadRing(driver, this.uploadBase, uploadRingBytes);
+    this.uploads = new UploadRing(driver, this.uploadBase, Driver.view(this.uploadBase, uploadRingBytes));
     const { free, total } = driver.memInfo();
     info.contextBytes = total - free;
     info.totalBytes = total;

@@ -1,21 +1,25 @@
 // Pinned host memory for the small uploads ops make (token ids, positions, block lists). A copy from pageable memory may
 // make the driver wait for the stream before it returns, which would keep the host in step with the GPU op by op.
-import { Driver, type Handle } from "./driver.js";
+import type { Driver, Handle } from "./driver.js";
+
+/** The driver calls the ring makes. */
+export type RingDriver = Pick<Driver, "eventCreate" | "eventRecord" | "eventSynchronize" | "eventDestroy" | "copyHtoDAsync">;
 
 export class UploadRing {
-  private readonly view: Uint8Array;
+  private readonly bytes: number;
   private half = 0;
   private head = 0;
   /** Per half: recorded on the stream after the last copy from it, when the ring moved to the other half. */
   private readonly left: Handle[];
   private readonly recorded = [false, false];
 
+  /** `view` is the pinned memory at device-visible host address `base`. */
   constructor(
-    private readonly driver: Driver,
+    private readonly driver: RingDriver,
     private readonly base: Handle,
-    private readonly bytes: number,
+    private readonly view: Uint8Array,
   ) {
-    this.view = new Uint8Array(Driver.view(base, bytes).buffer);
+    this.bytes = view.byteLength;
     this.left = [driver.eventCreate(), driver.eventCreate()];
   }
 
