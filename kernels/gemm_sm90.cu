@@ -12,9 +12,9 @@
 // cp.async version of the same tile (every thread copying, a CTA barrier a K tile) reached 0.85x of it.
 #include "wgmma.cuh"
 
-constexpr int HBM = 128, HBN = 256, HBK = 64, HSTAGES = 4;
-constexpr int A_BYTES = HBM * HBK * 2, B_BYTES = HBN * HBK * 2, STAGE_BYTES = A_BYTES + B_BYTES;
-// Dynamic shared memory (kernels.ts mirrors it): HSTAGES A and B tiles, and 1 KB to align them to the swizzle's 1024 bytes.
+constexpr int BM = 128, BN = 256, BK = 64, STAGES = 4, HALVES = BN / 128;
+constexpr int A_BYTES = BM * BK * 2, B_BYTES = BN * BK * 2, STAGE_BYTES = A_BYTES + B_BYTES;
+// Dynamic shared memory (kernels.ts mirrors it): STAGES A and B tiles, and 1 KB to align them to the swizzle's 1024 bytes.
 
 
 // One K tile (64 deep) of a warpgroup's 64 rows: 4 k-steps, each a wgmma per 128 columns, committed as one group.
@@ -73,7 +73,6 @@ __device__ __forceinline__ void tma_load(void *dst, const TensorMap &map, int k,
 
 template <typename T>
 __device__ void gemm_tma(float *y, const TensorMap &x_map, const TensorMap &w_map, const float *bias, int M, int N, int K) {
-  constexpr int BM = HBM, BN = HBN, BK = HBK, STAGES = HSTAGES, HALVES = BN / 128;
   extern __shared__ unsigned char smem_raw[];
   __shared__ uint64_t full[STAGES], empty[STAGES];
   unsigned char *smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);

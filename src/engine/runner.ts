@@ -288,8 +288,10 @@ class HostCopies {
 
   /** Waits for every copy and rethrows a failure. */
   async checkAll(): Promise<void> {
-    await this.checkPrevious();
-    await this.checkPrevious();
+    const all = [...this.previous, ...this.current];
+    this.previous = [];
+    this.current = [];
+    for (const error of await Promise.all(all)) if (error) throw error;
   }
 
   /** Waits for every copy, failed or not (before their buffers are freed, on any path). */

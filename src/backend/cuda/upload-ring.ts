@@ -6,7 +6,6 @@ import type { Driver, Handle } from "./driver.js";
 export type RingDriver = Pick<Driver, "eventCreate" | "eventRecord" | "eventSynchronize" | "eventDestroy" | "copyHtoDAsync">;
 
 export class UploadRing {
-  private readonly bytes: number;
   private half = 0;
   private head = 0;
   /** Per half: recorded on the stream after the last copy from it, when the ring moved to the other half. */
@@ -19,13 +18,12 @@ export class UploadRing {
     private readonly base: Handle,
     private readonly view: Uint8Array,
   ) {
-    this.bytes = view.byteLength;
     this.left = [driver.eventCreate(), driver.eventCreate()];
   }
 
   /** Bytes one copy may take at most; larger data is copied another way. */
   get maxBytes(): number {
-    return this.bytes / 2;
+    return this.view.byteLength / 2;
   }
 
   /** Copies `data` to device address `dst` in order on `stream` (the only stream the ring serves). */
