@@ -81,6 +81,12 @@ extern "C" __global__ void clamped_swiglu(float *out, const float *x, long long 
   }
 }
 
+// dst[i] = src[i] for n 32-bit words: small uploads read from mapped pinned memory by the SMs, so they need no copy
+// engine (whose queue is behind the large weight and activation copies of the copy stream).
+extern "C" __global__ void copy_words(unsigned *dst, const unsigned *src, int n) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) dst[i] = src[i];
+}
+
 // out[i] = x[rows[i]] (rows of `cols`).
 extern "C" __global__ void gather_rows(float *out, const float *x, const int *rows, int n, int cols) {
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (long long)n * cols; i += (long long)gridDim.x * blockDim.x)

@@ -16,6 +16,7 @@ const CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 = 9;
 const CU_TENSOR_MAP_SWIZZLE_128B = 3;
 const CU_TENSOR_MAP_L2_PROMOTION_L2_256B = 3;
 const CU_EVENT_DISABLE_TIMING = 2;
+const CU_MEMHOSTALLOC_DEVICEMAP = 2;
 const CUDA_SUCCESS = 0;
 const CUDA_ERROR_OUT_OF_MEMORY = 2;
 const CUDA_ERROR_NOT_READY = 600;
@@ -46,6 +47,7 @@ export class Driver {
       cuMemFree: "int cuMemFree_v2(uint64_t ptr)",
       cuMemHostAlloc: "int cuMemHostAlloc(_Out_ uint64_t *ptr, uint64_t bytes, uint32_t flags)",
       cuMemFreeHost: "int cuMemFreeHost(uint64_t ptr)",
+      cuMemHostGetDevicePointer: "int cuMemHostGetDevicePointer_v2(_Out_ uint64_t *dptr, uint64_t ptr, uint32_t flags)",
       cuMemcpyHtoDAsync: "int cuMemcpyHtoDAsync_v2(uint64_t dst, uint64_t src, uint64_t bytes, uint64_t stream)",
       cuMemcpyHtoDAsyncFrom: "int cuMemcpyHtoDAsync_v2(uint64_t dst, const void *src, uint64_t bytes, uint64_t stream)",
       cuMemcpyDtoHAsync: "int cuMemcpyDtoHAsync_v2(uint64_t dst, uint64_t src, uint64_t bytes, uint64_t stream)",
@@ -153,8 +155,12 @@ export class Driver {
   memFree(ptr: Handle): void {
     this.call("cuMemFree", ptr);
   }
-  hostAlloc(bytes: number): Handle {
-    return BigInt(this.out<bigint>("cuMemHostAlloc", bytes, 0));
+  /** Pinned host memory; `mapped`: kernels may also read it, at hostDevicePointer(ptr). */
+  hostAlloc(bytes: number, mapped = false): Handle {
+    return BigInt(this.out<bigint>("cuMemHostAlloc", bytes, mapped ? CU_MEMHOSTALLOC_DEVICEMAP : 0));
+  }
+  hostDevicePointer(ptr: Handle): Handle {
+    return BigInt(this.out<bigint>("cuMemHostGetDevicePointer", ptr, 0));
   }
   hostFree(ptr: Handle): void {
     this.call("cuMemFreeHost", ptr);

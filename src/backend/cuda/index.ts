@@ -17,6 +17,7 @@ import {
 import { topKRows } from "../../util/top-k.js";
 import { Kernels, deltaChunkSmem, deltaRuleKeyDims, flashKernel, flashSmem, flashTiles, gemmKernel, gemmSmem, gemmTiles, gemvColumns, topKMax, type FlashTile, type GemmTile, type KernelArg } from "./kernels.js";
 import { DeviceBuffer, DevicePool, bucket } from "./memory.js";
+import { StreamProfile, type StreamReport } from "./stream-profile.js";
 import { UploadRing } from "./upload-ring.js";
 
 export class CudaTensor implements Tensor {
@@ -90,11 +91,17 @@ export class CudaBackend implements Backend {
    */
   gemmTile: GemmTile = "hopper";
   /**
-   * The prefill attention tile (128-row ones for prompts of 128+ rows and the head dims they are built for, else "short");
-   * "hopper" (wgmma, compute capability 9.0, head_dim 128) waits for its first GPU run. The kernel bench compares them.
+   * The prefill attention tile: the wgmma one on Hopper for head_dim 128, elsewhere "tall" (head_dim 64/128), else
+   * "short"; prompts shorter than a tile's rows take "short". The kernel bench compares them.
    */
-  flashTile: FlashTile = "tall";
+  flashTile: FlashTile = "hopper";
+  /**
+   * How small uploads (ids, positions, block lists) reach the device: a kernel reading the pinned ring where the host
+   * wrote them, or the copy engine, whose queue they would share with the copy stream's weight and activation copies.
+   */
+  smallUploads: "kernel" | "copy engine" = "kernel";
   private disposed = false;
+  private profile?: StreamProfile;
 
   private constructor(
     private readonly driver: Driver,
@@ -106,8 +113,13 @@ export class CudaBackend implements Backend {
     this.compute = driver.streamCreate();
     this.copy = driver.streamCreate();
     for (let i = 0; i < ringSize; i++) this.events.push(driver.eventCreate());
-    this.uploadBase = driver.hostAlloc(uploadRingBytes);
-    this.uploads = new UploadRing(driver, this.uploadBase, Driver.view(this.uploadBase, uploadRingBytes));
+    this.uploadBase = driver.hostAlloc(uploadRingBytes, true);
+    const uploadDevice = driver.hostDevicePointer(this.uploadBase);
+    this.uploads = new UploadRing(driver, Driver.view(this.uploadBase, uploadRingBytes), (dst, offset, bytes, stream) => {
+      if (this.smallUploads === "copy engine") return driver.copyHtoDAsync(dst, this.uploadBase + BigInt(offset), bytes, stream);
+      const words = Math.ceil(bytes / 4);
+      this.kernels.launch("copy_words", [Math.min(64, Math.ceil(words / threads)), 1, 1], [threads, 1, 1], 0, stream, [{ ptr: dst }, { ptr: uploadDevice + BigInt(offset) }, { i32: words }]);
+    });
     const { free, total } = driver.memInfo();
     info.contextBytes = total - free;
     info.totalBytes = total;
@@ -230,7 +242,7 @@ export class CudaBackend implements Backend {
 
   async upload(t: Tensor, bytes: Uint8Array, offset = 0): Promise<void> {
     const c = cuda(t);
-    this.driver.copyHtoDAsyncFrom(c.ptr + BigInt(offset), bytes, bytes.byteLength, this.compute);
+    this.timed("upload", () => this.driver.copyHtoDAsyncFrom(c.ptr + BigInt(offset), bytes, bytes.byteLength, this.compute));
     this.memory.h2dBytes += bytes.byteLength;
   }
 
@@ -250,7 +262,7 @@ export class CudaBackend implements Backend {
     const s = cuda(src);
     this.await([s]);
     // On the compute stream: ops after it reuse src in order, and copies to the device wait for compute fences.
-    this.driver.copyDtoHAsync((dst as CudaHostBuffer).ptr + BigInt(dstOffset), s.ptr + BigInt(srcOffset), length, this.compute);
+    this.timed("copy to host", () => this.driver.copyDtoHAsync((dst as CudaHostBuffer).ptr + BigInt(dstOffset), s.ptr + BigInt(srcOffset), length, this.compute));
     const done = this.event();
     this.driver.eventRecord(done, this.compute);
     return lazy(() => this.driver.eventWait(done));
@@ -353,15 +365,34 @@ export class CudaBackend implements Backend {
 
   private launch(name: string, grid: readonly [number, number, number], block: readonly [number, number, number], args: KernelArg[], reads: readonly (Tensor | undefined)[], smem = 0): void {
     this.await(reads);
-    this.kernels.launch(name, grid, block, smem, this.compute, args);
+    this.timed(name, () => this.kernels.launch(name, grid, block, smem, this.compute, args));
+  }
+
+  /** Enqueues work on the compute stream, between timing events while a profile runs. */
+  private timed(name: string, enqueue: () => void): void {
+    if (this.profile) this.profile.time(name, enqueue);
+    else enqueue();
+  }
+
+  /** Starts timing every kernel and copy on the compute stream (profiling runs; each op then costs two events). */
+  startProfile(): void {
+    this.profile ??= new StreamProfile(this.driver, this.compute);
+  }
+
+  /** GPU time by kernel since startProfile (or the last report), and how long the compute stream sat idle. */
+  async profileReport(): Promise<StreamReport> {
+    if (!this.profile) throw new Error("profileReport: startProfile was not called");
+    return this.profile.report();
   }
 
   /** Small host data (ids, positions, block lists) copied to a temporary device buffer in compute order, through pinned memory. */
   private small(data: ArrayBufferView): CudaTensor {
     const t = this.scopes.add(this.alloc([Math.ceil(data.byteLength / 4)], "f32") as CudaTensor);
     const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-    if (bytes.byteLength <= this.uploads.maxBytes) this.uploads.copy(t.ptr, bytes, this.compute);
-    else this.driver.copyHtoDAsyncFrom(t.ptr, bytes, bytes.byteLength, this.compute);
+    this.timed("copy small to device", () => {
+      if (bytes.byteLength <= this.uploads.maxBytes) this.uploads.copy(t.ptr, bytes, this.compute);
+      else this.driver.copyHtoDAsyncFrom(t.ptr, bytes, bytes.byteLength, this.compute);
+    });
     return t;
   }
 
@@ -390,6 +421,12 @@ export class CudaBackend implements Backend {
   gemmTileFor(dtype: string): GemmTile {
     if (dtype === "mxfp4") return "square";
     return ([this.gemmTile, "deep", "square"] as const).find((t) => this.kernels.has(gemmKernel(t, dtype))) ?? "square";
+  }
+
+  /** The prefill attention tile for a KV dtype, head dim and longest prompt: the chosen one where it fits, else the next more portable one. */
+  flashTileFor(kvDtype: string, headDim: number, maxQRows: number): FlashTile {
+    const fits = (t: FlashTile) => maxQRows >= flashTiles[t].rows && this.kernels.has(flashKernel(t, kvDtype, headDim));
+    return ([this.flashTile, "tall"] as const).find(fits) ?? "short";
   }
 
   matmul(x: Tensor, w: Tensor, bias?: Tensor): Tensor {
@@ -522,7 +559,7 @@ export class CudaBackend implements Backend {
     const reads = [qt, ...blocks.flatMap((b) => [b.k, b.v])];
     const common: KernelArg[] = [{ ptr: seqBuf.ptr }];
     const maxQRows = Math.max(...o.seqs.map((s) => s.qRows));
-    const tile: FlashTile = maxQRows >= flashTiles[this.flashTile].rows && this.kernels.has(flashKernel(this.flashTile, kvDtype, headDim)) ? this.flashTile : "short";
+    const tile = this.flashTileFor(kvDtype, headDim, maxQRows);
     const flash = flashKernel(tile, kvDtype, headDim);
     if (maxQRows >= 16 && this.kernels.has(flash)) {
       this.launch(

@@ -3,7 +3,10 @@
 import type { Driver, Handle } from "./driver.js";
 
 /** The driver calls the ring makes. */
-export type RingDriver = Pick<Driver, "eventCreate" | "eventRecord" | "eventSynchronize" | "eventDestroy" | "copyHtoDAsync">;
+export type RingDriver = Pick<Driver, "eventCreate" | "eventRecord" | "eventSynchronize" | "eventDestroy">;
+
+/** Enqueues on `stream` the copy of `bytes` bytes at `offset` in the ring to device address `dst`. */
+export type RingCopy = (dst: Handle, offset: number, bytes: number, stream: Handle) => void;
 
 export class UploadRing {
   private half = 0;
@@ -12,11 +15,11 @@ export class UploadRing {
   private readonly left: Handle[];
   private readonly recorded = [false, false];
 
-  /** `view` is the pinned memory at device-visible host address `base`. */
+  /** `view` is the pinned memory; `copyOut` copies from it to the device. */
   constructor(
     private readonly driver: RingDriver,
-    private readonly base: Handle,
     private readonly view: Uint8Array,
+    private readonly copyOut: RingCopy,
   ) {
     this.left = [driver.eventCreate(), driver.eventCreate()];
   }
@@ -39,7 +42,7 @@ export class UploadRing {
       if (this.recorded[this.half]) this.driver.eventSynchronize(this.left[this.half]!);
     }
     this.view.set(data, this.head);
-    this.driver.copyHtoDAsync(dst, this.base + BigInt(this.head), n, stream);
+    this.copyOut(dst, this.head, n, stream);
     this.head += Math.ceil(n / 16) * 16;
   }
 

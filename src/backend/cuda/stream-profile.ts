@@ -1,0 +1,69 @@
+// Opt-in timing of the compute stream for profiling runs (bench/profile-prefill.ts): each kernel launch and copy to the
+// host sits between two timing events; the report sums GPU time by name and says how long the stream sat idle.
+import type { Handle } from "./driver.js";
+
+/** The driver calls the profile makes (a narrow interface, as UploadRing's). */
+export interface ProfileDriver {
+  eventCreate(timing: boolean): Handle;
+  eventRecord(event: Handle, stream: Handle): void;
+  eventWait(event: Handle): Promise<void>;
+  elapsedMs(start: Handle, end: Handle): number;
+  eventDestroy(event: Handle): void;
+}
+
+export interface StreamReport {
+  /** From the first timed op's start to the last one's end. */
+  spanMs: number;
+  /** Sum of the timed ops' GPU time; spanMs - busyMs is time the stream waited (for the host, or for copies). */
+  busyMs: number;
+  /** Per name: how often it ran, its GPU time, and the idle time just before it (what the stream waited for to start it). */
+  byName: OpTimes[];
+}
+
+export interface OpTimes {
+  name: string;
+  count: number;
+  ms: number;
+  idleBeforeMs: number;
+}
+
+export class StreamProfile {
+  private spans: { name: string; start: Handle; end: Handle }[] = [];
+
+  constructor(
+    private readonly driver: ProfileDriver,
+    private readonly stream: Handle,
+  ) {}
+
+  /** Enqueues `enqueue`'s work between two timing events on the profiled stream. */
+  time(name: string, enqueue: () => void): void {
+    const start = this.driver.eventCreate(true);
+    const end = this.driver.eventCreate(true);
+    this.driver.eventRecord(start, this.stream);
+    enqueue();
+    this.driver.eventRecord(end, this.stream);
+    this.spans.push({ name, start, end });
+  }
+
+  /** Waits for the timed work, reports it, and starts over. */
+  async report(): Promise<StreamReport> {
+    const spans = this.spans;
+    this.spans = [];
+    if (spans.length === 0) return { spanMs: 0, busyMs: 0, byName: [] };
+    await this.driver.eventWait(spans[spans.length - 1]!.end);
+    const byName = new Map<string, OpTimes>();
+    let busyMs = 0;
+    spans.forEach((s, i) => {
+      const ms = this.driver.elapsedMs(s.start, s.end);
+      busyMs += ms;
+      const entry = byName.get(s.name) ?? { name: s.name, count: 0, ms: 0, idleBeforeMs: 0 };
+      entry.count++;
+      entry.ms += ms;
+      if (i > 0) entry.idleBeforeMs += this.driver.elapsedMs(spans[i - 1]!.end, s.start);
+      byName.set(s.name, entry);
+    });
+    const spanMs = this.driver.elapsedMs(spans[0]!.start, spans[spans.length - 1]!.end);
+    for (const s of spans) this.driver.eventDestroy(s.start), this.driver.eventDestroy(s.end);
+    return { spanMs, busyMs, byName: [...byName.values()].sort((a, b) => b.ms - a.ms) };
+  }
+}

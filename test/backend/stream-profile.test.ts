@@ -1,0 +1,42 @@
+// The CUDA backend's opt-in stream profile, against a stand-in driver whose events carry fake timestamps: GPU time is
+// summed by name, the idle time between ops is the span less that sum and is put down to the op that ends it, and a report starts the next one afresh.
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { StreamProfile, type ProfileDriver } from "../../src/backend/cuda/stream-profile.js";
+
+describe("stream profile", () => {
+  it("sums GPU time by name, reports the idle time, frees its events and starts over", async () => {
+    let clock = 0;
+    let created = 0;
+    const recordedAt = new Map<bigint, number>();
+    const destroyed = new Set<bigint>();
+    const driver: ProfileDriver = {
+      eventCreate: () => BigInt(++created),
+      eventRecord: (e) => void recordedAt.set(e, clock),
+      eventWait: async () => {},
+      elapsedMs: (a, b) => recordedAt.get(b)! - recordedAt.get(a)!,
+      eventDestroy: (e) => void destroyed.add(e),
+    };
+    const profile = new StreamProfile(driver, 1n);
+    const op = (name: string, ms: number, idleAfter = 0) => {
+      profile.time(name, () => (clock += ms));
+      clock += idleAfter;
+    };
+    op("gemm", 3, 1);
+    op("norm", 0.5);
+    op("gemm", 2, 2);
+    op("copy to host", 1);
+    const report = await profile.report();
+    assert.deepEqual(report, {
+      spanMs: 9.5,
+      busyMs: 6.5,
+      byName: [
+        { name: "gemm", count: 2, ms: 5, idleBeforeMs: 0 },
+        { name: "copy to host", count: 1, ms: 1, idleBeforeMs: 2 },
+        { name: "norm", count: 1, ms: 0.5, idleBeforeMs: 1 },
+      ],
+    });
+    assert.equal(destroyed.size, created);
+    assert.deepEqual(await profile.report(), { spanMs: 0, busyMs: 0, byName: [] });
+  });
+});
