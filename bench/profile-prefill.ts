@@ -26,6 +26,7 @@ const model = await LayerwiseModel.load(dir, {
   prefillChunk: parseCount(values.chunk!),
 });
 try {
+  const allocsBefore = { ...backend.allocatorStats };
   backend.startProfile();
   const result = await model.complete(readFileSync(promptFile, "utf8"), { maxTokens: 1, temperature: 0 });
   const report = await backend.profileReport();
@@ -39,10 +40,12 @@ try {
     gpu_span_s: report.spanMs / 1000,
     gpu_busy_s: report.busyMs / 1000,
     gpu_idle_s: (report.spanMs - report.busyMs) / 1000,
+    driver_allocs: backend.allocatorStats.driverAllocs - allocsBefore.driverAllocs,
+    driver_frees: backend.allocatorStats.driverFrees - allocsBefore.driverFrees,
     by_name: report.byName.map((k) => ({ name: k.name, count: k.count, s: k.ms / 1000, idle_before_s: k.idleBeforeMs / 1000 })),
   };
   if (values.out) writeFileSync(values.out, JSON.stringify(summary, null, 2) + "\n");
-  console.log(`first token ${result.ttftS.toFixed(3)} s; compute stream span ${(report.spanMs / 1000).toFixed(3)} s, busy ${(report.busyMs / 1000).toFixed(3)} s, idle ${((report.spanMs - report.busyMs) / 1000).toFixed(3)} s`);
+  console.log(`first token ${result.ttftS.toFixed(3)} s; compute stream span ${(report.spanMs / 1000).toFixed(3)} s, busy ${(report.busyMs / 1000).toFixed(3)} s, idle ${((report.spanMs - report.busyMs) / 1000).toFixed(3)} s; ${summary.driver_allocs} cuMemAlloc, ${summary.driver_frees} cuMemFree`);
   for (const k of report.byName.slice(0, 30)) console.log(`${k.name.padEnd(36)} ${String(k.count).padStart(7)} ${(k.ms / 1000).toFixed(3).padStart(8)} s ${((1000 * k.ms) / k.count).toFixed(1).padStart(9)} us each, idle before ${(k.idleBeforeMs / 1000).toFixed(3)} s`);
 } finally {
   await model.close();

@@ -97,10 +97,8 @@ export async function attendTiered(backend: Backend, stager: KvStager | undefine
   if (off.length === 0) return backend.attention(q, { ...o, seqs: deviceSeqs });
   if (!stager) throw new Error("attendTiered: KV blocks off the device but no stager");
   let acc: AttentionPart = backend.attentionPart(q, { ...o, seqs: deviceSeqs });
-  // Groups of half the slots: the next group's copies fill the other half while this one is attended to.
-  const groupBlocks = Math.max(1, Math.floor(stager.capacity / 2));
-  for (let g = 0; g < off.length; g += groupBlocks) {
-    const group = off.slice(g, g + groupBlocks);
+  for (let g = 0; g < off.length; g += stager.capacity) {
+    const group = off.slice(g, g + stager.capacity);
     const staged = new Map<AttendItem, KvBlock[]>();
     for (const { it, b } of group) {
       const kb = await stager.stage(it.cache, layer, b);

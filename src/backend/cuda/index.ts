@@ -379,6 +379,11 @@ export class CudaBackend implements Backend {
     this.profile ??= new StreamProfile(this.driver, this.compute);
   }
 
+  /** Calls to the driver's allocator and frees so far (each free waits for the device). */
+  get allocatorStats(): { readonly driverAllocs: number; readonly driverFrees: number } {
+    return this.pool.stats;
+  }
+
   /** GPU time by kernel since startProfile (or the last report), and how long the compute stream sat idle. */
   async profileReport(): Promise<StreamReport> {
     if (!this.profile) throw new Error("profileReport: startProfile was not called");
@@ -389,6 +394,7 @@ export class CudaBackend implements Backend {
   private small(data: ArrayBufferView): CudaTensor {
     const t = this.scopes.add(this.alloc([Math.ceil(data.byteLength / 4)], "f32") as CudaTensor);
     const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    if (bytes.byteLength === 0) return t;
     this.timed("copy small to device", () => {
       if (bytes.byteLength <= this.uploads.maxBytes) this.uploads.copy(t.ptr, bytes, this.compute);
       else this.driver.copyHtoDAsyncFrom(t.ptr, bytes, bytes.byteLength, this.compute);
