@@ -16,7 +16,7 @@ import {
 } from "./driver.js";
 import { topKRows } from "../../util/top-k.js";
 import { Kernels, deltaChunkSmem, deltaRuleKeyDims, flashKernel, flashSmem, flashTiles, gemmKernel, gemmSmem, gemmTiles, gemvColumns, topKMax, type FlashTile, type GemmTile, type KernelArg } from "./kernels.js";
-import { DeviceBuffer, DevicePool, bucket } from "./memory.js";
+import { DeviceBuffer, DevicePool, plannedBytes } from "./memory.js";
 import { StreamProfile, type StreamReport } from "./stream-profile.js";
 import { UploadRing } from "./upload-ring.js";
 
@@ -76,6 +76,10 @@ export class CudaBackend implements Backend {
   private readonly kernels: Kernels;
   private readonly compute: Handle;
   private readonly copy: Handle;
+  /** Copies to the host, on their own stream so that compute need not wait for them. */
+  private readonly toHost: Handle;
+  /** Recorded again on toHost after each copy (a wait on it waits for the latest). */
+  private readonly toHostDone: Handle;
   private readonly events: Handle[] = [];
   private nextEvent = 0;
   private fenceCount = 0;
@@ -112,6 +116,8 @@ export class CudaBackend implements Backend {
     this.kernels = new Kernels(driver, driver.attribute(device, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN), info.computeCapability === "9.0");
     this.compute = driver.streamCreate();
     this.copy = driver.streamCreate();
+    this.toHost = driver.streamCreate();
+    this.toHostDone = driver.eventCreate();
     for (let i = 0; i < ringSize; i++) this.events.push(driver.eventCreate());
     this.uploadBase = driver.hostAlloc(uploadRingBytes, true);
     const uploadDevice = driver.hostDevicePointer(this.uploadBase);
@@ -164,7 +170,7 @@ export class CudaBackend implements Backend {
   }
 
   deviceBytesFor(bytes: number): number {
-    return bucket(bytes);
+    return plannedBytes(bytes);
   }
 
   resetPeaks(): void {
@@ -248,8 +254,10 @@ export class CudaBackend implements Backend {
 
   copyToDevice(dst: Tensor, dstOffset: number, src: HostBuffer, srcOffset: number, length: number, after?: Fence): Promise<void> {
     const d = cuda(dst);
-    // Without a fence, the copy waits for all compute so far: the buffer may be one that compute just freed.
+    // Without a fence, the copy waits for all compute so far (the buffer may be one that compute just freed) and for
+    // the copies to the host so far (src may be what one of them writes).
     this.driver.streamWaitEvent(this.copy, ((after ?? this.fence()) as CudaFence).event);
+    if (!after) this.driver.streamWaitEvent(this.copy, this.toHostDone);
     this.driver.copyHtoDAsync(d.ptr + BigInt(dstOffset), (src as CudaHostBuffer).ptr + BigInt(srcOffset), length, this.copy);
     const done = this.event();
     this.driver.eventRecord(done, this.copy);
@@ -261,10 +269,16 @@ export class CudaBackend implements Backend {
   copyToHost(src: Tensor, srcOffset: number, dst: HostBuffer, dstOffset: number, length: number): Promise<void> {
     const s = cuda(src);
     this.await([s]);
-    // On the compute stream: ops after it reuse src in order, and copies to the device wait for compute fences.
-    this.timed("copy to host", () => this.driver.copyDtoHAsync((dst as CudaHostBuffer).ptr + BigInt(dstOffset), s.ptr + BigInt(srcOffset), length, this.compute));
+    // On its own stream, after the compute so far; the pool reuses src's memory only once this copy is done.
+    this.driver.streamWaitEvent(this.toHost, (this.fence() as CudaFence).event);
+    this.driver.copyDtoHAsync((dst as CudaHostBuffer).ptr + BigInt(dstOffset), s.ptr + BigInt(srcOffset), length, this.toHost);
     const done = this.event();
-    this.driver.eventRecord(done, this.compute);
+    this.driver.eventRecord(done, this.toHost);
+    this.driver.eventRecord(this.toHostDone, this.toHost);
+    const read = this.driver.eventCreate();
+    this.driver.eventRecord(read, this.toHost);
+    if (s.buffer.pendingRead !== undefined) this.driver.eventDestroy(s.buffer.pendingRead); // the new copy ends later on the same stream
+    s.buffer.pendingRead = read;
     return lazy(() => this.driver.eventWait(done));
   }
 
@@ -335,10 +349,14 @@ export class CudaBackend implements Backend {
     }
   }
 
+  /** Waits for all compute and copies to the host enqueued so far. */
   async sync(): Promise<void> {
     const e = this.event();
     this.driver.eventRecord(e, this.compute);
     await this.driver.eventWait(e);
+    const h = this.event();
+    this.driver.eventRecord(h, this.toHost);
+    await this.driver.eventWait(h);
   }
 
   async dispose(): Promise<void> {
@@ -354,6 +372,8 @@ export class CudaBackend implements Backend {
     this.driver.hostFree(this.uploadBase);
     this.driver.streamDestroy(this.compute);
     this.driver.streamDestroy(this.copy);
+    this.driver.streamDestroy(this.toHost);
+    this.driver.eventDestroy(this.toHostDone);
     this.driver.releasePrimaryContext(this.device);
   }
 

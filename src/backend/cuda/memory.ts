@@ -1,100 +1,224 @@
-// Device memory for the CUDA backend: buffers from a caching pool (freed buffers are reused by size, trimmed under pressure).
+// Device memory for the CUDA backend: a caching allocator. Buffers are carved from segments the driver gave; a freed
+// buffer merges with free neighbours and serves later requests of any size that fits, so the working set of a layer
+// pass (whose tensor sizes differ op by op) settles into the same memory instead of asking the driver again. Every
+// buffer is reused in compute-stream order (see CudaBackend.free). cuMemFree waits for the whole device, so segments go
+// back to the driver only when the budget needs their bytes, or on trim. A buffer still being copied to the host is
+// held back until its copy is done.
 import type { Driver, Handle } from "./driver.js";
+
+/** The driver calls the pool makes. */
+export type PoolDriver = Pick<Driver, "memAlloc" | "memFree" | "eventDone" | "eventSynchronize" | "eventDestroy">;
 
 export class DeviceBuffer {
   /** Event on the copy stream after the last upload into this buffer; compute waits for it before reading. */
   pendingCopy?: Handle;
+  /** Event after the last copy out of this buffer to the host (on its own stream): the pool reuses it only after. */
+  pendingRead?: Handle;
 
   constructor(
     readonly ptr: Handle,
     readonly bytes: number,
+    /** Where the buffer sits in its segment. */
+    readonly block: Block,
   ) {}
 }
 
-const small = 1 << 20;
+interface Segment {
+  readonly ptr: Handle;
+  readonly bytes: number;
+  readonly small: boolean;
+}
+
+/** A stretch of a segment, in use or free; blocks of a segment are linked in address order. */
+export interface Block {
+  readonly segment: Segment;
+  offset: number;
+  bytes: number;
+  free: boolean;
+  prev?: Block;
+  next?: Block;
+}
+
+const MiB = 1 << 20;
+/** Requests up to this size come from small segments, so that long-lived small buffers (KV blocks, block lists) do not pin stretches of the large ones. */
+const smallMax = MiB;
+const smallSegmentBytes = 2 * MiB;
+const smallAlign = 512;
+const largeAlign = MiB;
+
+/** Bytes a request takes: 512-byte steps up to 1 MiB, whole MiB above. */
+export function blockBytes(bytes: number): number {
+  const align = bytes <= smallMax ? smallAlign : largeAlign;
+  return Math.max(align, Math.ceil(bytes / align) * align);
+}
 
 /**
- * Size classes: powers of two up to 1 MiB (block lists and attention partials change size with the context), whole
- * MiB above. Few classes keep the cache from filling with sizes that never come back.
+ * Bytes to plan for a tensor of `bytes`: at least what the allocator takes, rounded up to a power of two below 1 MiB
+ * (the allocator's small segments fragment; the plan keeps that slack).
  */
-export function bucket(bytes: number): number {
-  if (bytes <= small) return Math.max(512, 2 ** Math.ceil(Math.log2(bytes)));
-  return Math.ceil(bytes / small) * small;
+export function plannedBytes(bytes: number): number {
+  if (bytes <= smallMax) return Math.max(smallAlign, 2 ** Math.ceil(Math.log2(Math.max(1, bytes))));
+  return blockBytes(bytes);
 }
 
 export class DevicePool {
-  private readonly free = new Map<number, DeviceBuffer[]>();
+  private readonly segments = new Set<Segment>();
+  private readonly freeBlocks = { small: new Set<Block>(), large: new Set<Block>() };
+  /** Each segment's block at offset 0: it stays the same object, as merges keep the lower block. */
+  private readonly blocks = new Map<Segment, Block>();
+  /** Released buffers whose copy to the host may still run, each with the event that ends it (the pool's to destroy). */
+  private readonly held: { block: Block; copied: Handle }[] = [];
   /** Bytes held from the driver (in use or cached) now and at most. */
   reserved = 0;
   reservedPeak = 0;
-  /** Most bytes the pool may hold; past it the cache is released before asking the driver. */
+  /** Most bytes the pool may hold; past it, free segments go back to the driver before it is asked for more. */
   limit = Infinity;
   /** Calls to the driver's allocator: few after warm-up, or the pool is thrashing. */
   readonly stats = { driverAllocs: 0, driverFrees: 0 };
 
-  constructor(private readonly driver: Pick<Driver, "memAlloc" | "memFree">) {}
+  constructor(private readonly driver: PoolDriver) {}
 
   alloc(bytes: number): DeviceBuffer {
-    const size = bucket(bytes);
-    const cached = this.free.get(size)?.pop();
-    if (cached) return cached;
-    if (this.reserved + size > this.limit) {
-      // Near the budget, a cached buffer up to twice the size serves before the driver is asked: cuMemFree waits for
-      // the whole device, so trimming on every new size would leave the GPU idle while the host catches up.
-      const larger = this.smallestCachedWithin(size, 2 * size);
-      if (larger) return larger;
-      this.trim(this.reserved + size - this.limit);
+    const size = blockBytes(bytes);
+    const small = size <= smallMax;
+    this.reclaim(false);
+    let block = this.bestFit(small, size);
+    if (!block && this.held.length > 0 && this.reserved + this.segmentBytes(small, size) > this.limit) {
+      // Copies to the host run on while compute goes on; near the budget, wait for them rather than take more memory.
+      this.reclaim(true);
+      block = this.bestFit(small, size);
     }
-    let ptr: Handle;
-    try {
-      ptr = this.driver.memAlloc(size);
-    } catch (e) {
-      if (this.cachedBytes() === 0) throw e;
-      this.trim();
-      ptr = this.driver.memAlloc(size);
-    }
-    this.stats.driverAllocs++;
-    this.reserved += size;
-    this.reservedPeak = Math.max(this.reservedPeak, this.reserved);
-    return new DeviceBuffer(ptr, size);
+    block ??= this.newSegment(small, size);
+    this.split(block, size);
+    block.free = false;
+    this.freeSet(small).delete(block);
+    return new DeviceBuffer(block.segment.ptr + BigInt(block.offset), block.bytes, block);
   }
 
   release(b: DeviceBuffer): void {
     b.pendingCopy = undefined;
-    const list = this.free.get(b.bytes);
-    if (list) list.push(b);
-    else this.free.set(b.bytes, [b]);
+    if (b.block.free || this.held.some((h) => h.block === b.block)) throw new Error("DevicePool: buffer released twice");
+    if (b.pendingRead !== undefined) {
+      this.held.push({ block: b.block, copied: b.pendingRead });
+      b.pendingRead = undefined;
+      return;
+    }
+    this.freeBlock(b.block);
   }
 
-  /**
-   * Gives cached buffers back to the driver, the largest first, until `bytes` are freed (default: all of them).
-   * cuMemFree waits for work in flight that may use them.
-   */
-  trim(bytes = Infinity): void {
-    const sizes = [...this.free.keys()].sort((a, b) => b - a);
-    let freed = 0;
-    for (const size of sizes) {
-      const list = this.free.get(size)!;
-      while (list.length > 0 && freed < bytes) {
-        this.driver.memFree(list.pop()!.ptr);
-        this.reserved -= size;
-        freed += size;
-        this.stats.driverFrees++;
+  /** Frees held buffers whose copies are done; `wait`: waits for all of them first. */
+  private reclaim(wait: boolean): void {
+    for (let i = 0; i < this.held.length; ) {
+      const { block, copied } = this.held[i]!;
+      if (wait) this.driver.eventSynchronize(copied);
+      else if (!this.driver.eventDone(copied)) {
+        i++;
+        continue;
       }
-      if (list.length === 0) this.free.delete(size);
-      if (freed >= bytes) break;
+      this.held.splice(i, 1);
+      this.driver.eventDestroy(copied);
+      this.freeBlock(block);
     }
   }
 
-  private smallestCachedWithin(size: number, most: number): DeviceBuffer | undefined {
-    let best: number | undefined;
-    for (const [s, list] of this.free) if (s > size && s <= most && list.length > 0 && (best === undefined || s < best)) best = s;
-    return best === undefined ? undefined : this.free.get(best)!.pop();
+  private freeBlock(b: Block): void {
+    let block = b;
+    block.free = true;
+    const free = this.freeSet(block.segment.small);
+    for (const neighbour of [block.prev, block.next]) {
+      if (!neighbour?.free) continue;
+      free.delete(neighbour);
+      const [first, second] = neighbour === block.prev ? [neighbour, block] : [block, neighbour];
+      first.bytes += second.bytes;
+      first.next = second.next;
+      if (second.next) second.next.prev = first;
+      block = first;
+    }
+    free.add(block);
   }
 
-  private cachedBytes(): number {
+  /** Gives segments with nothing in use back to the driver, the largest first, until `bytes` are freed (default: all). */
+  trim(bytes = Infinity): void {
+    this.reclaim(bytes === Infinity);
+    const empty = [...this.segments].filter((s) => this.isEmpty(s)).sort((a, b) => b.bytes - a.bytes);
+    let freed = 0;
+    for (const s of empty) {
+      if (freed >= bytes) break;
+      this.freeSet(s.small).delete(this.firstBlock(s));
+      this.segments.delete(s);
+      this.blocks.delete(s);
+      this.driver.memFree(s.ptr);
+      this.stats.driverFrees++;
+      this.reserved -= s.bytes;
+      freed += s.bytes;
+    }
+  }
+
+  /** Bytes in free blocks (cached, not given back). */
+  cachedBytes(): number {
     let n = 0;
-    for (const list of this.free.values()) for (const b of list) n += b.bytes;
+    for (const set of [this.freeBlocks.small, this.freeBlocks.large]) for (const b of set) n += b.bytes;
     return n;
+  }
+
+  private freeSet(small: boolean): Set<Block> {
+    return small ? this.freeBlocks.small : this.freeBlocks.large;
+  }
+
+  /** The smallest free block that holds `size` (the lowest address among equals). */
+  private bestFit(small: boolean, size: number): Block | undefined {
+    let best: Block | undefined;
+    for (const b of this.freeSet(small)) {
+      if (b.bytes < size) continue;
+      if (!best || b.bytes < best.bytes || (b.bytes === best.bytes && b.segment.ptr + BigInt(b.offset) < best.segment.ptr + BigInt(best.offset))) best = b;
+    }
+    return best;
+  }
+
+  /** A new segment's size: a small one's, or (near the budget, where that could overrun it, and for large ones) the request's. */
+  private segmentBytes(small: boolean, size: number): number {
+    return small && this.reserved + smallSegmentBytes <= this.limit ? smallSegmentBytes : size;
+  }
+
+  private newSegment(small: boolean, size: number): Block {
+    const bytes = this.segmentBytes(small, size);
+    if (this.reserved + bytes > this.limit) this.trim(this.reserved + bytes - this.limit);
+    let ptr: Handle;
+    try {
+      ptr = this.driver.memAlloc(bytes);
+    } catch (e) {
+      if (![...this.segments].some((s) => this.isEmpty(s))) throw e;
+      this.trim();
+      ptr = this.driver.memAlloc(bytes);
+    }
+    this.stats.driverAllocs++;
+    this.reserved += bytes;
+    this.reservedPeak = Math.max(this.reservedPeak, this.reserved);
+    const segment: Segment = { ptr, bytes, small };
+    this.segments.add(segment);
+    const block: Block = { segment, offset: 0, bytes, free: true };
+    this.blocks.set(segment, block);
+    this.freeSet(small).add(block);
+    return block;
+  }
+
+  /** Cuts `block` to `size`, the rest staying free after it (if worth keeping: a step of its kind or more). */
+  private split(block: Block, size: number): void {
+    const rest = block.bytes - size;
+    if (rest < (block.segment.small ? smallAlign : largeAlign)) return;
+    const tail: Block = { segment: block.segment, offset: block.offset + size, bytes: rest, free: true, prev: block, next: block.next };
+    if (block.next) block.next.prev = tail;
+    block.next = tail;
+    block.bytes = size;
+    this.freeSet(block.segment.small).add(tail);
+  }
+
+  private firstBlock(s: Segment): Block {
+    return this.blocks.get(s)!;
+  }
+
+  private isEmpty(s: Segment): boolean {
+    const first = this.firstBlock(s);
+    return first.free && first.bytes === s.bytes;
   }
 }
