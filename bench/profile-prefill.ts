@@ -42,10 +42,13 @@ try {
     gpu_idle_s: (report.spanMs - report.busyMs) / 1000,
     driver_allocs: backend.allocatorStats.driverAllocs - allocsBefore.driverAllocs,
     driver_frees: backend.allocatorStats.driverFrees - allocsBefore.driverFrees,
+    pool_copy_waits: backend.allocatorStats.copyWaits - allocsBefore.copyWaits,
+    host_waits: report.hostWaits.map((w) => ({ what: w.what, count: w.count, s: w.ms / 1000 })),
     by_name: report.byName.map((k) => ({ name: k.name, count: k.count, s: k.ms / 1000, idle_before_s: k.idleBeforeMs / 1000 })),
   };
   if (values.out) writeFileSync(values.out, JSON.stringify(summary, null, 2) + "\n");
-  console.log(`first token ${result.ttftS.toFixed(3)} s; compute stream span ${(report.spanMs / 1000).toFixed(3)} s, busy ${(report.busyMs / 1000).toFixed(3)} s, idle ${((report.spanMs - report.busyMs) / 1000).toFixed(3)} s; ${summary.driver_allocs} cuMemAlloc, ${summary.driver_frees} cuMemFree`);
+  console.log(`first token ${result.ttftS.toFixed(3)} s; compute stream span ${(report.spanMs / 1000).toFixed(3)} s, busy ${(report.busyMs / 1000).toFixed(3)} s, idle ${((report.spanMs - report.busyMs) / 1000).toFixed(3)} s; ${summary.driver_allocs} cuMemAlloc, ${summary.driver_frees} cuMemFree, ${summary.pool_copy_waits} waits for a copy to the host before reusing memory`);
+  for (const w of report.hostWaits) console.log(`host waited for ${w.what}: ${w.count} times, ${(w.ms / 1000).toFixed(3)} s`);
   for (const k of report.byName.slice(0, 30)) console.log(`${k.name.padEnd(36)} ${String(k.count).padStart(7)} ${(k.ms / 1000).toFixed(3).padStart(8)} s ${((1000 * k.ms) / k.count).toFixed(1).padStart(9)} us each, idle before ${(k.idleBeforeMs / 1000).toFixed(3)} s`);
 } finally {
   await model.close();

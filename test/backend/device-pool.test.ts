@@ -44,7 +44,7 @@ describe("device pool", () => {
     pool.release(b);
     const d = pool.alloc(8 * MiB);
     assert.equal(d.ptr, a.ptr, "the freed pieces merged back into one 8 MiB block");
-    assert.deepEqual(pool.stats, { driverAllocs: 1, driverFrees: 0 });
+    assert.deepEqual(pool.stats, { driverAllocs: 1, driverFrees: 0, copyWaits: 0 });
     assert.throws(() => (pool.release(d), pool.release(d)), /released twice/);
   });
 
@@ -132,6 +132,7 @@ describe("device pool", () => {
     const e = pool.alloc(4 * MiB); // nothing free, 8 MiB held: waits for c's copy, then takes its memory
     assert.equal(e.ptr, a.ptr);
     assert.ok(done.has(102n), "waited for the copy");
+    assert.equal(pool.stats.copyWaits, 1);
     assert.equal(pool.stats.driverAllocs, 2);
     assert.throws(() => (pool.release(d), pool.release(d)), /released twice/);
   });

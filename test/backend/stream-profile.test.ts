@@ -26,8 +26,19 @@ describe("stream profile", () => {
     op("norm", 0.5);
     op("gemm", 2, 2);
     op("copy to host", 1);
+    await profile.hostWait("sync", async () => {});
+    await assert.rejects(profile.hostWait("copy to host", () => Promise.reject(new Error("copy failed"))), /copy failed/);
     const report = await profile.report();
-    assert.deepEqual(report, {
+    assert.deepEqual(
+      report.hostWaits.map((w) => [w.what, w.count]).sort(),
+      [
+        ["copy to host", 1],
+        ["sync", 1],
+      ],
+      "host waits are counted by what they waited for, failed ones too",
+    );
+    const { hostWaits: _, ...stream } = report;
+    assert.deepEqual(stream, {
       spanMs: 9.5,
       busyMs: 6.5,
       byName: [
@@ -37,6 +48,6 @@ describe("stream profile", () => {
       ],
     });
     assert.equal(destroyed.size, created);
-    assert.deepEqual(await profile.report(), { spanMs: 0, busyMs: 0, byName: [] });
+    assert.deepEqual(await profile.report(), { spanMs: 0, busyMs: 0, byName: [], hostWaits: [] });
   });
 });

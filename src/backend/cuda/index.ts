@@ -263,7 +263,7 @@ export class CudaBackend implements Backend {
     this.driver.eventRecord(done, this.copy);
     d.buffer.pendingCopy = done;
     this.memory.h2dBytes += length;
-    return lazy(() => this.driver.eventWait(done));
+    return lazy(() => this.waitFor("copy to device", done));
   }
 
   copyToHost(src: Tensor, srcOffset: number, dst: HostBuffer, dstOffset: number, length: number): Promise<void> {
@@ -279,7 +279,7 @@ export class CudaBackend implements Backend {
     this.driver.eventRecord(read, this.toHost);
     if (s.buffer.pendingRead !== undefined) this.driver.eventDestroy(s.buffer.pendingRead); // the new copy ends later on the same stream
     s.buffer.pendingRead = read;
-    return lazy(() => this.driver.eventWait(done));
+    return lazy(() => this.waitFor("copy to host", done));
   }
 
   /** The compute stream waits for pending uploads into these tensors' buffers. */
@@ -353,10 +353,15 @@ export class CudaBackend implements Backend {
   async sync(): Promise<void> {
     const e = this.event();
     this.driver.eventRecord(e, this.compute);
-    await this.driver.eventWait(e);
+    await this.waitFor("sync", e);
     const h = this.event();
     this.driver.eventRecord(h, this.toHost);
-    await this.driver.eventWait(h);
+    await this.waitFor("sync", h);
+  }
+
+  /** Resolves once `event` has happened; while a profile runs, the wait is timed as a wait for `what`. */
+  private waitFor(what: string, event: Handle): Promise<void> {
+    return this.profile ? this.profile.hostWait(what, () => this.driver.eventWait(event)) : this.driver.eventWait(event);
   }
 
   async dispose(): Promise<void> {
@@ -399,8 +404,8 @@ export class CudaBackend implements Backend {
     this.profile ??= new StreamProfile(this.driver, this.compute);
   }
 
-  /** Calls to the driver's allocator and frees so far (each free waits for the device). */
-  get allocatorStats(): { readonly driverAllocs: number; readonly driverFrees: number } {
+  /** Calls to the driver's allocator and frees so far (each free waits for the device), and waits for copies to the host before reusing memory. */
+  get allocatorStats(): { readonly driverAllocs: number; readonly driverFrees: number; readonly copyWaits: number } {
     return this.pool.stats;
   }
 

@@ -74,7 +74,7 @@ export class DevicePool {
   /** Most bytes the pool may hold; past it, free segments go back to the driver before it is asked for more. */
   limit = Infinity;
   /** Calls to the driver's allocator: few after warm-up, or the pool is thrashing. */
-  readonly stats = { driverAllocs: 0, driverFrees: 0 };
+  readonly stats = { driverAllocs: 0, driverFrees: 0, copyWaits: 0 };
 
   constructor(private readonly driver: PoolDriver) {}
 
@@ -110,8 +110,10 @@ export class DevicePool {
   private reclaim(wait: boolean): void {
     for (let i = 0; i < this.held.length; ) {
       const { block, copied } = this.held[i]!;
-      if (wait) this.driver.eventSynchronize(copied);
-      else if (!this.driver.eventDone(copied)) {
+      if (wait) {
+        this.driver.eventSynchronize(copied);
+        this.stats.copyWaits++;
+      } else if (!this.driver.eventDone(copied)) {
         i++;
         continue;
       }

@@ -18,6 +18,8 @@ export interface StreamReport {
   busyMs: number;
   /** Per name: how often it ran, its GPU time, and the idle time just before it (what the stream waited for to start it). */
   byName: OpTimes[];
+  /** Time the host spent waiting for the device, by what it waited for (each such wait lets the GPU's queue run dry). */
+  hostWaits: { what: string; count: number; ms: number }[];
 }
 
 export interface OpTimes {
@@ -29,6 +31,7 @@ export interface OpTimes {
 
 export class StreamProfile {
   private spans: { name: string; start: Handle; end: Handle }[] = [];
+  private waits = new Map<string, { what: string; count: number; ms: number }>();
 
   constructor(
     private readonly driver: ProfileDriver,
@@ -45,11 +48,26 @@ export class StreamProfile {
     this.spans.push({ name, start, end });
   }
 
+  /** Times the host's wait for `wait`, as a wait for `what`. */
+  async hostWait(what: string, wait: () => Promise<void>): Promise<void> {
+    const t0 = performance.now();
+    try {
+      await wait();
+    } finally {
+      const entry = this.waits.get(what) ?? { what, count: 0, ms: 0 };
+      entry.count++;
+      entry.ms += performance.now() - t0;
+      this.waits.set(what, entry);
+    }
+  }
+
   /** Waits for the timed work, reports it, and starts over. */
   async report(): Promise<StreamReport> {
     const spans = this.spans;
     this.spans = [];
-    if (spans.length === 0) return { spanMs: 0, busyMs: 0, byName: [] };
+    const hostWaits = [...this.waits.values()].sort((a, b) => b.ms - a.ms);
+    this.waits = new Map();
+    if (spans.length === 0) return { spanMs: 0, busyMs: 0, byName: [], hostWaits };
     await this.driver.eventWait(spans[spans.length - 1]!.end);
     const byName = new Map<string, OpTimes>();
     let busyMs = 0;
@@ -64,6 +82,6 @@ export class StreamProfile {
     });
     const spanMs = this.driver.elapsedMs(spans[0]!.start, spans[spans.length - 1]!.end);
     for (const s of spans) this.driver.eventDestroy(s.start), this.driver.eventDestroy(s.end);
-    return { spanMs, busyMs, byName: [...byName.values()].sort((a, b) => b.ms - a.ms) };
+    return { spanMs, busyMs, byName: [...byName.values()].sort((a, b) => b.ms - a.ms), hostWaits };
   }
 }
