@@ -6,7 +6,7 @@ import { createBackend } from "../backend/index.js";
 import type { FloatDType } from "../backend/dtype.js";
 import { measureDisk, measureHostToDevice, type LinkSpeed } from "../engine/bandwidth.js";
 import { modelLayout } from "../engine/layout.js";
-import { plan, type Plan } from "../engine/planner.js";
+import { planPrefill, type Plan } from "../engine/planner.js";
 import { validateWeights } from "../engine/weights.js";
 import { UsageError } from "../errors.js";
 import { Checkpoint } from "../model/checkpoint.js";
@@ -18,7 +18,7 @@ interface PlanFlags {
   vram?: string;
   ram?: string;
   batch: string;
-  prefillChunk: string;
+  prefillChunk?: string;
   prefillSpan: string;
   kvBlock: string;
   kvDtype?: string;
@@ -37,7 +37,7 @@ export function registerPlan(program: Command): void {
     .option("--vram <size>", "GPU memory budget (default: what the device has free)")
     .option("--ram <size>", "RAM budget for caching weights and KV (default: half the free RAM)")
     .option("--batch <n>", "sequences decoded together", "1")
-    .option("--prefill-chunk <tokens>", "rows per layer pass during prefill", "2048")
+    .option("--prefill-chunk <tokens>", "rows per layer pass during prefill (default: 8192, 4096 or 2048, the largest whose activations take at most a third of --vram)")
     .option("--prefill-span <tokens>", "tokens taken through all layers before the next ones", "32768")
     .option("--kv-block <tokens>", "tokens per KV block", "256")
     .option("--kv-dtype <dtype>", "KV cache element type: bf16, f16 or f32 (default: bf16 on CUDA, f32 on CPU)")
@@ -54,12 +54,12 @@ export function registerPlan(program: Command): void {
         validateWeights(ckpt, model);
         const kvDtype = (flags.kvDtype ?? (backend.name === "cpu" ? "f32" : "bf16")) as FloatDType;
         if (!["bf16", "f16", "f32"].includes(kvDtype)) throw new UsageError("BAD_FLAG", `--kv-dtype ${kvDtype} is not bf16, f16 or f32`);
-        const p = plan({
+        const p = planPrefill({
           layout: modelLayout(ckpt, model, backend.caps.directIo),
           shape: model.shape,
           contextTokens: parseCount(flags.context, "--context"),
           batch: numberFlag(flags.batch, "--batch", { integer: true })!,
-          prefillChunk: parseCount(flags.prefillChunk, "--prefill-chunk"),
+          prefillChunk: flags.prefillChunk === undefined ? undefined : parseCount(flags.prefillChunk, "--prefill-chunk"),
           prefillSpan: parseCount(flags.prefillSpan, "--prefill-span"),
           kvBlockTokens: parseCount(flags.kvBlock, "--kv-block"),
           kvDtype,

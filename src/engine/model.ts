@@ -20,7 +20,7 @@ import { KvSpill } from "./kv-spill.js";
 import { KvBlockPool } from "./kv-blocks.js";
 import { KvStore, type BlockLayout, type StoreIo } from "./kv-store.js";
 import { modelLayout, type ModelLayout } from "./layout.js";
-import { plan, type Plan } from "./planner.js";
+import { planPrefill, type Plan } from "./planner.js";
 import { Runner, type LogitsWanted } from "./runner.js";
 import type { LogitsRequest, RankedLogits } from "./sampling.js";
 import { LayerStreamer } from "./streamer.js";
@@ -41,7 +41,7 @@ export interface LoadOptions {
   context?: number;
   /** Sequences decoded together, for planning; default 1. */
   batch?: number;
-  /** Rows per layer pass during prefill; default 2048. */
+  /** Rows per layer pass during prefill; default: 8192, 4096 or 2048, the largest whose activations take at most a third of the VRAM budget (see planPrefill). */
   prefillChunk?: number;
   /** Rows taken through all layers before the next (each layer's weights pass once per span); default 32768. */
   prefillSpan?: number;
@@ -170,14 +170,13 @@ export class LayerwiseModel {
       const layout = modelLayout(checkpoint, arch, backend.caps.directIo);
       const kvDtype = o.kvDtype ?? (backend.name === "cpu" ? "f32" : "bf16");
       const kvBlockTokens = o.kvBlockTokens ?? 256;
-      const prefillChunk = o.prefillChunk ?? 2048;
       const prefillSpan = o.prefillSpan ?? 32768;
-      const thePlan = plan({
+      const thePlan = planPrefill({
         layout,
         shape: arch.shape,
         contextTokens: Math.min(o.context ?? arch.shape.maxPositions, arch.shape.maxPositions),
         batch: o.batch ?? 1,
-        prefillChunk,
+        prefillChunk: o.prefillChunk,
         prefillSpan,
         kvBlockTokens,
         kvDtype,
@@ -187,6 +186,7 @@ export class LayerwiseModel {
         expertSlots: o.expertSlots,
         kvKeepsEveryBlock: o.kvCache !== undefined,
       });
+      const prefillChunk = thePlan.input.prefillChunk;
       backend.setDeviceBudget(thePlan.input.vramBytes + backend.deviceOverheadBytes);
       backend.resetPeaks();
       const reader = new DiskReader({ direct: backend.caps.directIo, io: o.fileIo });
