@@ -1,6 +1,6 @@
 // Where a prefill's GPU time goes, on the GPU machine: every kernel and copy on the compute stream is timed and summed by
 // name, and the time the stream sat idle (waiting for the host or for weights) is what is left of the span.
-// Usage: node dist/bench/profile-prefill.js MODEL_DIR PROMPT_FILE [--vram 8GB] [--ram 64GB] [--context 33k] [--chunk 2048]
+// Usage: node dist/bench/profile-prefill.js MODEL_DIR PROMPT_FILE [--vram 8GB] [--ram 64GB] [--context 33k] [--chunk N|auto]
 //          [--small-uploads kernel|copy-engine] [--out FILE]
 import { readFileSync, writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
@@ -10,10 +10,10 @@ import { parseBytes, parseCount } from "../src/util/bytes.js";
 
 const { positionals, values } = parseArgs({
   allowPositionals: true,
-  options: { vram: { type: "string", default: "8GB" }, ram: { type: "string", default: "64GB" }, context: { type: "string", default: "33k" }, chunk: { type: "string", default: "2048" }, "small-uploads": { type: "string", default: "kernel" }, out: { type: "string" } },
+  options: { vram: { type: "string", default: "8GB" }, ram: { type: "string", default: "64GB" }, context: { type: "string", default: "33k" }, chunk: { type: "string" }, "small-uploads": { type: "string", default: "kernel" }, out: { type: "string" } },
 });
 const [dir, promptFile] = positionals;
-if (!dir || !promptFile) throw new Error("usage: profile-prefill MODEL_DIR PROMPT_FILE [--vram 8GB] [--ram 64GB] [--context 33k] [--chunk 2048] [--out FILE]");
+if (!dir || !promptFile) throw new Error("usage: profile-prefill MODEL_DIR PROMPT_FILE [--vram 8GB] [--ram 64GB] [--context 33k] [--chunk N|auto] [--small-uploads kernel|copy-engine] [--out FILE]");
 
 const backend = CudaBackend.create();
 if (values["small-uploads"] !== "kernel" && values["small-uploads"] !== "copy-engine") throw new Error("--small-uploads is kernel or copy-engine");
@@ -23,7 +23,7 @@ const model = await LayerwiseModel.load(dir, {
   vram: parseBytes(values.vram!),
   ram: parseBytes(values.ram!),
   context: parseCount(values.context!),
-  prefillChunk: parseCount(values.chunk!),
+  prefillChunk: values.chunk === undefined || values.chunk === "auto" ? undefined : parseCount(values.chunk),
 });
 try {
   const allocsBefore = { ...backend.allocatorStats };
@@ -32,7 +32,7 @@ try {
   const report = await backend.profileReport();
   const stats = model.stats();
   const summary = {
-    chunk: parseCount(values.chunk!),
+    chunk: model.plan.input.prefillChunk,
     small_uploads: backend.smallUploads,
     prompt_tokens: result.promptTokens,
     ttft_s: result.ttftS,
@@ -47,6 +47,7 @@ try {
     by_name: report.byName.map((k) => ({ name: k.name, count: k.count, s: k.ms / 1000, idle_before_s: k.idleBeforeMs / 1000 })),
   };
   if (values.out) writeFileSync(values.out, JSON.stringify(summary, null, 2) + "\n");
+  console.log(`prefill chunk ${summary.chunk}, small uploads by ${backend.smallUploads}`);
   console.log(`first token ${result.ttftS.toFixed(3)} s; compute stream span ${(report.spanMs / 1000).toFixed(3)} s, busy ${(report.busyMs / 1000).toFixed(3)} s, idle ${((report.spanMs - report.busyMs) / 1000).toFixed(3)} s; ${summary.driver_allocs} cuMemAlloc, ${summary.driver_frees} cuMemFree, ${summary.pool_copy_waits} waits for a copy to the host before reusing memory`);
   for (const w of report.hostWaits) console.log(`host waited for ${w.what}: ${w.count} times, ${(w.ms / 1000).toFixed(3)} s`);
   for (const k of report.byName.slice(0, 30)) console.log(`${k.name.padEnd(36)} ${String(k.count).padStart(7)} ${(k.ms / 1000).toFixed(3).padStart(8)} s ${((1000 * k.ms) / k.count).toFixed(1).padStart(9)} us each, idle before ${(k.idleBeforeMs / 1000).toFixed(3)} s`);

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# On the GPU machine, the first call of a session after CPU-only work: the CUDA tests and memcheck, the kernel bench,
-# and the 32k prefill at three chunk sizes (about 6 minutes). Logs and results in $OUT.
+# On the GPU machine, the first call of a session after CPU-only work: the CUDA tests and memcheck, the 32k prefill
+# profiled (compute stream and host waits) and at three chunk sizes, and with KERNELS=1 the kernel bench (about 8
+# minutes with it). Logs and results in $OUT.
 set -uo pipefail
 here="$(dirname "$0")"
 bash "$here/cuda-tests.sh"
 source .device/setup.sh > /dev/null
-timeout 200 node dist/bench/kernels.js --out "${OUT:-/tmp}" > "${OUT:-/tmp}/kernels.log" 2>&1
-echo "kernel bench: exit $?"; grep -E "vs_torch|vs_sdpa|vs_torch_copy|gemv_|_tile" "${OUT:-/tmp}/kernels.log"
-timeout 240 bash "$here/prefill-chunks.sh"
+if [ "${KERNELS:-0}" = 1 ]; then
+  timeout 200 node dist/bench/kernels.js --out "${OUT:-/tmp}" > "${OUT:-/tmp}/kernels.log" 2>&1
+  echo "kernel bench: exit $?"; grep -E "vs_torch|vs_sdpa|vs_torch_copy|gemv_|_tile" "${OUT:-/tmp}/kernels.log"
+fi
+RUNS="${RUNS:-auto:kernel 2048:kernel 2048:copy-engine}" timeout 200 bash "$here/profile-prefill.sh"
+timeout 200 bash "$here/prefill-chunks.sh"
