@@ -44,17 +44,31 @@ export class KvStager {
     this.slots.push({ k: this.backend.alloc(elements, this.dtype), v: this.backend.alloc(elements, this.dtype), host: this.backend.allocHost(2 * this.blockBytes) });
   }
 
+  /**
+   * Copies blocks (at most `capacity`) into the next slots; returns them as KvBlocks for attention, in order. Blocks on
+   * disk are read at once, so the disk sees them together rather than one after another.
+   */
+  async stageGroup(group: readonly { cache: KvCache; b: KvBlockState }[], layer: number): Promise<KvBlock[]> {
+    if (group.length > this.capacity) throw new Error(`KvStager: ${group.length} blocks for ${this.capacity} slots`);
+    const t0 = performance.now();
+    // Every stage takes its slot before its first wait, and all of them end before this returns, even on failure (a
+    // slot's pinned buffer is only reused once its copies are done).
+    const settled = await Promise.allSettled(group.map(({ cache, b }) => this.stage(cache, layer, b)));
+    if (group.some(({ b }) => b.tier === "disk")) this.stats.waitS += (performance.now() - t0) / 1000;
+    const failed = settled.find((r) => r.status === "rejected");
+    if (failed) throw (failed as PromiseRejectedResult).reason;
+    return settled.map((r) => (r as PromiseFulfilledResult<KvBlock>).value);
+  }
+
   /** Copies one block into the next slot; returns it as a KvBlock for attention. */
-  async stage(cache: KvCache, layer: number, b: KvBlockState): Promise<KvBlock> {
+  private async stage(cache: KvCache, layer: number, b: KvBlockState): Promise<KvBlock> {
     const slot = this.slot();
     const bytes = cache.blockBytes(layer);
     const shape = [cache.policy.blockTokens, cache.kvCols(layer)];
     let src: HostBuffer;
     if (b.tier === "host") src = b.host!;
     else {
-      const t0 = performance.now();
       await cache.blockBytesOf(layer, b, slot.host.bytes);
-      this.stats.waitS += (performance.now() - t0) / 1000;
       this.stats.diskReadBytes += 2 * bytes;
       src = slot.host;
     }
@@ -99,11 +113,9 @@ export async function attendTiered(backend: Backend, stager: KvStager | undefine
   let acc: AttentionPart = backend.attentionPart(q, { ...o, seqs: deviceSeqs });
   for (let g = 0; g < off.length; g += stager.capacity) {
     const group = off.slice(g, g + stager.capacity);
+    const blocks = await stager.stageGroup(group.map(({ it, b }) => ({ cache: it.cache, b })), layer);
     const staged = new Map<AttendItem, KvBlock[]>();
-    for (const { it, b } of group) {
-      const kb = await stager.stage(it.cache, layer, b);
-      staged.set(it, [...(staged.get(it) ?? []), kb]);
-    }
+    group.forEach(({ it }, i) => staged.set(it, [...(staged.get(it) ?? []), blocks[i]!]));
     const seqs = [...staged].map(([it, blocks]) => ({ qRow: it.qRow, qRows: it.qRows, qPos: it.qPos, blocks }));
     // Sinks belong to one part only (the device part has them): a merge then counts them once.
     const part = backend.attentionPart(q, { ...o, sinks: undefined, seqs });
