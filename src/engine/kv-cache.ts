@@ -164,19 +164,26 @@ export class KvCache {
     for (const { b, host, toDisk } of moving) {
       this.pool.put(b.k!.shape[1]!, { k: b.k!, v: b.v! });
       b.k = b.v = undefined;
-      if (!toDisk) {
-        b.tier = "host";
-        b.host = host;
-        continue;
-      }
-      try {
-        b.disk = await this.spill.write(host.bytes);
-      } finally {
-        this.pool.putHost(host);
-      }
-      b.tier = "disk";
-      this.stats.spilledBytes += 2 * bytes;
+      if (toDisk) continue;
+      b.tier = "host";
+      b.host = host;
     }
+    // Blocks bound for disk are written together; all writes end before a failure is thrown.
+    const writes = await Promise.allSettled(
+      moving
+        .filter((m) => m.toDisk)
+        .map(async ({ b, host }) => {
+          try {
+            b.disk = await this.spill.write(host.bytes);
+          } finally {
+            this.pool.putHost(host);
+          }
+          b.tier = "disk";
+          this.stats.spilledBytes += 2 * bytes;
+        }),
+    );
+    const failed = writes.find((w) => w.status === "rejected");
+    if (failed) throw (failed as PromiseRejectedResult).reason;
   }
 
   /** The block's K and V bytes (K rows then V rows) in host memory, for staging or saving. */
