@@ -50,6 +50,8 @@ export class KvCache {
   /** The first layer that stores KV: its length is the sequence's. */
   private readonly lengthLayer: number;
   readonly stats = { spilledBytes: 0 };
+  /** Blocks the last settle started moving off the device: their copies to host memory, and where they go. */
+  private moves: { b: KvBlockState; host: HostBuffer; toDisk: boolean; copies: Promise<void>[]; bytes: number }[] = [];
 
   constructor(
     private readonly backend: Backend,
@@ -135,10 +137,12 @@ export class KvCache {
   }
 
   /**
-   * After a chunk: frees blocks a sliding-window layer will not see again, then moves full device blocks beyond the
-   * policy's device share to RAM or disk (after the compute that wrote them).
+   * After a chunk: lands the moves the previous settle started (see finishMoves), frees blocks a sliding-window layer
+   * will not see again, then starts moving full device blocks beyond the policy's device share to RAM or disk: their
+   * copies are enqueued after the compute that wrote them, and the blocks stay on the device until the next settle.
    */
   async settle(layer: number): Promise<void> {
+    await this.finishMoves();
     const blocks = this.layers[layer]!;
     const window = this.shape.kvLayers[layer]!.slidingWindow;
     if (window && this.policy.dropOutsideWindow) {
@@ -149,41 +153,61 @@ export class KvCache {
     const bytes = this.blockBytes(layer);
     let onDevice = 0;
     let onHost = blocks.filter((b) => b.tier === "host").length;
-    const moving: { b: KvBlockState; host: HostBuffer; toDisk: boolean }[] = [];
     for (const b of blocks) {
       if (b.tier !== "device" || b.length < this.policy.blockTokens) continue;
       if (++onDevice <= this.policy.deviceBlocks) continue;
       // Newest full blocks leave, so each block moves at most once.
       const toDisk = onHost >= this.policy.hostBlocks;
       if (!toDisk) onHost++;
-      moving.push({ b, host: this.pool.takeHost(2 * bytes), toDisk });
+      const host = this.pool.takeHost(2 * bytes);
+      const copies = [this.backend.copyToHost(b.k!, 0, host, 0, bytes), this.backend.copyToHost(b.v!, 0, host, bytes, bytes)];
+      this.moves.push({ b, host, toDisk, copies, bytes });
     }
-    if (moving.length === 0) return;
-    // All copies queued, then one wait.
-    await Promise.all(moving.flatMap(({ b, host }) => [this.backend.copyToHost(b.k!, 0, host, 0, bytes), this.backend.copyToHost(b.v!, 0, host, bytes, bytes)]));
-    for (const { b, host, toDisk } of moving) {
+  }
+
+  /**
+   * Lands the moves the last settle started. Their copies were enqueued a layer pass ago, so waiting for them here does
+   * not leave the GPU without work, as waiting right after enqueueing them would. Until then the blocks stay on the
+   * device and attention reads them there. If a copy failed, every block stays on the device and the error is thrown.
+   */
+  async finishMoves(): Promise<void> {
+    const moves = this.moves;
+    this.moves = [];
+    if (moves.length === 0) return;
+    const copied = await Promise.allSettled(moves.flatMap((m) => m.copies));
+    const failed = copied.find((c) => c.status === "rejected");
+    if (failed) {
+      for (const m of moves) this.pool.putHost(m.host);
+      throw (failed as PromiseRejectedResult).reason;
+    }
+    const leaveDevice = (b: KvBlockState) => {
       this.pool.put(b.k!.shape[1]!, { k: b.k!, v: b.v! });
       b.k = b.v = undefined;
+    };
+    for (const { b, host, toDisk } of moves) {
       if (toDisk) continue;
+      leaveDevice(b);
       b.tier = "host";
       b.host = host;
     }
-    // Blocks bound for disk are written together; all writes end before a failure is thrown.
+    // Blocks bound for disk are written together; a block whose write fails stays on the device, and all writes end
+    // before the failure is thrown.
     const writes = await Promise.allSettled(
-      moving
+      moves
         .filter((m) => m.toDisk)
-        .map(async ({ b, host }) => {
+        .map(async ({ b, host, bytes }) => {
           try {
             b.disk = await this.spill.write(host.bytes);
           } finally {
             this.pool.putHost(host);
           }
+          leaveDevice(b);
           b.tier = "disk";
           this.stats.spilledBytes += 2 * bytes;
         }),
     );
-    const failed = writes.find((w) => w.status === "rejected");
-    if (failed) throw (failed as PromiseRejectedResult).reason;
+    const writeFailed = writes.find((w) => w.status === "rejected");
+    if (writeFailed) throw (writeFailed as PromiseRejectedResult).reason;
   }
 
   /** The block's K and V bytes (K rows then V rows) in host memory, for staging or saving. */
@@ -288,6 +312,9 @@ export class KvCache {
   /** Drops every token from position `length` on; a partial last block comes back to the device so it can grow. */
   async truncate(length: number): Promise<void> {
     if (!this.canTruncate(length)) throw new Error(`KvCache: keys before ${length} were freed (sliding window) or recurrent state passed it; rewind to 0 instead`);
+    // Moves still pending belong to a forward that failed (a forward lands its moves before it returns): that forward's
+    // error is the one to report, and a move that fails leaves its blocks on the device, whole.
+    await this.finishMoves().catch(() => {});
     if (length === 0) this.freeStates();
     this.dropSnapshots((position) => position <= length);
     for (let layer = 0; layer < this.layers.length; layer++) {
@@ -308,6 +335,15 @@ export class KvCache {
   }
 
   free(): void {
+    // Blocks still being copied off the device go back to the pools once their copies are done.
+    for (const { b, host, copies } of this.moves.splice(0)) {
+      const kv = { k: b.k!, v: b.v! };
+      b.k = b.v = undefined;
+      void Promise.allSettled(copies).then(() => {
+        this.pool.put(kv.k.shape[1]!, kv);
+        this.pool.putHost(host);
+      });
+    }
     for (const blocks of this.layers) while (blocks.length) this.release(blocks.pop()!);
     this.freeStates();
   }

@@ -150,8 +150,9 @@ export function plan(input: PlanInput): Plan {
   const globals = held(layout.globals.deviceBytes);
   // The workspace is many tensors; count it as eight equal ones for the rounding.
   const workspace = 8 * held(workspaceBytes(shape, Math.max(input.prefillChunk, batch)) / 8);
-  // Every layer's partly filled last block lives on the device; new blocks of one layer stay there until their chunk is done.
-  const kvHeadroom = (shape.numLayers * batch + Math.ceil(input.prefillChunk / block) + 1) * kvLayerBlockBytes;
+  // Every layer's partly filled last block lives on the device; new blocks of one layer stay there until their chunk is
+  // done, and the blocks moving off the device stay there until the next chunk is (KvCache.settle).
+  const kvHeadroom = (shape.numLayers * batch + 2 * (Math.ceil(input.prefillChunk / block) + 1)) * kvLayerBlockBytes;
   // Recurrent layers' state (linear attention) stays on the device for every sequence.
   const recurrentState = batch * shape.kvLayers.reduce((n, l) => n + held(4 * (l.stateFloats ?? 0)), 0);
   const base = globals + workspace + kvHeadroom + recurrentState;

@@ -143,6 +143,8 @@ export class Runner {
         }
         await hooks.afterSpan?.(s1);
       }
+      // The last settles' moves off the device land now (the logits were read, so the GPU is done): a cache at rest has none.
+      for (const it of items) await it.cache.finishMoves();
       return logits === "all" ? allRows.map((parts) => (parts.length === 1 ? parts[0]! : concat(parts))) : lastRow;
     } catch (e) {
       await this.weights.reset();
