@@ -86,7 +86,8 @@ export class CudaBackend implements Backend {
   private readonly scopes = new ScopeStack<CudaTensor>((t) => this.free(t));
   private readonly live = new Set<CudaTensor>();
   private readonly hostLive = new Set<CudaHostBuffer>();
-  private scratch?: CudaHostBuffer;
+  /** Pinned buffers for reads to the host, free ones (a read takes one until its copy is done). */
+  private readonly scratches: CudaHostBuffer[] = [];
   private readonly uploadBase: Handle;
   private readonly uploads: UploadRing;
   /**
@@ -294,20 +295,26 @@ export class CudaBackend implements Backend {
     }
   }
 
-  private hostScratch(bytes: number): CudaHostBuffer {
-    if (!this.scratch || this.scratch.bytes.byteLength < bytes) {
-      if (this.scratch) this.freeHost(this.scratch);
-      this.scratch = this.allocHost(Math.max(bytes, 1 << 20)) as CudaHostBuffer;
-    }
-    return this.scratch;
+  /** A pinned buffer of at least `bytes` for a read to the host; reads awaited together each get their own. */
+  private takeScratch(bytes: number): CudaHostBuffer {
+    const fit = this.scratches.findIndex((b) => b.bytes.byteLength >= bytes);
+    if (fit >= 0) return this.scratches.splice(fit, 1)[0]!;
+    const small = this.scratches.pop();
+    if (small) this.freeHost(small);
+    return this.allocHost(Math.max(bytes, 1 << 20)) as CudaHostBuffer;
   }
 
+  /** Rows of t on the host, as they are in compute order at this call. */
   async readRows(t: Tensor, start: number, count: number): Promise<Uint8Array> {
     const c = cuda(t);
     const rowBytes = tensorBytes([c.shape[c.shape.length - 1]!], c.dtype);
-    const h = this.hostScratch(count * rowBytes);
-    await this.copyToHost(c, start * rowBytes, h, 0, count * rowBytes);
-    return h.bytes.slice(0, count * rowBytes);
+    const h = this.takeScratch(count * rowBytes);
+    try {
+      await this.copyToHost(c, start * rowBytes, h, 0, count * rowBytes);
+      return h.bytes.slice(0, count * rowBytes);
+    } finally {
+      this.scratches.push(h);
+    }
   }
 
   async topK(x: Tensor, k: number): Promise<{ ids: Int32Array; values: Float32Array }> {
