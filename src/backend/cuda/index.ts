@@ -107,6 +107,9 @@ export class CudaBackend implements Backend {
   smallUploads: "kernel" | "copy engine" = "kernel";
   private disposed = false;
   private profile?: StreamProfile;
+  /** The latest matmul input cast to 16 bits (see castInput), and whether a matmul is being enqueued. */
+  private lastCast?: { x: CudaTensor; half: DType; xh: CudaTensor };
+  private inMatmul = false;
 
   private constructor(
     private readonly driver: Driver,
@@ -199,6 +202,7 @@ export class CudaBackend implements Backend {
 
   free(t: Tensor): void {
     const c = cuda(t);
+    if (this.lastCast?.x === c) this.dropCast();
     if (!c.owner || !this.live.delete(c)) return;
     this.memory.deviceBytes -= c.byteLength;
     this.await([c]); // an upload still in flight must land before the buffer is reused
@@ -255,6 +259,7 @@ export class CudaBackend implements Backend {
 
   copyToDevice(dst: Tensor, dstOffset: number, src: HostBuffer, srcOffset: number, length: number, after?: Fence): Promise<void> {
     const d = cuda(dst);
+    if (this.lastCast?.x.buffer === d.buffer) this.dropCast();
     // Without a fence, the copy waits for all compute so far (the buffer may be one that compute just freed) and for
     // the copies to the host so far (src may be what one of them writes).
     this.driver.streamWaitEvent(this.copy, ((after ?? this.fence()) as CudaFence).event);
@@ -402,6 +407,7 @@ export class CudaBackend implements Backend {
 
   /** Enqueues work on the compute stream, between timing events while a profile runs. */
   private timed(name: string, enqueue: () => void): void {
+    if (!this.inMatmul) this.dropCast(); // any other op may write the input the cast was made of
     if (this.profile) this.profile.time(name, enqueue);
     else enqueue();
   }
@@ -468,6 +474,36 @@ export class CudaBackend implements Backend {
   }
 
   matmul(x: Tensor, w: Tensor, bias?: Tensor): Tensor {
+    this.inMatmul = true;
+    try {
+      return this.matmulNow(x, w, bias);
+    } finally {
+      this.inMatmul = false;
+    }
+  }
+
+  /**
+   * x in 16 bits for a tensor-core matmul. Matmuls of one input in a row (q, k and v; gate and up) share one cast: it
+   * is kept until another op is enqueued or x is freed.
+   */
+  private castInput(x: CudaTensor, half: DType): CudaTensor {
+    if (this.lastCast?.x === x && this.lastCast.half === half) return this.lastCast.xh;
+    this.dropCast();
+    const [m, k] = x.shape as [number, number];
+    const xh = this.alloc([m, k], half) as CudaTensor;
+    this.launch(`cast_rows_${half}`, [gridFor(m * k), 1, 1], [threads, 1, 1], [{ ptr: xh.ptr }, { ptr: x.ptr }, { i64: m * k }], [x]);
+    this.lastCast = { x, half, xh };
+    return xh;
+  }
+
+  private dropCast(): void {
+    if (!this.lastCast) return;
+    const { xh } = this.lastCast;
+    this.lastCast = undefined;
+    this.free(xh);
+  }
+
+  private matmulNow(x: Tensor, w: Tensor, bias?: Tensor): Tensor {
     const xt = cuda(x);
     const wt = cuda(w);
     const [m, k] = xt.shape as [number, number];
@@ -483,8 +519,7 @@ export class CudaBackend implements Backend {
     // 5-64 rows of 16-bit weights: decode batches, on tensor cores with the weights read once (gemm_skinny in kernels/gemm.cu).
     const skinny = half !== undefined && half === wt.dtype && m <= 64;
     if (half && (skinny || this.kernels.has(mma))) {
-      const xh = this.alloc([m, k], half) as CudaTensor;
-      this.launch(`cast_rows_${half}`, [gridFor(m * k), 1, 1], [threads, 1, 1], [{ ptr: xh.ptr }, { ptr: xt.ptr }, { i64: m * k }], [xt]);
+      const xh = this.castInput(xt, half);
       const halfArgs = [args[0]!, { ptr: xh.ptr }, ...args.slice(2)];
       if (skinny) this.launch(`gemm_skinny${m <= 16 ? 1 : m <= 32 ? 2 : 4}_${half}`, [Math.ceil(n / 32), 1, 1], [threads, 1, 1], halfArgs, [wt, b]);
       else {
@@ -494,7 +529,6 @@ export class CudaBackend implements Backend {
           : [{ ptr: xh.ptr }, { ptr: wt.ptr }];
         this.launch(mma, [Math.ceil(n / t.cols), Math.ceil(m / t.rows), 1], [t.threads, 1, 1], [args[0]!, ...operands, ...args.slice(3)], [wt, b], gemmSmem(tile));
       }
-      this.free(xh);
     } else if (m <= 16) {
       const rowsPerLaunch = m === 1 ? 1 : m <= 4 ? 4 : 16;
       this.launch(`gemv${rowsPerLaunch}_${wt.dtype}`, [Math.ceil(n / (8 * gemvColumns(rowsPerLaunch, wt.dtype))), 1, 1], [threads, 1, 1], args, reads);
@@ -789,6 +823,7 @@ export class CudaBackend implements Backend {
     const dstPtr = d.ptr + BigInt(dstRow * tensorBytes([cols], d.dtype));
     const srcPtr = s.ptr + BigInt(srcRow * cols * 4);
     this.await([s, d]);
+    this.dropCast();
     if (d.dtype === "f32") this.driver.copyDtoDAsync(dstPtr, srcPtr, count * cols * 4, this.compute);
     else this.launch(`write_rows_${d.dtype}`, [gridFor(count * cols), 1, 1], [threads, 1, 1], [{ ptr: dstPtr }, { ptr: srcPtr }, { i64: count * cols }], []);
   }
