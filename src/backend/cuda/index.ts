@@ -82,6 +82,7 @@ export class CudaBackend implements Backend {
   private readonly toHostDone: Handle;
   private readonly events: Handle[] = [];
   private nextEvent = 0;
+  private eventsHandedOut = 0;
   private fenceCount = 0;
   private readonly scopes = new ScopeStack<CudaTensor>((t) => this.free(t));
   private readonly live = new Set<CudaTensor>();
@@ -239,9 +240,16 @@ export class CudaBackend implements Backend {
 
   // ---- copies and ordering ----
 
+  /**
+   * The next event of the ring, to record. A promise or a stream wait may still refer to its last record (a copy's
+   * `done`, checked a layer later): that record must have happened before the event is recorded again, or a wait on
+   * it would end at the new record, which may come first on another stream. So a reused event that has not happened
+   * yet is waited for here (it was recorded ringSize events ago, far behind what the GPU works on, so this is rare).
+   */
   private event(): Handle {
     const e = this.events[this.nextEvent]!;
     this.nextEvent = (this.nextEvent + 1) % ringSize;
+    if (this.eventsHandedOut++ >= ringSize && !this.driver.eventDone(e)) this.driver.eventSynchronize(e);
     return e;
   }
 
