@@ -37,7 +37,7 @@ export function registerPlan(program: Command): void {
     .option("--vram <size>", "GPU memory budget (default: what the device has free)")
     .option("--ram <size>", "RAM budget for caching weights and KV (default: half the free RAM)")
     .option("--batch <n>", "sequences decoded together", "1")
-    .option("--prefill-chunk <tokens>", "rows per layer pass during prefill (default: 8192, 4096 or 2048, the largest whose activations take at most a third of --vram)")
+    .option("--prefill-chunk <tokens>", "rows per layer pass during prefill (default: 8192, 4096 or 2048, the largest that leaves decode as fast as 2048 would)")
     .option("--prefill-span <tokens>", "tokens taken through all layers before the next ones", "32768")
     .option("--kv-block <tokens>", "tokens per KV block", "256")
     .option("--kv-dtype <dtype>", "KV cache element type: bf16, f16 or f32 (default: bf16 on CUDA, f32 on CPU)")

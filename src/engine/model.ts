@@ -41,7 +41,7 @@ export interface LoadOptions {
   context?: number;
   /** Sequences decoded together, for planning; default 1. */
   batch?: number;
-  /** Rows per layer pass during prefill; default: 8192, 4096 or 2048, the largest whose activations take at most a third of the VRAM budget (see planPrefill). */
+  /** Rows per layer pass during prefill; default: 8192, 4096 or 2048, the largest that leaves decode as fast as 2048 would (see planPrefill). */
   prefillChunk?: number;
   /** Rows taken through all layers before the next (each layer's weights pass once per span); default 32768. */
   prefillSpan?: number;

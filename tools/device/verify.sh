@@ -10,5 +10,5 @@ if [ "${KERNELS:-0}" = 1 ]; then
   timeout 200 node dist/bench/kernels.js --out "${OUT:-/tmp}" > "${OUT:-/tmp}/kernels.log" 2>&1
   echo "kernel bench: exit $?"; grep -E "vs_torch|vs_sdpa|vs_torch_copy|gemv_|_tile" "${OUT:-/tmp}/kernels.log"
 fi
-RUNS="${RUNS:-auto:kernel 2048:kernel 2048:copy-engine}" timeout 200 bash "$here/profile-prefill.sh"
+RUNS="${RUNS:-2048:kernel 8192:kernel}" timeout 200 bash "$here/profile-prefill.sh"
 timeout 200 bash "$here/prefill-chunks.sh"
