@@ -16,7 +16,7 @@ export interface Links {
 export function decodeBytes(plan: Plan, layout: ModelLayout, model: ArchModel, ctx: number): { h2d: number; disk: number } {
   const layerBytes = (tier: string) => layout.layers.reduce((n, l, i) => n + (plan.layerTier[i] === tier ? l.dataBytes : 0), 0);
   const kv = (from: number) => kvBytesBetween(model.shape, plan.input.kvDtype, Math.min(ctx, from), ctx);
-  const kvOff = kv(plan.kvDeviceTokens);
+  const kvOff = kv(plan.kvDeviceTokensDecode); // decode holds more KV on the GPU than prefill does (KvCache.useShare)
   const kvDisk = kv(plan.kvDeviceTokens + plan.kvHostTokens);
   const experts = routedExpertBytes(layout, model.shape, plan.experts);
   return { h2d: layerBytes("ram") + layerBytes("disk") + kvOff + experts.h2d, disk: layerBytes("disk") + kvDisk + experts.disk };

@@ -186,7 +186,7 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
   const warm: RunFigures[] = [];
   if (o.skip.has("main")) for (const w of ["disk", "batch", "kvcache", "nolimit", "baseline"]) o.skip.add(w);
   else await withModel(main, { ...budget, context: maxCtx + o.decodeTokens + 64 }, async (m) => {
-    results.plan_ram_tier = { layer_tiers: m.plan.layerTier.join(","), kv_device_tokens: m.plan.kvDeviceTokens, device_bytes: m.plan.deviceBytes, host_bytes: m.plan.hostBytes };
+    results.plan_ram_tier = { layer_tiers: m.plan.layerTier.join(","), kv_device_tokens: m.plan.kvDeviceTokens, kv_device_tokens_decode: m.plan.kvDeviceTokensDecode, device_bytes: m.plan.deviceBytes, host_bytes: m.plan.hostBytes };
     const weightBytes = m.layout.layers.reduce((n, l) => n + l.dataBytes, 0);
     for (const ctx of o.contexts) {
       const f = await generation(m, promptIds(ctx, vocab, ctx), o.decodeTokens);

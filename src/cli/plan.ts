@@ -37,7 +37,7 @@ export function registerPlan(program: Command): void {
     .option("--vram <size>", "GPU memory budget (default: what the device has free)")
     .option("--ram <size>", "RAM budget for caching weights and KV (default: half the free RAM)")
     .option("--batch <n>", "sequences decoded together", "1")
-    .option("--prefill-chunk <tokens>", "rows per layer pass during prefill (default: 8192, 4096 or 2048, the largest that leaves decode as fast as 2048 would)")
+    .option("--prefill-chunk <tokens>", "rows per layer pass during prefill (default: 8192, 4096 or 2048, the largest whose plan decodes as fast as 2048's)")
     .option("--prefill-span <tokens>", "tokens taken through all layers before the next ones", "32768")
     .option("--kv-block <tokens>", "tokens per KV block", "256")
     .option("--kv-dtype <dtype>", "KV cache element type: bf16, f16 or f32 (default: bf16 on CUDA, f32 on CPU)")
@@ -96,11 +96,11 @@ function printPlan(p: Plan, modelType: string, disk: LinkSpeed | undefined, h2d:
     ["model", `${modelType}, ${i.shape.numLayers} layers, ${f(i.layout.layers.reduce((n, l) => n + l.dataBytes, 0) + i.layout.experts.flat().reduce((n, g) => n + g.dataBytes, 0) + i.layout.globals.dataBytes)} of weights`],
     ["context", `${i.contextTokens} tokens x ${i.batch} sequence(s), prefill chunk ${i.prefillChunk}, KV ${i.kvDtype} in blocks of ${i.kvBlockTokens}`],
     ["budgets", `VRAM ${i.vramBytes === Infinity ? "unlimited" : f(i.vramBytes)}, RAM ${f(i.ramBytes)}`],
-    ["device", `embeddings+head ${f(d.globals)}, workspace ${f(d.workspace + d.kvHeadroom)}, ${p.slots} layer slots ${f(d.slots)}, ${count("device")} resident layers ${f(d.residentLayers)}, KV ${f(d.kv)} (${p.kvDeviceTokens} tokens/layer), KV staging ${f(d.kvStaging)}${p.experts.total ? `, experts ${f(d.experts)}` : ""} = ${f(d.total)}`],
+    ["device", `embeddings+head ${f(d.globals)}, workspace ${f(d.workspace + d.kvHeadroom)}, ${p.slots} layer slots ${f(d.slots)}, ${count("device")} resident layers ${f(d.residentLayers)}, KV ${f(d.kv)} (${p.kvDeviceTokens} tokens/layer while prefilling, ${p.kvDeviceTokensDecode} decoding), KV staging ${f(d.kvStaging)}${p.experts.total ? `, experts ${f(d.experts)}` : ""} = ${f(d.total)}`],
     ["RAM", `${count("ram")} layers ${f(h.ramLayers)}, KV ${f(h.kv)} (${p.kvHostTokens} tokens/layer)${p.experts.total ? `, experts ${f(h.ramExperts)}` : ""}; working: disk staging ${f(h.staging)}, span activations ${f(h.activations)}, transfers ${f(h.transfer)} = ${f(h.total)}`],
     ["disk", `${count("disk")} layers streamed, KV ${f(p.kvDiskBytes)}`],
     ...(p.experts.total > 0 ? [expertLine(p)] : []),
-    ["per token", `host->device ${f(p.perToken.h2dBytes)}, disk ${f(p.perToken.diskBytes)}`],
+    ["per token", `host->device ${f(p.perToken.h2dBytes)}, disk ${f(p.perToken.diskBytes)} (decoding)`],
     ["links", `host->device ${h2d ? `${h2d.gbps.toFixed(1)} GB/s (${h2d.method})` : "unused"}, disk ${disk ? `${disk.gbps.toFixed(2)} GB/s (${disk.method})` : "unused"}`],
     ["floor", floor > 0 ? `${floor.toFixed(3)} s/token (bytes per token over the slower link; compute not counted)` : "no weight or KV traffic per token: compute-bound"],
   ];

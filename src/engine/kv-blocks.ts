@@ -11,6 +11,9 @@ export interface DeviceBlock {
 export class KvBlockPool {
   private readonly free = new Map<number, DeviceBlock[]>();
   private readonly freeHost = new Map<number, HostBuffer[]>();
+  /** Per column count: device blocks that exist (in use or free), and how many the plan reserved (none: no limit). */
+  private readonly made = new Map<number, number>();
+  private readonly reserved = new Map<number, number>();
 
   constructor(
     private readonly backend: Backend,
@@ -20,6 +23,7 @@ export class KvBlockPool {
 
   /** Allocates `count` blocks of `kvCols` columns up front. */
   reserve(kvCols: number, count: number): void {
+    this.reserved.set(kvCols, (this.reserved.get(kvCols) ?? 0) + count);
     for (let i = 0; i < count; i++) this.put(kvCols, this.make(kvCols));
   }
 
@@ -27,7 +31,17 @@ export class KvBlockPool {
     return this.free.get(kvCols)?.pop() ?? this.make(kvCols);
   }
 
+  /**
+   * Takes a block back. Where the plan reserved blocks, one beyond the reserve (made for decode's larger share) goes back
+   * to the backend, whose memory prefill's activations need.
+   */
   put(kvCols: number, b: DeviceBlock): void {
+    if ((this.made.get(kvCols) ?? 0) > (this.reserved.get(kvCols) ?? Infinity)) {
+      this.made.set(kvCols, this.made.get(kvCols)! - 1);
+      this.backend.free(b.k);
+      this.backend.free(b.v);
+      return;
+    }
     const list = this.free.get(kvCols);
     if (list) list.push(b);
     else this.free.set(kvCols, [b]);
@@ -54,6 +68,7 @@ export class KvBlockPool {
   }
 
   private make(kvCols: number): DeviceBlock {
+    this.made.set(kvCols, (this.made.get(kvCols) ?? 0) + 1);
     const shape = [this.blockTokens, kvCols];
     return { k: this.backend.alloc(shape, this.dtype), v: this.backend.alloc(shape, this.dtype) };
   }

@@ -21,8 +21,10 @@ export interface KvBlockState {
 export interface KvPolicy {
   readonly blockTokens: number;
   readonly dtype: FloatDType;
-  /** Full blocks per layer kept on the device; later ones go to RAM while `hostBlocks` allows, then to disk. */
+  /** Full blocks per layer kept on the device while prefilling; later ones go to RAM while `hostBlocks` allows, then to disk. */
   readonly deviceBlocks: number;
+  /** The same while decoding (at least `deviceBlocks`): the prompt's activations are gone, and their room holds KV. */
+  readonly decodeDeviceBlocks: number;
   readonly hostBlocks: number;
   /** Free blocks a sliding-window layer can no longer see (off when the persistent cache needs every block). */
   readonly dropOutsideWindow: boolean;
@@ -50,6 +52,8 @@ export class KvCache {
   /** The first layer that stores KV: its length is the sequence's. */
   private readonly lengthLayer: number;
   readonly stats = { spilledBytes: 0 };
+  /** Full blocks per layer that stay on the device now: the policy's prefill or decode share (see useShare). */
+  private share: number;
   /** Blocks the last settle started moving off the device: their copies to host memory, and where they go. */
   private moves: { b: KvBlockState; host: HostBuffer; toDisk: boolean; copies: Promise<void>[]; bytes: number }[] = [];
 
@@ -62,6 +66,7 @@ export class KvCache {
     private readonly pool: KvBlockPool,
   ) {
     this.layers = shape.kvLayers.map(() => []);
+    this.share = policy.deviceBlocks;
     this.lengthLayer = Math.max(0, shape.kvLayers.findIndex((l) => l.kvHeads > 0));
   }
 
@@ -115,13 +120,13 @@ export class KvCache {
     const onDevice = blocks.filter((b) => b.tier === "device").length;
     const onHost = blocks.filter((b) => b.tier === "host").length;
     if ("file" in bytes) {
-      if (onDevice < this.policy.deviceBlocks || onHost < this.policy.hostBlocks) {
+      if (onDevice < this.share || onHost < this.policy.hostBlocks) {
         const data = new Uint8Array(2 * this.blockBytes(layer));
         await this.diskReader.read(bytes, data);
         return this.adopt(layer, data);
       }
       state.disk = bytes;
-    } else if (onDevice < this.policy.deviceBlocks) {
+    } else if (onDevice < this.share) {
       Object.assign(state, { tier: "device" }, this.deviceBlock(layer));
       await this.backend.upload(state.k!, bytes.subarray(0, this.blockBytes(layer)));
       await this.backend.upload(state.v!, bytes.subarray(this.blockBytes(layer)));
@@ -150,12 +155,18 @@ export class KvCache {
       const oldest = this.length(layer) - window + 1;
       while (blocks.length > 1 && blocks[0]!.start + blocks[0]!.length <= oldest) this.release(blocks.shift()!);
     }
+    this.startMoves(layer);
+  }
+
+  /** Starts moving `layer`'s full device blocks beyond the share to RAM or disk (finishMoves lands them). */
+  private startMoves(layer: number): void {
+    const blocks = this.layers[layer]!;
     const bytes = this.blockBytes(layer);
     let onDevice = 0;
     let onHost = blocks.filter((b) => b.tier === "host").length;
     for (const b of blocks) {
       if (b.tier !== "device" || b.length < this.policy.blockTokens) continue;
-      if (++onDevice <= this.policy.deviceBlocks) continue;
+      if (++onDevice <= this.share) continue;
       // Newest full blocks leave, so each block moves at most once.
       const toDisk = onHost >= this.policy.hostBlocks;
       if (!toDisk) onHost++;
@@ -208,6 +219,51 @@ export class KvCache {
     );
     const writeFailed = writes.find((w) => w.status === "rejected");
     if (writeFailed) throw (writeFailed as PromiseRejectedResult).reason;
+  }
+
+  /**
+   * Sets how many full blocks per layer stay on the device: the prefill share, which leaves room for a prompt's
+   * activations, or the larger decode share. Going to the prefill share moves the blocks beyond it off the device (and
+   * their memory back to the backend); going to the decode share brings blocks back from RAM, oldest first, so the
+   * device keeps a prefix of each layer, as settle does.
+   */
+  async useShare(kind: "prefill" | "decode"): Promise<void> {
+    await this.finishMoves();
+    const share = kind === "prefill" ? this.policy.deviceBlocks : this.policy.decodeDeviceBlocks;
+    if (share === this.share) return;
+    const growing = share > this.share;
+    this.share = share;
+    if (!growing) {
+      for (let layer = 0; layer < this.layers.length; layer++) this.startMoves(layer);
+      return this.finishMoves();
+    }
+    const landed: { b: KvBlockState; host: HostBuffer }[] = [];
+    const copies: Promise<void>[] = [];
+    this.layers.forEach((blocks, layer) => {
+      const bytes = this.blockBytes(layer);
+      let onDevice = blocks.filter((b) => b.tier === "device" && b.length === this.policy.blockTokens).length;
+      for (const b of blocks) {
+        if (onDevice >= share) break;
+        if (b.tier !== "host") continue;
+        const { k, v } = this.deviceBlock(layer);
+        copies.push(this.backend.copyToDevice(k, 0, b.host!, 0, bytes), this.backend.copyToDevice(v, 0, b.host!, bytes, bytes));
+        landed.push({ b, host: b.host! });
+        Object.assign(b, { tier: "device", k, v, host: undefined });
+        onDevice++;
+      }
+    });
+    const results = await Promise.allSettled(copies);
+    const failed = results.find((r) => r.status === "rejected");
+    for (const { b, host } of landed) {
+      if (!failed) {
+        this.pool.putHost(host);
+        continue;
+      }
+      // A copy failed: every block stays in RAM, as it was.
+      this.pool.put(b.k!.shape[1]!, { k: b.k!, v: b.v! });
+      Object.assign(b, { tier: "host", k: undefined, v: undefined, host });
+    }
+    if (failed) throw (failed as PromiseRejectedResult).reason;
   }
 
   /** The block's K and V bytes (K rows then V rows) in host memory, for staging or saving. */

@@ -41,7 +41,7 @@ export interface LoadOptions {
   context?: number;
   /** Sequences decoded together, for planning; default 1. */
   batch?: number;
-  /** Rows per layer pass during prefill; default: 8192, 4096 or 2048, the largest that leaves decode as fast as 2048 would (see planPrefill). */
+  /** Rows per layer pass during prefill; default: 8192, 4096 or 2048, the largest whose plan decodes as fast as 2048's (see planPrefill). */
   prefillChunk?: number;
   /** Rows taken through all layers before the next (each layer's weights pass once per span); default 32768. */
   prefillSpan?: number;
@@ -201,6 +201,7 @@ export class LayerwiseModel {
         blockTokens: kvBlockTokens,
         dtype: kvDtype,
         deviceBlocks: Math.floor(thePlan.kvDeviceTokens / kvBlockTokens),
+        decodeDeviceBlocks: Math.floor(thePlan.kvDeviceTokensDecode / kvBlockTokens),
         hostBlocks: Math.floor(thePlan.kvHostTokens / kvBlockTokens),
         dropOutsideWindow: !o.kvCache,
       };

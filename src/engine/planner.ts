@@ -37,8 +37,10 @@ export interface Plan {
   readonly slots: number;
   /** Pinned host buffers that disk reads land in before their copy to the device. */
   readonly stagingBuffers: number;
-  /** Per sequence and layer: KV tokens kept on the device (the rest go to RAM, then disk). */
+  /** Per sequence and layer: KV tokens kept on the device while prefilling (the rest go to RAM, then disk). */
   readonly kvDeviceTokens: number;
+  /** The same while decoding: the prompt's activations are gone, and their room holds KV brought back from RAM. */
+  readonly kvDeviceTokensDecode: number;
   readonly kvHostTokens: number;
   /** KV blocks per layer that can be staged on the device at once when attending over RAM or disk blocks. */
   readonly kvStagingBlocks: number;
@@ -107,10 +109,10 @@ export const prefillChunkChoices = [8192, 4096, 2048] as const;
 
 /**
  * The plan for a prefill chunk given, or else for the largest of `prefillChunkChoices` (cut to the context) that costs
- * decode nothing: its plan moves no more bytes per decoded token over any link than the smallest choice's. A bigger
- * chunk's activations take device memory that would otherwise hold KV, experts or layers, which decode then streams
- * (Llama-3.1-8B at 32k in 8 GB: 8192-row chunks prefill 13% faster than 2048, but leave about 1.9 GB less KV on the
- * GPU, some 12% more per decoded token). The smallest choice is the last resort, and its error says what would fit.
+ * decode nothing: its plan moves no more bytes per decoded token over any link than the smallest choice's, with as
+ * many layer slots. A bigger chunk's activations take device memory; decode gets it back for KV (the decode share),
+ * but not the layers, experts or slots the plan gave up for it. (Llama-3.1-8B at 32k in 8 GB: 8192-row chunks prefill
+ * 13% faster than 2048.) The smallest choice is the last resort, and its error says what would fit.
  */
 export function planPrefill(input: Omit<PlanInput, "prefillChunk"> & { readonly prefillChunk?: number }): Plan {
   if (input.prefillChunk !== undefined) return plan({ ...input, prefillChunk: input.prefillChunk });
@@ -125,7 +127,10 @@ export function planPrefill(input: Omit<PlanInput, "prefillChunk"> & { readonly 
       if (e instanceof UsageError && e.code === "VRAM_TOO_SMALL") continue;
       throw e;
     }
-    if (p.perToken.h2dBytes <= fallback.perToken.h2dBytes && p.perToken.diskBytes <= fallback.perToken.diskBytes) return p;
+    // Within 1%: block rounding and staging slots move a few MB between the plans. As many layer slots, so decode reads
+    // as far ahead.
+    const sameLinks = p.perToken.h2dBytes <= 1.01 * fallback.perToken.h2dBytes && p.perToken.diskBytes <= 1.01 * fallback.perToken.diskBytes;
+    if (sameLinks && p.slots >= fallback.slots) return p;
   }
   return fallback;
 }
@@ -220,6 +225,13 @@ export function plan(input: PlanInput): Plan {
   // Staging slots' pinned copies, one block moving off the device, and the image that loads the globals.
   const transfer = (kvStagingBlocks + 1) * kvLayerBlockBytes + Math.max(layout.globals.hostBytes, layout.maxLayerHostBytes);
 
+  // Decode's own workspace and headroom are a few rows'; the rest of the prompt's holds KV from RAM (KvCache.useShare).
+  const decodeWorkspace = 8 * held(workspaceBytes(shape, batch) / 8);
+  const decodeHeadroom = (shape.numLayers * batch + 2 * (Math.ceil(batch / block) + 1)) * kvLayerBlockBytes;
+  const decodeRoom = Math.max(0, workspace + kvHeadroom - decodeWorkspace - decodeHeadroom);
+  const kvDeviceTokensDecode = Math.max(kvDeviceTokens, Math.min(kvDeviceTokens + kvHostTokens, kvTokensWithin(kvRange, 0, ctx, block, kvRange(0, kvDeviceTokens) + decodeRoom)));
+  const kvHostDecode = kvRange(kvDeviceTokensDecode, kvDeviceTokens + kvHostTokens);
+
   const residentLayers = layerBytes.reduce((n, b, i) => n + (layerTier[i] === "device" ? b : 0), 0);
   const kvDevice = kvRange(0, kvDeviceTokens);
   const kvStaging = kvStagingBlocks * kvLayerBlockBytes;
@@ -236,6 +248,7 @@ export function plan(input: PlanInput): Plan {
     slots,
     stagingBuffers,
     kvDeviceTokens,
+    kvDeviceTokensDecode,
     kvHostTokens,
     kvStagingBlocks,
     experts,
@@ -254,7 +267,7 @@ export function plan(input: PlanInput): Plan {
     kvDiskBytes,
     perToken: {
       diskBytes: streamedBytes("disk") + kvDiskBytes + routed.disk,
-      h2dBytes: streamedBytes("disk") + streamedBytes("ram") + kvHost + kvDiskBytes + routed.h2d,
+      h2dBytes: streamedBytes("disk") + streamedBytes("ram") + kvHostDecode + kvDiskBytes + routed.h2d,
     },
   };
 }

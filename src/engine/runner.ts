@@ -83,7 +83,10 @@ export class Runner {
     const chunkRows = Math.max(items.length, this.o.prefillChunk);
     const layers = this.model.shape.numLayers;
     const spans = Math.ceil(ids.length / spanRows);
+    // A prompt needs room for its activations: caches keep to the prefill share of the device while it runs.
+    const prefill = items.some((it) => it.ids.length > 1);
     try {
+      for (const it of items) await it.cache.useShare(prefill ? "prefill" : "decode");
       for (let s0 = 0, span = 0; s0 < ids.length; s0 += spanRows, span++) {
         const s1 = Math.min(ids.length, s0 + spanRows);
         const chunks = this.chunks(s0, s1, chunkRows, itemOfRow, positionOf);
@@ -143,8 +146,9 @@ export class Runner {
         }
         await hooks.afterSpan?.(s1);
       }
-      // The last settles' moves off the device land now (the logits were read, so the GPU is done): a cache at rest has none.
-      for (const it of items) await it.cache.finishMoves();
+      // The last settles' moves off the device land now (the logits were read, so the GPU is done): a cache at rest has
+      // none. After a prompt, decode's larger device share brings KV back from RAM into the activations' room.
+      for (const it of items) await (prefill ? it.cache.useShare("decode") : it.cache.finishMoves());
       return logits === "all" ? allRows.map((parts) => (parts.length === 1 ? parts[0]! : concat(parts))) : lastRow;
     } catch (e) {
       await this.weights.reset();

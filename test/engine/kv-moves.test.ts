@@ -40,7 +40,7 @@ const rows = (backend: Backend, from: number, n: number) => {
 describe("KV blocks moving off the device", () => {
   it("settle does not wait for the copies it starts; the next one lands them in host memory", async () => {
     const { backend, pending, finish } = heldCopies();
-    const cache = new KvCache(backend, shape, { blockTokens: 2, dtype: "f32", deviceBlocks: 1, hostBlocks: 8, dropOutsideWindow: false }, new KvSpill(await tempDir()), { read: async () => {} }, new KvBlockPool(backend, 2, "f32"));
+    const cache = new KvCache(backend, shape, { blockTokens: 2, dtype: "f32", deviceBlocks: 1, decodeDeviceBlocks: 1, hostBlocks: 8, dropOutsideWindow: false }, new KvSpill(await tempDir()), { read: async () => {} }, new KvBlockPool(backend, 2, "f32"));
     const k = rows(backend, 0, 4);
     cache.append(0, k, k, 0, 4); // two full blocks: one over the device share
     await cache.settle(0); // returns with the copies still held
@@ -62,7 +62,7 @@ describe("KV blocks moving off the device", () => {
 
   it("a copy that fails leaves its block on the device, whole, and the error is thrown", async () => {
     const { backend, finish } = heldCopies();
-    const cache = new KvCache(backend, shape, { blockTokens: 2, dtype: "f32", deviceBlocks: 1, hostBlocks: 8, dropOutsideWindow: false }, new KvSpill(await tempDir()), { read: async () => {} }, new KvBlockPool(backend, 2, "f32"));
+    const cache = new KvCache(backend, shape, { blockTokens: 2, dtype: "f32", deviceBlocks: 1, decodeDeviceBlocks: 1, hostBlocks: 8, dropOutsideWindow: false }, new KvSpill(await tempDir()), { read: async () => {} }, new KvBlockPool(backend, 2, "f32"));
     const k = rows(backend, 0, 4);
     cache.append(0, k, k, 0, 4);
     await cache.settle(0);
@@ -70,5 +70,30 @@ describe("KV blocks moving off the device", () => {
     await assert.rejects(cache.finishMoves(), /copy failed/);
     assert.deepEqual(cache.blocks(0).map((b) => b.tier), ["device", "device"]);
     assert.deepEqual(Array.from(await backend.read(cache.blocks(0)[1]!.k!)), [8, 9, 10, 11, 12, 13, 14, 15]);
+  });
+
+  it("the decode share brings the oldest blocks back from RAM, and the prefill share sends them out again, freeing their memory", async () => {
+    const backend = new CpuBackend();
+    const pool = new KvBlockPool(backend, 2, "f32");
+    const cache = new KvCache(backend, shape, { blockTokens: 2, dtype: "f32", deviceBlocks: 1, decodeDeviceBlocks: 3, hostBlocks: 8, dropOutsideWindow: false }, new KvSpill(await tempDir()), { read: async () => {} }, pool);
+    pool.reserve(4, 3); // the prefill share, a partial block and one in transit
+    const k = rows(backend, 0, 10);
+    cache.append(0, k, k, 0, 10); // five full blocks
+    await cache.settle(0);
+    await cache.finishMoves();
+    const tiers = () => cache.blocks(0).map((b) => b.tier).join(",");
+    assert.equal(tiers(), "device,host,host,host,host");
+    const prefillBytes = backend.memory.deviceBytes;
+
+    await cache.useShare("decode");
+    assert.equal(tiers(), "device,device,device,host,host", "the oldest RAM blocks come back");
+    assert.deepEqual(Array.from(await backend.read(cache.blocks(0)[2]!.k!)), [16, 17, 18, 19, 20, 21, 22, 23], "with their bytes");
+
+    await cache.useShare("prefill");
+    assert.equal(tiers(), "device,host,host,host,host");
+    const bytes = new Uint8Array(2 * 2 * 4 * 4);
+    await cache.blockBytesOf(0, cache.blocks(0)[2]!, bytes);
+    assert.deepEqual(Array.from(new Float32Array(bytes.buffer).subarray(0, 8)), [16, 17, 18, 19, 20, 21, 22, 23]);
+    assert.ok(backend.memory.deviceBytes <= prefillBytes, "blocks made beyond the reserve went back to the backend");
   });
 });

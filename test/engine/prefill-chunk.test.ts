@@ -1,5 +1,6 @@
 // The prefill chunk layerwise picks when none is given: the largest choice (cut to the context) whose plan moves no
-// more bytes per decoded token than the smallest choice's, so a bigger chunk never slows decode; a given one as it is.
+// more bytes per decoded token than the smallest choice's, with as many layer slots, so a bigger chunk never slows
+// decode; a given one as it is.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { LayerwiseModel, withModel, type LoadOptions } from "../../src/engine/model.js";
@@ -18,8 +19,10 @@ describe("prefill chunk", () => {
       const chosen = await planOf({ vram });
       const chunk = chosen.input.prefillChunk;
       assert.ok(chunk < 8192, `${vram}: a tighter budget takes a smaller chunk (${chunk})`);
-      assert.equal(decodeBytes(chosen), decodeBytes(await planOf({ vram, prefillChunk: 2048 })), `${vram}: decode moves what it would with 2048`);
-      assert.ok(decodeBytes(await tryPlan({ vram, prefillChunk: 2 * chunk })) > decodeBytes(chosen), `${vram}: twice ${chunk} would cost decode (or not fit)`);
+      const base = await planOf({ vram, prefillChunk: 2048 });
+      assert.ok(decodeBytes(chosen) <= 1.01 * decodeBytes(base) && chosen.slots >= base.slots, `${vram}: decode moves what it would with 2048`);
+      const twice = await tryPlan({ vram, prefillChunk: 2 * chunk });
+      assert.ok(typeof twice !== "object" || decodeBytes(twice) > 1.01 * decodeBytes(base) || twice.slots < base.slots, `${vram}: twice ${chunk} would cost decode (or not fit)`);
     }
     assert.equal((await planOf({ vram: 1e12, context: 3000 })).input.prefillChunk, 3072, "no larger than the context, in whole KV blocks");
     assert.equal((await planOf({ vram: 1e12, context: 300 })).input.prefillChunk, 512);
