@@ -12,3 +12,7 @@ if [ "${KERNELS:-0}" = 1 ]; then
 fi
 RUNS="${RUNS:-2048:kernel 8192:kernel}" timeout 200 bash "$here/profile-prefill.sh"
 timeout 200 bash "$here/prefill-chunks.sh"
+# The default chunk with a few decoded tokens: first token, decode s/token and host->GPU bytes a token (the decode share).
+timeout 120 node dist/src/cli/main.js run /tmp/llama-3.1-8b --prompt-file /tmp/p32k.txt --vram 8GB --ram 64GB --context 33k --temperature 0 --backend cuda --json --max-tokens 16 > /tmp/decode.json 2> /tmp/decode.err
+echo "default chunk, 16 tokens: exit $? $(tail -c 300 /tmp/decode.err | tr '\n' ' ')"
+node -e 'const r = JSON.parse(require("fs").readFileSync("/tmp/decode.json", "utf8")); console.log(JSON.stringify({ tokens: r.tokens, ttft_s: r.ttft_s, decode_s_per_token: r.decode_s_per_token, decode_h2d_bytes_per_token: r.decode_h2d_bytes_per_token, peak_vram_bytes: r.peak_vram_bytes }))' | tee -a "${OUT:-/tmp}/decode-default-chunk.jsonl"
