@@ -110,9 +110,10 @@ export const prefillChunkChoices = [8192, 4096, 2048] as const;
 /**
  * The plan for a prefill chunk given, or else for the largest of `prefillChunkChoices` (cut to the context) that costs
  * decode nothing: its plan moves no more bytes per decoded token over any link than the smallest choice's, with as
- * many layer slots. A bigger chunk's activations take device memory; decode gets it back for KV (the decode share),
- * but not the layers, experts or slots the plan gave up for it. (Llama-3.1-8B at 32k in 8 GB: 8192-row chunks prefill
- * 13% faster than 2048.) The smallest choice is the last resort, and its error says what would fit.
+ * many layer slots and no more KV on disk. A bigger chunk's activations take device memory; decode gets it back for
+ * KV (the decode share), but not the layers, experts or slots the plan gave up for it, and KV pushed to disk during
+ * the prompt is read back by its later chunks. (Llama-3.1-8B at 32k in 8 GB, KV in RAM: 8192-row chunks prefill 13%
+ * faster than 2048.) The smallest choice is the last resort, and its error says what would fit.
  */
 export function planPrefill(input: Omit<PlanInput, "prefillChunk"> & { readonly prefillChunk?: number }): Plan {
   if (input.prefillChunk !== undefined) return plan({ ...input, prefillChunk: input.prefillChunk });
@@ -128,9 +129,10 @@ export function planPrefill(input: Omit<PlanInput, "prefillChunk"> & { readonly 
       throw e;
     }
     // Within 1%: block rounding and staging slots move a few MB between the plans. As many layer slots, so decode reads
-    // as far ahead.
-    const sameLinks = p.perToken.h2dBytes <= 1.01 * fallback.perToken.h2dBytes && p.perToken.diskBytes <= 1.01 * fallback.perToken.diskBytes;
-    if (sameLinks && p.slots >= fallback.slots) return p;
+    // as far ahead, and no more KV on disk, which the prompt's later chunks would read back.
+    const within = (a: number, b: number) => a <= 1.01 * b;
+    const sameLinks = within(p.perToken.h2dBytes, fallback.perToken.h2dBytes) && within(p.perToken.diskBytes, fallback.perToken.diskBytes);
+    if (sameLinks && p.slots >= fallback.slots && within(p.kvDiskBytes, fallback.kvDiskBytes)) return p;
   }
   return fallback;
 }

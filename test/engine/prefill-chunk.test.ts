@@ -24,6 +24,10 @@ describe("prefill chunk", () => {
       const twice = await tryPlan({ vram, prefillChunk: 2 * chunk });
       assert.ok(typeof twice !== "object" || decodeBytes(twice) > 1.01 * decodeBytes(base) || twice.slots < base.slots, `${vram}: twice ${chunk} would cost decode (or not fit)`);
     }
+    // With no RAM for KV, a bigger chunk here would push some of the prompt's KV to disk: the smaller one stays.
+    assert.ok((await planOf({ vram: 2.5e7, ram: 0, prefillChunk: 4096 })).kvDiskBytes > 0, "4096 rows would spill KV to disk");
+    const noRam = await planOf({ vram: 2.5e7, ram: 0 });
+    assert.deepEqual([noRam.input.prefillChunk, noRam.kvDiskBytes], [2048, 0]);
     assert.equal((await planOf({ vram: 1e12, context: 3000 })).input.prefillChunk, 3072, "no larger than the context, in whole KV blocks");
     assert.equal((await planOf({ vram: 1e12, context: 300 })).input.prefillChunk, 512);
     assert.equal((await planOf({ vram: 1e12, prefillChunk: 300 })).input.prefillChunk, 300);
