@@ -65,6 +65,40 @@ describe(`streaming and tiered KV on stories260K, ${bc.name}`, () => {
     await backend.dispose();
   });
 
+  it("decode brings KV back onto the device after a prompt and a second prompt sends it out again, with the same logits", async () => {
+    const dir = await storiesCopy();
+    const backend = await bc.create();
+    const steps = [randomIds(200, 8, 3, 500, 1), ...randomIds(30, 9, 3, 500).map((id) => [id]), randomIds(100, 10, 3, 500), ...randomIds(10, 11, 3, 500).map((id) => [id])];
+    const run = (o: LoadOptions) =>
+      withModel(dir, { backend, kvBlockTokens: 16, ...o }, async (m) => {
+        const seq = m.createSequence();
+        const out: Float32Array[] = [];
+        const deviceBlocks: number[] = [];
+        for (const ids of steps) {
+          out.push(await m.forward(seq, ids));
+          deviceBlocks.push(seq.cache.blocks(0).filter((b) => b.tier === "device" && b.length === 16).length);
+        }
+        seq.dispose();
+        return { out, deviceBlocks, policy: m.parts.policy, peak: m.stats().peakVramBytes };
+      });
+    const reference = await run({});
+    const vram = budget(backend, 1e6)!;
+    const tiered = await run({ prefillChunk: 64, vram });
+    const { deviceBlocks: prefillShare, decodeDeviceBlocks: decodeShare } = tiered.policy;
+    if (bc.name === "cpu") assert.ok(prefillShare < 12 && decodeShare > 12, `this budget should hold more KV while decoding: ${prefillShare} / ${decodeShare}`);
+    // After each forward the cache keeps the decode share on the device (or every full block, if fewer).
+    const full = (tokens: number) => Math.floor(tokens / 16);
+    let tokens = 0;
+    steps.forEach((ids, i) => {
+      tokens += ids.length;
+      assert.equal(tiered.deviceBlocks[i], Math.min(full(tokens), decodeShare), `step ${i}`);
+    });
+    assert.ok(tiered.peak <= vram, `peak device ${tiered.peak} > budget ${vram}`);
+    const tolerance = bc.name === "cpu" ? 1e-4 : 2e-2;
+    tiered.out.forEach((logits, i) => assert.ok(maxAbsDiff(logits, reference.out[i]!) < tolerance, `step ${i}: logits differ by ${maxAbsDiff(logits, reference.out[i]!)}`));
+    await backend.dispose();
+  });
+
   it("a run cancelled mid-prefill leaves the streamer ready for the next one", async () => {
     const backend = await bc.create();
     await withModel(await storiesCopy(), { backend, ...small, vram: budget(backend, 800e3), ram: 0 }, async (m) => {
