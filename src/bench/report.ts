@@ -99,6 +99,15 @@ export function chartSvg(series: readonly ChartSeries[], title: string): string 
   return out.join("\n") + "\n";
 }
 
+/** The line after which a report keeps what people wrote (other runs, profiles): the bench regenerates only what is above it. */
+export const keptMarker = "<!-- Below this line the bench keeps the text as it is: sections written by hand from other runs. -->";
+
+/** The new report, followed by the old one's text from the kept marker on (if it has one). */
+export function withKeptText(generated: string, previous: string | undefined): string {
+  const at = previous?.indexOf(keptMarker) ?? -1;
+  return at < 0 ? generated : `${generated.trimEnd()}\n\n${previous!.slice(at)}`;
+}
+
 export function writeFileMkdir(file: string, text: string): void {
   mkdirSync(dirname(file), { recursive: true });
   writeFileSync(file, text);

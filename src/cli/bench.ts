@@ -1,8 +1,9 @@
 // `layerwise bench`: runs the benchmark, writes bench/results/<date>-<gpu>.json and regenerates docs/benchmarks.md.
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Command } from "commander";
 import { createBackend } from "../backend/index.js";
-import { benchGoals, chartSvg, markdownTable, measured, missedGoals, writeFileMkdir } from "../bench/report.js";
+import { benchGoals, chartSvg, markdownTable, measured, missedGoals, withKeptText, writeFileMkdir } from "../bench/report.js";
 import { readFile } from "node:fs/promises";
 import { benchPresets, ratios, runBench, type RunFigures } from "../bench/run.js";
 import { UsageError } from "../errors.js";
@@ -139,7 +140,7 @@ function writeReport(docs: string, r: Record<string, unknown>, preset: string, j
     ...((r.other_models as unknown[])?.length ? ["## Other models, RAM tier", "", "```json", JSON.stringify(r.other_models, null, 2), "```", ""] : []),
     ...longContextSection(r, gb),
   ].join("\n");
-  writeFileMkdir(docs, md);
+  writeFileMkdir(docs, withKeptText(md, existsSync(docs) ? readFileSync(docs, "utf8") : undefined));
 }
 
 /** Models at a context of their own: the RAM tier, and for mixture-of-experts models weights from disk too. */

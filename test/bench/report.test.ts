@@ -1,7 +1,7 @@
 // The benchmark report says, for each goal a run misses, by how much and whether that part of the run waited on I/O or computed.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { missedGoals } from "../../src/bench/report.js";
+import { keptMarker, missedGoals, withKeptText } from "../../src/bench/report.js";
 import { ratios, type RunFigures } from "../../src/bench/run.js";
 
 const run = (o: Partial<RunFigures>): RunFigures => ({ context: 32000, ttftS: 1, prefillTokensPerS: 32000, decodeSPerToken: 0.3, peakVramBytes: 7.9e9, ...o });
@@ -32,5 +32,12 @@ describe("bench report", () => {
     const r: Record<string, unknown> = { vram_budget_bytes: 8e9, ram_tier: [run({ ttftS: 4, floorPrefillS: 1 })] };
     Object.assign(r, ratios(r));
     assert.deepEqual(missedGoals(r), ["- prefill at 32k vs floor, warm: 0.250, target >= 0.5. prefill 4.000 s (this run recorded no I/O wait / compute split)."]);
+  });
+
+  it("a regenerated report keeps the old one's text from the kept marker on", () => {
+    const old = `# Benchmarks\n\nold table\n\n${keptMarker}\n\n## Re-runs\n\nwritten by hand\n`;
+    assert.equal(withKeptText("# Benchmarks\n\nnew table\n", old), `# Benchmarks\n\nnew table\n\n${keptMarker}\n\n## Re-runs\n\nwritten by hand\n`);
+    assert.equal(withKeptText("# Benchmarks\n\nnew table\n", "# Benchmarks\n\nold table\n"), "# Benchmarks\n\nnew table\n", "no marker: nothing kept");
+    assert.equal(withKeptText("new\n", undefined), "new\n");
   });
 });
