@@ -167,6 +167,13 @@ export class KvCache {
     for (const b of blocks) {
       if (b.tier !== "device" || b.length < this.policy.blockTokens) continue;
       if (++onDevice <= this.share) continue;
+      if (b.host) {
+        // Brought back from RAM for decode (useShare) and unchanged since: its RAM copy is still good.
+        onHost++;
+        this.moves.push({ b, host: b.host, toDisk: false, copies: [], bytes });
+        b.host = undefined;
+        continue;
+      }
       // Newest full blocks leave, so each block moves at most once.
       const toDisk = onHost >= this.policy.hostBlocks;
       if (!toDisk) onHost++;
@@ -237,7 +244,7 @@ export class KvCache {
       for (let layer = 0; layer < this.layers.length; layer++) this.startMoves(layer);
       return this.finishMoves();
     }
-    const landed: { b: KvBlockState; host: HostBuffer }[] = [];
+    const landed: KvBlockState[] = [];
     const copies: Promise<void>[] = [];
     this.layers.forEach((blocks, layer) => {
       const bytes = this.blockBytes(layer);
@@ -247,23 +254,21 @@ export class KvCache {
         if (b.tier !== "host") continue;
         const { k, v } = this.deviceBlock(layer);
         copies.push(this.backend.copyToDevice(k, 0, b.host!, 0, bytes), this.backend.copyToDevice(v, 0, b.host!, bytes, bytes));
-        landed.push({ b, host: b.host! });
-        Object.assign(b, { tier: "device", k, v, host: undefined });
+        // The RAM copy stays: full blocks do not change, so the next prompt sends the block out again without a copy.
+        Object.assign(b, { tier: "device", k, v });
+        landed.push(b);
         onDevice++;
       }
     });
     const results = await Promise.allSettled(copies);
     const failed = results.find((r) => r.status === "rejected");
-    for (const { b, host } of landed) {
-      if (!failed) {
-        this.pool.putHost(host);
-        continue;
-      }
-      // A copy failed: every block stays in RAM, as it was.
+    if (!failed) return;
+    // A copy failed: every block stays in RAM, as it was.
+    for (const b of landed) {
       this.pool.put(b.k!.shape[1]!, { k: b.k!, v: b.v! });
-      Object.assign(b, { tier: "host", k: undefined, v: undefined, host });
+      Object.assign(b, { tier: "host", k: undefined, v: undefined });
     }
-    if (failed) throw (failed as PromiseRejectedResult).reason;
+    throw (failed as PromiseRejectedResult).reason;
   }
 
   /** The block's K and V bytes (K rows then V rows) in host memory, for staging or saving. */
@@ -379,6 +384,11 @@ export class KvCache {
       const last = blocks[blocks.length - 1];
       if (!last || last.start + last.length <= length) continue;
       last.length = length - last.start;
+      if (last.tier === "device" && last.host) {
+        // It will grow again: a RAM copy kept from before (useShare) goes stale.
+        this.pool.putHost(last.host);
+        last.host = undefined;
+      }
       if (last.tier !== "device") {
         const data = new Uint8Array(2 * this.blockBytes(layer));
         await this.blockBytesOf(layer, last, data);

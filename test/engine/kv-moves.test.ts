@@ -72,8 +72,11 @@ describe("KV blocks moving off the device", () => {
     assert.deepEqual(Array.from(await backend.read(cache.blocks(0)[1]!.k!)), [8, 9, 10, 11, 12, 13, 14, 15]);
   });
 
-  it("the decode share brings the oldest blocks back from RAM, and the prefill share sends them out again, freeing their memory", async () => {
-    const backend = new CpuBackend();
+  it("the decode share brings the oldest blocks back from RAM, and the prefill share sends them out again without a copy, freeing their memory", async () => {
+    const cpu = new CpuBackend();
+    let copiesToHost = 0;
+    const backend = Object.create(cpu) as Backend;
+    backend.copyToHost = (...a: Parameters<Backend["copyToHost"]>) => (copiesToHost++, cpu.copyToHost(...a));
     const pool = new KvBlockPool(backend, 2, "f32");
     const cache = new KvCache(backend, shape, { blockTokens: 2, dtype: "f32", deviceBlocks: 1, decodeDeviceBlocks: 3, hostBlocks: 8, dropOutsideWindow: false }, new KvSpill(await tempDir()), { read: async () => {} }, pool);
     pool.reserve(4, 3); // the prefill share, a partial block and one in transit
@@ -89,8 +92,10 @@ describe("KV blocks moving off the device", () => {
     assert.equal(tiers(), "device,device,device,host,host", "the oldest RAM blocks come back");
     assert.deepEqual(Array.from(await backend.read(cache.blocks(0)[2]!.k!)), [16, 17, 18, 19, 20, 21, 22, 23], "with their bytes");
 
+    const copiesBefore = copiesToHost;
     await cache.useShare("prefill");
     assert.equal(tiers(), "device,host,host,host,host");
+    assert.equal(copiesToHost, copiesBefore, "the blocks brought back still had their RAM copies: no copy to send them out");
     const bytes = new Uint8Array(2 * 2 * 4 * 4);
     await cache.blockBytesOf(0, cache.blocks(0)[2]!, bytes);
     assert.deepEqual(Array.from(new Float32Array(bytes.buffer).subarray(0, 8)), [16, 17, 18, 19, 20, 21, 22, 23]);
