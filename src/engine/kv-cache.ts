@@ -118,7 +118,7 @@ export class KvCache {
     const start = this.length(layer);
     const state: KvBlockState = { start, length: this.policy.blockTokens, tier: "disk" };
     const onDevice = blocks.filter((b) => b.tier === "device").length;
-    const onHost = blocks.filter((b) => b.tier === "host").length;
+    const onHost = blocks.filter((b) => b.host).length; // in RAM, or on the device with a RAM copy
     if ("file" in bytes) {
       if (onDevice < this.share || onHost < this.policy.hostBlocks) {
         const data = new Uint8Array(2 * this.blockBytes(layer));
@@ -163,13 +163,13 @@ export class KvCache {
     const blocks = this.layers[layer]!;
     const bytes = this.blockBytes(layer);
     let onDevice = 0;
-    let onHost = blocks.filter((b) => b.tier === "host").length;
+    // Blocks holding RAM: those there, and those brought back for decode that kept their copy.
+    let onHost = blocks.filter((b) => b.host).length;
     for (const b of blocks) {
       if (b.tier !== "device" || b.length < this.policy.blockTokens) continue;
       if (++onDevice <= this.share) continue;
       if (b.host) {
         // Brought back from RAM for decode (useShare) and unchanged since: its RAM copy is still good.
-        onHost++;
         this.moves.push({ b, host: b.host, toDisk: false, copies: [], bytes });
         b.host = undefined;
         continue;
