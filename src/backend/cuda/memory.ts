@@ -27,6 +27,8 @@ interface Segment {
   readonly ptr: Handle;
   readonly bytes: number;
   readonly small: boolean;
+  /** The block at offset 0: it stays the same object, as merges keep the lower block. */
+  first: Block;
 }
 
 /** A stretch of a segment, in use or free; blocks of a segment are linked in address order. */
@@ -64,8 +66,6 @@ export function plannedBytes(bytes: number): number {
 export class DevicePool {
   private readonly segments = new Set<Segment>();
   private readonly freeBlocks = { small: new Set<Block>(), large: new Set<Block>() };
-  /** Each segment's block at offset 0: it stays the same object, as merges keep the lower block. */
-  private readonly blocks = new Map<Segment, Block>();
   /** Released buffers whose copy to the host may still run, each with the event that ends it (the pool's to destroy). */
   private readonly held: { block: Block; copied: Handle }[] = [];
   /** Bytes held from the driver (in use or cached) now and at most. */
@@ -146,9 +146,8 @@ export class DevicePool {
     let freed = 0;
     for (const s of empty) {
       if (freed >= bytes) break;
-      this.freeSet(s.small).delete(this.firstBlock(s));
+      this.freeSet(s.small).delete(s.first);
       this.segments.delete(s);
-      this.blocks.delete(s);
       this.driver.memFree(s.ptr);
       this.stats.driverFrees++;
       this.reserved -= s.bytes;
@@ -196,12 +195,11 @@ export class DevicePool {
     this.stats.driverAllocs++;
     this.reserved += bytes;
     this.reservedPeak = Math.max(this.reservedPeak, this.reserved);
-    const segment: Segment = { ptr, bytes, small };
+    const segment = { ptr, bytes, small } as Segment;
+    segment.first = { segment, offset: 0, bytes, free: true };
     this.segments.add(segment);
-    const block: Block = { segment, offset: 0, bytes, free: true };
-    this.blocks.set(segment, block);
-    this.freeSet(small).add(block);
-    return block;
+    this.freeSet(small).add(segment.first);
+    return segment.first;
   }
 
   /** Cuts `block` to `size`, the rest staying free after it (if worth keeping: a step of its kind or more). */
@@ -215,12 +213,7 @@ export class DevicePool {
     this.freeSet(block.segment.small).add(tail);
   }
 
-  private firstBlock(s: Segment): Block {
-    return this.blocks.get(s)!;
-  }
-
   private isEmpty(s: Segment): boolean {
-    const first = this.firstBlock(s);
-    return first.free && first.bytes === s.bytes;
+    return s.first.free && s.first.bytes === s.bytes;
   }
 }
