@@ -148,7 +148,7 @@ export class Runner {
       }
       // The last settles' moves off the device land now (the logits were read, so the GPU is done): a cache at rest has
       // none. After a prompt, decode's larger device share brings KV back from RAM into the activations' room.
-      for (const it of items) await (prefill ? it.cache.useShare("decode") : it.cache.finishMoves());
+      for (const it of items) await it.cache.useShare("decode");
       return logits === "all" ? allRows.map((parts) => (parts.length === 1 ? parts[0]! : concat(parts))) : lastRow;
     } catch (e) {
       await this.weights.reset();
