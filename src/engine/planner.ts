@@ -104,6 +104,11 @@ export function workspaceBytes(shape: ModelShape, rows: number): number {
   return rows * (shape.activationsPerRow + shape.hiddenSize) * 4 + logitRows * (shape.vocabSize + shape.hiddenSize) * 4;
 }
 
+/** KV blocks of one layer a pass of `rows` rows adds, and as many again leaving the device until the next pass (KvCache.settle). */
+export function kvTransitBlocks(rows: number, blockTokens: number): number {
+  return 2 * (Math.ceil(rows / blockTokens) + 1);
+}
+
 /** Prefill chunk sizes tried when none is given, largest first. */
 export const prefillChunkChoices = [8192, 4096, 2048] as const;
 
@@ -158,11 +163,13 @@ export function plan(input: PlanInput): Plan {
   const minExpertSlots = Math.min(maxExpertSlots, Math.max(2, shape.moe?.topK ?? 0));
 
   const globals = held(layout.globals.deviceBytes);
-  // The workspace is many tensors; count it as eight equal ones for the rounding.
-  const workspace = 8 * held(workspaceBytes(shape, Math.max(input.prefillChunk, batch)) / 8);
-  // Every layer's partly filled last block lives on the device; new blocks of one layer stay there until their chunk is
-  // done, and the blocks moving off the device stay there until the next chunk is (KvCache.settle).
-  const kvHeadroom = (shape.numLayers * batch + 2 * (Math.ceil(input.prefillChunk / block) + 1)) * kvLayerBlockBytes;
+  // The workspace for passes of `rows` rows is many tensors; count it as eight equal ones for the rounding.
+  const workspaceFor = (rows: number) => 8 * held(workspaceBytes(shape, rows) / 8);
+  // Every layer's partly filled last block lives on the device; new blocks of one layer stay there until their pass of
+  // `rows` rows is done, and the blocks moving off the device stay there until the next pass is (KvCache.settle).
+  const kvHeadroomFor = (rows: number) => (shape.numLayers * batch + kvTransitBlocks(rows, block)) * kvLayerBlockBytes;
+  const workspace = workspaceFor(Math.max(input.prefillChunk, batch));
+  const kvHeadroom = kvHeadroomFor(input.prefillChunk);
   // Recurrent layers' state (linear attention) stays on the device for every sequence.
   const recurrentState = batch * shape.kvLayers.reduce((n, l) => n + held(4 * (l.stateFloats ?? 0)), 0);
   const base = globals + workspace + kvHeadroom + recurrentState;
@@ -228,9 +235,7 @@ export function plan(input: PlanInput): Plan {
   const transfer = (kvStagingBlocks + 1) * kvLayerBlockBytes + Math.max(layout.globals.hostBytes, layout.maxLayerHostBytes);
 
   // Decode's own workspace and headroom are a few rows'; the rest of the prompt's holds KV from RAM (KvCache.useShare).
-  const decodeWorkspace = 8 * held(workspaceBytes(shape, batch) / 8);
-  const decodeHeadroom = (shape.numLayers * batch + 2 * (Math.ceil(batch / block) + 1)) * kvLayerBlockBytes;
-  const decodeRoom = Math.max(0, workspace + kvHeadroom - decodeWorkspace - decodeHeadroom);
+  const decodeRoom = Math.max(0, workspace + kvHeadroom - workspaceFor(batch) - kvHeadroomFor(batch));
   const kvDeviceTokensDecode = Math.max(kvDeviceTokens, Math.min(kvDeviceTokens + kvHostTokens, kvTokensWithin(kvRange, 0, ctx, block, kvRange(0, kvDeviceTokens) + decodeRoom)));
   const kvHostDecode = kvRange(kvDeviceTokensDecode, kvDeviceTokens + kvHostTokens);
 
