@@ -1,7 +1,7 @@
 // Where a prefill's GPU time goes, on the GPU machine: every kernel and copy on the compute stream is timed and summed by
 // name, and the time the stream sat idle (waiting for the host or for weights) is what is left of the span.
 // Usage: node dist/bench/profile-prefill.js MODEL_DIR PROMPT_FILE [--vram 8GB] [--ram 64GB] [--context 33k] [--chunk N|auto]
-//          [--small-uploads kernel|copy-engine] [--out FILE]
+//          [--small-uploads kernel|copy-engine] [--prefetch-stream own|shared] [--out FILE]
 import { readFileSync, writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { CudaBackend } from "../src/backend/cuda/index.js";
@@ -10,14 +10,16 @@ import { parseBytes, parseCount } from "../src/util/bytes.js";
 
 const { positionals, values } = parseArgs({
   allowPositionals: true,
-  options: { vram: { type: "string", default: "8GB" }, ram: { type: "string", default: "64GB" }, context: { type: "string", default: "33k" }, chunk: { type: "string" }, "small-uploads": { type: "string", default: "kernel" }, out: { type: "string" } },
+  options: { "prefetch-stream": { type: "string", default: "shared" }, vram: { type: "string", default: "8GB" }, ram: { type: "string", default: "64GB" }, context: { type: "string", default: "33k" }, chunk: { type: "string" }, "small-uploads": { type: "string", default: "kernel" }, out: { type: "string" } },
 });
 const [dir, promptFile] = positionals;
-if (!dir || !promptFile) throw new Error("usage: profile-prefill MODEL_DIR PROMPT_FILE [--vram 8GB] [--ram 64GB] [--context 33k] [--chunk N|auto] [--small-uploads kernel|copy-engine] [--out FILE]");
+if (!dir || !promptFile) throw new Error("usage: profile-prefill MODEL_DIR PROMPT_FILE [--vram 8GB] [--ram 64GB] [--context 33k] [--chunk N|auto] [--small-uploads kernel|copy-engine] [--prefetch-stream own|shared] [--out FILE]");
 
 const backend = CudaBackend.create();
 if (values["small-uploads"] !== "kernel" && values["small-uploads"] !== "copy-engine") throw new Error("--small-uploads is kernel or copy-engine");
 backend.smallUploads = values["small-uploads"] === "kernel" ? "kernel" : "copy engine";
+if (values["prefetch-stream"] !== "own" && values["prefetch-stream"] !== "shared") throw new Error("--prefetch-stream is own or shared");
+backend.prefetchStream = values["prefetch-stream"];
 const model = await LayerwiseModel.load(dir, {
   backend,
   vram: parseBytes(values.vram!),
@@ -34,22 +36,31 @@ try {
   const summary = {
     chunk: model.plan.input.prefillChunk,
     small_uploads: backend.smallUploads,
+    prefetch_stream: backend.prefetchStream,
     prompt_tokens: result.promptTokens,
     ttft_s: result.ttftS,
     io_wait_s: stats.ioWaitS,
+    peak_vram_bytes: stats.peakVramBytes,
     gpu_span_s: report.spanMs / 1000,
     gpu_busy_s: report.busyMs / 1000,
     gpu_idle_s: (report.spanMs - report.busyMs) / 1000,
     driver_allocs: backend.allocatorStats.driverAllocs - allocsBefore.driverAllocs,
     driver_frees: backend.allocatorStats.driverFrees - allocsBefore.driverFrees,
     pool_copy_waits: backend.allocatorStats.copyWaits - allocsBefore.copyWaits,
+    pool_copy_wait_s: (backend.allocatorStats.copyWaitMs - allocsBefore.copyWaitMs) / 1000,
+    pool_overrun: backend.allocatorOverrun ?? null,
+    arena: backend.allocatorStats.arena ?? null,
     host_waits: report.hostWaits.map((w) => ({ what: w.what, count: w.count, s: w.ms / 1000 })),
+    idle_between: report.gaps.slice(0, 12).map((g) => ({ between: g.between, count: g.count, s: g.ms / 1000 })),
     by_name: report.byName.map((k) => ({ name: k.name, count: k.count, s: k.ms / 1000, idle_before_s: k.idleBeforeMs / 1000 })),
   };
   if (values.out) writeFileSync(values.out, JSON.stringify(summary, null, 2) + "\n");
-  console.log(`prefill chunk ${summary.chunk}, small uploads by ${backend.smallUploads}`);
-  console.log(`first token ${result.ttftS.toFixed(3)} s; compute stream span ${(report.spanMs / 1000).toFixed(3)} s, busy ${(report.busyMs / 1000).toFixed(3)} s, idle ${((report.spanMs - report.busyMs) / 1000).toFixed(3)} s; ${summary.driver_allocs} cuMemAlloc, ${summary.driver_frees} cuMemFree, ${summary.pool_copy_waits} waits for a copy to the host before reusing memory`);
+  console.log(`prefill chunk ${summary.chunk}, small uploads by ${backend.smallUploads}, prefetch stream ${backend.prefetchStream}`);
+  console.log(`first token ${result.ttftS.toFixed(3)} s, peak VRAM ${stats.peakVramBytes} bytes; compute stream span ${(report.spanMs / 1000).toFixed(3)} s, busy ${(report.busyMs / 1000).toFixed(3)} s, idle ${((report.spanMs - report.busyMs) / 1000).toFixed(3)} s; ${summary.driver_allocs} cuMemAlloc, ${summary.driver_frees} cuMemFree, ${summary.pool_copy_waits} waits for a copy to the host before reusing memory (${summary.pool_copy_wait_s.toFixed(3)} s)`);
+  console.log(`arena (virtual memory): ${JSON.stringify(summary.arena)}`);
+  if (summary.pool_overrun) console.log(`device pool over its limit by ${summary.pool_overrun.bytes} bytes at most: ${JSON.stringify(summary.pool_overrun)}`);
   for (const w of report.hostWaits) console.log(`host waited for ${w.what}: ${w.count} times, ${(w.ms / 1000).toFixed(3)} s`);
+  for (const g of report.gaps.slice(0, 8)) console.log(`idle ${g.between}: ${g.count} times, ${(g.ms / 1000).toFixed(3)} s`);
   for (const k of report.byName.slice(0, 30)) console.log(`${k.name.padEnd(36)} ${String(k.count).padStart(7)} ${(k.ms / 1000).toFixed(3).padStart(8)} s ${((1000 * k.ms) / k.count).toFixed(1).padStart(9)} us each, idle before ${(k.idleBeforeMs / 1000).toFixed(3)} s`);
 } finally {
   await model.close();

@@ -152,6 +152,9 @@ export interface AttentionPart {
   readonly lse: Tensor;
 }
 
+/** Which queue a copy to the device waits in: "needed" by compute next, or a "prefetch" for later. */
+export type CopyQueue = "needed" | "prefetch";
+
 export interface Backend extends Ops {
   readonly name: "cpu" | "cuda";
   readonly memory: MemoryStats;
@@ -165,6 +168,11 @@ export interface Backend extends Ops {
   setDeviceBudget(bytes: number): void;
   /** Device bytes an allocation of `bytes` really holds (allocators round sizes); the planner counts these. */
   deviceBytesFor(bytes: number): number;
+  /**
+   * The share of a layer pass's working set a caching allocator loses to fragmentation (free memory in pieces the next
+   * pass's tensors do not fit); the planner adds it to the workspace.
+   */
+  readonly workspaceSlack: number;
   /** Starts the peaks of `memory` again from what is held now (for a new run on a shared backend). */
   resetPeaks(): void;
   /** A new uninitialized tensor that outlives scopes until `free`. */
@@ -176,11 +184,12 @@ export interface Backend extends Ops {
   allocHost(byteLength: number): HostBuffer;
   freeHost(b: HostBuffer): void;
   /**
-   * Enqueues a copy of `length` bytes from `src` to `dst` on the copy queue, after compute reaches `after` (by default,
+   * Enqueues a copy of `length` bytes from `src` to `dst` on a copy queue, after compute reaches `after` (by default,
    * all compute enqueued so far, copies to host included). Ops that read `dst` wait for it by themselves. Resolves when
-   * `src` may be reused by the host.
+   * `src` may be reused by the host. Copies that read ahead (weights for later layers) go on the "prefetch" queue, so
+   * copies that compute needs next (hidden states, KV blocks) never wait behind them.
    */
-  copyToDevice(dst: Tensor, dstOffset: number, src: HostBuffer, srcOffset: number, length: number, after?: Fence): Promise<void>;
+  copyToDevice(dst: Tensor, dstOffset: number, src: HostBuffer, srcOffset: number, length: number, after?: Fence, queue?: CopyQueue): Promise<void>;
   /**
    * Enqueues a copy of bytes of `src` to host memory after the compute enqueued so far, in order with it: `src` may be
    * freed at once, and a later copyToDevice from `dst` (without `after`) reads what it wrote. Resolves when the host

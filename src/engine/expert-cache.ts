@@ -147,7 +147,8 @@ export class ExpertCache {
     if (this.inFlight++ === 0) this.busySince = performance.now();
     slot.weights = (async () => {
       try {
-        const w = await fetchGroup(this.backend, this.reader, group, this.ramImages.get(key), this.staging, slot.buffer, slot.freeAfter);
+        // A chunk's routed experts are needed by its own pass.
+        const w = await fetchGroup(this.backend, this.reader, group, this.ramImages.get(key), this.staging, slot.buffer, slot.freeAfter, "needed");
         this.stats.loads++;
         this.stats.loadBytes += group.dataBytes;
         return w;

@@ -181,6 +181,7 @@ export class LayerwiseModel {
         kvBlockTokens,
         kvDtype,
         deviceBytesFor: (n) => backend.deviceBytesFor(n),
+        workspaceSlack: backend.workspaceSlack,
         vramBytes: (o.vram ?? (await backend.defaultDeviceBudget())) - backend.deviceOverheadBytes,
         ramBytes: o.ram ?? Math.floor(freemem() / 2),
         expertSlots: o.expertSlots,

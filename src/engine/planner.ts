@@ -28,6 +28,8 @@ export interface PlanInput {
   readonly expertSlots?: number;
   /** Device bytes an allocation of n bytes really holds (the backend's rounding); identity by default. */
   readonly deviceBytesFor?: (n: number) => number;
+  /** The backend's allocator's fragmentation, as a share of the workspace (Backend.workspaceSlack); 0 by default. */
+  readonly workspaceSlack?: number;
 }
 
 export interface Plan {
@@ -164,7 +166,7 @@ export function plan(input: PlanInput): Plan {
 
   const globals = held(layout.globals.deviceBytes);
   // The workspace for passes of `rows` rows is many tensors; count it as eight equal ones for the rounding.
-  const workspaceFor = (rows: number) => 8 * held(workspaceBytes(shape, rows) / 8);
+  const workspaceFor = (rows: number) => 8 * held((workspaceBytes(shape, rows) * (1 + (input.workspaceSlack ?? 0))) / 8);
   // Every layer's partly filled last block lives on the device; new blocks of one layer stay there until their pass of
   // `rows` rows is done, and the blocks moving off the device stay there until the next pass is (KvCache.settle).
   const kvHeadroomFor = (rows: number) => (shape.numLayers * batch + kvTransitBlocks(rows, block)) * kvLayerBlockBytes;

@@ -1,6 +1,6 @@
 // The moves weight streaming is made of: a group's file ranges into a host image, the image's tensors into a device buffer.
 import type { Weights } from "../arch/types.js";
-import type { Backend, Fence, HostBuffer, Tensor } from "../backend/ops.js";
+import type { Backend, CopyQueue, Fence, HostBuffer, Tensor } from "../backend/ops.js";
 import type { DiskReader } from "../model/disk-reader.js";
 import type { TensorGroup } from "./layout.js";
 
@@ -15,11 +15,11 @@ export async function readGroup(reader: DiskReader, group: TensorGroup, image: H
 }
 
 /** Enqueues the copies of a group's tensors from its host image into a device buffer; returns views on them. */
-export async function copyGroup(backend: Backend, group: TensorGroup, image: HostBuffer, buffer: Tensor, after: Fence | undefined, waitForCopies: boolean): Promise<Weights> {
+export async function copyGroup(backend: Backend, group: TensorGroup, image: HostBuffer, buffer: Tensor, after: Fence | undefined, waitForCopies: boolean, queue: CopyQueue = "needed"): Promise<Weights> {
   const copies: Promise<void>[] = [];
   const w: Record<string, Tensor> = {};
   for (const t of group.tensors) {
-    for (const p of t.pieces) copies.push(backend.copyToDevice(buffer, p.deviceOffset, image, p.hostOffset, p.byteLength, after));
+    for (const p of t.pieces) copies.push(backend.copyToDevice(buffer, p.deviceOffset, image, p.hostOffset, p.byteLength, after, queue));
     const view = backend.view(buffer, t.deviceOffset, t.shape, t.dtype);
     for (const key of t.keys) w[key] = view;
   }
@@ -35,13 +35,13 @@ export async function loadGroup(backend: Backend, reader: DiskReader, group: Ten
 
 /**
  * A group's weights in a device buffer: copied from its RAM image when it has one, else read from disk into a staging
- * buffer first (given back once the copies are done). Copies wait for compute to reach `after`.
+ * buffer first (given back once the copies are done). Copies wait for compute to reach `after`, on `queue`.
  */
-export async function fetchGroup(backend: Backend, reader: DiskReader, group: TensorGroup, ram: HostBuffer | undefined, staging: BufferPool, buffer: Tensor, after: Fence | undefined): Promise<Weights> {
+export async function fetchGroup(backend: Backend, reader: DiskReader, group: TensorGroup, ram: HostBuffer | undefined, staging: BufferPool, buffer: Tensor, after: Fence | undefined, queue: CopyQueue): Promise<Weights> {
   const image = ram ?? (await staging.take());
   try {
     if (!ram) await readGroup(reader, group, image);
-    return await copyGroup(backend, group, image, buffer, after, !ram);
+    return await copyGroup(backend, group, image, buffer, after, !ram, queue);
   } finally {
     if (!ram) staging.give(image);
   }

@@ -127,7 +127,8 @@ export class LayerStreamer implements WeightSource {
     slot.busy = true;
     const group = this.layout.layers[layer]!;
     slot.loading = (async () => {
-      const w = await fetchGroup(this.backend, this.reader, group, this.ramImages.get(layer), this.staging!, slot.buffer, slot.freeAfter);
+      // Layers load ahead of the compute, on their own queue: the hidden states and KV blocks compute needs next do not wait behind them.
+      const w = await fetchGroup(this.backend, this.reader, group, this.ramImages.get(layer), this.staging!, slot.buffer, slot.freeAfter, "prefetch");
       this.stats.h2dBytes += group.dataBytes;
       return w;
     })();

@@ -3,6 +3,7 @@
 // go back to the driver, the largest first and no more than needed.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { DeviceArena, type ArenaDriver } from "../../src/backend/cuda/arena.js";
 import { DevicePool, blockBytes, type DeviceBuffer, type PoolDriver } from "../../src/backend/cuda/memory.js";
 import { Random } from "../../src/util/random.js";
 
@@ -44,7 +45,7 @@ describe("device pool", () => {
     pool.release(b);
     const d = pool.alloc(8 * MiB);
     assert.equal(d.ptr, a.ptr, "the freed pieces merged back into one 8 MiB block");
-    assert.deepEqual(pool.stats, { driverAllocs: 1, driverFrees: 0, copyWaits: 0 });
+    assert.deepEqual(pool.stats, { driverAllocs: 1, driverFrees: 0, copyWaits: 0, copyWaitMs: 0 });
     assert.throws(() => (pool.release(d), pool.release(d)), /released twice/);
   });
 
@@ -135,5 +136,164 @@ describe("device pool", () => {
     assert.equal(pool.stats.copyWaits, 1);
     assert.equal(pool.stats.driverAllocs, 2);
     assert.throws(() => (pool.release(d), pool.release(d)), /released twice/);
+  });
+});
+
+/** A stand-in for the driver's virtual memory: which granules are mapped, and how often the device was drained. */
+function fakeArena(granule = 2 * MiB, bytes = 1024 * MiB) {
+  const base = 1n << 40n;
+  const mapped = new Map<bigint, bigint>();
+  const log = { drains: 0, maps: 0, unmaps: 0, released: false };
+  const driver: ArenaDriver = {
+    memAddressReserve: () => base,
+    memAddressFree: () => void (log.released = true),
+    memMapNew: (ptr: bigint, n: number) => {
+      assert.equal(n, granule);
+      assert.ok(!mapped.has(ptr), "mapped twice");
+      mapped.set(ptr, ptr + 7n);
+      log.maps++;
+      return ptr + 7n;
+    },
+    memUnmapRelease: (ptr: bigint, _n: number, handle: bigint) => {
+      assert.equal(mapped.get(ptr), handle);
+      assert.ok(log.drains > 0, "unmapped only after a drain");
+      mapped.delete(ptr);
+      log.unmaps++;
+    },
+  };
+  const arena = new DeviceArena(driver, 0, granule, bytes, () => void log.drains++);
+  const mappedMiB = () => (mapped.size * granule) / MiB;
+  return { arena, log, mappedMiB, isMapped: (ptr: bigint) => mapped.has(ptr - (ptr % BigInt(granule))) };
+}
+
+describe("device pool with a virtual memory arena", () => {
+  it("gives back a free stretch that lies between buffers in use, so a larger buffer fits within the limit", () => {
+    const { arena, log, mappedMiB } = fakeArena();
+    const pool = new DevicePool(fakeDriver().driver, arena);
+    pool.limit = 64 * MiB;
+    const a = pool.alloc(20 * MiB);
+    const b = pool.alloc(4 * MiB); // outlives a and c, between them
+    const c = pool.alloc(20 * MiB);
+    const e = pool.alloc(4 * MiB); // and after c
+    pool.release(a);
+    pool.release(c);
+    assert.equal(pool.reserved, 48 * MiB, "freed buffers stay mapped (cached)");
+    const d = pool.alloc(40 * MiB); // the 20 MiB holes cannot hold it; 48 + 40 > 64 without giving (at least 24 MiB of) them back
+    assert.equal(pool.reserved, 48 * MiB, "after a drain, every cached granule went back (up to 256 MiB)");
+    assert.equal(pool.overrun, undefined);
+    assert.equal(log.drains, 1, "one drain before the granules went back");
+    assert.equal(mappedMiB(), 48);
+    for (const x of [b, d, e]) pool.release(x);
+    pool.trim();
+    assert.equal(pool.reserved, 0);
+    pool.dispose();
+    assert.ok(log.released);
+  });
+
+  it("reuses cached granules without mapping or draining, and never gives back those of the buffer being handed out", () => {
+    const { arena, log, isMapped } = fakeArena();
+    const pool = new DevicePool(fakeDriver().driver, arena);
+    pool.limit = 12 * MiB;
+    const a = pool.alloc(8 * MiB);
+    pool.release(a);
+    const maps = log.maps;
+    const b = pool.alloc(8 * MiB);
+    assert.equal(b.ptr, a.ptr);
+    assert.equal(log.maps, maps, "its granules were still mapped");
+    assert.equal(log.drains, 0);
+    const c = pool.alloc(3 * MiB); // 8 + 4 (two granules) = 12: fits
+    pool.release(b);
+    const d = pool.alloc(9 * MiB); // b's 8 MiB hole is too small: after c, 8 MiB more to map; 12 + 8 > 12, so b's granules go back
+    assert.ok(pool.reserved <= pool.limit, `reserved ${pool.reserved / MiB} MiB`);
+    assert.ok(isMapped(d.ptr) && isMapped(d.ptr + BigInt(9 * MiB - 1)), "the new buffer is mapped end to end");
+    assert.ok(isMapped(c.ptr), "the buffer in use kept its memory");
+    pool.release(c);
+    assert.throws(() => pool.dispose(), /disposed with buffers in use/);
+  });
+
+  it("counts a granule shared by two buffers as used until both are free", () => {
+    const { arena, isMapped } = fakeArena();
+    const pool = new DevicePool(fakeDriver().driver, arena);
+    const a = pool.alloc(3 * MiB);
+    const b = pool.alloc(3 * MiB); // granule 1 holds a's last MiB and b's first
+    pool.release(a);
+    pool.trim();
+    assert.ok(!isMapped(a.ptr), "a's own granule went back");
+    assert.ok(isMapped(a.ptr + BigInt(2 * MiB)), "the shared granule stays while b uses it");
+    assert.equal(pool.reserved, 4 * MiB);
+    pool.release(b);
+    pool.trim();
+    assert.equal(pool.reserved, 0);
+  });
+
+  it("keeps to its limit below a pass order's footprint, and above it settles into passes that map and drain nothing", () => {
+    // The pass below holds at most 200 MiB at once, but its order (a freed 40 MiB stretch too small for the next 56 MiB
+    // tensor) spreads it over 280 MiB of addresses: the planner's workspace slack is for that.
+    for (const limit of [240, 280]) {
+      const { arena, log } = fakeArena();
+      const pool = new DevicePool(fakeDriver().driver, arena);
+      pool.limit = limit * MiB;
+      const kept = pool.alloc(40 * MiB); // weights and the like, for good
+      const pass = (rows: number) => {
+        // A layer pass's tensors, in MiB per 8 rows: some freed before later ones are taken, one (its output) kept.
+        const mib = (n: number) => Math.ceil((n * rows) / 8) * MiB;
+        const x = pool.alloc(mib(4));
+        const q = pool.alloc(mib(4));
+        const kv = pool.alloc(mib(2));
+        const att = pool.alloc(mib(4));
+        for (const b of [q, kv]) pool.release(b);
+        const gate = pool.alloc(mib(14));
+        const up = pool.alloc(mib(14));
+        pool.release(att);
+        const act = pool.alloc(mib(14));
+        for (const b of [gate, up]) pool.release(b);
+        const out = pool.alloc(mib(4));
+        for (const b of [act, x]) pool.release(b);
+        return out;
+      };
+      let settled = { ...log };
+      let previous: DeviceBuffer | undefined;
+      for (let layer = 0; layer < 12; layer++) {
+        if (layer === 3) settled = { ...log };
+        for (const rows of [32, 32, 32, 29]) {
+          const out = pass(rows);
+          if (previous) pool.release(previous);
+          previous = out;
+          assert.ok(pool.reserved <= pool.limit, `limit ${limit}, layer ${layer}: ${pool.reserved / MiB} MiB reserved`);
+        }
+      }
+      if (limit === 280) {
+        assert.equal(log.drains - settled.drains, 0, "no drains once settled");
+        assert.equal(log.maps - settled.maps, 0, "no new mappings once settled");
+      } else assert.ok(log.drains > settled.drains, "below the footprint, granules go back and come again");
+      for (const b of [kept, previous!]) pool.release(b);
+    }
+  });
+
+  it("never hands out overlapping or unmapped memory over a random run within its limit", () => {
+    const { arena, isMapped } = fakeArena();
+    const pool = new DevicePool(fakeDriver().driver, arena);
+    pool.limit = 96 * MiB;
+    const random = new Random(5);
+    const live: DeviceBuffer[] = [];
+    let inUse = 0;
+    for (let step = 0; step < 3000; step++) {
+      const bytes = MiB + Math.floor(random.next() * 12 * MiB);
+      if (live.length > 0 && (random.next() < 0.45 || inUse + blockBytes(bytes) + 2 * MiB * (live.length + 2) > pool.limit)) {
+        const [b] = live.splice(Math.floor(random.next() * live.length), 1);
+        inUse -= b!.bytes;
+        pool.release(b!);
+        continue;
+      }
+      const b = pool.alloc(bytes);
+      for (const other of live) assert.ok(b.ptr + BigInt(b.bytes) <= other.ptr || other.ptr + BigInt(other.bytes) <= b.ptr, `step ${step}: overlap`);
+      for (let off = 0; off < b.bytes; off += MiB) assert.ok(isMapped(b.ptr + BigInt(off)), `step ${step}: unmapped byte handed out`);
+      assert.ok(pool.reserved <= pool.limit, `step ${step}: ${pool.reserved / MiB} MiB reserved`);
+      live.push(b);
+      inUse += b.bytes;
+    }
+    for (const b of live.splice(0)) pool.release(b);
+    pool.dispose();
+    assert.equal(pool.reserved, 0);
   });
 });

@@ -1,5 +1,6 @@
 // The CUDA backend's opt-in stream profile, against a stand-in driver whose events carry fake timestamps: GPU time is
-// summed by name, the idle time between ops is the span less that sum and is put down to the op that ends it, and a report starts the next one afresh.
+// summed by name, the idle time between ops is the span less that sum and is put down to the op that ends it (and to the
+// pair of ops around it), and a report starts the next one afresh.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { StreamProfile, type ProfileDriver } from "../../src/backend/cuda/stream-profile.js";
@@ -46,8 +47,13 @@ describe("stream profile", () => {
         { name: "copy to host", count: 1, ms: 1, idleBeforeMs: 2 },
         { name: "norm", count: 1, ms: 0.5, idleBeforeMs: 1 },
       ],
+      gaps: [
+        { between: "gemm -> copy to host", count: 1, ms: 2 },
+        { between: "gemm -> norm", count: 1, ms: 1 },
+        { between: "norm -> gemm", count: 1, ms: 0 },
+      ],
     });
     assert.equal(destroyed.size, created);
-    assert.deepEqual(await profile.report(), { spanMs: 0, busyMs: 0, byName: [], hostWaits: [] });
+    assert.deepEqual(await profile.report(), { spanMs: 0, busyMs: 0, byName: [], hostWaits: [], gaps: [] });
   });
 });

@@ -7,9 +7,9 @@ out="${OUT:-/tmp}"
 model=/tmp/llama-3.1-8b
 [ -f "$model/config.json" ] || node dist/src/cli/main.js make-test-model --preset llama-3.1-8b --dtype bf16 --out "$model" > /dev/null
 [ -f /tmp/p32k.txt ] || node dist/src/bench/prompt.js "$model" 32000 /tmp/p32k.txt
-# RUNS: chunk size:small-upload path pairs.
-for run in ${RUNS:-2048:kernel 2048:copy-engine 8192:kernel}; do
-  chunk="${run%%:*}" uploads="${run#*:}"
-  timeout 120 node dist/bench/profile-prefill.js "$model" /tmp/p32k.txt --chunk "$chunk" --small-uploads "$uploads" --out "$out/profile-prefill-$chunk-$uploads.json" 2>&1 | tee "$out/profile-prefill-$chunk-$uploads.log" | head -24
-  echo "profile chunk $chunk, small uploads by $uploads: exit ${PIPESTATUS[0]}"
+# RUNS: chunk size:prefetch stream (own or shared with the copies compute needs next) pairs.
+for run in ${RUNS:-2048:shared 8192:shared 8192:own}; do
+  chunk="${run%%:*}" prefetch="${run#*:}"
+  timeout 120 node dist/bench/profile-prefill.js "$model" /tmp/p32k.txt --chunk "$chunk" --prefetch-stream "$prefetch" --out "$out/profile-prefill-$chunk-$prefetch.json" 2>&1 | tee "$out/profile-prefill-$chunk-$prefetch.log" | head -24
+  echo "profile chunk $chunk, prefetch stream $prefetch: exit ${PIPESTATUS[0]}"
 done

@@ -32,6 +32,8 @@ export class CpuBackend implements Backend {
     return bytes;
   }
 
+  readonly workspaceSlack = 0;
+
   resetPeaks(): void {
     this.memory.deviceBytesPeak = this.memory.deviceBytes;
     this.memory.hostBytesPeak = this.memory.hostBytes;

@@ -17,6 +17,10 @@ const CU_TENSOR_MAP_SWIZZLE_128B = 3;
 const CU_TENSOR_MAP_L2_PROMOTION_L2_256B = 3;
 const CU_EVENT_DISABLE_TIMING = 2;
 const CU_MEMHOSTALLOC_DEVICEMAP = 2;
+const CU_MEM_ALLOCATION_TYPE_PINNED = 1;
+const CU_MEM_LOCATION_TYPE_DEVICE = 1;
+const CU_MEM_ACCESS_FLAGS_PROT_READWRITE = 3;
+export const CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED = 102;
 const CUDA_SUCCESS = 0;
 const CUDA_ERROR_OUT_OF_MEMORY = 2;
 const CUDA_ERROR_NOT_READY = 600;
@@ -25,6 +29,15 @@ const CUDA_ERROR_NOT_READY = 600;
 export const minDriverVersion = 13000;
 
 type Fn = (...args: unknown[]) => number;
+
+/** CUmemAllocationProp (32 bytes): pinned device memory on `device`, no shareable handle, no flags. */
+function allocationProp(device: number): Uint8Array {
+  const prop = new Int32Array(8);
+  prop[0] = CU_MEM_ALLOCATION_TYPE_PINNED;
+  prop[2] = CU_MEM_LOCATION_TYPE_DEVICE;
+  prop[3] = device;
+  return new Uint8Array(prop.buffer);
+}
 
 export class Driver {
   private readonly f: Record<string, Fn & { async: (...args: unknown[]) => void }>;
@@ -45,6 +58,14 @@ export class Driver {
       cuMemGetInfo: "int cuMemGetInfo_v2(_Out_ uint64_t *free, _Out_ uint64_t *total)",
       cuMemAlloc: "int cuMemAlloc_v2(_Out_ uint64_t *ptr, uint64_t bytes)",
       cuMemFree: "int cuMemFree_v2(uint64_t ptr)",
+      cuMemGetAllocationGranularity: "int cuMemGetAllocationGranularity(_Out_ uint64_t *granularity, const uint8_t *prop, int option)",
+      cuMemAddressReserve: "int cuMemAddressReserve(_Out_ uint64_t *ptr, uint64_t size, uint64_t alignment, uint64_t addr, uint64_t flags)",
+      cuMemAddressFree: "int cuMemAddressFree(uint64_t ptr, uint64_t size)",
+      cuMemCreate: "int cuMemCreate(_Out_ uint64_t *handle, uint64_t size, const uint8_t *prop, uint64_t flags)",
+      cuMemRelease: "int cuMemRelease(uint64_t handle)",
+      cuMemMap: "int cuMemMap(uint64_t ptr, uint64_t size, uint64_t offset, uint64_t handle, uint64_t flags)",
+      cuMemUnmap: "int cuMemUnmap(uint64_t ptr, uint64_t size)",
+      cuMemSetAccess: "int cuMemSetAccess(uint64_t ptr, uint64_t size, const uint8_t *desc, uint64_t count)",
       cuMemHostAlloc: "int cuMemHostAlloc(_Out_ uint64_t *ptr, uint64_t bytes, uint32_t flags)",
       cuMemFreeHost: "int cuMemFreeHost(uint64_t ptr)",
       cuMemHostGetDevicePointer: "int cuMemHostGetDevicePointer_v2(_Out_ uint64_t *dptr, uint64_t ptr, uint32_t flags)",
@@ -155,6 +176,43 @@ export class Driver {
   memFree(ptr: Handle): void {
     this.call("cuMemFree", ptr);
   }
+
+  // Virtual memory: an address range reserved once, with physical memory mapped into it in granules (see DeviceArena).
+
+  /** The granule physical memory on `device` is created and mapped in. */
+  memGranularity(device: number): number {
+    return Number(this.out<bigint>("cuMemGetAllocationGranularity", allocationProp(device), 0));
+  }
+  memAddressReserve(bytes: number): Handle {
+    return BigInt(this.out<bigint>("cuMemAddressReserve", bytes, 0, 0, 0));
+  }
+  memAddressFree(ptr: Handle, bytes: number): void {
+    this.call("cuMemAddressFree", ptr, bytes);
+  }
+  /** Maps `bytes` of new physical memory on `device` at `ptr` (reserved, unmapped) and lets the device read and write it. */
+  memMapNew(ptr: Handle, bytes: number, device: number): Handle {
+    const box = [0n];
+    this.check(this.f.cuMemCreate!(box, bytes, allocationProp(device), 0), `cuMemCreate of ${bytes} bytes`, () => {
+      const { free, total } = this.memInfo();
+      return `${free} bytes free of ${total}`;
+    });
+    const handle = BigInt(box[0]!);
+    try {
+      this.call("cuMemMap", ptr, bytes, 0, handle, 0);
+      const desc = new Int32Array([CU_MEM_LOCATION_TYPE_DEVICE, device, CU_MEM_ACCESS_FLAGS_PROT_READWRITE]);
+      this.call("cuMemSetAccess", ptr, bytes, new Uint8Array(desc.buffer), 1);
+    } catch (e) {
+      this.f.cuMemUnmap!(ptr, bytes);
+      this.f.cuMemRelease!(handle);
+      throw e;
+    }
+    return handle;
+  }
+  /** Undoes memMapNew; the device must be done with the memory. */
+  memUnmapRelease(ptr: Handle, bytes: number, handle: Handle): void {
+    this.call("cuMemUnmap", ptr, bytes);
+    this.call("cuMemRelease", handle);
+  }
   /** Pinned host memory; `mapped`: kernels may also read it, at hostDevicePointer(ptr). */
   hostAlloc(bytes: number, mapped = false): Handle {
     return BigInt(this.out<bigint>("cuMemHostAlloc", bytes, mapped ? CU_MEMHOSTALLOC_DEVICEMAP : 0));
@@ -186,6 +244,10 @@ export class Driver {
   }
   streamDestroy(stream: Handle): void {
     this.call("cuStreamDestroy", stream);
+  }
+  /** Blocks this thread until the stream's work so far is done. */
+  streamSynchronize(stream: Handle): void {
+    this.call("cuStreamSynchronize", stream);
   }
   streamWaitEvent(stream: Handle, event: Handle): void {
     this.call("cuStreamWaitEvent", stream, event, 0);

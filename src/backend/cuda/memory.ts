@@ -3,7 +3,9 @@
 // pass (whose tensor sizes differ op by op) settles into the same memory instead of asking the driver again. Every
 // buffer is reused in compute-stream order (see CudaBackend.free). cuMemFree waits for the whole device, so segments go
 // back to the driver only when the budget needs their bytes, or on trim. A buffer still being copied to the host is
-// held back until its copy is done.
+// held back until its copy is done. Where the driver has virtual memory, large buffers come from one DeviceArena
+// instead of segments of their own, and its cached memory goes back granule by granule.
+import type { DeviceArena } from "./arena.js";
 import type { Driver, Handle } from "./driver.js";
 
 /** The driver calls the pool makes. */
@@ -74,14 +76,32 @@ export class DevicePool {
   /** Most bytes the pool may hold; past it, free segments go back to the driver before it is asked for more. */
   limit = Infinity;
   /** Calls to the driver's allocator: few after warm-up, or the pool is thrashing. */
-  readonly stats = { driverAllocs: 0, driverFrees: 0, copyWaits: 0 };
+  readonly stats = { driverAllocs: 0, driverFrees: 0, copyWaits: 0, copyWaitMs: 0 };
+  /** Bytes in blocks handed out (not free, not held for a copy). */
+  private inUse = 0;
+  /** The pool at its largest overrun of the limit, if any: what held the memory then (in use, cached free, held for copies). */
+  overrun?: { readonly bytes: number; readonly request: number; readonly inUse: number; readonly cachedSmall: number; readonly cachedLarge: number; readonly held: number; readonly segments: number };
 
-  constructor(private readonly driver: PoolDriver) {}
+  /** The arena's addresses, carved like one segment (never given back whole). */
+  private readonly arenaSegment?: Segment;
+
+  constructor(
+    private readonly driver: PoolDriver,
+    private readonly arena?: DeviceArena,
+  ) {
+    if (arena) {
+      const segment = { ptr: arena.base, bytes: arena.bytes, small: false } as Segment;
+      segment.first = { segment, offset: 0, bytes: arena.bytes, free: true };
+      this.freeBlocks.large.add(segment.first);
+      this.arenaSegment = segment;
+    }
+  }
 
   alloc(bytes: number): DeviceBuffer {
     const size = blockBytes(bytes);
     const small = size <= smallMax;
     this.reclaim(false);
+    if (!small && this.arena) return this.allocInArena(size);
     let block = this.bestFit(small, size);
     if (!block && this.held.length > 0 && this.reserved + this.segmentBytes(small, size) > this.limit) {
       // Copies to the host run on while compute goes on; near the budget, wait for them rather than take more memory.
@@ -92,12 +112,64 @@ export class DevicePool {
     this.split(block, size);
     block.free = false;
     this.freeSet(small).delete(block);
+    this.inUse += block.bytes;
+    if (this.reserved - this.limit > (this.overrun?.bytes ?? 0)) this.noteOverrun(size);
     return new DeviceBuffer(block.segment.ptr + BigInt(block.offset), block.bytes, block);
+  }
+
+  /** A large buffer from the arena; mapping its granules may first take cached memory back, to keep within the limit. */
+  private allocInArena(size: number): DeviceBuffer {
+    const arena = this.arena!;
+    // The free stretch whose start needs the fewest granules mapped, then the smallest: a layer pass's buffers land
+    // where the last pass's did, in memory still mapped, so passes of the same shape map and unmap nothing.
+    const fit = () => {
+      let best: Block | undefined;
+      let bestUnmapped = Infinity;
+      for (const b of this.freeBlocks.large) {
+        if (b.bytes < size) continue;
+        const unmapped = arena.unmappedIn(b.offset, size);
+        if (unmapped < bestUnmapped || (unmapped === bestUnmapped && b.bytes < best!.bytes)) [best, bestUnmapped] = [b, unmapped];
+      }
+      if (!best) throw new Error(`DevicePool: no ${size} bytes of addresses left in the arena`);
+      return best;
+    };
+    let block = fit();
+    if (this.reserved + arena.unmappedIn(block.offset, size) > this.limit && this.held.length > 0) {
+      this.reclaim(true);
+      block = fit();
+    }
+    const over = this.reserved + arena.unmappedIn(block.offset, size) - this.limit;
+    if (over > 0) {
+      // The arena's own cached granules first (small segments hold KV blocks that come back soon), then empty segments.
+      const mapped = arena.mappedBytes;
+      arena.trim(over, { offset: block.offset, bytes: size });
+      this.reserved += arena.mappedBytes - mapped;
+      const still = this.reserved + arena.unmappedIn(block.offset, size) - this.limit;
+      if (still > 0) this.trim(still, { offset: block.offset, bytes: size });
+    }
+    this.split(block, size);
+    block.free = false;
+    this.freeBlocks.large.delete(block);
+    const mapped = arena.mappedBytes;
+    arena.use(block.offset, size);
+    this.reserved += arena.mappedBytes - mapped;
+    this.reservedPeak = Math.max(this.reservedPeak, this.reserved);
+    this.inUse += block.bytes;
+    if (this.reserved - this.limit > (this.overrun?.bytes ?? 0)) this.noteOverrun(size);
+    return new DeviceBuffer(block.segment.ptr + BigInt(block.offset), block.bytes, block);
+  }
+
+  private noteOverrun(request: number): void {
+    const sum = (set: Set<Block>) => [...set].reduce((n, b) => n + b.bytes, 0);
+    const held = this.held.reduce((n, h) => n + h.block.bytes, 0);
+    const cachedLarge = this.arena ? this.arena.cachedBytes() : sum(this.freeBlocks.large);
+    this.overrun = { bytes: this.reserved - this.limit, request, inUse: this.inUse, cachedSmall: sum(this.freeBlocks.small), cachedLarge, held, segments: this.segments.size };
   }
 
   release(b: DeviceBuffer): void {
     b.pendingCopy = undefined;
     if (b.block.free || this.held.some((h) => h.block === b.block)) throw new Error("DevicePool: buffer released twice");
+    this.inUse -= b.block.bytes;
     if (b.pendingRead !== undefined) {
       this.held.push({ block: b.block, copied: b.pendingRead });
       b.pendingRead = undefined;
@@ -111,8 +183,10 @@ export class DevicePool {
     for (let i = 0; i < this.held.length; ) {
       const { block, copied } = this.held[i]!;
       if (wait) {
+        const t0 = performance.now();
         this.driver.eventSynchronize(copied);
         this.stats.copyWaits++;
+        this.stats.copyWaitMs += performance.now() - t0;
       } else if (!this.driver.eventDone(copied)) {
         i++;
         continue;
@@ -125,6 +199,7 @@ export class DevicePool {
 
   private freeBlock(b: Block): void {
     let block = b;
+    if (block.segment === this.arenaSegment) this.arena!.unuse(block.offset, block.bytes);
     block.free = true;
     const free = this.freeSet(block.segment.small);
     for (const neighbour of [block.prev, block.next]) {
@@ -139,8 +214,11 @@ export class DevicePool {
     free.add(block);
   }
 
-  /** Gives segments with nothing in use back to the driver, the largest first, until `bytes` are freed (default: all). */
-  trim(bytes = Infinity): void {
+  /**
+   * Gives segments with nothing in use back to the driver, the largest first, then the arena's cached granules (other
+   * than those under `keep`, about to be used), until `bytes` are freed (default: all).
+   */
+  trim(bytes = Infinity, keep?: { readonly offset: number; readonly bytes: number }): void {
     this.reclaim(bytes === Infinity);
     const empty = [...this.segments].filter((s) => this.isEmpty(s)).sort((a, b) => b.bytes - a.bytes);
     let freed = 0;
@@ -153,12 +231,28 @@ export class DevicePool {
       this.reserved -= s.bytes;
       freed += s.bytes;
     }
+    if (this.arena && freed < bytes) {
+      const mapped = this.arena.mappedBytes;
+      this.arena.trim(bytes - freed, keep);
+      this.reserved += this.arena.mappedBytes - mapped;
+    }
   }
 
-  /** Bytes in free blocks (cached, not given back). */
+  /** Granules the arena mapped and unmapped, and its drains (undefined without one). */
+  get arenaStats(): DeviceArena["stats"] | undefined {
+    return this.arena?.stats;
+  }
+
+  /** Gives every segment and the arena back (every buffer must be free). */
+  dispose(): void {
+    this.trim();
+    this.arena?.dispose();
+  }
+
+  /** Bytes in free blocks (cached, not given back); for the arena, its mapped granules under no buffer. */
   cachedBytes(): number {
-    let n = 0;
-    for (const set of [this.freeBlocks.small, this.freeBlocks.large]) for (const b of set) n += b.bytes;
+    let n = this.arena?.cachedBytes() ?? 0;
+    for (const set of [this.freeBlocks.small, this.freeBlocks.large]) for (const b of set) if (b.segment !== this.arenaSegment) n += b.bytes;
     return n;
   }
 
@@ -182,6 +276,13 @@ export class DevicePool {
   }
 
   private newSegment(small: boolean, size: number): Block {
+    if (this.arena && this.reserved + this.segmentBytes(small, size) > this.limit) {
+      // The arena's cached granules make room for a whole small segment (KV blocks brought back for decode take the
+      // memory a prompt's activations left) rather than a segment per block.
+      const mapped = this.arena.mappedBytes;
+      this.arena.trim(this.reserved + smallSegmentBytes - this.limit);
+      this.reserved += this.arena.mappedBytes - mapped;
+    }
     const bytes = this.segmentBytes(small, size);
     if (this.reserved + bytes > this.limit) this.trim(this.reserved + bytes - this.limit);
     let ptr: Handle;

@@ -20,6 +20,8 @@ export interface StreamReport {
   byName: OpTimes[];
   /** Time the host spent waiting for the device, by what it waited for (each such wait lets the GPU's queue run dry). */
   hostWaits: { what: string; count: number; ms: number }[];
+  /** Idle time by the pair of ops around it ("a -> b"), most first: where in a layer the stream waits. */
+  gaps: { between: string; count: number; ms: number }[];
 }
 
 export interface OpTimes {
@@ -67,9 +69,10 @@ export class StreamProfile {
     this.spans = [];
     const hostWaits = [...this.waits.values()].sort((a, b) => b.ms - a.ms);
     this.waits = new Map();
-    if (spans.length === 0) return { spanMs: 0, busyMs: 0, byName: [], hostWaits };
+    if (spans.length === 0) return { spanMs: 0, busyMs: 0, byName: [], hostWaits, gaps: [] };
     await this.driver.eventWait(spans[spans.length - 1]!.end);
     const byName = new Map<string, OpTimes>();
+    const gaps = new Map<string, { between: string; count: number; ms: number }>();
     let busyMs = 0;
     spans.forEach((s, i) => {
       const ms = this.driver.elapsedMs(s.start, s.end);
@@ -77,11 +80,19 @@ export class StreamProfile {
       const entry = byName.get(s.name) ?? { name: s.name, count: 0, ms: 0, idleBeforeMs: 0 };
       entry.count++;
       entry.ms += ms;
-      if (i > 0) entry.idleBeforeMs += this.driver.elapsedMs(spans[i - 1]!.end, s.start);
+      if (i > 0) {
+        const idle = this.driver.elapsedMs(spans[i - 1]!.end, s.start);
+        entry.idleBeforeMs += idle;
+        const between = `${spans[i - 1]!.name} -> ${s.name}`;
+        const gap = gaps.get(between) ?? { between, count: 0, ms: 0 };
+        gap.count++;
+        gap.ms += idle;
+        gaps.set(between, gap);
+      }
       byName.set(s.name, entry);
     });
     const spanMs = this.driver.elapsedMs(spans[0]!.start, spans[spans.length - 1]!.end);
     for (const s of spans) this.driver.eventDestroy(s.start), this.driver.eventDestroy(s.end);
-    return { spanMs, busyMs, byName: [...byName.values()].sort((a, b) => b.ms - a.ms), hostWaits };
+    return { spanMs, busyMs, byName: [...byName.values()].sort((a, b) => b.ms - a.ms), hostWaits, gaps: [...gaps.values()].sort((a, b) => b.ms - a.ms) };
   }
 }
