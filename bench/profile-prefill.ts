@@ -7,6 +7,7 @@ import { parseArgs } from "node:util";
 import { CudaBackend } from "../src/backend/cuda/index.js";
 import { LayerwiseModel } from "../src/engine/model.js";
 import { parseBytes, parseCount } from "../src/util/bytes.js";
+import { hostTimes } from "../src/util/host-time.js";
 
 const { positionals, values } = parseArgs({
   allowPositionals: true,
@@ -30,6 +31,7 @@ const model = await LayerwiseModel.load(dir, {
 try {
   const allocsBefore = { ...backend.allocatorStats };
   backend.startProfile();
+  hostTimes.on = true;
   const result = await model.complete(readFileSync(promptFile, "utf8"), { maxTokens: 1, temperature: 0 });
   const report = await backend.profileReport();
   const stats = model.stats();
@@ -50,6 +52,7 @@ try {
     pool_copy_wait_s: (backend.allocatorStats.copyWaitMs - allocsBefore.copyWaitMs) / 1000,
     pool_overrun: backend.allocatorOverrun ?? null,
     arena: backend.allocatorStats.arena ?? null,
+    host_time: [...hostTimes.byLabel].map(([label, t]) => ({ label, count: t.count, s: t.ms / 1000 })).sort((a, b) => b.s - a.s),
     host_waits: report.hostWaits.map((w) => ({ what: w.what, count: w.count, s: w.ms / 1000 })),
     idle_between: report.gaps.slice(0, 12).map((g) => ({ between: g.between, count: g.count, s: g.ms / 1000 })),
     by_name: report.byName.map((k) => ({ name: k.name, count: k.count, s: k.ms / 1000, idle_before_s: k.idleBeforeMs / 1000 })),
@@ -59,6 +62,7 @@ try {
   console.log(`first token ${result.ttftS.toFixed(3)} s, peak VRAM ${stats.peakVramBytes} bytes; compute stream span ${(report.spanMs / 1000).toFixed(3)} s, busy ${(report.busyMs / 1000).toFixed(3)} s, idle ${((report.spanMs - report.busyMs) / 1000).toFixed(3)} s; ${summary.driver_allocs} cuMemAlloc, ${summary.driver_frees} cuMemFree, ${summary.pool_copy_waits} waits for a copy to the host before reusing memory (${summary.pool_copy_wait_s.toFixed(3)} s)`);
   console.log(`arena (virtual memory): ${JSON.stringify(summary.arena)}`);
   if (summary.pool_overrun) console.log(`device pool over its limit by ${summary.pool_overrun.bytes} bytes at most: ${JSON.stringify(summary.pool_overrun)}`);
+  for (const t of summary.host_time) console.log(`host time in ${t.label}: ${t.count} times, ${t.s.toFixed(3)} s`);
   for (const w of report.hostWaits) console.log(`host waited for ${w.what}: ${w.count} times, ${(w.ms / 1000).toFixed(3)} s`);
   for (const g of report.gaps.slice(0, 8)) console.log(`idle ${g.between}: ${g.count} times, ${(g.ms / 1000).toFixed(3)} s`);
   for (const k of report.byName.slice(0, 30)) console.log(`${k.name.padEnd(36)} ${String(k.count).padStart(7)} ${(k.ms / 1000).toFixed(3).padStart(8)} s ${((1000 * k.ms) / k.count).toFixed(1).padStart(9)} us each, idle before ${(k.idleBeforeMs / 1000).toFixed(3)} s`);
