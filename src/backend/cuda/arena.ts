@@ -98,11 +98,15 @@ export class DeviceArena {
     return freed;
   }
 
-  /** Unmaps everything and gives the addresses back (every buffer must be free). */
-  dispose(): void {
-    if (this.users.some((u) => u > 0)) throw new Error("DeviceArena: disposed with buffers in use");
+  /**
+   * Unmaps what no buffer uses and gives the addresses back if nothing is left; returns whether it was. (Buffers still
+   * in use after a failure go with the context, which the backend releases next: disposing must not throw over them.)
+   */
+  dispose(): boolean {
     this.trim();
+    if (this.users.some((u) => u > 0)) return false;
     this.driver.memAddressFree(this.base, this.bytes);
+    return true;
   }
 
   private first(offset: number): number {
