@@ -7,7 +7,7 @@ import { parseArgs } from "node:util";
 import { CudaBackend } from "../src/backend/cuda/index.js";
 import { LayerwiseModel } from "../src/engine/model.js";
 import { parseBytes, parseCount } from "../src/util/bytes.js";
-import { hostTimes } from "../src/util/host-time.js";
+import { runnerTimes } from "../src/util/host-time.js";
 
 const { positionals, values } = parseArgs({
   allowPositionals: true,
@@ -31,7 +31,7 @@ const model = await LayerwiseModel.load(dir, {
 try {
   const allocsBefore = { ...backend.allocatorStats };
   backend.startProfile();
-  hostTimes.on = true;
+  runnerTimes.on = true;
   const result = await model.complete(readFileSync(promptFile, "utf8"), { maxTokens: 1, temperature: 0 });
   const report = await backend.profileReport();
   const stats = model.stats();
@@ -52,7 +52,7 @@ try {
     pool_copy_wait_s: (backend.allocatorStats.copyWaitMs - allocsBefore.copyWaitMs) / 1000,
     pool_overrun: backend.allocatorOverrun ?? null,
     arena: backend.allocatorStats.arena ?? null,
-    host_time: [...hostTimes.byLabel].map(([label, t]) => ({ label, count: t.count, s: t.ms / 1000 })).sort((a, b) => b.s - a.s),
+    host_time: runnerTimes.times.take().map((t) => ({ label: t.what, count: t.count, s: t.ms / 1000 })),
     host_waits: report.hostWaits.map((w) => ({ what: w.what, count: w.count, s: w.ms / 1000 })),
     idle_between: report.gaps.slice(0, 12).map((g) => ({ between: g.between, count: g.count, s: g.ms / 1000 })),
     by_name: report.byName.map((k) => ({ name: k.name, count: k.count, s: k.ms / 1000, idle_before_s: k.idleBeforeMs / 1000 })),

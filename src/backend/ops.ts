@@ -186,8 +186,8 @@ export interface Backend extends Ops {
   /**
    * Enqueues a copy of `length` bytes from `src` to `dst` on a copy queue, after compute reaches `after` (by default,
    * all compute enqueued so far, copies to host included). Ops that read `dst` wait for it by themselves. Resolves when
-   * `src` may be reused by the host. Copies that read ahead (weights for later layers) go on the "prefetch" queue, so
-   * copies that compute needs next (hidden states, KV blocks) never wait behind them.
+   * `src` may be reused by the host. Copies that read ahead (weights for later layers) say "prefetch": a backend may
+   * queue them apart from the copies compute needs next (hidden states, KV blocks), so those need not wait behind them.
    */
   copyToDevice(dst: Tensor, dstOffset: number, src: HostBuffer, srcOffset: number, length: number, after?: Fence, queue?: CopyQueue): Promise<void>;
   /**

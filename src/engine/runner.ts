@@ -105,24 +105,24 @@ export class Runner {
         try {
           for (let layer = 0; layer < layers; layer++) {
             if (hooks.signal?.aborted) throw abortError();
-            const w = await timeHost("layer weights", this.weights.layer(layer));
+            const w = await timeHost("layer weights", () => this.weights.layer(layer));
             for (let i = 0; i < chunks.length; i++) {
               const c = chunks[i]!;
               const x = (current = next ?? hiddenOf(c));
               // The next chunk's hidden states copy in while this one computes (the copy waits only for compute so far).
               next = onHost && i + 1 < chunks.length ? hiddenOf(chunks[i + 1]!) : undefined;
-              const y = await timeHost("layer pass (enqueue and its waits)", this.layerPass(layer, w, x, c, items));
+              const y = await timeHost("layer pass (enqueue and its waits)", () => this.layerPass(layer, w, x, c, items));
               this.backend.free(x);
               current = undefined;
               c.hidden = y;
               await this.snapshotStates(layer, c, items, starts);
               if (onHost) this.toHost(c, copies);
-              for (const seg of c.segments) await timeHost("KV settle", items[seg.item]!.cache.settle(layer));
+              for (const seg of c.segments) await timeHost("KV settle", () => items[seg.item]!.cache.settle(layer));
             }
             this.weights.release(layer);
-            await timeHost("hidden-state copies of the layer before", copies.checkPrevious());
+            await timeHost("hidden-state copies of the layer before", () => copies.checkPrevious());
             hooks.onProgress?.((span * layers + layer + 1) / (spans * layers));
-            if (ids.length > chunkRows) await timeHost("event loop turn", new Promise((resolve) => setImmediate(resolve))); // long prefills leave room for timers and I/O
+            if (ids.length > chunkRows) await timeHost("event loop turn", () => new Promise((resolve) => setImmediate(resolve))); // long prefills leave room for timers and I/O
           }
           for (const c of chunks) {
             if (logits === "all") {
@@ -149,7 +149,7 @@ export class Runner {
       }
       // The last settles' moves off the device land now (the logits were read, so the GPU is done): a cache at rest has
       // none. After a prompt, decode's larger device share brings KV back from RAM into the activations' room.
-      for (const it of items) await timeHost("KV to the decode share", it.cache.useShare("decode"));
+      for (const it of items) await timeHost("KV to the decode share", () => it.cache.useShare("decode"));
       return logits === "all" ? allRows.map((parts) => (parts.length === 1 ? parts[0]! : concat(parts))) : lastRow;
     } catch (e) {
       await this.weights.reset();

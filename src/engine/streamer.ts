@@ -127,7 +127,7 @@ export class LayerStreamer implements WeightSource {
     slot.busy = true;
     const group = this.layout.layers[layer]!;
     slot.loading = (async () => {
-      // Layers load ahead of the compute, on their own queue: the hidden states and KV blocks compute needs next do not wait behind them.
+      // Layers load ahead of the compute: a prefetch, which the backend may queue apart from the copies compute needs next.
       const w = await fetchGroup(this.backend, this.reader, group, this.ramImages.get(layer), this.staging!, slot.buffer, slot.freeAfter, "prefetch");
       this.stats.h2dBytes += group.dataBytes;
       return w;

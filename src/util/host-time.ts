@@ -1,23 +1,43 @@
-// Where the host spends a forward, by label, while a profile asks for it (bench/profile-prefill.ts); off otherwise, at
-// no cost. The GPU sits idle whenever the host falls behind it: comparing these times with the compute stream's busy
-// time says whether the host enqueues work fast enough, and which wait holds it back.
+// Where the host spends its time, by label: the CUDA stream profile's waits for the device, and, while a profile asks
+// for it (bench/profile-prefill.ts), the runner's layer passes and waits; off otherwise, at no cost. The GPU sits idle
+// whenever the host falls behind it: comparing these times with the compute stream's busy time says whether the host
+// enqueues work fast enough, and which wait holds it back.
 
-export interface HostTimes {
-  on: boolean;
-  readonly byLabel: Map<string, { count: number; ms: number }>;
+export interface LabelTime {
+  readonly what: string;
+  count: number;
+  ms: number;
 }
 
-export const hostTimes: HostTimes = { on: false, byLabel: new Map() };
+/** Host time summed by label. */
+export class HostTimes {
+  private readonly byLabel = new Map<string, LabelTime>();
 
-/** `work`'s result; while profiling, the time until it settles is added to `label`. */
-export function timeHost<T>(label: string, work: Promise<T>): Promise<T> {
-  if (!hostTimes.on) return work;
-  const t0 = performance.now();
-  const add = () => {
-    const entry = hostTimes.byLabel.get(label) ?? { count: 0, ms: 0 };
-    entry.count++;
-    entry.ms += performance.now() - t0;
-    hostTimes.byLabel.set(label, entry);
-  };
-  return work.finally(add);
+  /** `work()`'s result; the time from calling it until it settles, failed or not, is added to `what`. */
+  async time<T>(what: string, work: () => Promise<T>): Promise<T> {
+    const t0 = performance.now();
+    try {
+      return await work();
+    } finally {
+      const entry = this.byLabel.get(what) ?? { what, count: 0, ms: 0 };
+      entry.count++;
+      entry.ms += performance.now() - t0;
+      this.byLabel.set(what, entry);
+    }
+  }
+
+  /** The labels' times, most first, and a fresh start. */
+  take(): LabelTime[] {
+    const all = [...this.byLabel.values()].sort((a, b) => b.ms - a.ms);
+    this.byLabel.clear();
+    return all;
+  }
+}
+
+/** The runner's host times, summed while `on`. */
+export const runnerTimes = { on: false, times: new HostTimes() };
+
+/** `work()`'s result; while runnerTimes is on, its time is added to `what`. */
+export function timeHost<T>(what: string, work: () => Promise<T>): Promise<T> {
+  return runnerTimes.on ? runnerTimes.times.time(what, work) : work();
 }

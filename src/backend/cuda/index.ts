@@ -79,7 +79,7 @@ export class CudaBackend implements Backend {
   private readonly compute: Handle;
   /** Copies to the device that compute needs next (hidden states, KV blocks, a layer waited for). */
   private readonly copy: Handle;
-  /** Copies to the device that read ahead (weights for later layers): a queue of their own, so `copy` never waits behind them. */
+  /** Copies to the device that read ahead (weights for later layers), where prefetchStream is "own": then `copy` never waits behind them. */
   private readonly prefetch: Handle;
   /** Copies to the host, on their own stream so that compute need not wait for them. */
   private readonly toHost: Handle;

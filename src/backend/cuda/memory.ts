@@ -70,8 +70,9 @@ export class DevicePool {
   private readonly freeBlocks = { small: new Set<Block>(), large: new Set<Block>() };
   /** Released buffers whose copy to the host may still run, each with the event that ends it (the pool's to destroy). */
   private readonly held: { block: Block; copied: Handle }[] = [];
-  /** Bytes held from the driver (in use or cached) now and at most. */
-  reserved = 0;
+  /** Bytes of the segments held from the driver (in use or cached). */
+  private segmentBytesHeld = 0;
+  /** Most bytes held from the driver (see reserved) so far. */
   reservedPeak = 0;
   /** Most bytes the pool may hold; past it, free segments go back to the driver before it is asked for more. */
   limit = Infinity;
@@ -97,6 +98,11 @@ export class DevicePool {
     }
   }
 
+  /** Bytes held from the driver now, in use or cached: the segments, and the arena's mapped granules. */
+  get reserved(): number {
+    return this.segmentBytesHeld + (this.arena?.mappedBytes ?? 0);
+  }
+
   alloc(bytes: number): DeviceBuffer {
     const size = blockBytes(bytes);
     const small = size <= smallMax;
@@ -108,13 +114,7 @@ export class DevicePool {
       this.reclaim(true);
       block = this.bestFit(small, size);
     }
-    block ??= this.newSegment(small, size);
-    this.split(block, size);
-    block.free = false;
-    this.freeSet(small).delete(block);
-    this.inUse += block.bytes;
-    if (this.reserved - this.limit > (this.overrun?.bytes ?? 0)) this.noteOverrun(size);
-    return new DeviceBuffer(block.segment.ptr + BigInt(block.offset), block.bytes, block);
+    return this.handOut(block ?? this.newSegment(small, size), size);
   }
 
   /** A large buffer from the arena; mapping its granules may first take cached memory back, to keep within the limit. */
@@ -138,23 +138,22 @@ export class DevicePool {
       this.reclaim(true);
       block = fit();
     }
-    const over = this.reserved + arena.unmappedIn(block.offset, size) - this.limit;
-    if (over > 0) {
-      // The arena's own cached granules first (small segments hold KV blocks that come back soon), then empty segments.
-      const mapped = arena.mappedBytes;
-      arena.trim(over, { offset: block.offset, bytes: size });
-      this.reserved += arena.mappedBytes - mapped;
-      const still = this.reserved + arena.unmappedIn(block.offset, size) - this.limit;
-      if (still > 0) this.trim(still, { offset: block.offset, bytes: size });
-    }
+    const keep = { offset: block.offset, bytes: size };
+    const over = () => this.reserved + arena.unmappedIn(block.offset, size) - this.limit;
+    // The arena's own cached granules first (small segments hold KV blocks that come back soon), then empty segments.
+    if (over() > 0) arena.trim(over(), keep);
+    if (over() > 0) this.trim(over(), keep);
+    return this.handOut(block, size);
+  }
+
+  /** Cuts `size` bytes off free `block` and hands them out (mapping them first if the block is the arena's). */
+  private handOut(block: Block, size: number): DeviceBuffer {
     this.split(block, size);
     block.free = false;
-    this.freeBlocks.large.delete(block);
-    const mapped = arena.mappedBytes;
-    arena.use(block.offset, size);
-    this.reserved += arena.mappedBytes - mapped;
-    this.reservedPeak = Math.max(this.reservedPeak, this.reserved);
+    this.freeSet(block.segment.small).delete(block);
+    if (block.segment === this.arenaSegment) this.arena!.use(block.offset, block.bytes);
     this.inUse += block.bytes;
+    this.reservedPeak = Math.max(this.reservedPeak, this.reserved);
     if (this.reserved - this.limit > (this.overrun?.bytes ?? 0)) this.noteOverrun(size);
     return new DeviceBuffer(block.segment.ptr + BigInt(block.offset), block.bytes, block);
   }
@@ -228,14 +227,10 @@ export class DevicePool {
       this.segments.delete(s);
       this.driver.memFree(s.ptr);
       this.stats.driverFrees++;
-      this.reserved -= s.bytes;
+      this.segmentBytesHeld -= s.bytes;
       freed += s.bytes;
     }
-    if (this.arena && freed < bytes) {
-      const mapped = this.arena.mappedBytes;
-      this.arena.trim(bytes - freed, keep);
-      this.reserved += this.arena.mappedBytes - mapped;
-    }
+    if (this.arena && freed < bytes) this.arena.trim(bytes - freed, keep);
   }
 
   /** Granules the arena mapped and unmapped, and its drains (undefined without one). */
@@ -276,13 +271,9 @@ export class DevicePool {
   }
 
   private newSegment(small: boolean, size: number): Block {
-    if (this.arena && this.reserved + this.segmentBytes(small, size) > this.limit) {
-      // The arena's cached granules make room for a whole small segment (KV blocks brought back for decode take the
-      // memory a prompt's activations left) rather than a segment per block.
-      const mapped = this.arena.mappedBytes;
-      this.arena.trim(this.reserved + smallSegmentBytes - this.limit);
-      this.reserved += this.arena.mappedBytes - mapped;
-    }
+    // The arena's cached granules make room for a whole small segment (KV blocks brought back for decode take the
+    // memory a prompt's activations left) rather than a segment per block. (Large requests reach here only without one.)
+    if (this.arena && this.reserved + this.segmentBytes(small, size) > this.limit) this.arena.trim(this.reserved + smallSegmentBytes - this.limit);
     const bytes = this.segmentBytes(small, size);
     if (this.reserved + bytes > this.limit) this.trim(this.reserved + bytes - this.limit);
     let ptr: Handle;
@@ -294,8 +285,7 @@ export class DevicePool {
       ptr = this.driver.memAlloc(bytes);
     }
     this.stats.driverAllocs++;
-    this.reserved += bytes;
-    this.reservedPeak = Math.max(this.reservedPeak, this.reserved);
+    this.segmentBytesHeld += bytes;
     const segment = { ptr, bytes, small } as Segment;
     segment.first = { segment, offset: 0, bytes, free: true };
     this.segments.add(segment);

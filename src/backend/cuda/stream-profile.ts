@@ -1,5 +1,6 @@
 // Opt-in timing of the compute stream for profiling runs (bench/profile-prefill.ts): each kernel launch and copy to the
 // host sits between two timing events; the report sums GPU time by name and says how long the stream sat idle.
+import { HostTimes, type LabelTime } from "../../util/host-time.js";
 import type { Handle } from "./driver.js";
 
 /** The driver calls the profile makes (a narrow interface, as UploadRing's). */
@@ -19,7 +20,7 @@ export interface StreamReport {
   /** Per name: how often it ran, its GPU time, and the idle time just before it (what the stream waited for to start it). */
   byName: OpTimes[];
   /** Time the host spent waiting for the device, by what it waited for (each such wait lets the GPU's queue run dry). */
-  hostWaits: { what: string; count: number; ms: number }[];
+  hostWaits: LabelTime[];
   /** Idle time by the pair of ops around it ("a -> b"), most first: where in a layer the stream waits. */
   gaps: { between: string; count: number; ms: number }[];
 }
@@ -33,7 +34,7 @@ export interface OpTimes {
 
 export class StreamProfile {
   private spans: { name: string; start: Handle; end: Handle }[] = [];
-  private waits = new Map<string, { what: string; count: number; ms: number }>();
+  private readonly waits = new HostTimes();
 
   constructor(
     private readonly driver: ProfileDriver,
@@ -51,24 +52,15 @@ export class StreamProfile {
   }
 
   /** Times the host's wait for `wait`, as a wait for `what`. */
-  async hostWait(what: string, wait: () => Promise<void>): Promise<void> {
-    const t0 = performance.now();
-    try {
-      await wait();
-    } finally {
-      const entry = this.waits.get(what) ?? { what, count: 0, ms: 0 };
-      entry.count++;
-      entry.ms += performance.now() - t0;
-      this.waits.set(what, entry);
-    }
+  hostWait(what: string, wait: () => Promise<void>): Promise<void> {
+    return this.waits.time(what, wait);
   }
 
   /** Waits for the timed work, reports it, and starts over. */
   async report(): Promise<StreamReport> {
     const spans = this.spans;
     this.spans = [];
-    const hostWaits = [...this.waits.values()].sort((a, b) => b.ms - a.ms);
-    this.waits = new Map();
+    const hostWaits = this.waits.take();
     if (spans.length === 0) return { spanMs: 0, busyMs: 0, byName: [], hostWaits, gaps: [] };
     await this.driver.eventWait(spans[spans.length - 1]!.end);
     const byName = new Map<string, OpTimes>();
