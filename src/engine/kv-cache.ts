@@ -142,9 +142,9 @@ export class KvCache {
   }
 
   /**
-   * After a chunk: lands the moves the previous settle started (see finishMoves), frees blocks a sliding-window layer
-   * will not see again, then starts moving full device blocks beyond the policy's device share to RAM or disk: their
-   * copies are enqueued after the compute that wrote them, and the blocks stay on the device until the next settle.
+   * After a layer's pass: lands the moves the previous settle started (see finishMoves), frees blocks a sliding-window
+   * layer will not see again, then starts moving full device blocks beyond the policy's device share to RAM or disk:
+   * their copies are enqueued after the compute that wrote them, and the blocks stay on the device until they land.
    */
   async settle(layer: number): Promise<void> {
     await this.finishMoves();

@@ -210,13 +210,13 @@ export class LayerwiseModel {
       const blocks = new KvBlockPool(backend, kvBlockTokens, kvDtype);
       cleanup.push(() => blocks.dispose());
       if (thePlan.slots > 0) {
-        // Per sequence, each layer's full blocks and its partly filled last one; once, one chunk's new blocks and the
-        // blocks moving off the device meanwhile (as planned).
+        // Per sequence, each layer's full blocks and its partly filled last one; once, one layer's blocks in transit
+        // (as planned).
         // A sliding-window layer that frees what its window passed holds at most its window's blocks, in either tier.
         const batch = o.batch ?? 1;
         const windowBlocks = (l: (typeof arch.shape.kvLayers)[number]) => (l.slidingWindow && policy.dropOutsideWindow ? Math.ceil(l.slidingWindow / kvBlockTokens) : Infinity);
         const kvLayers = arch.shape.kvLayers.filter((l) => l.kvHeads > 0); // recurrent layers keep state, not KV
-        kvLayers.forEach((l, i) => blocks.reserve(l.kvHeads * l.headDim, batch * (Math.min(policy.deviceBlocks, windowBlocks(l)) + 1) + (i === 0 ? kvTransitBlocks(prefillChunk, kvBlockTokens) : 0)));
+        kvLayers.forEach((l, i) => blocks.reserve(l.kvHeads * l.headDim, batch * (Math.min(policy.deviceBlocks, windowBlocks(l)) + 1) + (i === 0 ? kvTransitBlocks(Math.min(prefillSpan, thePlan.input.contextTokens), prefillChunk, kvBlockTokens) : 0)));
         if (thePlan.kvStagingBlocks > 0) stager.reserve();
         // The RAM tier's pinned buffers, one per block.
         kvLayers.forEach((l) =>

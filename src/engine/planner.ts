@@ -101,14 +101,19 @@ function kvTokensWithin(bytesOf: (from: number, to: number) => number, from: num
 export const logitRows = 8;
 
 export function workspaceBytes(shape: ModelShape, rows: number): number {
-  // A layer's live activations for a chunk, the next chunk's hidden states copied in meanwhile (prefill), and a group of
-  // logit rows with the final norm before it.
-  return rows * (shape.activationsPerRow + shape.hiddenSize) * 4 + logitRows * (shape.vocabSize + shape.hiddenSize) * 4;
+  // A layer's live activations for a chunk, the next chunk's hidden states copied in meanwhile and the last chunk's
+  // still copying out (prefill: their memory is reused only once that copy is done), and a group of logit rows with the
+  // final norm before it.
+  return rows * (shape.activationsPerRow + 2 * shape.hiddenSize) * 4 + logitRows * (shape.vocabSize + shape.hiddenSize) * 4;
 }
 
-/** KV blocks of one layer a pass of `rows` rows adds, and as many again leaving the device until the next pass (KvCache.settle). */
-export function kvTransitBlocks(rows: number, blockTokens: number): number {
-  return 2 * (Math.ceil(rows / blockTokens) + 1);
+/**
+ * KV blocks of one layer beyond its device share while a span of `spanRows` rows passes in chunks of `chunkRows`: the
+ * layer's new blocks stay on the device for its whole pass, and those leaving stay there until the next layer's first
+ * chunk is done (Runner.forward, KvCache.settle).
+ */
+export function kvTransitBlocks(spanRows: number, chunkRows: number, blockTokens: number): number {
+  return Math.ceil(spanRows / blockTokens) + 1 + Math.ceil(Math.min(chunkRows, spanRows) / blockTokens) + 1;
 }
 
 /** Prefill chunk sizes tried when none is given, largest first. */
@@ -167,11 +172,11 @@ export function plan(input: PlanInput): Plan {
   const globals = held(layout.globals.deviceBytes);
   // The workspace for passes of `rows` rows is many tensors; count it as eight equal ones for the rounding.
   const workspaceFor = (rows: number) => 8 * held((workspaceBytes(shape, rows) * (1 + (input.workspaceSlack ?? 0))) / 8);
-  // Every layer's partly filled last block lives on the device; new blocks of one layer stay there until their pass of
-  // `rows` rows is done, and the blocks moving off the device stay there until the next pass is (KvCache.settle).
-  const kvHeadroomFor = (rows: number) => (shape.numLayers * batch + kvTransitBlocks(rows, block)) * kvLayerBlockBytes;
+  // Every layer's partly filled last block lives on the device, and one layer's blocks in transit (kvTransitBlocks).
+  const kvHeadroomFor = (spanRows: number, chunkRows: number) => (shape.numLayers * batch + kvTransitBlocks(spanRows, chunkRows, block)) * kvLayerBlockBytes;
   const workspace = workspaceFor(Math.max(input.prefillChunk, batch));
-  const kvHeadroom = kvHeadroomFor(input.prefillChunk);
+  const spanRows = Math.min(input.prefillSpan, ctx);
+  const kvHeadroom = kvHeadroomFor(Math.max(spanRows, batch), Math.max(input.prefillChunk, batch));
   // Recurrent layers' state (linear attention) stays on the device for every sequence.
   const recurrentState = batch * shape.kvLayers.reduce((n, l) => n + held(4 * (l.stateFloats ?? 0)), 0);
   const base = globals + workspace + kvHeadroom + recurrentState;
@@ -231,13 +236,12 @@ export function plan(input: PlanInput): Plan {
   const diskLayers = layerTier.filter((t) => t === "disk").length;
   const stagingBuffers = Math.min(diskLayers, 3);
   const staging = stagingBuffers * layout.maxLayerHostBytes + expertStaging * layout.maxExpertHostBytes;
-  const spanRows = Math.min(input.prefillSpan, ctx);
   const activations = spanRows > input.prefillChunk ? spanRows * shape.hiddenSize * 4 : 0;
   // Staging slots' pinned copies, one block moving off the device, and the image that loads the globals.
   const transfer = (kvStagingBlocks + 1) * kvLayerBlockBytes + Math.max(layout.globals.hostBytes, layout.maxLayerHostBytes);
 
   // Decode's own workspace and headroom are a few rows'; the rest of the prompt's holds KV from RAM (KvCache.useShare).
-  const decodeRoom = Math.max(0, workspace + kvHeadroom - workspaceFor(batch) - kvHeadroomFor(batch));
+  const decodeRoom = Math.max(0, workspace + kvHeadroom - workspaceFor(batch) - kvHeadroomFor(batch, batch));
   const kvDeviceTokensDecode = Math.max(kvDeviceTokens, Math.min(kvDeviceTokens + kvHostTokens, kvTokensWithin(kvRange, 0, ctx, block, kvRange(0, kvDeviceTokens) + decodeRoom)));
   const kvHostDecode = kvRange(kvDeviceTokensDecode, kvDeviceTokens + kvHostTokens);
 

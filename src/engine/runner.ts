@@ -87,10 +87,11 @@ export class Runner {
     // A prompt needs room for its activations: caches keep to the prefill share of the device while it runs.
     const prefill = items.some((it) => it.ids.length > 1);
     try {
-      for (const it of items) await it.cache.useShare(prefill ? "prefill" : "decode");
+      for (const it of items) await timeHost("KV share", () => it.cache.useShare(prefill ? "prefill" : "decode"));
       for (let s0 = 0, span = 0; s0 < ids.length; s0 += spanRows, span++) {
         const s1 = Math.min(ids.length, s0 + spanRows);
         const chunks = this.chunks(s0, s1, chunkRows, itemOfRow, positionOf);
+        const spanCaches = [...new Set(chunks.flatMap((c) => c.segments.map((seg) => items[seg.item]!.cache)))];
         // With several chunks, hidden states wait in host memory between layers: device memory stays one chunk's worth.
         // Their copies are ordered on the device (a copy back waits for the compute that wrote the bytes), so the host
         // does not wait for each one, which would leave the GPU idle while the next chunk is enqueued; a layer's copies
@@ -117,7 +118,12 @@ export class Runner {
               c.hidden = y;
               await this.snapshotStates(layer, c, items, starts);
               if (onHost) this.toHost(c, copies);
-              for (const seg of c.segments) await timeHost("KV settle", () => items[seg.item]!.cache.settle(layer));
+              // A layer's new KV stays on the device for its whole pass, so later chunks attend to it there instead of
+              // staging it back from RAM (which holds the host to the GPU's pace). The previous layer's blocks leaving
+              // the device land after this layer's first chunk, their copies long enqueued; this layer's start leaving
+              // after its last (planner kvTransitBlocks).
+              if (i === 0) for (const cache of spanCaches) await timeHost("KV moves landing", () => cache.finishMoves());
+              if (i === chunks.length - 1) for (const cache of spanCaches) await timeHost("KV settle", () => cache.settle(layer));
             }
             this.weights.release(layer);
             await timeHost("hidden-state copies of the layer before", () => copies.checkPrevious());
@@ -148,8 +154,9 @@ export class Runner {
         await hooks.afterSpan?.(s1);
       }
       // The last settles' moves off the device land now (the logits were read, so the GPU is done): a cache at rest has
-      // none. After a prompt, decode's larger device share brings KV back from RAM into the activations' room.
-      for (const it of items) await timeHost("KV to the decode share", () => it.cache.useShare("decode"));
+      // none. Decode's larger device share comes back from RAM at the next decode step's start, not before this
+      // prompt's first token is out.
+      for (const it of items) await timeHost("KV moves landing", () => it.cache.finishMoves());
       return logits === "all" ? allRows.map((parts) => (parts.length === 1 ? parts[0]! : concat(parts))) : lastRow;
     } catch (e) {
       await this.weights.reset();

@@ -156,7 +156,7 @@ describe("persistent KV cache", () => {
 });
 
 describe("weight files failing while streaming", () => {
-  const streamFromDisk = { backend: "cpu" as const, vram: 1.5e6, ram: 0, prefillChunk: 64, kvBlockTokens: 64 };
+  const streamFromDisk = { backend: "cpu" as const, vram: 1.5e6, ram: 0, prefillChunk: 64, prefillSpan: 128, kvBlockTokens: 64 };
 
   it("a shard deleted after loading is named in the error", async () => {
     const dir = await tinyModel({ preset: "tiny-llama", layers: 2, shardBytes: 200_000 });
