@@ -98,11 +98,14 @@ export class Runner {
         // are checked at the end of the next layer, and all of them before the host buffers are freed.
         const onHost = chunks.length > 1;
         const copies = new HostCopies();
+        // The last hidden-state buffer whose copy out is enqueued: the next copy in reuses it, ordered after that copy on
+        // the device, where freeing it would leave the allocator to wait on the host for the copy to reuse the memory.
+        const spare: Tensor[] = [];
         // A layer pass's input, and the next chunk's, fetched ahead (freed on any path).
         let current: Tensor | undefined;
         let next: Tensor | undefined;
         const hiddenOf = (c: Chunk) =>
-          c.hidden ?? (c.host ? this.fromHost(c, copies) : this.model.embed(this.backend, this.weights.globals, Int32Array.from(ids.slice(c.row, c.row + c.rows))));
+          c.hidden ?? (c.host ? this.fromHost(c, copies, spare) : this.model.embed(this.backend, this.weights.globals, Int32Array.from(ids.slice(c.row, c.row + c.rows))));
         try {
           for (let layer = 0; layer < layers; layer++) {
             if (hooks.signal?.aborted) throw abortError();
@@ -117,7 +120,7 @@ export class Runner {
               current = undefined;
               c.hidden = y;
               await this.snapshotStates(layer, c, items, starts);
-              if (onHost) this.toHost(c, copies);
+              if (onHost) this.toHost(c, copies, spare);
               // A layer's new KV stays on the device for its whole pass, so later chunks attend to it there instead of
               // staging it back from RAM (which holds the host to the GPU's pace). The previous layer's blocks leaving
               // the device land after this layer's first chunk, their copies long enqueued; this layer's start leaving
@@ -147,7 +150,7 @@ export class Runner {
           }
           await copies.checkAll();
         } finally {
-          for (const t of new Set([current, next, ...chunks.map((c) => c.hidden)])) if (t) this.backend.free(t);
+          for (const t of new Set([current, next, ...chunks.map((c) => c.hidden), ...spare])) if (t) this.backend.free(t);
           await copies.settleAll();
           for (const c of chunks) if (c.host) this.backend.freeHost(c.host);
         }
@@ -266,18 +269,26 @@ export class Runner {
     return chunks;
   }
 
-  /** Enqueues the copy of a chunk's hidden states to its host buffer and frees them (later ops reuse them in order). */
-  private toHost(c: Chunk, copies: HostCopies): void {
+  /**
+   * Enqueues the copy of a chunk's hidden states to its host buffer; their device buffer becomes the spare, the one
+   * before it is freed (the plan counts one buffer copying out).
+   */
+  private toHost(c: Chunk, copies: HostCopies, spare: Tensor[]): void {
     const bytes = c.rows * this.model.shape.hiddenSize * 4;
     c.host ??= this.backend.allocHost(bytes);
     copies.add(this.backend.copyToHost(c.hidden!, 0, c.host, 0, bytes));
-    this.backend.free(c.hidden!);
+    for (const t of spare.splice(0)) this.backend.free(t);
+    spare.push(c.hidden!);
     c.hidden = undefined;
   }
 
-  /** A chunk's hidden states back on the device; ops that read them wait for the copy by themselves. */
-  private fromHost(c: Chunk, copies: HostCopies): Tensor {
-    const t = this.backend.alloc([c.rows, this.model.shape.hiddenSize], "f32");
+  /**
+   * A chunk's hidden states back on the device, in a spare buffer of its size where there is one (a copy to the device
+   * starts after the copies to the host enqueued before it); ops that read them wait for the copy by themselves.
+   */
+  private fromHost(c: Chunk, copies: HostCopies, spare: Tensor[]): Tensor {
+    const i = spare.findIndex((t) => t.shape[0] === c.rows);
+    const t = i >= 0 ? spare.splice(i, 1)[0]! : this.backend.alloc([c.rows, this.model.shape.hiddenSize], "f32");
     copies.add(this.backend.copyToDevice(t, 0, c.host!, 0, c.rows * this.model.shape.hiddenSize * 4));
     return t;
   }
