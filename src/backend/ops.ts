@@ -166,6 +166,11 @@ export interface Backend extends Ops {
   readonly deviceOverheadBytes: number;
   /** Caps what the backend keeps cached on the device, so the plan's budget holds; releases what it has cached. */
   setDeviceBudget(bytes: number): void;
+  /**
+   * Gives back at once the device memory held for small buffers that are all gone (decode's KV blocks, after a prompt
+   * sends them out), so a prompt's activations do not free it piece by piece mid-pass, each piece waiting for the device.
+   */
+  releaseSmallCache(): void;
   /** Device bytes an allocation of `bytes` really holds (allocators round sizes); the planner counts these. */
   deviceBytesFor(bytes: number): number;
   /**

@@ -88,6 +88,9 @@ export class Runner {
     const prefill = items.some((it) => it.ids.length > 1);
     try {
       for (const it of items) await timeHost("KV share", () => it.cache.useShare(prefill ? "prefill" : "decode"));
+      // Blocks beyond the prefill share (decode's, or a disposed sequence's) went back to the backend: their memory goes
+      // back to the device now, in one go, for the prompt's activations.
+      if (prefill) this.backend.releaseSmallCache();
       for (let s0 = 0, span = 0; s0 < ids.length; s0 += spanRows, span++) {
         const s1 = Math.min(ids.length, s0 + spanRows);
         const chunks = this.chunks(s0, s1, chunkRows, itemOfRow, positionOf);

@@ -3,32 +3,12 @@
 // go back to the driver, the largest first and no more than needed.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { DeviceArena, type ArenaDriver } from "../../src/backend/cuda/arena.js";
-import { DevicePool, blockBytes, type DeviceBuffer, type PoolDriver } from "../../src/backend/cuda/memory.js";
+import { DevicePool, blockBytes, type DeviceBuffer } from "../../src/backend/cuda/memory.js";
 import { Random } from "../../src/util/random.js";
+import { fakeArena, fakeDriver } from "./fake-driver.js";
 
 const MiB = 1 << 20;
 
-function fakeDriver() {
-  let next = 0n;
-  const sizes = new Map<bigint, number>();
-  const freed: number[] = [];
-  /** Events of copies to the host that are done; eventSynchronize marks one done. */
-  const done = new Set<bigint>();
-  const destroyed: bigint[] = [];
-  const driver: PoolDriver = {
-    memAlloc: (bytes: number) => {
-      next += 1n << 32n; // segments far apart, so offsets within one are plain to read
-      sizes.set(next, bytes);
-      return next;
-    },
-    memFree: (ptr: bigint) => void freed.push(sizes.get(ptr)! / MiB),
-    eventDone: (e: bigint) => done.has(e),
-    eventSynchronize: (e: bigint) => void done.add(e),
-    eventDestroy: (e: bigint) => void destroyed.push(e),
-  };
-  return { freed, done, destroyed, driver };
-}
 
 describe("device pool", () => {
   it("carves buffers of other sizes out of a freed one and merges them back when they are freed", () => {
@@ -139,32 +119,6 @@ describe("device pool", () => {
   });
 });
 
-/** A stand-in for the driver's virtual memory: which granules are mapped, and how often the device was drained. */
-function fakeArena(granule = 2 * MiB, bytes = 1024 * MiB) {
-  const base = 1n << 40n;
-  const mapped = new Map<bigint, bigint>();
-  const log = { drains: 0, maps: 0, unmaps: 0, released: false };
-  const driver: ArenaDriver = {
-    memAddressReserve: () => base,
-    memAddressFree: () => void (log.released = true),
-    memMapNew: (ptr: bigint, n: number) => {
-      assert.equal(n, granule);
-      assert.ok(!mapped.has(ptr), "mapped twice");
-      mapped.set(ptr, ptr + 7n);
-      log.maps++;
-      return ptr + 7n;
-    },
-    memUnmapRelease: (ptr: bigint, _n: number, handle: bigint) => {
-      assert.equal(mapped.get(ptr), handle);
-      assert.ok(log.drains > 0, "unmapped only after a drain");
-      mapped.delete(ptr);
-      log.unmaps++;
-    },
-  };
-  const arena = new DeviceArena(driver, 0, granule, bytes, () => void log.drains++);
-  const mappedMiB = () => (mapped.size * granule) / MiB;
-  return { arena, log, mappedMiB, isMapped: (ptr: bigint) => mapped.has(ptr - (ptr % BigInt(granule))) };
-}
 
 describe("device pool with a virtual memory arena", () => {
   it("gives back a free stretch that lies between buffers in use, so a larger buffer fits within the limit", () => {
@@ -270,6 +224,29 @@ describe("device pool with a virtual memory arena", () => {
       } else assert.ok(log.drains > settled.drains, "below the footprint, granules go back and come again");
       for (const b of [kept, previous!]) pool.release(b);
     }
+  });
+
+  it("gives small segments back in one go when asked, so large buffers after them free none one at a time", () => {
+    // A prompt's activations (large, from the arena), then decode's KV blocks in the same memory (small segments), then
+    // the next prompt's activations: each cuMemFree waits for the whole device, so none may come while they are enqueued.
+    const phases = (releaseBetween: boolean) => {
+      const { arena } = fakeArena();
+      const { driver, freed } = fakeDriver();
+      const pool = new DevicePool(driver, arena);
+      pool.limit = 64 * MiB;
+      const activations = () => Array.from({ length: 6 }, () => pool.alloc(8 * MiB));
+      for (const b of activations()) pool.release(b);
+      const kvBlocks = Array.from({ length: 96 }, () => pool.alloc(512 << 10)); // 48 MiB in small segments
+      for (const b of kvBlocks) pool.release(b);
+      if (releaseBetween) pool.trimSmallSegments();
+      const freedBefore = freed.length;
+      const again = activations();
+      assert.ok(pool.reserved <= pool.limit);
+      for (const b of again) pool.release(b);
+      return { freedBefore, freedAfter: freed.length - freedBefore };
+    };
+    assert.deepEqual(phases(true), { freedBefore: 24, freedAfter: 0 }, "all 24 small segments at once, none while the activations come");
+    assert.ok(phases(false).freedAfter > 1, "without it they go back one at a time, as the activations need the memory");
   });
 
   it("never hands out overlapping or unmapped memory over a random run within its limit", () => {

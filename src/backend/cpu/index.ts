@@ -26,13 +26,14 @@ export class CpuBackend implements Backend {
     return Infinity;
   }
 
-  setDeviceBudget(): void {}
+  setDeviceBudget(_bytes: number): void {}
+  releaseSmallCache(): void {}
 
   deviceBytesFor(bytes: number): number {
     return bytes;
   }
 
-  readonly workspaceSlack = 0;
+  readonly workspaceSlack: number = 0;
 
   resetPeaks(): void {
     this.memory.deviceBytesPeak = this.memory.deviceBytes;
@@ -200,7 +201,7 @@ export class CpuBackend implements Backend {
     return runScoped(this, fn);
   }
 
-  private track(t: CpuTensor): CpuTensor {
+  protected track(t: CpuTensor): CpuTensor {
     this.live.add(t);
     this.memory.deviceBytes += t.byteLength;
     this.memory.deviceBytesPeak = Math.max(this.memory.deviceBytesPeak, this.memory.deviceBytes);

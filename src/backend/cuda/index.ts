@@ -194,6 +194,10 @@ export class CudaBackend implements Backend {
     this.pool.limit = Math.max(0, bytes - this.info.contextBytes);
   }
 
+  releaseSmallCache(): void {
+    this.pool.trimSmallSegments();
+  }
+
   deviceBytesFor(bytes: number): number {
     return plannedBytes(bytes);
   }

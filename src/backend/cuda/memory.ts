@@ -219,9 +219,20 @@ export class DevicePool {
    */
   trim(bytes = Infinity, keep?: { readonly offset: number; readonly bytes: number }): void {
     this.reclaim(bytes === Infinity);
-    const empty = [...this.segments].filter((s) => this.isEmpty(s)).sort((a, b) => b.bytes - a.bytes);
+    const freed = this.freeSegments([...this.segments].filter((s) => this.isEmpty(s)), bytes);
+    if (this.arena && freed < bytes) this.arena.trim(bytes - freed, keep);
+  }
+
+  /** Gives every small segment with nothing in use back to the driver (the arena and large segments keep their cache). */
+  trimSmallSegments(): void {
+    this.reclaim(false);
+    this.freeSegments([...this.segments].filter((s) => s.small && this.isEmpty(s)));
+  }
+
+  /** Gives `segments` back to the driver, the largest first, until `bytes` are freed; returns the bytes freed. */
+  private freeSegments(segments: Segment[], bytes = Infinity): number {
     let freed = 0;
-    for (const s of empty) {
+    for (const s of segments.sort((a, b) => b.bytes - a.bytes)) {
       if (freed >= bytes) break;
       this.freeSet(s.small).delete(s.first);
       this.segments.delete(s);
@@ -230,7 +241,7 @@ export class DevicePool {
       this.segmentBytesHeld -= s.bytes;
       freed += s.bytes;
     }
-    if (this.arena && freed < bytes) this.arena.trim(bytes - freed, keep);
+    return freed;
   }
 
   /** Granules the arena mapped and unmapped, and its drains (undefined without one). */
