@@ -54,7 +54,7 @@ try {
     arena: backend.allocatorStats.arena ?? null,
     host_time: runnerTimes.times.take().map((t) => ({ label: t.what, count: t.count, s: t.ms / 1000 })),
     host_waits: report.hostWaits.map((w) => ({ what: w.what, count: w.count, s: w.ms / 1000 })),
-    idle_between: report.gaps.slice(0, 12).map((g) => ({ between: g.between, count: g.count, s: g.ms / 1000 })),
+    idle_between: report.gaps.slice(0, 12).map((g) => ({ between: g.between, count: g.count, s: g.ms / 1000, device_wait_s: g.deviceWaitMs / 1000 })),
     by_name: report.byName.map((k) => ({ name: k.name, count: k.count, s: k.ms / 1000, idle_before_s: k.idleBeforeMs / 1000 })),
   };
   if (values.out) writeFileSync(values.out, JSON.stringify(summary, null, 2) + "\n");
@@ -64,7 +64,7 @@ try {
   if (summary.pool_overrun) console.log(`device pool over its limit by ${summary.pool_overrun.bytes} bytes at most: ${JSON.stringify(summary.pool_overrun)}`);
   for (const t of summary.host_time) console.log(`host time in ${t.label}: ${t.count} times, ${t.s.toFixed(3)} s`);
   for (const w of report.hostWaits) console.log(`host waited for ${w.what}: ${w.count} times, ${(w.ms / 1000).toFixed(3)} s`);
-  for (const g of report.gaps.slice(0, 8)) console.log(`idle ${g.between}: ${g.count} times, ${(g.ms / 1000).toFixed(3)} s`);
+  for (const g of report.gaps.slice(0, 8)) console.log(`idle ${g.between}: ${g.count} times, ${(g.ms / 1000).toFixed(3)} s (${(g.deviceWaitMs / 1000).toFixed(3)} s of it waiting on another stream)`);
   for (const k of report.byName.slice(0, 30)) console.log(`${k.name.padEnd(36)} ${String(k.count).padStart(7)} ${(k.ms / 1000).toFixed(3).padStart(8)} s ${((1000 * k.ms) / k.count).toFixed(1).padStart(9)} us each, idle before ${(k.idleBeforeMs / 1000).toFixed(3)} s`);
 } finally {
   await model.close();

@@ -1,6 +1,7 @@
 // The CUDA backend's opt-in stream profile, against a stand-in driver whose events carry fake timestamps: GPU time is
 // summed by name, the idle time between ops is the span less that sum and is put down to the op that ends it (and to the
-// pair of ops around it), and a report starts the next one afresh.
+// pair of ops around it, with the part where the op after was already enqueued: a wait on another stream, not on the
+// host), and a report starts the next one afresh.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { StreamProfile, type ProfileDriver } from "../../src/backend/cuda/stream-profile.js";
@@ -18,7 +19,9 @@ describe("stream profile", () => {
       elapsedMs: (a, b) => recordedAt.get(b)! - recordedAt.get(a)!,
       eventDestroy: (e) => void destroyed.add(e),
     };
-    const profile = new StreamProfile(driver, 1n);
+    // The host enqueues at `host` (its own clock): ahead of the GPU, but late for the copy to the host.
+    let host = 0;
+    const profile = new StreamProfile(driver, 1n, () => host);
     const op = (name: string, ms: number, idleAfter = 0) => {
       profile.time(name, () => (clock += ms));
       clock += idleAfter;
@@ -26,6 +29,7 @@ describe("stream profile", () => {
     op("gemm", 3, 1);
     op("norm", 0.5);
     op("gemm", 2, 2);
+    host += 10;
     op("copy to host", 1);
     await profile.hostWait("sync", async () => {});
     await assert.rejects(profile.hostWait("copy to host", () => Promise.reject(new Error("copy failed"))), /copy failed/);
@@ -48,9 +52,9 @@ describe("stream profile", () => {
         { name: "norm", count: 1, ms: 0.5, idleBeforeMs: 1 },
       ],
       gaps: [
-        { between: "gemm -> copy to host", count: 1, ms: 2 },
-        { between: "gemm -> norm", count: 1, ms: 1 },
-        { between: "norm -> gemm", count: 1, ms: 0 },
+        { between: "gemm -> copy to host", count: 1, ms: 2, deviceWaitMs: 0 },
+        { between: "gemm -> norm", count: 1, ms: 1, deviceWaitMs: 1 },
+        { between: "norm -> gemm", count: 1, ms: 0, deviceWaitMs: 0 },
       ],
     });
     assert.equal(destroyed.size, created);

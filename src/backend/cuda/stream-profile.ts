@@ -22,7 +22,18 @@ export interface StreamReport {
   /** Time the host spent waiting for the device, by what it waited for (each such wait lets the GPU's queue run dry). */
   hostWaits: LabelTime[];
   /** Idle time by the pair of ops around it ("a -> b"), most first: where in a layer the stream waits. */
-  gaps: { between: string; count: number; ms: number }[];
+  gaps: Gap[];
+}
+
+export interface Gap {
+  between: string;
+  count: number;
+  ms: number;
+  /**
+   * The part of `ms` where the second op was enqueued before the first could have ended (the host was ahead): the
+   * stream waited for another stream's work (a copy), not for the host. The rest is the host being late, or unknown.
+   */
+  deviceWaitMs: number;
 }
 
 export interface OpTimes {
@@ -33,22 +44,24 @@ export interface OpTimes {
 }
 
 export class StreamProfile {
-  private spans: { name: string; start: Handle; end: Handle }[] = [];
+  private spans: { name: string; start: Handle; end: Handle; enqueuedMs: number }[] = [];
   private readonly waits = new HostTimes();
 
   constructor(
     private readonly driver: ProfileDriver,
     private readonly stream: Handle,
+    private readonly now: () => number = () => performance.now(),
   ) {}
 
   /** Enqueues `enqueue`'s work between two timing events on the profiled stream. */
   time(name: string, enqueue: () => void): void {
     const start = this.driver.eventCreate(true);
     const end = this.driver.eventCreate(true);
+    const enqueuedMs = this.now();
     this.driver.eventRecord(start, this.stream);
     enqueue();
     this.driver.eventRecord(end, this.stream);
-    this.spans.push({ name, start, end });
+    this.spans.push({ name, start, end, enqueuedMs });
   }
 
   /** Times the host's wait for `wait`, as a wait for `what`. */
@@ -64,8 +77,9 @@ export class StreamProfile {
     if (spans.length === 0) return { spanMs: 0, busyMs: 0, byName: [], hostWaits, gaps: [] };
     await this.driver.eventWait(spans[spans.length - 1]!.end);
     const byName = new Map<string, OpTimes>();
-    const gaps = new Map<string, { between: string; count: number; ms: number }>();
+    const gaps = new Map<string, Gap>();
     let busyMs = 0;
+    let previousMs = 0;
     spans.forEach((s, i) => {
       const ms = this.driver.elapsedMs(s.start, s.end);
       busyMs += ms;
@@ -73,14 +87,18 @@ export class StreamProfile {
       entry.count++;
       entry.ms += ms;
       if (i > 0) {
-        const idle = this.driver.elapsedMs(spans[i - 1]!.end, s.start);
+        const previous = spans[i - 1]!;
+        const idle = this.driver.elapsedMs(previous.end, s.start);
         entry.idleBeforeMs += idle;
-        const between = `${spans[i - 1]!.name} -> ${s.name}`;
-        const gap = gaps.get(between) ?? { between, count: 0, ms: 0 };
+        const between = `${previous.name} -> ${s.name}`;
+        const gap = gaps.get(between) ?? { between, count: 0, ms: 0, deviceWaitMs: 0 };
         gap.count++;
         gap.ms += idle;
+        // The op before started no sooner than it was enqueued, so it ended no sooner than that plus its GPU time.
+        if (s.enqueuedMs <= previous.enqueuedMs + previousMs) gap.deviceWaitMs += idle;
         gaps.set(between, gap);
       }
+      previousMs = ms;
       byName.set(s.name, entry);
     });
     const spanMs = this.driver.elapsedMs(spans[0]!.start, spans[spans.length - 1]!.end);
