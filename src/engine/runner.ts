@@ -116,8 +116,11 @@ export class Runner {
             for (let i = 0; i < chunks.length; i++) {
               const c = chunks[i]!;
               const x = (current = next ?? hiddenOf(c));
-              // The next chunk's hidden states copy in while this one computes (the copy waits only for compute so far).
-              next = onHost && i + 1 < chunks.length ? hiddenOf(chunks[i + 1]!) : undefined;
+              // The next chunk's hidden states copy in while this one computes (the copy waits only for compute so far);
+              // after a layer's last chunk, the next layer's first, so that its copy is queued before the weights that
+              // layer's start prefetches (which wait for this layer's compute to end, holding up the copies after them).
+              const following = i + 1 < chunks.length ? chunks[i + 1] : layer + 1 < layers ? chunks[0] : undefined;
+              next = onHost && following ? hiddenOf(following) : undefined;
               const y = await timeHost("layer pass (enqueue and its waits)", () => this.layerPass(layer, w, x, c, items));
               this.backend.free(x);
               current = undefined;
