@@ -1,34 +1,53 @@
 // Where a prefill's GPU time goes, on the GPU machine: every kernel and copy on the compute stream is timed and summed by
 // name, and the time the stream sat idle (waiting for the host or for weights) is what is left of the span.
-// Usage: node dist/bench/profile-prefill.js MODEL_DIR PROMPT_FILE [--vram 8GB] [--ram 64GB] [--context 33k] [--chunk N|auto]
-//          [--small-uploads kernel|copy-engine] [--prefetch-stream own|shared] [--out FILE]
-import { readFileSync, writeFileSync } from "node:fs";
+// Usage: node dist/bench/profile-prefill.js MODEL_DIR PROMPT_FILE [--vram 8GB] [--ram 64GB|auto] [--context 33k] [--chunk N|auto]
+//          [--small-uploads kernel|copy-engine] [--prefetch-stream own|shared] [--out FILE] [--repeat N] [--links]
+// --repeat: the prompt N times in one process (each profiled; FILE-2.json and on for the later ones); --links: first
+// measures the disk (page cache dropped) and the host->GPU link with the same backend, as `layerwise bench` does.
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { CudaBackend } from "../src/backend/cuda/index.js";
+import { dropCaches } from "../src/bench/run.js";
+import { measureDisk, measureHostToDevice } from "../src/engine/bandwidth.js";
 import { LayerwiseModel } from "../src/engine/model.js";
 import { parseBytes, parseCount } from "../src/util/bytes.js";
 import { runnerTimes } from "../src/util/host-time.js";
 
 const { positionals, values } = parseArgs({
   allowPositionals: true,
-  options: { "prefetch-stream": { type: "string", default: "shared" }, vram: { type: "string", default: "8GB" }, ram: { type: "string", default: "64GB" }, context: { type: "string", default: "33k" }, chunk: { type: "string" }, "small-uploads": { type: "string", default: "kernel" }, out: { type: "string" } },
+  options: { "prefetch-stream": { type: "string", default: "shared" }, vram: { type: "string", default: "8GB" }, ram: { type: "string", default: "64GB" }, context: { type: "string", default: "33k" }, chunk: { type: "string" }, "small-uploads": { type: "string", default: "kernel" }, out: { type: "string" }, repeat: { type: "string", default: "1" }, links: { type: "boolean", default: false } },
 });
 const [dir, promptFile] = positionals;
-if (!dir || !promptFile) throw new Error("usage: profile-prefill MODEL_DIR PROMPT_FILE [--vram 8GB] [--ram 64GB] [--context 33k] [--chunk N|auto] [--small-uploads kernel|copy-engine] [--prefetch-stream own|shared] [--out FILE]");
+if (!dir || !promptFile) throw new Error("usage: profile-prefill MODEL_DIR PROMPT_FILE [--vram 8GB] [--ram 64GB|auto] [--context 33k] [--chunk N|auto] [--small-uploads kernel|copy-engine] [--prefetch-stream own|shared] [--out FILE] [--repeat N] [--links]");
 
 const backend = CudaBackend.create();
 if (values["small-uploads"] !== "kernel" && values["small-uploads"] !== "copy-engine") throw new Error("--small-uploads is kernel or copy-engine");
 backend.smallUploads = values["small-uploads"] === "kernel" ? "kernel" : "copy engine";
 if (values["prefetch-stream"] !== "own" && values["prefetch-stream"] !== "shared") throw new Error("--prefetch-stream is own or shared");
 backend.prefetchStream = values["prefetch-stream"];
+if (values.links) {
+  const shard = readdirSync(dir).filter((n) => n.endsWith(".safetensors")).sort()[0]!;
+  const cold = await dropCaches();
+  const disk = await measureDisk(backend, join(dir, shard), 2 ** 31);
+  const h2d = await measureHostToDevice(backend, 256 << 20, 8);
+  console.log(`links first: disk ${disk.gbps.toFixed(2)} GB/s (${disk.method}${cold ? ", page cache dropped" : ""}), host->GPU ${h2d.gbps.toFixed(1)} GB/s`);
+}
 const model = await LayerwiseModel.load(dir, {
   backend,
   vram: parseBytes(values.vram!),
-  ram: parseBytes(values.ram!),
+  ...(values.ram === "auto" ? {} : { ram: parseBytes(values.ram!) }), // auto: half the free RAM, as the bench
   context: parseCount(values.context!),
   prefillChunk: values.chunk === undefined || values.chunk === "auto" ? undefined : parseCount(values.chunk),
 });
 try {
+  for (let run = 1; run <= Number(values.repeat); run++) await profileRun(run);
+} finally {
+  await model.close();
+  await backend.dispose();
+}
+
+async function profileRun(run: number): Promise<void> {
   const allocsBefore = { ...backend.allocatorStats };
   backend.startProfile();
   runnerTimes.on = true;
@@ -57,8 +76,8 @@ try {
     idle_between: report.gaps.slice(0, 12).map((g) => ({ between: g.between, count: g.count, s: g.ms / 1000, device_wait_s: g.deviceWaitMs / 1000 })),
     by_name: report.byName.map((k) => ({ name: k.name, count: k.count, s: k.ms / 1000, idle_before_s: k.idleBeforeMs / 1000 })),
   };
-  if (values.out) writeFileSync(values.out, JSON.stringify(summary, null, 2) + "\n");
-  console.log(`prefill chunk ${summary.chunk}, small uploads by ${backend.smallUploads}, prefetch stream ${backend.prefetchStream}`);
+  if (values.out) writeFileSync(run === 1 ? values.out : values.out.replace(/(\.json)?$/, `-${run}$1`), JSON.stringify(summary, null, 2) + "\n");
+  console.log(`run ${run}: prefill chunk ${summary.chunk}, small uploads by ${backend.smallUploads}, prefetch stream ${backend.prefetchStream}`);
   console.log(`first token ${result.ttftS.toFixed(3)} s, peak VRAM ${stats.peakVramBytes} bytes; compute stream span ${(report.spanMs / 1000).toFixed(3)} s, busy ${(report.busyMs / 1000).toFixed(3)} s, idle ${((report.spanMs - report.busyMs) / 1000).toFixed(3)} s; ${summary.driver_allocs} cuMemAlloc, ${summary.driver_frees} cuMemFree, ${summary.pool_copy_waits} waits for a copy to the host before reusing memory (${summary.pool_copy_wait_s.toFixed(3)} s)`);
   console.log(`arena (virtual memory): ${JSON.stringify(summary.arena)}`);
   if (summary.pool_overrun) console.log(`device pool over its limit by ${summary.pool_overrun.bytes} bytes at most: ${JSON.stringify(summary.pool_overrun)}`);
@@ -66,7 +85,4 @@ try {
   for (const w of report.hostWaits) console.log(`host waited for ${w.what}: ${w.count} times, ${(w.ms / 1000).toFixed(3)} s`);
   for (const g of report.gaps.slice(0, 8)) console.log(`idle ${g.between}: ${g.count} times, ${(g.ms / 1000).toFixed(3)} s (${(g.deviceWaitMs / 1000).toFixed(3)} s of it waiting on another stream)`);
   for (const k of report.byName.slice(0, 30)) console.log(`${k.name.padEnd(36)} ${String(k.count).padStart(7)} ${(k.ms / 1000).toFixed(3).padStart(8)} s ${((1000 * k.ms) / k.count).toFixed(1).padStart(9)} us each, idle before ${(k.idleBeforeMs / 1000).toFixed(3)} s`);
-} finally {
-  await model.close();
-  await backend.dispose();
 }
