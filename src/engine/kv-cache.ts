@@ -246,6 +246,9 @@ export class KvCache {
     }
     const landed: KvBlockState[] = [];
     const copies: Promise<void>[] = [];
+    // One fence for all the copies: their blocks may reuse memory compute freed (none is enqueued meanwhile), and the
+    // RAM copies they read were landed by finishMoves.
+    const after = this.backend.fence();
     this.layers.forEach((blocks, layer) => {
       const bytes = this.blockBytes(layer);
       let onDevice = blocks.filter((b) => b.tier === "device" && b.length === this.policy.blockTokens).length;
@@ -253,7 +256,7 @@ export class KvCache {
         if (onDevice >= share) break;
         if (b.tier !== "host") continue;
         const { k, v } = this.deviceBlock(layer);
-        copies.push(this.backend.copyToDevice(k, 0, b.host!, 0, bytes), this.backend.copyToDevice(v, 0, b.host!, bytes, bytes));
+        copies.push(this.backend.copyToDevice(k, 0, b.host!, 0, bytes, after), this.backend.copyToDevice(v, 0, b.host!, bytes, bytes, after));
         // The RAM copy stays: full blocks do not change, so the next prompt sends the block out again without a copy.
         Object.assign(b, { tier: "device", k, v });
         landed.push(b);
