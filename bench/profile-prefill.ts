@@ -27,9 +27,9 @@ backend.smallUploads = values["small-uploads"] === "kernel" ? "kernel" : "copy e
 if (values["prefetch-stream"] !== "own" && values["prefetch-stream"] !== "shared") throw new Error("--prefetch-stream is own or shared");
 backend.prefetchStream = values["prefetch-stream"];
 if (values.links) {
-  const shard = readdirSync(dir).filter((n) => n.endsWith(".safetensors")).sort()[0]!;
+  const shards = readdirSync(dir).filter((n) => n.endsWith(".safetensors")).sort().map((n) => join(dir, n));
   const cold = await dropCaches();
-  const disk = await measureDisk(backend, join(dir, shard), 2 ** 31);
+  const disk = await measureDisk(backend, shards, 2 ** 33);
   const h2d = await measureHostToDevice(backend, 256 << 20, 8);
   console.log(`links first: disk ${disk.gbps.toFixed(2)} GB/s (${disk.method}${cold ? ", page cache dropped" : ""}), host->GPU ${h2d.gbps.toFixed(1)} GB/s`);
 }

@@ -1,7 +1,7 @@
 // `layerwise bench`: random-weight checkpoints with real shapes, the links they stream over (measured in the same run),
 // layerwise's prefill and decode at several contexts inside a VRAM budget, and the transformers + accelerate baseline.
 import { execFileSync } from "node:child_process";
-import { readFile, rm, stat, writeFile } from "node:fs/promises";
+import { readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { createArchModel } from "../arch/index.js";
 import type { Backend } from "../backend/ops.js";
@@ -163,9 +163,9 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
   const vocab = config.vocab_size!;
 
   // ---- links, measured in this run ----
-  const shard = (await import("node:fs/promises")).readdir(main).then((names) => names.filter((n) => n.endsWith(".safetensors")).sort()[0]!);
+  const shards = (await readdir(main)).filter((n) => n.endsWith(".safetensors")).sort().map((n) => join(main, n));
   const cold = await dropCaches();
-  const disk = await measureDisk(backend, join(main, await shard), 2 ** 31);
+  const disk = await measureDisk(backend, shards, 2 ** 33);
   const h2d = await measureHostToDevice(backend, 256 << 20, 8);
   const torch = o.skip.has("torch") ? undefined : python("torch_limits.py", []);
   const torchLimits = torch ? (JSON.parse(torch.trim().split("\n").pop()!) as Record<string, number>) : undefined;
@@ -383,9 +383,7 @@ export function ratios(r: Record<string, unknown>): Record<string, number | null
   };
 }
 
-
 async function dirBytes(dir: string): Promise<number> {
-  const { readdir } = await import("node:fs/promises");
   let n = 0;
   for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) if (e.isFile()) n += (await stat(join(e.parentPath ?? (e as unknown as { path: string }).path, e.name))).size;
   return n;

@@ -69,7 +69,7 @@ export function registerPlan(program: Command): void {
         const sizes = await Promise.all(ckpt.files.map(async (f) => ({ f, size: (await stat(f)).size })));
         const largest = sizes.sort((a, b) => b.size - a.size)[0]!.f;
         const given = (v: string | undefined, flag: string): LinkSpeed | undefined => (v === undefined ? undefined : { gbps: numberFlag(v, flag)!, bytes: 0, seconds: 0, method: "given" });
-        const disk = given(flags.diskGbps, "--disk-gbps") ?? (p.perToken.diskBytes > 0 ? await measureDisk(backend, largest) : undefined);
+        const disk = given(flags.diskGbps, "--disk-gbps") ?? (p.perToken.diskBytes > 0 ? await measureDisk(backend, [largest]) : undefined);
         const h2d = given(flags.h2dGbps, "--h2d-gbps") ?? (p.perToken.h2dBytes > 0 ? await measureHostToDevice(backend) : undefined);
         const floor = Math.max(disk ? p.perToken.diskBytes / (disk.gbps * 1e9) : 0, h2d ? p.perToken.h2dBytes / (h2d.gbps * 1e9) : 0);
         if (flags.json) process.stdout.write(JSON.stringify({ ...planJson(p), disk, h2d, floor_s_per_token: floor }) + "\n");

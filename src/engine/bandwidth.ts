@@ -11,11 +11,22 @@ export interface LinkSpeed {
   method: string;
 }
 
-/** Sequential reads of up to `maxBytes` of `file`, 16 MiB pieces, several in flight. */
-export async function measureDisk(backend: Backend, file: string, maxBytes = 1 << 30): Promise<LinkSpeed> {
-  const size = (await stat(file)).size;
-  const bytes = Math.min(maxBytes, Math.floor(size / 4096) * 4096);
-  const step = Math.min(bytes, 256 << 20);
+/**
+ * Sequential reads of up to `maxBytes` of `files`, one after another (a checkpoint's shards: the streamer reads them
+ * all), in 16 MiB pieces with several in flight.
+ */
+export async function measureDisk(backend: Backend, files: readonly string[], maxBytes = 1 << 30): Promise<LinkSpeed> {
+  const step = 256 << 20;
+  const reads: { file: string; offset: number; bytes: number }[] = [];
+  let bytes = 0;
+  for (const file of files) {
+    const size = Math.floor((await stat(file)).size / 4096) * 4096;
+    for (let offset = 0; offset < size && bytes < maxBytes; offset += step) {
+      const n = Math.min(step, size - offset, maxBytes - bytes);
+      reads.push({ file, offset, bytes: n });
+      bytes += n;
+    }
+  }
   // Two buffers, so a read is always queued behind the one finishing (as the streamer keeps reads in flight): one at a
   // time, the disk would idle at every buffer's end and the floor would come out below what streaming reaches.
   const buffers = [backend.allocHost(step), backend.allocHost(step)];
@@ -23,10 +34,9 @@ export async function measureDisk(backend: Backend, file: string, maxBytes = 1 <
   const pending: Promise<void>[] = [];
   try {
     const t0 = performance.now();
-    for (let off = 0, i = 0; off < bytes; off += step, i++) {
-      const n = Math.min(step, bytes - off);
+    for (const [i, r] of reads.entries()) {
       if (pending.length === buffers.length) await pending.shift(); // the read that used this buffer
-      pending.push(reader.read(file, off, n, buffers[i % buffers.length]!.bytes.subarray(0, n)));
+      pending.push(reader.read(r.file, r.offset, r.bytes, buffers[i % buffers.length]!.bytes.subarray(0, r.bytes)));
     }
     await Promise.all(pending);
     const seconds = (performance.now() - t0) / 1000;

@@ -1,0 +1,24 @@
+// The disk floor's measurement reads a checkpoint's shards one after another, up to its byte cap, and frees its buffers.
+import assert from "node:assert/strict";
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { CpuBackend } from "../../src/backend/cpu/index.js";
+import { measureDisk } from "../../src/engine/bandwidth.js";
+import { tempDir } from "../helpers.js";
+
+describe("disk measurement", () => {
+  it("reads the files in order, whole 4 KiB pages of each, up to the cap", async () => {
+    const dir = await tempDir("lw-disk-");
+    const files = [join(dir, "a"), join(dir, "b")];
+    await writeFile(files[0]!, new Uint8Array(300 << 20).fill(1)); // more than one 256 MiB read
+    await writeFile(files[1]!, new Uint8Array((5 << 20) + 100).fill(2)); // a partial page at the end is left out
+    const backend = new CpuBackend();
+    const all = await measureDisk(backend, files, 2 ** 33);
+    assert.equal(all.bytes, (300 << 20) + (5 << 20));
+    assert.ok(all.gbps > 0 && all.seconds > 0);
+    const capped = await measureDisk(backend, files, 64 << 20);
+    assert.equal(capped.bytes, 64 << 20);
+    assert.equal(backend.memory.hostBytes, 0, "its buffers are freed");
+  });
+});
