@@ -126,7 +126,9 @@ export class Runner {
               current = undefined;
               c.hidden = y;
               await this.snapshotStates(layer, c, items, starts);
-              if (onHost) this.toHost(c, copies, spare);
+              // The last layer's last chunk stays on the device for the logits that come next (its copy back would
+              // queue behind the next forward's first weights, read ahead).
+              if (onHost && !(layer === layers - 1 && i === chunks.length - 1)) this.toHost(c, copies, spare);
               // A layer's new KV stays on the device for its whole pass, so later chunks attend to it there instead of
               // staging it back from RAM (which holds the host to the GPU's pace). The previous layer's blocks leaving
               // the device land after this layer's first chunk, their copies long enqueued; this layer's start leaving
