@@ -99,10 +99,22 @@ extern "C" __global__ void accumulate_rows(float *acc, const float *y, const int
     acc[(size_t)rows[i / cols] * cols + i % cols] += scales[i / cols] * y[i];
 }
 
-// f32 rows into a cache tensor of type T (contiguous rows of `cols`).
+// Tensors of one shape taken as consecutive rows (a KV cache's blocks), by value: one launch writes a chunk's rows into
+// all the blocks they span. Mirrors maxRowBlocks in src/backend/cuda/index.ts.
+#define MAX_ROW_BLOCKS 64
+struct RowBlocks {
+  void *p[MAX_ROW_BLOCKS];
+};
+
+// `rows` f32 rows of `cols` into cache tensors of type T and `block_rows` rows each: row r goes to row
+// (first + r) % block_rows of tensor (first + r) / block_rows. rows * cols < 2^31 (the caller splits larger writes).
 template <typename T>
-__device__ void write_rows(T *dst, const float *src, long long n) {
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) dst[i] = from_f32<T>(src[i]);
+__device__ void write_rows(RowBlocks dst, int first, int block_rows, const float *src, int rows, int cols) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < rows * cols; i += gridDim.x * blockDim.x) {
+    const int r = first + i / cols;
+    T *block = static_cast<T *>(dst.p[r / block_rows]);
+    block[(size_t)(r % block_rows) * cols + i % cols] = from_f32<T>(src[i]);
+  }
 }
 
 // Combines two attention parts over disjoint keys from their normalized outputs and log-sum-exps.
@@ -130,6 +142,8 @@ __device__ void to_f32(float *out, const T *x, long long n) {
   extern "C" __global__ void rms_norm_##NAME(float *out, const float *x, const T *w, int group, float eps, float offset) {        \
     rms_norm<T>(out, x, w, group, eps, offset);                                                                               \
   }                                                                                                                           \
-  extern "C" __global__ void write_rows_##NAME(T *dst, const float *src, long long n) { write_rows<T>(dst, src, n); }        \
+  extern "C" __global__ void write_rows_##NAME(RowBlocks dst, int first, int block_rows, const float *src, int rows, int cols) { \
+    write_rows<T>(dst, first, block_rows, src, rows, cols);                                                                   \
+  }                                                                                                                           \
   extern "C" __global__ void cast_f32_##NAME(float *out, const T *x, long long n) { to_f32<T>(out, x, n); }
 FOR_WEIGHT_TYPES(INSTANTIATE)

@@ -203,8 +203,12 @@ export interface Backend extends Ops {
   copyToHost(src: Tensor, srcOffset: number, dst: HostBuffer, dstOffset: number, length: number): Promise<void>;
   /** Marks the compute enqueued so far. */
   fence(): Fence;
-  /** Copies `count` rows of `src` (f32 activations) from `srcRow` into `dst` at `dstRow`, converting to dst's dtype. */
-  writeRows(dst: Tensor, dstRow: number, src: Tensor, srcRow: number, count: number): void;
+  /**
+   * Copies `count` rows of `src` (f32 activations) from `srcRow` into `dst` at row `dstRow`, converting to its dtype.
+   * `dst` may be a run of tensors of one shape taken as consecutive rows (a KV cache's blocks): row `dstRow` of the
+   * first, then on into the next.
+   */
+  writeRows(dst: Tensor | readonly Tensor[], dstRow: number, src: Tensor, srcRow: number, count: number): void;
   /** Waits for t and returns its values as f32. */
   read(t: Tensor): Promise<Float32Array>;
   /**

@@ -92,23 +92,30 @@ export class KvCache {
     return l.kvHeads * l.headDim;
   }
 
-  /** Appends `count` rows of k and v (from `srcRow`) at the end of `layer`, in device blocks. */
+  /** Appends `count` rows of k and v (from `srcRow`) at the end of `layer`, in device blocks (one write each for K and V). */
   append(layer: number, k: Tensor, v: Tensor, srcRow: number, count: number): void {
+    if (count === 0) return;
     const blocks = this.layers[layer]!;
     const block = this.policy.blockTokens;
-    let done = 0;
-    while (done < count) {
-      let last = blocks[blocks.length - 1];
-      if (!last || last.length === block) {
-        last = { start: last ? last.start + last.length : 0, length: 0, tier: "device", ...this.deviceBlock(layer) };
-        blocks.push(last);
-      }
-      if (last.tier !== "device") throw new Error("KvCache: the tail block is not on the device (truncate promotes it)");
-      const n = Math.min(count - done, block - last.length);
-      this.backend.writeRows(last.k!, last.length, k, srcRow + done, n);
-      this.backend.writeRows(last.v!, last.length, v, srcRow + done, n);
-      last.length += n;
-      done += n;
+    const tail = blocks[blocks.length - 1];
+    const partial = tail && tail.length < block ? tail : undefined;
+    if (partial && partial.tier !== "device") throw new Error("KvCache: the tail block is not on the device (truncate promotes it)");
+    const targets = partial ? [partial] : [];
+    for (let room = partial ? block - partial.length : 0; room < count; room += block) {
+      // Every block before a new one is full once this write is done.
+      const before = blocks[blocks.length - 1];
+      const added: KvBlockState = { start: before ? before.start + block : 0, length: 0, tier: "device", ...this.deviceBlock(layer) };
+      blocks.push(added);
+      targets.push(added);
+    }
+    const firstRow = partial?.length ?? 0;
+    this.backend.writeRows(targets.map((b) => b.k!), firstRow, k, srcRow, count);
+    this.backend.writeRows(targets.map((b) => b.v!), firstRow, v, srcRow, count);
+    let left = count;
+    for (const b of targets) {
+      const n = Math.min(left, block - b.length);
+      b.length += n;
+      left -= n;
     }
   }
 

@@ -275,6 +275,27 @@ for (const bc of backendCases) {
       await b.dispose();
     });
 
+    it("writeRows spreads rows over a run of blocks from a row of the first, in more than one launch's worth of blocks", async () => {
+      const b = await bc.create();
+      for (const dtype of ["bf16", "f32"] as const) {
+        for (const { blocks, rowsEach, first, count } of [
+          { blocks: 3, rowsEach: 8, first: 5, count: 17 }, // the end of the first, all of the second, most of the third
+          { blocks: 70, rowsEach: 2, first: 1, count: 137 }, // past the 64 tensors one CUDA launch takes
+        ]) {
+          const src = randn((count + 2) * 16);
+          const run = Array.from({ length: blocks }, () => b.alloc([rowsEach, 16], dtype));
+          b.writeRows(run, first, await upload(b, [count + 2, 16], src), 2, count);
+          const parts: Uint8Array[] = [];
+          for (let row = first; row < first + count; row++) parts.push(await b.readRows(run[Math.floor(row / rowsEach)]!, row % rowsEach, 1));
+          const got = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+          parts.reduce((at, p) => (got.set(p, at), at + p.length), 0);
+          assert.deepEqual(got, fromF32(src.subarray(2 * 16, (2 + count) * 16), dtype), `${dtype}, ${blocks} blocks`);
+          assert.throws(() => b.writeRows(run, first, run[0]!, 0, blocks * rowsEach), RangeError);
+        }
+      }
+      await b.dispose();
+    });
+
     it("scopes free what ops made and keep what is asked", async () => {
       const b = await bc.create();
       const x = await upload(b, [4, 4], randn(16));

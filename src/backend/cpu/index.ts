@@ -3,6 +3,7 @@ import type { DType } from "../dtype.js";
 import { f32ToBf16, f32ToF16, fromF32, tensorBytes, tensorCoreInput } from "../dtype.js";
 import type { AttentionOptions, AttentionPart, Backend, DeltaRuleOptions, Fence, GateActivation, HostBuffer, MemoryStats, RecurrentSeq, RopeOptions, Tensor } from "../ops.js";
 import { topKRows } from "../../util/top-k.js";
+import { rowRuns } from "../row-runs.js";
 import { ScopeStack, runScoped } from "../scope.js";
 import * as math from "./math.js";
 import { CpuTensor, cpu, cpuView, f32Tensor } from "./tensor.js";
@@ -79,17 +80,18 @@ export class CpuBackend implements Backend {
     return { id: ++this.fences };
   }
 
-  writeRows(dst: Tensor, dstRow: number, src: Tensor, srcRow: number, count: number): void {
-    const d = cpu(dst);
-    const cols = d.shape[d.shape.length - 1]!;
-    const values = cpu(src).f32().subarray(srcRow * cols, (srcRow + count) * cols);
-    const base = dstRow * cols;
-    if (base + values.length > d.data.length) throw new RangeError(`writeRows: rows ${dstRow}.. do not fit [${d.shape.join(", ")}]`);
-    if (d.data instanceof Float32Array) {
-      d.data.set(values, base);
-    } else {
-      const convert = d.dtype === "bf16" ? f32ToBf16 : f32ToF16;
-      for (let i = 0; i < values.length; i++) d.data[base + i] = convert(values[i]!);
+  writeRows(dst: Tensor | readonly Tensor[], dstRow: number, src: Tensor, srcRow: number, count: number): void {
+    for (const part of rowRuns(dst, dstRow, count)) {
+      const d = cpu(part.dst);
+      const cols = d.shape[d.shape.length - 1]!;
+      const values = cpu(src).f32().subarray((srcRow + part.done) * cols, (srcRow + part.done + part.rows) * cols);
+      const base = part.row * cols;
+      if (d.data instanceof Float32Array) {
+        d.data.set(values, base);
+      } else {
+        const convert = d.dtype === "bf16" ? f32ToBf16 : f32ToF16;
+        for (let i = 0; i < values.length; i++) d.data[base + i] = convert(values[i]!);
+      }
     }
   }
 

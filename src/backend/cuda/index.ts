@@ -4,6 +4,7 @@ import { BackendError } from "../../errors.js";
 import { bf16ToF32Table, f16ToF32Table, tensorBytes, tensorCoreInput, type DType } from "../dtype.js";
 import type { AttentionOptions, AttentionPart, Backend, CopyQueue, DeltaRuleOptions, Fence, GateActivation, HostBuffer, KvBlock, MemoryStats, RecurrentSeq, RopeOptions, Tensor } from "../ops.js";
 import { numel } from "../ops.js";
+import { rowRuns, rowsOf } from "../row-runs.js";
 import { ScopeStack, runScoped } from "../scope.js";
 import {
   CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
@@ -58,6 +59,8 @@ const ringSize = 1024;
 /** Pinned bytes for small uploads (see UploadRing): two halves of 2 MB, several prefill layers' worth of ids and block lists. */
 const uploadRingBytes = 4 << 20;
 const threads = 256;
+/** Tensors one write_rows launch takes (MAX_ROW_BLOCKS in kernels/elementwise.cu). */
+const maxRowBlocks = 64;
 const gridFor = (n: number) => Math.max(1, Math.min(65535, Math.ceil(n / threads)));
 
 export interface DeviceInfo {
@@ -860,17 +863,28 @@ export class CudaBackend implements Backend {
     return out;
   }
 
-  writeRows(dst: Tensor, dstRow: number, src: Tensor, srcRow: number, count: number): void {
-    const d = cuda(dst);
+  writeRows(dst: Tensor | readonly Tensor[], dstRow: number, src: Tensor, srcRow: number, count: number): void {
+    const parts = rowRuns(dst, dstRow, count);
+    if (parts.length === 0) return;
     const s = cuda(src);
-    const cols = d.shape[d.shape.length - 1]!;
-    if ((dstRow + count) * cols > numel(d.shape)) throw new RangeError(`writeRows: rows ${dstRow}.. do not fit [${d.shape.join(", ")}]`);
-    const dstPtr = d.ptr + BigInt(dstRow * tensorBytes([cols], d.dtype));
-    const srcPtr = s.ptr + BigInt(srcRow * cols * 4);
-    this.await([s, d]);
+    const { dtype, shape } = parts[0]!.dst;
+    const cols = shape[shape.length - 1]!;
+    const srcPtr = (done: number) => s.ptr + BigInt((srcRow + done) * cols * 4);
+    this.await([s, ...parts.map((p) => p.dst)]);
     this.dropCast();
-    if (d.dtype === "f32") this.driver.copyDtoDAsync(dstPtr, srcPtr, count * cols * 4, this.compute);
-    else this.launch(`write_rows_${d.dtype}`, [gridFor(count * cols), 1, 1], [threads, 1, 1], [{ ptr: dstPtr }, { ptr: srcPtr }, { i64: count * cols }], []);
+    if (dtype === "f32") {
+      for (const p of parts) this.driver.copyDtoDAsync(cuda(p.dst).ptr + BigInt(p.row * cols * 4), srcPtr(p.done), p.rows * cols * 4, this.compute);
+      return;
+    }
+    // One launch for up to maxRowBlocks tensors of the run (a chunk's rows across a KV cache's blocks).
+    for (let g = 0; g < parts.length; g += maxRowBlocks) {
+      const group = parts.slice(g, g + maxRowBlocks);
+      const rows = group.reduce((n, p) => n + p.rows, 0);
+      if (rows * cols >= 2 ** 31) throw new RangeError(`writeRows: ${rows} x ${cols} values are more than one launch writes`);
+      const ptrs = Array.from({ length: maxRowBlocks }, (_, i) => (group[i] ? cuda(group[i].dst).ptr : 0n));
+      const args: KernelArg[] = [{ ptrs }, { i32: group[0]!.row }, { i32: rowsOf(group[0]!.dst) }, { ptr: srcPtr(group[0]!.done) }, { i32: rows }, { i32: cols }];
+      this.launch(`write_rows_${dtype}`, [gridFor(rows * cols), 1, 1], [threads, 1, 1], args, []);
+    }
   }
 }
 

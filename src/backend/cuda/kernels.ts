@@ -11,7 +11,8 @@ export interface TensorMapArg {
   cols: number;
   boxRows: number;
 }
-export type KernelArg = { ptr: Handle } | { i32: number } | { i64: number } | { f32: number } | { tensorMap: TensorMapArg };
+/** `ptrs`: an array of pointers passed by value (a struct of them in the kernel, as many as it declares). */
+export type KernelArg = { ptr: Handle } | { ptrs: readonly Handle[] } | { i32: number } | { i64: number } | { f32: number } | { tensorMap: TensorMapArg };
 
 const modules = ["elementwise", "matmul", "gemm", "attention", "flash", "recurrent", "sampling"] as const;
 /** Modules of sm_90a PTX (wgmma), which only Hopper GPUs (compute capability 9.0) can load. */
@@ -136,12 +137,13 @@ export class Kernels {
     args.forEach((a, i) => {
       at = "tensorMap" in a ? Math.ceil(at / 64) * 64 : at; // a CUtensorMap parameter is 128 bytes, 64-aligned
       if ("ptr" in a) v.setBigUint64(at, a.ptr, true);
+      else if ("ptrs" in a) a.ptrs.forEach((p, j) => v.setBigUint64(at + 8 * j, p, true));
       else if ("i32" in a) v.setInt32(at, a.i32, true);
       else if ("i64" in a) v.setBigInt64(at, BigInt(a.i64), true);
       else if ("f32" in a) v.setFloat32(at, a.f32, true);
       else this.driver.encodeTensorMap(this.argBase + BigInt(at), a.tensorMap.dtype, a.tensorMap.ptr, a.tensorMap.rows, a.tensorMap.cols, a.tensorMap.boxRows);
       v.setBigUint64(2048 + 8 * i, this.argBase + BigInt(at), true);
-      at += "tensorMap" in a ? 128 : 8;
+      at += "tensorMap" in a ? 128 : "ptrs" in a ? 8 * a.ptrs.length : 8;
     });
     this.driver.launch(this.fn(name), grid, block, smem, stream, this.argBase + 2048n, name);
   }
