@@ -363,6 +363,31 @@ export function goalRuns(r: Record<string, unknown>): { warm?: RunFigures; disk?
   return { warm: ram.find((w) => w.context === mid), disk, baseline: baseline.find((b) => b.context === mid) };
 }
 
+/**
+ * One results object from runs of other workloads on one machine (the bench split over calls with --skip): a later
+ * run's figures replace an earlier one's key by key, RAM-tier figures context by context, the long-context and
+ * other-model lists are joined, and the goal ratios are worked out again.
+ */
+export function mergeResults(runs: readonly Record<string, unknown>[]): Record<string, unknown> {
+  const merged: Record<string, unknown> = {};
+  const list = (key: string) => (merged[key] ?? []) as unknown[];
+  for (const run of runs) {
+    for (const [key, value] of Object.entries(run)) {
+      if (key === "ram_tier") {
+        const byContext = new Map((list(key) as RunFigures[]).map((f) => [f.context, f]));
+        for (const f of value as RunFigures[]) byContext.set(f.context, f);
+        merged[key] = [...byContext.values()].sort((a, b) => a.context - b.context);
+      } else if (key === "long_context" || key === "other_models") merged[key] = [...list(key), ...(value as unknown[])];
+      else if (key === "contexts") merged[key] = [...new Set([...(list(key) as number[]), ...(value as number[])])].sort((a, b) => a - b);
+      else if (key === "date") {
+        merged.date ??= value;
+        merged.run_dates = [...list("run_dates"), value];
+      } else merged[key] = value;
+    }
+  }
+  return { ...merged, ...ratios(merged) };
+}
+
 /** The ratios the goals are stated in, derived from the raw figures of a run (also for re-reporting a saved run). */
 export function ratios(r: Record<string, unknown>): Record<string, number | null> {
   const warm = (r.ram_tier ?? []) as RunFigures[];

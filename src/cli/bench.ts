@@ -5,7 +5,7 @@ import type { Command } from "commander";
 import { createBackend } from "../backend/index.js";
 import { benchGoals, chartSvg, markdownTable, measured, missedGoals, withKeptText, writeFileMkdir } from "../bench/report.js";
 import { readFile } from "node:fs/promises";
-import { benchPresets, ratios, runBench, type RunFigures } from "../bench/run.js";
+import { benchPresets, mergeResults, ratios, runBench, type RunFigures } from "../bench/run.js";
 import { UsageError } from "../errors.js";
 import { parseBytes, parseCount } from "../util/bytes.js";
 import { backendName, numberFlag } from "./options.js";
@@ -38,16 +38,18 @@ export function registerBench(program: Command): void {
     .option("--out <dir>", "folder for the JSON results", "bench/results")
     .option("--docs <file>", "markdown report to regenerate", "docs/benchmarks.md")
     .option("--backend <name>", "cpu, cuda or auto", "auto")
-    .option("--report <json>", "only regenerate the report (and the goal ratios) from a saved results file")
+    .option("--report <json>", "only regenerate the report (and the goal ratios) from a saved results file; from several (a,b: runs split with --skip), merged into a-merged.json first")
     .option("--debug", "print stack traces of errors")
     .action(async (flags: BenchFlags) => {
       const presets = flags.presets.split(",").map((s) => s.trim());
       if (flags.report) {
-        const saved = JSON.parse(await readFile(flags.report, "utf8")) as Record<string, unknown>;
-        Object.assign(saved, ratios(saved));
-        writeFileMkdir(flags.report, JSON.stringify(saved, null, 2) + "\n");
-        writeReport(flags.docs, saved, String(saved.main_preset ?? presets[0]), flags.report);
-        process.stdout.write(`wrote ${flags.report} and ${flags.docs}\n`);
+        const files = flags.report.split(",").map((f) => f.trim()).filter(Boolean);
+        const runs = await Promise.all(files.map(async (f) => JSON.parse(await readFile(f, "utf8")) as Record<string, unknown>));
+        const saved = runs.length === 1 ? { ...runs[0]!, ...ratios(runs[0]!) } : mergeResults(runs);
+        const file = runs.length === 1 ? files[0]! : files[0]!.replace(/(\.json)?$/, "-merged.json");
+        writeFileMkdir(file, JSON.stringify(saved, null, 2) + "\n");
+        writeReport(flags.docs, saved, String(saved.main_preset ?? presets[0]), file);
+        process.stdout.write(`wrote ${file} and ${flags.docs}\n`);
         return;
       }
       for (const p of presets) if (!benchPresets.includes(p) && !p.startsWith("tiny-")) throw new UsageError("UNKNOWN_PRESET", `no preset "${p}"`, `presets: ${benchPresets.join(", ")}`);

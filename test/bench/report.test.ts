@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { keptMarker, missedGoals, withKeptText } from "../../src/bench/report.js";
-import { ratios, type RunFigures } from "../../src/bench/run.js";
+import { mergeResults, ratios, type RunFigures } from "../../src/bench/run.js";
 
 const run = (o: Partial<RunFigures>): RunFigures => ({ context: 32000, ttftS: 1, prefillTokensPerS: 32000, decodeSPerToken: 0.3, peakVramBytes: 7.9e9, ...o });
 
@@ -26,6 +26,37 @@ describe("bench report", () => {
     assert.equal(line("decode at 32k, RAM tier, vs host->GPU floor"), undefined, "a met goal is not listed");
     assert.equal(line("decode speed-up vs accelerate at 32k"), undefined, "a goal that was not run is not listed");
     assert.equal(lines.length, 4);
+  });
+
+  it("merges runs split over calls: later figures win key by key and context by context, lists join, ratios are redone", () => {
+    const first: Record<string, unknown> = {
+      date: "2026-12-03T01:00:00Z",
+      vram_budget_bytes: 8e9,
+      contexts: [8000, 32000],
+      ram_tier: [run({ context: 8000, peakVramBytes: 7.8e9 }), run({ context: 32000, ttftS: 2, floorPrefillS: 1.2, decodeSPerToken: 0.3, floorDecodeS: 0.27 })],
+      disk_tier: run({ ttftS: 10, floorPrefillS: 8.5, decodeSPerToken: 9, floorDecodeS: 8.6 }),
+      long_context: [],
+      other_models: [{ preset: "qwen3-8b" }],
+    };
+    const second: Record<string, unknown> = {
+      date: "2026-12-03T01:20:00Z",
+      vram_budget_bytes: 8e9,
+      contexts: [8000],
+      ram_tier: [run({ context: 8000, peakVramBytes: 7.9e9 })],
+      batch: [{ batch: 1, tokensPerS: 4 }, { batch: 16, tokensPerS: 48 }],
+      long_context: [{ preset: "gpt-oss-20b" }],
+      other_models: [],
+    };
+    const m = mergeResults([first, second]);
+    assert.equal(m.date, first.date);
+    assert.deepEqual(m.run_dates, [first.date, second.date]);
+    assert.deepEqual(m.contexts, [8000, 32000]);
+    assert.deepEqual((m.ram_tier as RunFigures[]).map((f) => [f.context, f.peakVramBytes]), [[8000, 7.9e9], [32000, 7.9e9]]);
+    assert.deepEqual(m.long_context, [{ preset: "gpt-oss-20b" }]);
+    assert.deepEqual(m.other_models, [{ preset: "qwen3-8b" }]);
+    assert.equal(m.batch16_over_batch1, 12, "from the second run");
+    assert.equal(m.prefill_floor_ratio_32k_warm, 0.6, "from the first");
+    assert.equal(m.prefill_floor_ratio_32k_cold, 0.85);
   });
 
   it("says so when a saved run has no time split", () => {
