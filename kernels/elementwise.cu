@@ -50,14 +50,19 @@ extern "C" __global__ void rope(float *out, const float *x, const int *positions
 }
 
 // act(gate) * up; act 0 = silu, 1 = gelu with the tanh approximation, 2 = sigmoid (an output gate).
-extern "C" __global__ void gated_act(float *out, const float *gate, const float *up, long long n, int act) {
+// out = act(gate) * up; with a `twin` (twin_kind 1: bf16, 2: f16) also in 16 bits, the next tensor-core matmul's input
+// as cast_rows would make it.
+extern "C" __global__ void gated_act(float *out, const float *gate, const float *up, long long n, int act, void *twin, int twin_kind) {
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
     const float g = gate[i];
     float a;
     if (act == 0) a = g / (1.f + expf(-g));
     else if (act == 2) a = 1.f / (1.f + expf(-g));
     else a = 0.5f * g * (1.f + tanhf(0.7978845608028654f * (g + 0.044715f * g * g * g)));
-    out[i] = a * up[i];
+    const float y = a * up[i];
+    out[i] = y;
+    if (twin_kind == 1) static_cast<bf16 *>(twin)[i] = from_f32<bf16>(y);
+    else if (twin_kind == 2) static_cast<f16 *>(twin)[i] = from_f32<f16>(y);
   }
 }
 

@@ -120,6 +120,8 @@ export class CudaBackend implements Backend {
   private profile?: StreamProfile;
   /** The latest matmul input cast to 16 bits (see castInput), and whether a matmul is being enqueued. */
   private lastCast?: { x: CudaTensor; half: DType; xh: CudaTensor };
+  /** The 16-bit type of the last cast made for a matmul (what the next matmul of its rows likely wants). */
+  private lastCastHalf?: DType;
   private inMatmul = false;
 
   private constructor(
@@ -541,6 +543,7 @@ export class CudaBackend implements Backend {
     const xh = this.alloc([m, k], half) as CudaTensor;
     this.launch(`cast_rows_${half}`, [gridFor(m * k), 1, 1], [threads, 1, 1], [{ ptr: xh.ptr }, { ptr: x.ptr }, { i64: m * k }], [x]);
     this.lastCast = { x, half, xh };
+    this.lastCastHalf = half;
     return xh;
   }
 
@@ -727,7 +730,13 @@ export class CudaBackend implements Backend {
     const u = cuda(up);
     const n = numel(g.shape);
     const out = this.out(g.shape);
-    this.launch("gated_act", [gridFor(n), 1, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: g.ptr }, { ptr: u.ptr }, { i64: n }, { i32: { silu: 0, gelu_tanh: 1, sigmoid: 2 }[act] }], [g, u]);
+    // Rows that went through tensor cores (gate and up) go on to the down projection: the kernel also writes its 16-bit
+    // input, which castInput then finds, as it finds one cast shared by q, k and v.
+    const half = g.shape[0]! > 4 ? this.lastCastHalf : undefined;
+    const twin = half ? (this.alloc(g.shape, half) as CudaTensor) : undefined;
+    const twinArgs: KernelArg[] = [{ ptr: twin?.ptr ?? 0n }, { i32: half === "bf16" ? 1 : half === "f16" ? 2 : 0 }];
+    this.launch("gated_act", [gridFor(n), 1, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: g.ptr }, { ptr: u.ptr }, { i64: n }, { i32: { silu: 0, gelu_tanh: 1, sigmoid: 2 }[act] }, ...twinArgs], [g, u]);
+    if (twin) this.lastCast = { x: out, half: half!, xh: twin };
     return out;
   }
 
