@@ -9,9 +9,10 @@ __device__ void embed(float *out, const T *table, const int *ids, int hidden) {
   for (int i = threadIdx.x; i < hidden; i += blockDim.x) out[(size_t)row * hidden + i] = to_f32(src[i]);
 }
 
-// One block per group of `group` values: y = x / rms(x) * (offset + w).
+// One block per group of `group` values: y = x / rms(x) * (offset + w); with a `twin`, y also in T (16 bits: the next
+// tensor-core matmul's input, as cast_rows would make it).
 template <typename T>
-__device__ void rms_norm(float *out, const float *x, const T *w, int group, float eps, float offset) {
+__device__ void rms_norm(float *out, const float *x, const T *w, int group, float eps, float offset, T *twin) {
   __shared__ float scratch[32];
   const size_t base = (size_t)blockIdx.x * group;
   float ss = 0.f;
@@ -20,7 +21,11 @@ __device__ void rms_norm(float *out, const float *x, const T *w, int group, floa
     ss += v * v;
   }
   const float r = rsqrtf(block_sum(ss, scratch) / group + eps);
-  for (int i = threadIdx.x; i < group; i += blockDim.x) out[base + i] = (x[base + i] * r) * (offset + to_f32(w[i]));
+  for (int i = threadIdx.x; i < group; i += blockDim.x) {
+    const float y = (x[base + i] * r) * (offset + to_f32(w[i]));
+    out[base + i] = y;
+    if (twin) twin[base + i] = from_f32<T>(y);
+  }
 }
 
 // Thread per (row, head, i < half): rotate_half RoPE on the first 2*half dims of each head; the rest pass through.
@@ -144,8 +149,8 @@ __device__ void to_f32(float *out, const T *x, long long n) {
 
 #define INSTANTIATE(T, NAME)                                                                                                  \
   extern "C" __global__ void embed_##NAME(float *out, const T *table, const int *ids, int hidden) { embed<T>(out, table, ids, hidden); } \
-  extern "C" __global__ void rms_norm_##NAME(float *out, const float *x, const T *w, int group, float eps, float offset) {        \
-    rms_norm<T>(out, x, w, group, eps, offset);                                                                               \
+  extern "C" __global__ void rms_norm_##NAME(float *out, const float *x, const T *w, int group, float eps, float offset, T *twin) { \
+    rms_norm<T>(out, x, w, group, eps, offset, twin);                                                                         \
   }                                                                                                                           \
   extern "C" __global__ void write_rows_##NAME(RowBlocks dst, int first, int block_rows, const float *src, int rows, int cols) { \
     write_rows<T>(dst, first, block_rows, src, rows, cols);                                                                   \

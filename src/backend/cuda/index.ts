@@ -621,7 +621,12 @@ export class CudaBackend implements Backend {
     const groups = numel(xt.shape) / group;
     const out = this.out(xt.shape);
     const block = Math.min(1024, Math.max(32, Math.ceil(Math.min(group, threads) / 32) * 32));
-    this.launch(`rms_norm_${wt.dtype}`, [groups, 1, 1], [block, 1, 1], [{ ptr: out.ptr }, { ptr: xt.ptr }, { ptr: wt.ptr }, { i32: group }, { f32: o.eps }, { f32: o.offset ?? 0 }], [xt, wt]);
+    // Whole rows normed in the type the matmuls cast to (a 16-bit model's norm before q/k/v or gate/up): the kernel also
+    // writes the 16-bit input castInput would make (a post-norm's goes unused: one more write of two bytes a value).
+    const cols = xt.shape[xt.shape.length - 1]!;
+    const twin = group === cols && groups > 4 && wt.dtype === this.lastCastHalf ? (this.alloc(xt.shape, wt.dtype) as CudaTensor) : undefined;
+    this.launch(`rms_norm_${wt.dtype}`, [groups, 1, 1], [block, 1, 1], [{ ptr: out.ptr }, { ptr: xt.ptr }, { ptr: wt.ptr }, { i32: group }, { f32: o.eps }, { f32: o.offset ?? 0 }, { ptr: twin?.ptr ?? 0n }], [xt, wt]);
+    if (twin) this.lastCast = { x: out, half: wt.dtype, xh: twin };
     return out;
   }
 
