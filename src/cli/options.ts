@@ -40,7 +40,7 @@ export function addModelFlags(cmd: Command): Command {
     .option("--ram <size>", "RAM for caching weights and KV, e.g. 32GB, 0 to read weights from disk every token (default: half the free RAM)")
     .option("--context <tokens>", "tokens to plan memory for, e.g. 100k (default: the model's context)")
     .option("--prefill-chunk <tokens>", "rows per layer pass during prefill, bounding activations (default: 8192, 4096 or 2048, the largest whose plan decodes as fast as 2048's)")
-    .option("--prefill-span <tokens>", "tokens taken through all layers before the next ones (each layer's weights are read once per span)", "32768")
+    .option("--prefill-span <tokens>", "tokens taken through all layers before the next ones (each layer's weights are read once per span; default: the whole context if it fits, else 32768)")
     .option("--kv-block <tokens>", "tokens per KV cache block", "256")
     .option("--kv-cache <dir>", "persistent KV cache folder: a prompt that starts with a cached prefix skips its prefill")
     .option("--kv-cache-max <size>", "largest size of the KV cache folder; least recently used blocks are deleted first")

@@ -19,7 +19,7 @@ interface PlanFlags {
   ram?: string;
   batch: string;
   prefillChunk?: string;
-  prefillSpan: string;
+  prefillSpan?: string;
   kvBlock: string;
   kvDtype?: string;
   diskGbps?: string;
@@ -38,7 +38,7 @@ export function registerPlan(program: Command): void {
     .option("--ram <size>", "RAM budget for caching weights and KV (default: half the free RAM)")
     .option("--batch <n>", "sequences decoded together", "1")
     .option("--prefill-chunk <tokens>", "rows per layer pass during prefill (default: 8192, 4096 or 2048, the largest whose plan decodes as fast as 2048's)")
-    .option("--prefill-span <tokens>", "tokens taken through all layers before the next ones", "32768")
+    .option("--prefill-span <tokens>", "tokens taken through all layers before the next ones (default: the whole context if it fits, else 32768)")
     .option("--kv-block <tokens>", "tokens per KV block", "256")
     .option("--kv-dtype <dtype>", "KV cache element type: bf16, f16 or f32 (default: bf16 on CUDA, f32 on CPU)")
     .option("--disk-gbps <n>", "disk read speed in GB/s instead of measuring it")
@@ -60,7 +60,7 @@ export function registerPlan(program: Command): void {
           contextTokens: parseCount(flags.context, "--context"),
           batch: numberFlag(flags.batch, "--batch", { integer: true })!,
           prefillChunk: flags.prefillChunk === undefined ? undefined : parseCount(flags.prefillChunk, "--prefill-chunk"),
-          prefillSpan: parseCount(flags.prefillSpan, "--prefill-span"),
+          prefillSpan: flags.prefillSpan === undefined ? undefined : parseCount(flags.prefillSpan, "--prefill-span"),
           kvBlockTokens: parseCount(flags.kvBlock, "--kv-block"),
           kvDtype,
           vramBytes: flags.vram ? parseBytes(flags.vram, "--vram") : await backend.defaultDeviceBudget(),
@@ -94,7 +94,7 @@ function printPlan(p: Plan, modelType: string, disk: LinkSpeed | undefined, h2d:
   const f = formatBytes;
   const lines: [string, string][] = [
     ["model", `${modelType}, ${i.shape.numLayers} layers, ${f(i.layout.layers.reduce((n, l) => n + l.dataBytes, 0) + i.layout.experts.flat().reduce((n, g) => n + g.dataBytes, 0) + i.layout.globals.dataBytes)} of weights`],
-    ["context", `${i.contextTokens} tokens x ${i.batch} sequence(s), prefill chunk ${i.prefillChunk}, KV ${i.kvDtype} in blocks of ${i.kvBlockTokens}`],
+    ["context", `${i.contextTokens} tokens x ${i.batch} sequence(s), prefill chunk ${i.prefillChunk} in spans of ${Math.min(i.prefillSpan, i.contextTokens)}, KV ${i.kvDtype} in blocks of ${i.kvBlockTokens}`],
     ["budgets", `VRAM ${i.vramBytes === Infinity ? "unlimited" : f(i.vramBytes)}, RAM ${f(i.ramBytes)}`],
     ["device", `embeddings+head ${f(d.globals)}, workspace ${f(d.workspace + d.kvHeadroom)}, ${p.slots} layer slots ${f(d.slots)}, ${count("device")} resident layers ${f(d.residentLayers)}, KV ${f(d.kv)} (${p.kvDeviceTokens} tokens/layer while prefilling, ${p.kvDeviceTokensDecode} decoding), KV staging ${f(d.kvStaging)}${p.experts.total ? `, experts ${f(d.experts)}` : ""} = ${f(d.total)}`],
     ["RAM", `${count("ram")} layers ${f(h.ramLayers)}, KV ${f(h.kv)} (${p.kvHostTokens} tokens/layer)${p.experts.total ? `, experts ${f(h.ramExperts)}` : ""}; working: disk staging ${f(h.staging)}, span activations ${f(h.activations)}, transfers ${f(h.transfer)} = ${f(h.total)}`],

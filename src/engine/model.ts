@@ -43,7 +43,7 @@ export interface LoadOptions {
   batch?: number;
   /** Rows per layer pass during prefill; default: 8192, 4096 or 2048, the largest whose plan decodes as fast as 2048's (see planPrefill). */
   prefillChunk?: number;
-  /** Rows taken through all layers before the next (each layer's weights pass once per span); default 32768. */
+  /** Rows taken through all layers before the next (each layer's weights pass once per span); default: the whole context where that costs decode nothing, else 32768 (see planPrefill). */
   prefillSpan?: number;
   /** Folder of the persistent KV cache: prompts that start with a cached prefix skip its prefill. */
   kvCache?: string;
@@ -170,14 +170,13 @@ export class LayerwiseModel {
       const layout = modelLayout(checkpoint, arch, backend.caps.directIo);
       const kvDtype = o.kvDtype ?? (backend.name === "cpu" ? "f32" : "bf16");
       const kvBlockTokens = o.kvBlockTokens ?? 256;
-      const prefillSpan = o.prefillSpan ?? 32768;
       const thePlan = planPrefill({
         layout,
         shape: arch.shape,
         contextTokens: Math.min(o.context ?? arch.shape.maxPositions, arch.shape.maxPositions),
         batch: o.batch ?? 1,
         prefillChunk: o.prefillChunk,
-        prefillSpan,
+        prefillSpan: o.prefillSpan,
         kvBlockTokens,
         kvDtype,
         deviceBytesFor: (n) => backend.deviceBytesFor(n),
@@ -187,7 +186,7 @@ export class LayerwiseModel {
         expertSlots: o.expertSlots,
         kvKeepsEveryBlock: o.kvCache !== undefined,
       });
-      const prefillChunk = thePlan.input.prefillChunk;
+      const { prefillChunk, prefillSpan } = thePlan.input;
       backend.setDeviceBudget(thePlan.input.vramBytes + backend.deviceOverheadBytes);
       backend.resetPeaks();
       const reader = new DiskReader({ direct: backend.caps.directIo, io: o.fileIo });

@@ -118,24 +118,31 @@ export function kvTransitBlocks(spanRows: number, chunkRows: number, blockTokens
 
 /** Prefill chunk sizes tried when none is given, largest first. */
 export const prefillChunkChoices = [8192, 4096, 2048] as const;
+/** Prefill spans tried when none is given, largest first: the whole context, then 32k rows. */
+export const prefillSpanChoices = [Infinity, 32768] as const;
 
 /**
- * The plan for a prefill chunk given, or else for the largest of `prefillChunkChoices` (cut to the context) that costs
- * decode nothing: its plan moves no more bytes per decoded token over any link than the smallest choice's, with as
- * many layer slots and no more KV on disk. A bigger chunk's activations take device memory; decode gets it back for
- * KV (the decode share), but not the layers, experts or slots the plan gave up for it, and KV pushed to disk during
- * the prompt is read back by its later chunks. (Llama-3.1-8B at 32k in 8 GB, KV in RAM: 8192-row chunks prefill 13%
- * faster than 2048.) The smallest choice is the last resort, and its error says what would fit.
+ * The plan for the prefill chunk and span given, or else for the largest of `prefillChunkChoices` (cut to the
+ * context), and for it the largest of `prefillSpanChoices`, that costs decode nothing: its plan moves no more bytes
+ * per decoded token over any link than the smallest choices', with as many layer slots and no more KV on disk. A
+ * bigger chunk's activations take device memory; decode gets it back for KV (the decode share), but not the layers,
+ * experts or slots the plan gave up for it, and KV pushed to disk during the prompt is read back by its later chunks.
+ * (Llama-3.1-8B at 32k in 8 GB, KV in RAM: 8192-row chunks prefill 13% faster than 2048.) A bigger span keeps a
+ * layer's KV of more of the prompt on the device during its pass (kvTransitBlocks) and takes it from the prefill share
+ * (decode gets it back too); in exchange the layers' weights pass once per span, and no span re-reads the KV of the
+ * spans before it from RAM, chunk after chunk. The smallest choices are the last resort, and their error says what
+ * would fit.
  */
-export function planPrefill(input: Omit<PlanInput, "prefillChunk"> & { readonly prefillChunk?: number }): Plan {
-  if (input.prefillChunk !== undefined) return plan({ ...input, prefillChunk: input.prefillChunk });
+export function planPrefill(input: Omit<PlanInput, "prefillChunk" | "prefillSpan"> & { readonly prefillChunk?: number; readonly prefillSpan?: number }): Plan {
   const contextRows = Math.max(1, Math.ceil(input.contextTokens / input.kvBlockTokens) * input.kvBlockTokens);
-  const chunks = [...new Set(prefillChunkChoices.map((c) => Math.min(c, contextRows)))];
-  const fallback = plan({ ...input, prefillChunk: chunks[chunks.length - 1]! });
-  for (const prefillChunk of chunks.slice(0, -1)) {
+  const chunks = input.prefillChunk !== undefined ? [input.prefillChunk] : [...new Set(prefillChunkChoices.map((c) => Math.min(c, contextRows)))];
+  const spans = input.prefillSpan !== undefined ? [input.prefillSpan] : [...new Set(prefillSpanChoices.map((s) => Math.min(s, contextRows)))];
+  const choices = chunks.flatMap((prefillChunk) => spans.map((prefillSpan) => ({ prefillChunk, prefillSpan })));
+  const fallback = plan({ ...input, ...choices[choices.length - 1]! });
+  for (const choice of choices.slice(0, -1)) {
     let p: Plan;
     try {
-      p = plan({ ...input, prefillChunk });
+      p = plan({ ...input, ...choice });
     } catch (e) {
       if (e instanceof UsageError && e.code === "VRAM_TOO_SMALL") continue;
       throw e;

@@ -1,10 +1,10 @@
-// The prefill chunk layerwise picks when none is given: the largest choice (cut to the context) whose plan moves no
-// more bytes per decoded token than the smallest choice's, with as many layer slots, so a bigger chunk never slows
-// decode; a given one as it is.
+// The prefill chunk and span layerwise picks when none is given: the largest choices (cut to the context) whose plan
+// moves no more bytes per decoded token than the smallest choices', with as many layer slots, so a bigger chunk or
+// span never slows decode; given ones as they are.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { LayerwiseModel, withModel, type LoadOptions } from "../../src/engine/model.js";
-import type { Plan } from "../../src/engine/planner.js";
+import { planPrefill, type Plan } from "../../src/engine/planner.js";
 import { tinyModel } from "../helpers.js";
 
 describe("prefill chunk", () => {
@@ -31,6 +31,39 @@ describe("prefill chunk", () => {
     assert.equal((await planOf({ vram: 1e12, context: 3000 })).input.prefillChunk, 3072, "no larger than the context, in whole KV blocks");
     assert.equal((await planOf({ vram: 1e12, context: 300 })).input.prefillChunk, 512);
     assert.equal((await planOf({ vram: 1e12, prefillChunk: 300 })).input.prefillChunk, 300);
+  });
+
+  it("takes the whole context as one span where that costs decode nothing, else 32768 rows; a given one stays", async () => {
+    const dir = await tinyModel({ preset: "tiny-llama", layers: 2 });
+    const input = await withModel(dir, { backend: "cpu", ram: 1e9, context: 16000, vram: 1e12 }, async (m) => m.plan.input);
+    // 100k tokens (past what this model was made for; the planner only counts bytes).
+    const planAt = (vramBytes: number, o: { prefillChunk?: number; prefillSpan?: number } = {}) => {
+      try {
+        return planPrefill({ ...input, contextTokens: 100000, prefillChunk: undefined, prefillSpan: undefined, vramBytes, ...o });
+      } catch (e) {
+        return (e as { code?: string }).code;
+      }
+    };
+    const decodeBytes = (p: Plan | string | undefined) => (typeof p === "object" ? p.perToken.h2dBytes + p.perToken.diskBytes : Infinity);
+    const whole = Math.ceil(100000 / 256) * 256;
+    assert.equal((planAt(1e12) as Plan).input.prefillSpan, whole, "everything fits: one span");
+    let tookWhole = false;
+    for (const vram of [7e7, 1e8, 4e7]) {
+      const chosen = planAt(vram) as Plan;
+      const { prefillChunk, prefillSpan } = chosen.input;
+      const base = planAt(vram, { prefillChunk, prefillSpan: 32768 }) as Plan;
+      assert.ok(decodeBytes(chosen) <= 1.01 * decodeBytes(base) && chosen.slots >= base.slots, `${vram}: decode moves what it would with 32k spans`);
+      if (prefillSpan === whole) {
+        tookWhole = true;
+        assert.ok(chosen.kvDeviceTokens < base.kvDeviceTokens, "the span's KV in transit comes out of the prefill share");
+        assert.equal(chosen.kvDeviceTokensDecode, base.kvDeviceTokensDecode, "and decode gets it back");
+      } else {
+        const wholeSpan = planAt(vram, { prefillChunk, prefillSpan: whole });
+        assert.ok(typeof wholeSpan !== "object" || decodeBytes(wholeSpan) > 1.01 * decodeBytes(base) || wholeSpan.slots < base.slots || wholeSpan.kvDiskBytes > base.kvDiskBytes, `${vram}: one span would cost decode`);
+      }
+    }
+    assert.ok(tookWhole, "some budget between takes the whole context as one span");
+    assert.equal((planAt(1e12, { prefillSpan: 4096 }) as Plan).input.prefillSpan, 4096, "a given span stays");
   });
 
   it("a budget too small even for the smallest chunk says so, and what would fit", async () => {
