@@ -215,7 +215,7 @@ export class LayerwiseModel {
         const batch = o.batch ?? 1;
         const windowBlocks = (l: (typeof arch.shape.kvLayers)[number]) => (l.slidingWindow && policy.dropOutsideWindow ? Math.ceil(l.slidingWindow / kvBlockTokens) : Infinity);
         const kvLayers = arch.shape.kvLayers.filter((l) => l.kvHeads > 0); // recurrent layers keep state, not KV
-        kvLayers.forEach((l, i) => blocks.reserve(l.kvHeads * l.headDim, batch * (Math.min(policy.deviceBlocks, windowBlocks(l)) + 1) + (i === 0 ? kvTransitBlocks(Math.min(prefillSpan, thePlan.input.contextTokens), prefillChunk, kvBlockTokens) : 0)));
+        kvLayers.forEach((l, i) => blocks.reserve(l.kvHeads * l.headDim, batch * (Math.min(policy.deviceBlocks, windowBlocks(l)) + 1) + (i === 0 ? kvTransitBlocks(Math.min(prefillSpan, thePlan.input.contextTokens * batch), prefillChunk, kvBlockTokens, batch) : 0)));
         if (thePlan.kvStagingBlocks > 0) stager.reserve();
         // The RAM tier's pinned buffers, one per block.
         kvLayers.forEach((l) =>

@@ -108,12 +108,12 @@ export function workspaceBytes(shape: ModelShape, rows: number): number {
 }
 
 /**
- * KV blocks of one layer beyond its device share while a span of `spanRows` rows passes in chunks of `chunkRows`: the
- * layer's new blocks stay on the device for its whole pass, and those leaving stay there until the next layer's first
- * chunk is done (Runner.forward, KvCache.settle).
+ * KV blocks of one layer beyond its device share while a span of `spanRows` rows (of `sequences` sequences) passes in
+ * chunks of `chunkRows`: the layer's new blocks stay on the device for its whole pass, and those leaving stay there
+ * until the next layer's first chunk is done (Runner.forward, KvCache.settle); each sequence's rows may start a block.
  */
-export function kvTransitBlocks(spanRows: number, chunkRows: number, blockTokens: number): number {
-  return Math.ceil(spanRows / blockTokens) + 1 + Math.ceil(Math.min(chunkRows, spanRows) / blockTokens) + 1;
+export function kvTransitBlocks(spanRows: number, chunkRows: number, blockTokens: number, sequences = 1): number {
+  return Math.ceil(spanRows / blockTokens) + Math.ceil(Math.min(chunkRows, spanRows) / blockTokens) + 2 * sequences;
 }
 
 /** Prefill chunk sizes tried when none is given, largest first. */
@@ -136,7 +136,8 @@ export const prefillSpanChoices = [Infinity, 32768] as const;
 export function planPrefill(input: Omit<PlanInput, "prefillChunk" | "prefillSpan"> & { readonly prefillChunk?: number; readonly prefillSpan?: number }): Plan {
   const contextRows = Math.max(1, Math.ceil(input.contextTokens / input.kvBlockTokens) * input.kvBlockTokens);
   const chunks = input.prefillChunk !== undefined ? [input.prefillChunk] : [...new Set(prefillChunkChoices.map((c) => Math.min(c, contextRows)))];
-  const spans = input.prefillSpan !== undefined ? [input.prefillSpan] : [...new Set(prefillSpanChoices.map((s) => Math.min(s, contextRows)))];
+  // A span counts the rows of every sequence of a batch.
+  const spans = input.prefillSpan !== undefined ? [input.prefillSpan] : [...new Set(prefillSpanChoices.map((s) => Math.min(s, contextRows * input.batch)))];
   const choices = chunks.flatMap((prefillChunk) => spans.map((prefillSpan) => ({ prefillChunk, prefillSpan })));
   const fallback = plan({ ...input, ...choices[choices.length - 1]! });
   for (const choice of choices.slice(0, -1)) {
@@ -180,9 +181,9 @@ export function plan(input: PlanInput): Plan {
   // The workspace for passes of `rows` rows is many tensors; count it as eight equal ones for the rounding.
   const workspaceFor = (rows: number) => 8 * held((workspaceBytes(shape, rows) * (1 + (input.workspaceSlack ?? 0))) / 8);
   // Every layer's partly filled last block lives on the device, and one layer's blocks in transit (kvTransitBlocks).
-  const kvHeadroomFor = (spanRows: number, chunkRows: number) => (shape.numLayers * batch + kvTransitBlocks(spanRows, chunkRows, block)) * kvLayerBlockBytes;
+  const kvHeadroomFor = (spanRows: number, chunkRows: number) => (shape.numLayers * batch + kvTransitBlocks(spanRows, chunkRows, block, batch)) * kvLayerBlockBytes;
   const workspace = workspaceFor(Math.max(input.prefillChunk, batch));
-  const spanRows = Math.min(input.prefillSpan, ctx);
+  const spanRows = Math.min(input.prefillSpan, ctx * batch);
   const kvHeadroom = kvHeadroomFor(Math.max(spanRows, batch), Math.max(input.prefillChunk, batch));
   // Recurrent layers' state (linear attention) stays on the device for every sequence.
   const recurrentState = batch * shape.kvLayers.reduce((n, l) => n + held(4 * (l.stateFloats ?? 0)), 0);
