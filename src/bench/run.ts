@@ -38,6 +38,8 @@ export interface RunFigures {
   ttftS: number;
   prefillTokensPerS: number;
   decodeSPerToken: number;
+  /** The first decode step alone (part of decodeSPerToken): after a prompt it brings decode's share of the KV back from RAM. */
+  decodeFirstStepS?: number;
   peakVramBytes: number;
   /** Bytes read from disk and copied host -> device per decoded token; experts loaded and cache hits per token. */
   decodeDiskBytesPerToken?: number;
@@ -110,7 +112,11 @@ async function generation(m: LayerwiseModel, ids: number[], decodeTokens: number
     const ttftS = (performance.now() - t0) / 1000;
     const before = m.stats();
     const t1 = performance.now();
-    for (let i = 0; i < decodeTokens; i++) next = await greedyStep(m, [s], next);
+    let decodeFirstStepS = 0;
+    for (let i = 0; i < decodeTokens; i++) {
+      next = await greedyStep(m, [s], next);
+      if (i === 0) decodeFirstStepS = (performance.now() - t1) / 1000;
+    }
     const decodeSPerToken = decodeTokens ? (performance.now() - t1) / 1000 / decodeTokens : 0;
     const after = m.stats();
     const perToken = (k: "diskReadBytes" | "h2dBytes" | "expertLoads" | "expertHits" | "ioWaitS" | "computeS") => (decodeTokens ? (after[k] - before[k]) / decodeTokens : 0);
@@ -118,6 +124,7 @@ async function generation(m: LayerwiseModel, ids: number[], decodeTokens: number
       ttftS,
       prefillTokensPerS: ids.length / ttftS,
       decodeSPerToken,
+      decodeFirstStepS,
       peakVramBytes: m.backend.memory.deviceBytesPeak,
       prefillIoWaitS: before.ioWaitS - start.ioWaitS,
       prefillComputeS: before.computeS - start.computeS,
