@@ -1,6 +1,5 @@
 // Physical floors for the benchmark: what a run cannot beat given the bytes it must move and the FLOPs it must do.
 import type { ArchModel } from "../arch/types.js";
-import { kvBytesBetween, routedExpertBytes, type Plan } from "../engine/planner.js";
 import type { ModelLayout } from "../engine/layout.js";
 
 export interface Links {
@@ -10,16 +9,6 @@ export interface Links {
   /** TFLOP/s of a large bf16 matmul and of causal attention (torch's, or layerwise's own without torch). */
   matmulTflops: number;
   attentionTflops: number;
-}
-
-/** Bytes that must reach the GPU per decoded token at `ctx`, and how many of them come from disk. */
-export function decodeBytes(plan: Plan, layout: ModelLayout, model: ArchModel, ctx: number): { h2d: number; disk: number } {
-  const layerBytes = (tier: string) => layout.layers.reduce((n, l, i) => n + (plan.layerTier[i] === tier ? l.dataBytes : 0), 0);
-  const kv = (from: number) => kvBytesBetween(model.shape, plan.input.kvDtype, Math.min(ctx, from), ctx);
-  const kvOff = kv(plan.kvDeviceTokensDecode); // decode holds more KV on the GPU than prefill does (KvCache.useShare)
-  const kvDisk = kv(plan.kvDeviceTokens + plan.kvHostTokens);
-  const experts = routedExpertBytes(layout, model.shape, plan.experts);
-  return { h2d: layerBytes("ram") + layerBytes("disk") + kvOff + experts.h2d, disk: layerBytes("disk") + kvDisk + experts.disk };
 }
 
 /** FLOPs of a prefill of `ctx` tokens: every layer's matmuls (2 per weight) and causal attention. */

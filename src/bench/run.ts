@@ -11,8 +11,8 @@ import { argmax } from "../engine/sampling.js";
 import { presets } from "../testmodel/presets.js";
 import { makeTestModel, testModelMarker } from "../testmodel/write.js";
 import { Random } from "../util/random.js";
-import { plan } from "../engine/planner.js";
-import { decodeBytes, prefillFlops, prefillFloorS, type Links } from "./floors.js";
+import { decodeBytesAt, plan } from "../engine/planner.js";
+import { prefillFlops, prefillFloorS, type Links } from "./floors.js";
 
 export interface BenchOptions {
   backend: Backend;
@@ -197,8 +197,8 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
     const weightBytes = m.layout.layers.reduce((n, l) => n + l.dataBytes, 0);
     for (const ctx of o.contexts) {
       const f = await generation(m, promptIds(ctx, vocab, ctx), o.decodeTokens);
-      const bytes = decodeBytes(m.plan, m.layout, m.arch, ctx);
-      const fig: RunFigures = { context: ctx, ...f, floorDecodeS: bytes.h2d / (links.h2dGbps * 1e9), floorPrefillS: prefillFloorS(prefillFlops(m.layout, arch, ctx, heads, headDim), weightBytes, links.h2dGbps, links) };
+      const bytes = decodeBytesAt(m.plan, ctx);
+      const fig: RunFigures = { context: ctx, ...f, floorDecodeS: bytes.h2dBytes / (links.h2dGbps * 1e9), floorPrefillS: prefillFloorS(prefillFlops(m.layout, arch, ctx, heads, headDim), weightBytes, links.h2dGbps, links) };
       warm.push(fig);
       log(`RAM tier ${ctx} tokens: first token ${f.ttftS.toFixed(2)} s (${f.prefillTokensPerS.toFixed(0)} tok/s), decode ${f.decodeSPerToken.toFixed(3)} s/token (floor ${fig.floorDecodeS!.toFixed(3)}), peak VRAM ${(f.peakVramBytes / 1e9).toFixed(2)} GB`);
     }
@@ -214,8 +214,8 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
         const dropped = await dropCaches();
         const weightBytes = m.layout.layers.reduce((n, l) => n + l.dataBytes, 0);
         const f = await generation(m, promptIds(ctx32, vocab, 7), 3);
-        const bytes = decodeBytes(m.plan, m.layout, m.arch, ctx32);
-        diskRun = { context: ctx32, ...f, floorDecodeS: Math.max(bytes.disk / (links.diskGbps * 1e9), bytes.h2d / (links.h2dGbps * 1e9)), floorPrefillS: prefillFloorS(prefillFlops(m.layout, arch, ctx32, heads, headDim), weightBytes, links.diskGbps, links) };
+        const bytes = decodeBytesAt(m.plan, ctx32);
+        diskRun = { context: ctx32, ...f, floorDecodeS: Math.max(bytes.diskBytes / (links.diskGbps * 1e9), bytes.h2dBytes / (links.h2dGbps * 1e9)), floorPrefillS: prefillFloorS(prefillFlops(m.layout, arch, ctx32, heads, headDim), weightBytes, links.diskGbps, links) };
         results.disk_tier = { ...diskRun, page_cache_dropped: dropped, disk_read_bytes: m.stats().diskReadBytes };
         log(`--ram 0 ${ctx32} tokens: first token ${f.ttftS.toFixed(2)} s (cold), decode ${f.decodeSPerToken.toFixed(2)} s/token (floor ${diskRun.floorDecodeS!.toFixed(2)})`);
       });
@@ -284,7 +284,7 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
         await withModel(dir, { ...budget, context: context + o.decodeTokens + 64 }, async (m) => {
           moe = m.arch.shape.moe !== undefined;
           const f = await generation(m, promptIds(context, cfg.vocab_size!, 21), o.decodeTokens);
-          const floor = decodeBytes(m.plan, m.layout, m.arch, context).h2d / (links.h2dGbps * 1e9);
+          const floor = decodeBytesAt(m.plan, context).h2dBytes / (links.h2dGbps * 1e9);
           row.ram_tier = { ...f, floorDecodeS: floor, plan: { layer_tiers: m.plan.layerTier.join(","), experts: m.plan.experts, device_bytes: m.plan.deviceBytes, host_bytes: m.plan.hostBytes } };
           if (layers && predictAt) row.prediction = predictFullModel(m, presets[preset]!.config, predictAt, links);
           log(`${preset} ${context} tokens: first token ${f.ttftS.toFixed(1)} s, decode ${f.decodeSPerToken.toFixed(3)} s/token (uniform-routing floor ${floor.toFixed(3)}), peak VRAM ${(f.peakVramBytes / 1e9).toFixed(2)} GB, ${(f.decodeH2dBytesPerToken! / 1e6).toFixed(0)} MB/token host->GPU`);
@@ -311,7 +311,7 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
     const cfg = JSON.parse(await readFile(join(dir, "config.json"), "utf8")) as Record<string, number>;
     await withModel(dir, { ...budget, context: ctx32 + o.decodeTokens + 64 }, async (m) => {
       const f = await generation(m, promptIds(ctx32, cfg.vocab_size!, 3), o.decodeTokens);
-      const floor = decodeBytes(m.plan, m.layout, m.arch, ctx32).h2d / (links.h2dGbps * 1e9);
+      const floor = decodeBytesAt(m.plan, ctx32).h2dBytes / (links.h2dGbps * 1e9);
       others.push({ preset, context: ctx32, ...f, floorDecodeS: floor });
       log(`${preset} ${ctx32} tokens: first token ${f.ttftS.toFixed(2)} s, decode ${f.decodeSPerToken.toFixed(3)} s/token (floor ${floor.toFixed(3)}), peak VRAM ${(f.peakVramBytes / 1e9).toFixed(2)} GB`);
     }).finally(() => removeModel(dir, main));
@@ -345,7 +345,7 @@ export function predictFullModel(m: LayerwiseModel, realConfig: Record<string, u
     experts: Array.from({ length: layers }, (_, i) => m.layout.experts[i % measured]!),
   };
   const p = plan({ ...m.plan.input, layout, shape: real.shape, contextTokens: context });
-  const bytes = decodeBytes(p, layout, real, context);
+  const bytes = decodeBytesAt(p, context);
   const weights = layout.globals.dataBytes + layout.layers.reduce((n, l) => n + l.dataBytes, 0) + layout.experts.flat().reduce((n, g) => n + g.dataBytes, 0);
   return {
     layers,
@@ -354,9 +354,9 @@ export function predictFullModel(m: LayerwiseModel, realConfig: Record<string, u
     vram_planned_bytes: p.deviceBytes.total + m.backend.deviceOverheadBytes,
     ram_planned_bytes: p.hostBytes.total,
     experts: p.experts,
-    per_token_h2d_bytes: bytes.h2d,
-    per_token_disk_bytes: bytes.disk,
-    floor_decode_s: Math.max(bytes.h2d / (links.h2dGbps * 1e9), bytes.disk / (links.diskGbps * 1e9)),
+    per_token_h2d_bytes: bytes.h2dBytes,
+    per_token_disk_bytes: bytes.diskBytes,
+    floor_decode_s: Math.max(bytes.h2dBytes / (links.h2dGbps * 1e9), bytes.diskBytes / (links.diskGbps * 1e9)),
   };
 }
 

@@ -72,6 +72,29 @@ export function kvBytesBetween(shape: ModelShape, dtype: FloatDType, from: numbe
   return kvBytesAt(shape, dtype, to) - kvBytesAt(shape, dtype, from);
 }
 
+/** KV shape as a cache holds it: the persistent KV cache keeps every block whole, so sliding windows do not bound it. */
+function kvShapeOf(input: Pick<PlanInput, "shape" | "kvKeepsEveryBlock">): ModelShape {
+  const { shape } = input;
+  return input.kvKeepsEveryBlock ? { ...shape, kvLayers: shape.kvLayers.map((l) => ({ kvHeads: l.kvHeads, headDim: l.headDim })) } : shape;
+}
+
+/**
+ * Bytes that must cross each link to decode one token at `tokens` of context with this plan: layers streamed from RAM
+ * or disk, the KV past decode's device share (from disk too past RAM's), and routed experts. `Plan.perToken` is this at
+ * the planned context; the bench takes it at the context it runs.
+ */
+export function decodeBytesAt(p: Pick<Plan, "input" | "layerTier" | "kvDeviceTokens" | "kvDeviceTokensDecode" | "kvHostTokens" | "experts">, tokens: number): { diskBytes: number; h2dBytes: number } {
+  const { layout, shape, kvDtype, batch } = p.input;
+  const kv = (from: number) => kvBytesBetween(kvShapeOf(p.input), kvDtype, Math.min(tokens, from), tokens) * batch;
+  const streamed = (tier: WeightTier) => layout.layers.reduce((n, l, i) => n + (p.layerTier[i] === tier ? l.dataBytes : 0), 0);
+  const kvFromDisk = kv(p.kvDeviceTokens + p.kvHostTokens);
+  const routed = routedExpertBytes(layout, shape, p.experts);
+  return {
+    diskBytes: streamed("disk") + kvFromDisk + routed.disk,
+    h2dBytes: streamed("disk") + streamed("ram") + kv(p.kvDeviceTokensDecode) + routed.h2d,
+  };
+}
+
 /**
  * Bytes of routed experts a decoded token must copy to the device (hot-cache misses) and read from disk (misses not in
  * RAM), if routing spreads evenly over the experts (random weights route about so).
@@ -160,8 +183,7 @@ export function planPrefill(input: Omit<PlanInput, "prefillChunk" | "prefillSpan
 export function plan(input: PlanInput): Plan {
   const { layout, shape, batch, kvBlockTokens: block } = input;
   const ctx = Math.ceil(input.contextTokens / block) * block;
-  // The persistent KV cache keeps every block whole, so sliding-window layers are not bounded by their window then.
-  const kvShape: ModelShape = input.kvKeepsEveryBlock ? { ...shape, kvLayers: shape.kvLayers.map((l) => ({ kvHeads: l.kvHeads, headDim: l.headDim })) } : shape;
+  const kvShape = kvShapeOf(input);
   const kvRange = (from: number, to: number) => kvBytesBetween(kvShape, input.kvDtype, from, to) * batch;
   const held = input.deviceBytesFor ?? ((n: number) => n);
   // A block is two allocations (K and V).
@@ -251,18 +273,15 @@ export function plan(input: PlanInput): Plan {
   // Decode's own workspace and headroom are a few rows'; the rest of the prompt's holds KV from RAM (KvCache.useShare).
   const decodeRoom = Math.max(0, workspace + kvHeadroom - workspaceFor(batch) - kvHeadroomFor(batch, batch));
   const kvDeviceTokensDecode = Math.max(kvDeviceTokens, Math.min(kvDeviceTokens + kvHostTokens, kvTokensWithin(kvRange, 0, ctx, block, kvRange(0, kvDeviceTokens) + decodeRoom)));
-  const kvHostDecode = kvRange(kvDeviceTokensDecode, kvDeviceTokens + kvHostTokens);
 
   const residentLayers = layerBytes.reduce((n, b, i) => n + (layerTier[i] === "device" ? b : 0), 0);
   const kvDevice = kvRange(0, kvDeviceTokens);
   const kvStaging = kvStagingBlocks * kvLayerBlockBytes;
   const kvHost = kvRange(kvDeviceTokens, kvDeviceTokens + kvHostTokens);
   const kvDiskBytes = kvRange(kvDeviceTokens + kvHostTokens, ctx);
-  const streamedBytes = (tier: WeightTier) => layout.layers.reduce((n, l, i) => n + (layerTier[i] === tier ? l.dataBytes : 0), 0);
   const slotBytes = slots * slotBytesEach;
   const expertDevice = expertSlots * expertSlotBytes;
   const experts = { total: totalExperts, deviceSlots: expertSlots, ram: ramExperts, stagingBuffers: expertStaging };
-  const routed = routedExpertBytes(layout, shape, experts);
   return {
     input,
     layerTier,
@@ -286,9 +305,6 @@ export function plan(input: PlanInput): Plan {
     },
     hostBytes: { ramLayers, kv: kvHost, ramExperts: ramExperts * layout.maxExpertHostBytes, staging, activations, transfer, total: ramLayers + kvHost + ramExperts * layout.maxExpertHostBytes + staging + activations + transfer },
     kvDiskBytes,
-    perToken: {
-      diskBytes: streamedBytes("disk") + kvDiskBytes + routed.disk,
-      h2dBytes: streamedBytes("disk") + streamedBytes("ram") + kvHostDecode + kvDiskBytes + routed.h2d,
-    },
+    perToken: decodeBytesAt({ input, layerTier, kvDeviceTokens, kvDeviceTokensDecode, kvHostTokens, experts }, ctx),
   };
 }
