@@ -4,13 +4,13 @@
 //          [--small-uploads kernel|copy-engine] [--prefetch-stream own|shared] [--out FILE] [--repeat N] [--links]
 // --repeat: the prompt N times in one process (each profiled; FILE-2.json and on for the later ones); --links: first
 // measures the disk (page cache dropped) and the host->GPU link with the same backend, as `layerwise bench` does.
-import { readdirSync, readFileSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { readFileSync, writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { CudaBackend } from "../src/backend/cuda/index.js";
 import { dropCaches } from "../src/bench/run.js";
 import { measureDisk, measureHostToDevice } from "../src/engine/bandwidth.js";
 import { LayerwiseModel } from "../src/engine/model.js";
+import { findShards } from "../src/model/checkpoint.js";
 import { parseBytes, parseCount } from "../src/util/bytes.js";
 import { runnerTimes } from "../src/util/host-time.js";
 
@@ -27,7 +27,7 @@ backend.smallUploads = values["small-uploads"] === "kernel" ? "kernel" : "copy e
 if (values["prefetch-stream"] !== "own" && values["prefetch-stream"] !== "shared") throw new Error("--prefetch-stream is own or shared");
 backend.prefetchStream = values["prefetch-stream"];
 if (values.links) {
-  const shards = readdirSync(dir).filter((n) => n.endsWith(".safetensors")).sort().map((n) => join(dir, n));
+  const { files: shards } = await findShards(dir);
   const cold = await dropCaches();
   const disk = await measureDisk(backend, shards, 2 ** 33);
   const h2d = await measureHostToDevice(backend, 256 << 20, 8);

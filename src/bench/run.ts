@@ -8,6 +8,7 @@ import type { Backend } from "../backend/ops.js";
 import { measureDisk, measureHostToDevice } from "../engine/bandwidth.js";
 import { withModel, type LayerwiseModel, type Sequence } from "../engine/model.js";
 import { argmax } from "../engine/sampling.js";
+import { findShards } from "../model/checkpoint.js";
 import { presets } from "../testmodel/presets.js";
 import { makeTestModel, testModelMarker } from "../testmodel/write.js";
 import { Random } from "../util/random.js";
@@ -170,7 +171,7 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
   const vocab = config.vocab_size!;
 
   // ---- links, measured in this run ----
-  const shards = (await readdir(main)).filter((n) => n.endsWith(".safetensors")).sort().map((n) => join(main, n));
+  const { files: shards } = await findShards(main);
   const cold = await dropCaches();
   const disk = await measureDisk(backend, shards, 2 ** 33);
   const h2d = await measureHostToDevice(backend, 256 << 20, 8);

@@ -65,7 +65,8 @@ export class Checkpoint {
   }
 }
 
-async function findShards(dir: string): Promise<{ files: string[]; index?: Record<string, string> }> {
+/** A checkpoint folder's safetensors files (those its index lists, if it has one), with the index. */
+export async function findShards(dir: string): Promise<{ files: string[]; index?: Record<string, string> }> {
   let names: string[];
   try {
     names = await readdir(dir);
