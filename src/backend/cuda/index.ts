@@ -61,6 +61,8 @@ const uploadRingBytes = 4 << 20;
 const threads = 256;
 /** Tensors one write_rows launch takes (MAX_ROW_BLOCKS in kernels/elementwise.cu). */
 const maxRowBlocks = 64;
+/** The 16-bit types tensor-core matmuls take their input in (tensorCoreInput). */
+type HalfType = "bf16" | "f16";
 const gridFor = (n: number) => Math.max(1, Math.min(65535, Math.ceil(n / threads)));
 
 export interface DeviceInfo {
@@ -119,9 +121,9 @@ export class CudaBackend implements Backend {
   private disposed = false;
   private profile?: StreamProfile;
   /** The latest matmul input cast to 16 bits (see castInput), and whether a matmul is being enqueued. */
-  private lastCast?: { x: CudaTensor; half: DType; xh: CudaTensor };
+  private lastCast?: { x: CudaTensor; half: HalfType; xh: CudaTensor };
   /** The 16-bit type of the last cast made for a matmul (what the next matmul of its rows likely wants). */
-  private lastCastHalf?: DType;
+  private lastCastHalf?: HalfType;
   private inMatmul = false;
 
   private constructor(
@@ -536,7 +538,7 @@ export class CudaBackend implements Backend {
    * x in 16 bits for a tensor-core matmul. Matmuls of one input in a row (q, k and v; gate and up) share one cast: it
    * is kept until another op is enqueued or x is freed.
    */
-  private castInput(x: CudaTensor, half: DType): CudaTensor {
+  private castInput(x: CudaTensor, half: HalfType): CudaTensor {
     if (this.lastCast?.x === x && this.lastCast.half === half) return this.lastCast.xh;
     this.dropCast();
     const [m, k] = x.shape as [number, number];
@@ -624,9 +626,10 @@ export class CudaBackend implements Backend {
     // Whole rows normed in the type the matmuls cast to (a 16-bit model's norm before q/k/v or gate/up): the kernel also
     // writes the 16-bit input castInput would make (a post-norm's goes unused: one more write of two bytes a value).
     const cols = xt.shape[xt.shape.length - 1]!;
-    const twin = group === cols && groups > 4 && wt.dtype === this.lastCastHalf ? (this.alloc(xt.shape, wt.dtype) as CudaTensor) : undefined;
+    const half = group === cols && groups > 4 && wt.dtype === this.lastCastHalf ? this.lastCastHalf : undefined;
+    const twin = half ? (this.alloc(xt.shape, half) as CudaTensor) : undefined;
     this.launch(`rms_norm_${wt.dtype}`, [groups, 1, 1], [block, 1, 1], [{ ptr: out.ptr }, { ptr: xt.ptr }, { ptr: wt.ptr }, { i32: group }, { f32: o.eps }, { f32: o.offset ?? 0 }, { ptr: twin?.ptr ?? 0n }], [xt, wt]);
-    if (twin) this.lastCast = { x: out, half: wt.dtype, xh: twin };
+    if (twin) this.lastCast = { x: out, half: half!, xh: twin };
     return out;
   }
 
@@ -739,7 +742,7 @@ export class CudaBackend implements Backend {
     // input, which castInput then finds, as it finds one cast shared by q, k and v.
     const half = g.shape[0]! > 4 ? this.lastCastHalf : undefined;
     const twin = half ? (this.alloc(g.shape, half) as CudaTensor) : undefined;
-    const twinArgs: KernelArg[] = [{ ptr: twin?.ptr ?? 0n }, { i32: half === "bf16" ? 1 : half === "f16" ? 2 : 0 }];
+    const twinArgs: KernelArg[] = [{ ptr: twin?.ptr ?? 0n }, { i32: half === undefined ? 0 : half === "bf16" ? 1 : 2 }];
     this.launch("gated_act", [gridFor(n), 1, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: g.ptr }, { ptr: u.ptr }, { i64: n }, { i32: { silu: 0, gelu_tanh: 1, sigmoid: 2 }[act] }, ...twinArgs], [g, u]);
     if (twin) this.lastCast = { x: out, half: half!, xh: twin };
     return out;
