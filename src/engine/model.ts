@@ -20,7 +20,7 @@ import { KvSpill } from "./kv-spill.js";
 import { KvBlockPool } from "./kv-blocks.js";
 import { KvStore, type BlockLayout, type StoreIo } from "./kv-store.js";
 import { modelLayout, type ModelLayout } from "./layout.js";
-import { kvTransitBlocks, planPrefill, type Plan } from "./planner.js";
+import { planPrefill, type Plan } from "./planner.js";
 import { Runner, type LogitsWanted } from "./runner.js";
 import type { LogitsRequest, RankedLogits } from "./sampling.js";
 import { LayerStreamer } from "./streamer.js";
@@ -215,7 +215,7 @@ export class LayerwiseModel {
         const batch = o.batch ?? 1;
         const windowBlocks = (l: (typeof arch.shape.kvLayers)[number]) => (l.slidingWindow && policy.dropOutsideWindow ? Math.ceil(l.slidingWindow / kvBlockTokens) : Infinity);
         const kvLayers = arch.shape.kvLayers.filter((l) => l.kvHeads > 0); // recurrent layers keep state, not KV
-        kvLayers.forEach((l, i) => blocks.reserve(l.kvHeads * l.headDim, batch * (Math.min(policy.deviceBlocks, windowBlocks(l)) + 1) + (i === 0 ? kvTransitBlocks(Math.min(prefillSpan, thePlan.input.contextTokens * batch), prefillChunk, kvBlockTokens, batch) : 0)));
+        kvLayers.forEach((l, i) => blocks.reserve(l.kvHeads * l.headDim, batch * (Math.min(policy.deviceBlocks, windowBlocks(l)) + 1) + (i === 0 ? thePlan.kvTransitBlocks : 0)));
         if (thePlan.kvStagingBlocks > 0) stager.reserve();
         // The RAM tier's pinned buffers, one per block.
         kvLayers.forEach((l) =>

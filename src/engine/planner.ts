@@ -46,6 +46,8 @@ export interface Plan {
   readonly kvHostTokens: number;
   /** KV blocks per layer that can be staged on the device at once when attending over RAM or disk blocks. */
   readonly kvStagingBlocks: number;
+  /** KV blocks of one layer in transit while a prompt's span passes (kvTransitBlocks), part of deviceBytes.kvHeadroom. */
+  readonly kvTransitBlocks: number;
   /**
    * Mixture of experts: device slots of the hot-expert cache (every expert resident when it equals `total`), experts kept
    * in pinned RAM (the first ones, layer by layer; the others are read from disk), and host buffers for those reads.
@@ -203,10 +205,11 @@ export function plan(input: PlanInput): Plan {
   // The workspace for passes of `rows` rows is many tensors; count it as eight equal ones for the rounding.
   const workspaceFor = (rows: number) => 8 * held((workspaceBytes(shape, rows) * (1 + (input.workspaceSlack ?? 0))) / 8);
   // Every layer's partly filled last block lives on the device, and one layer's blocks in transit (kvTransitBlocks).
-  const kvHeadroomFor = (spanRows: number, chunkRows: number) => (shape.numLayers * batch + kvTransitBlocks(spanRows, chunkRows, block, batch)) * kvLayerBlockBytes;
+  const kvHeadroomFor = (transitBlocks: number) => (shape.numLayers * batch + transitBlocks) * kvLayerBlockBytes;
   const workspace = workspaceFor(Math.max(input.prefillChunk, batch));
   const spanRows = Math.min(input.prefillSpan, ctx * batch);
-  const kvHeadroom = kvHeadroomFor(Math.max(spanRows, batch), Math.max(input.prefillChunk, batch));
+  const transitBlocks = kvTransitBlocks(Math.max(spanRows, batch), Math.max(input.prefillChunk, batch), block, batch);
+  const kvHeadroom = kvHeadroomFor(transitBlocks);
   // Recurrent layers' state (linear attention) stays on the device for every sequence.
   const recurrentState = batch * shape.kvLayers.reduce((n, l) => n + held(4 * (l.stateFloats ?? 0)), 0);
   const base = globals + workspace + kvHeadroom + recurrentState;
@@ -271,7 +274,7 @@ export function plan(input: PlanInput): Plan {
   const transfer = (kvStagingBlocks + 1) * kvLayerBlockBytes + Math.max(layout.globals.hostBytes, layout.maxLayerHostBytes);
 
   // Decode's own workspace and headroom are a few rows'; the rest of the prompt's holds KV from RAM (KvCache.useShare).
-  const decodeRoom = Math.max(0, workspace + kvHeadroom - workspaceFor(batch) - kvHeadroomFor(batch, batch));
+  const decodeRoom = Math.max(0, workspace + kvHeadroom - workspaceFor(batch) - kvHeadroomFor(kvTransitBlocks(batch, batch, block, batch)));
   const kvDeviceTokensDecode = Math.max(kvDeviceTokens, Math.min(kvDeviceTokens + kvHostTokens, kvTokensWithin(kvRange, 0, ctx, block, kvRange(0, kvDeviceTokens) + decodeRoom)));
 
   const residentLayers = layerBytes.reduce((n, b, i) => n + (layerTier[i] === "device" ? b : 0), 0);
@@ -291,6 +294,7 @@ export function plan(input: PlanInput): Plan {
     kvDeviceTokensDecode,
     kvHostTokens,
     kvStagingBlocks,
+    kvTransitBlocks: transitBlocks,
     experts,
     deviceBytes: {
       globals,
