@@ -12,7 +12,7 @@ import { measureDisk, measureHostToDevice } from "../src/engine/bandwidth.js";
 import { LayerwiseModel } from "../src/engine/model.js";
 import { findShards } from "../src/model/checkpoint.js";
 import { parseBytes, parseCount } from "../src/util/bytes.js";
-import { runnerTimes } from "../src/util/host-time.js";
+import { runnerTimes, type HostInterval } from "../src/util/host-time.js";
 
 const { positionals, values } = parseArgs({
   allowPositionals: true,
@@ -53,6 +53,7 @@ async function profileRun(run: number): Promise<void> {
   runnerTimes.on = true;
   const result = await model.complete(readFileSync(promptFile, "utf8"), { maxTokens: 1, temperature: 0 });
   const report = await backend.profileReport();
+  const hostIntervals = [...runnerTimes.times.intervals, ...report.hostWaitIntervals];
   const stats = model.stats();
   const summary = {
     chunk: model.plan.input.prefillChunk,
@@ -74,6 +75,7 @@ async function profileRun(run: number): Promise<void> {
     host_time: runnerTimes.times.take().map((t) => ({ label: t.what, count: t.count, s: t.ms / 1000 })),
     host_waits: report.hostWaits.map((w) => ({ what: w.what, count: w.count, s: w.ms / 1000 })),
     idle_between: report.gaps.slice(0, 12).map((g) => ({ between: g.between, count: g.count, s: g.ms / 1000, device_wait_s: g.deviceWaitMs / 1000 })),
+    worst_gaps: report.worstGaps.map((g) => ({ op: g.index, ops: g.ops, between: g.between, ms: g.ms, device_wait: g.deviceWait, host_between_enqueues_ms: g.enqueuedMs - g.previousEnqueuedMs, host_doing: hostDoing(hostIntervals, g.previousEnqueuedMs, g.enqueuedMs) })),
     by_name: report.byName.map((k) => ({ name: k.name, count: k.count, s: k.ms / 1000, idle_before_s: k.idleBeforeMs / 1000 })),
   };
   if (values.out) writeFileSync(run === 1 ? values.out : values.out.replace(/(\.json)?$/, `-${run}$1`), JSON.stringify(summary, null, 2) + "\n");
@@ -84,5 +86,33 @@ async function profileRun(run: number): Promise<void> {
   for (const t of summary.host_time) console.log(`host time in ${t.label}: ${t.count} times, ${t.s.toFixed(3)} s`);
   for (const w of report.hostWaits) console.log(`host waited for ${w.what}: ${w.count} times, ${(w.ms / 1000).toFixed(3)} s`);
   for (const g of report.gaps.slice(0, 8)) console.log(`idle ${g.between}: ${g.count} times, ${(g.ms / 1000).toFixed(3)} s (${(g.deviceWaitMs / 1000).toFixed(3)} s of it waiting on another stream)`);
+  for (const g of summary.worst_gaps) {
+    const doing = Object.entries(g.host_doing).map(([what, ms]) => `${what} ${ms.toFixed(1)} ms`).join(", ");
+    console.log(`gap of ${g.ms.toFixed(2)} ms before op ${g.op}/${g.ops} (${g.between}${g.device_wait ? ", waiting on another stream" : ""}); ${g.host_between_enqueues_ms.toFixed(1)} ms between the two enqueues, host in: ${doing || "nothing timed"}`);
+  }
   for (const k of report.byName.slice(0, 30)) console.log(`${k.name.padEnd(36)} ${String(k.count).padStart(7)} ${(k.ms / 1000).toFixed(3).padStart(8)} s ${((1000 * k.ms) / k.count).toFixed(1).padStart(9)} us each, idle before ${(k.idleBeforeMs / 1000).toFixed(3)} s`);
+}
+
+/**
+ * Host time by label within [fromMs, toMs], overlapping pieces of one label counted once (copies are awaited together):
+ * what the host was doing between enqueueing the two ops around a gap.
+ */
+function hostDoing(intervals: readonly HostInterval[], fromMs: number, toMs: number): Record<string, number> {
+  const clipped = new Map<string, [number, number][]>();
+  for (const t of intervals) {
+    const start = Math.max(fromMs, t.startMs);
+    const end = Math.min(toMs, t.endMs);
+    if (end > start) clipped.set(t.what, [...(clipped.get(t.what) ?? []), [start, end]]);
+  }
+  const by: Record<string, number> = {};
+  for (const [what, pieces] of clipped) {
+    let ms = 0;
+    let reached = -Infinity;
+    for (const [start, end] of pieces.sort((a, b) => a[0] - b[0])) {
+      ms += Math.max(0, end - Math.max(start, reached));
+      reached = Math.max(reached, end);
+    }
+    if (ms > 0.05) by[what] = ms;
+  }
+  return by;
 }

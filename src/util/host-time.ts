@@ -9,9 +9,18 @@ export interface LabelTime {
   ms: number;
 }
 
-/** Host time summed by label. */
+/** One timed piece of host work, on performance.now()'s clock. */
+export interface HostInterval {
+  readonly what: string;
+  readonly startMs: number;
+  readonly endMs: number;
+}
+
+/** Host time summed by label, and each timed piece (the most recent ones) to line up with the GPU's idle gaps. */
 export class HostTimes {
   private readonly byLabel = new Map<string, LabelTime>();
+  private recent: HostInterval[] = [];
+  private static readonly maxIntervals = 100_000;
 
   /** `work()`'s result; the time from calling it until it settles, failed or not, is added to `what`. */
   async time<T>(what: string, work: () => Promise<T>): Promise<T> {
@@ -21,15 +30,24 @@ export class HostTimes {
     } finally {
       const entry = this.byLabel.get(what) ?? { what, count: 0, ms: 0 };
       entry.count++;
-      entry.ms += performance.now() - t0;
+      const t1 = performance.now();
+      entry.ms += t1 - t0;
       this.byLabel.set(what, entry);
+      if (this.recent.length === HostTimes.maxIntervals) this.recent.shift();
+      this.recent.push({ what, startMs: t0, endMs: t1 });
     }
+  }
+
+  /** The timed pieces since the last take, oldest first. */
+  get intervals(): readonly HostInterval[] {
+    return this.recent;
   }
 
   /** The labels' times, most first, and a fresh start. */
   take(): LabelTime[] {
     const all = [...this.byLabel.values()].sort((a, b) => b.ms - a.ms);
     this.byLabel.clear();
+    this.recent = [];
     return all;
   }
 }

@@ -42,7 +42,12 @@ describe("stream profile", () => {
       ],
       "host waits are counted by what they waited for, failed ones too",
     );
-    const { hostWaits: _, ...stream } = report;
+    assert.deepEqual(
+      report.hostWaitIntervals.map((w) => w.what).sort(),
+      ["copy to host", "sync"],
+      "each host wait is kept with its times, to line up with the gaps",
+    );
+    const { hostWaits: _, hostWaitIntervals: __, ...stream } = report;
     assert.deepEqual(stream, {
       spanMs: 9.5,
       busyMs: 6.5,
@@ -56,8 +61,13 @@ describe("stream profile", () => {
         { between: "gemm -> norm", count: 1, ms: 1, deviceWaitMs: 1 },
         { between: "norm -> gemm", count: 1, ms: 0, deviceWaitMs: 0 },
       ],
+      worstGaps: [
+        { index: 3, ops: 4, between: "gemm -> copy to host", ms: 2, previousEnqueuedMs: 0, enqueuedMs: 10, deviceWait: false },
+        { index: 1, ops: 4, between: "gemm -> norm", ms: 1, previousEnqueuedMs: 0, enqueuedMs: 0, deviceWait: true },
+        { index: 2, ops: 4, between: "norm -> gemm", ms: 0, previousEnqueuedMs: 0, enqueuedMs: 0, deviceWait: true },
+      ],
     });
     assert.equal(destroyed.size, created);
-    assert.deepEqual(await profile.report(), { spanMs: 0, busyMs: 0, byName: [], hostWaits: [], gaps: [] });
+    assert.deepEqual(await profile.report(), { spanMs: 0, busyMs: 0, byName: [], hostWaits: [], hostWaitIntervals: [], gaps: [], worstGaps: [] });
   });
 });

@@ -12,6 +12,6 @@ model=/tmp/llama-3.1-8b
 for run in ${RUNS:-2048:shared 8192:shared 8192:own}; do
   chunk="${run%%:*}" prefetch="${run#*:}" name="profile-prefill-$chunk-$prefetch${TAG:+-$TAG}"
   # shellcheck disable=SC2086
-  timeout 120 node dist/bench/profile-prefill.js "$model" /tmp/p32k.txt --chunk "$chunk" --prefetch-stream "$prefetch" ${PROFILE_ARGS:-} --out "$out/$name.json" 2>&1 | tee "$out/$name.log" | grep -v "^[a-z_0-9]* *[0-9]* *[0-9.]* s .*us each" | head -40
+  timeout 120 node dist/bench/profile-prefill.js "$model" /tmp/p32k.txt --chunk "$chunk" --prefetch-stream "$prefetch" ${PROFILE_ARGS:-} --out "$out/$name.json" 2>&1 | tee "$out/$name.log" | grep -v "^[a-z_0-9]* *[0-9]* *[0-9.]* s .*us each" | head -80
   echo "profile chunk $chunk, prefetch stream $prefetch: exit ${PIPESTATUS[0]}"
 done

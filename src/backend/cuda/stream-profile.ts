@@ -1,6 +1,6 @@
 // Opt-in timing of the compute stream for profiling runs (bench/profile-prefill.ts): each kernel launch and copy to the
 // host sits between two timing events; the report sums GPU time by name and says how long the stream sat idle.
-import { HostTimes, type LabelTime } from "../../util/host-time.js";
+import { HostTimes, type HostInterval, type LabelTime } from "../../util/host-time.js";
 import type { Handle } from "./driver.js";
 
 /** The driver calls the profile makes (a narrow interface, as UploadRing's). */
@@ -21,8 +21,25 @@ export interface StreamReport {
   byName: OpTimes[];
   /** Time the host spent waiting for the device, by what it waited for (each such wait lets the GPU's queue run dry). */
   hostWaits: LabelTime[];
+  /** Each of those waits, on performance.now()'s clock. */
+  hostWaitIntervals: HostInterval[];
   /** Idle time by the pair of ops around it ("a -> b"), most first: where in a layer the stream waits. */
   gaps: Gap[];
+  /** The longest single idle gaps, longest first. */
+  worstGaps: WorstGap[];
+}
+
+/** One idle gap, with the host times at which the ops around it were enqueued (performance.now()'s clock). */
+export interface WorstGap {
+  /** The op that ends the gap: its place among the timed ops, of `ops`. */
+  index: number;
+  ops: number;
+  between: string;
+  ms: number;
+  previousEnqueuedMs: number;
+  enqueuedMs: number;
+  /** As Gap.deviceWaitMs: the op after was enqueued before the op before could have ended. */
+  deviceWait: boolean;
 }
 
 export interface Gap {
@@ -46,6 +63,7 @@ export interface OpTimes {
 export class StreamProfile {
   private spans: { name: string; start: Handle; end: Handle; enqueuedMs: number }[] = [];
   private readonly waits = new HostTimes();
+  static readonly worstGapCount = 12;
 
   constructor(
     private readonly driver: ProfileDriver,
@@ -73,11 +91,13 @@ export class StreamProfile {
   async report(): Promise<StreamReport> {
     const spans = this.spans;
     this.spans = [];
+    const hostWaitIntervals = [...this.waits.intervals];
     const hostWaits = this.waits.take();
-    if (spans.length === 0) return { spanMs: 0, busyMs: 0, byName: [], hostWaits, gaps: [] };
+    if (spans.length === 0) return { spanMs: 0, busyMs: 0, byName: [], hostWaits, hostWaitIntervals, gaps: [], worstGaps: [] };
     await this.driver.eventWait(spans[spans.length - 1]!.end);
     const byName = new Map<string, OpTimes>();
     const gaps = new Map<string, Gap>();
+    const worstGaps: WorstGap[] = [];
     let busyMs = 0;
     let previousMs = 0;
     spans.forEach((s, i) => {
@@ -95,14 +115,24 @@ export class StreamProfile {
         gap.count++;
         gap.ms += idle;
         // The op before started no sooner than it was enqueued, so it ended no sooner than that plus its GPU time.
-        if (s.enqueuedMs <= previous.enqueuedMs + previousMs) gap.deviceWaitMs += idle;
+        const deviceWait = s.enqueuedMs <= previous.enqueuedMs + previousMs;
+        if (deviceWait) gap.deviceWaitMs += idle;
         gaps.set(between, gap);
+        worstGaps.push({ index: i, ops: spans.length, between, ms: idle, previousEnqueuedMs: previous.enqueuedMs, enqueuedMs: s.enqueuedMs, deviceWait });
       }
       previousMs = ms;
       byName.set(s.name, entry);
     });
     const spanMs = this.driver.elapsedMs(spans[0]!.start, spans[spans.length - 1]!.end);
     for (const s of spans) this.driver.eventDestroy(s.start), this.driver.eventDestroy(s.end);
-    return { spanMs, busyMs, byName: [...byName.values()].sort((a, b) => b.ms - a.ms), hostWaits, gaps: [...gaps.values()].sort((a, b) => b.ms - a.ms) };
+    return {
+      spanMs,
+      busyMs,
+      byName: [...byName.values()].sort((a, b) => b.ms - a.ms),
+      hostWaits,
+      hostWaitIntervals,
+      gaps: [...gaps.values()].sort((a, b) => b.ms - a.ms),
+      worstGaps: worstGaps.sort((a, b) => b.ms - a.ms).slice(0, StreamProfile.worstGapCount),
+    };
   }
 }
