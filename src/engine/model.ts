@@ -197,6 +197,8 @@ export class LayerwiseModel {
       const stager = new KvStager(backend, kvBlockBytes, Math.max(2, thePlan.kvStagingBlocks), kvDtype);
       // With a persistent cache, recurrent state is kept at chunk ends too, so a cached prefix can resume near its end.
       const runner = new Runner(backend, arch, streamer, stager, { prefillChunk, prefillSpan, ...(o.kvCache && hasRecurrentLayers(arch.shape) ? { stateSnapshotTokens: prefillChunk } : {}) });
+      cleanup.push(() => runner.dispose());
+      runner.reserveHostStates(thePlan.hiddenHostBuffers, Math.max(prefillChunk, thePlan.input.batch));
       const policy: KvPolicy = {
         blockTokens: kvBlockTokens,
         dtype: kvDtype,
@@ -458,6 +460,7 @@ export class LayerwiseModel {
   async close(): Promise<void> {
     await this.parts.streamer.dispose(); // first: its reads ahead may still be landing
     this.parts.stager.dispose();
+    this.parts.runner.dispose();
     this.parts.blocks.dispose();
     await this.parts.spill.dispose();
     await this.parts.ranges.close();

@@ -49,6 +49,12 @@ export interface Plan {
   /** KV blocks of one layer in transit while a prompt's span passes (kvTransitBlocks), part of deviceBytes.kvHeadroom. */
   readonly kvTransitBlocks: number;
   /**
+   * Pinned host buffers of one chunk's hidden states (f32 rows of a chunk, hostBytes.activations in all): a span of
+   * several chunks waits in them between layers. Taken at load, as pinning memory stalls the host for milliseconds per
+   * megabyte, which would leave the GPU idle in a prompt's first layer.
+   */
+  readonly hiddenHostBuffers: number;
+  /**
    * Mixture of experts: device slots of the hot-expert cache (every expert resident when it equals `total`), experts kept
    * in pinned RAM (the first ones, layer by layer; the others are read from disk), and host buffers for those reads.
    */
@@ -135,10 +141,11 @@ export function workspaceBytes(shape: ModelShape, rows: number): number {
 /**
  * KV blocks of one layer beyond its device share while a span of `spanRows` rows (of `sequences` sequences) passes in
  * chunks of `chunkRows`: the layer's new blocks stay on the device for its whole pass, and those leaving stay there
- * until the next layer's first chunk is done (Runner.forward, KvCache.settle); each sequence's rows may start a block.
+ * until the next layer's second chunk is enqueued (Runner.forward, KvCache.settle), meanwhile two chunks of that layer
+ * come; each sequence's rows may start a block.
  */
 export function kvTransitBlocks(spanRows: number, chunkRows: number, blockTokens: number, sequences = 1): number {
-  return Math.ceil(spanRows / blockTokens) + Math.ceil(Math.min(chunkRows, spanRows) / blockTokens) + 2 * sequences;
+  return Math.ceil(spanRows / blockTokens) + Math.ceil(Math.min(2 * chunkRows, spanRows) / blockTokens) + 2 * sequences;
 }
 
 /** Prefill chunk sizes tried when none is given, largest first. */
@@ -269,7 +276,9 @@ export function plan(input: PlanInput): Plan {
   const diskLayers = layerTier.filter((t) => t === "disk").length;
   const stagingBuffers = Math.min(diskLayers, 3);
   const staging = stagingBuffers * layout.maxLayerHostBytes + expertStaging * layout.maxExpertHostBytes;
-  const activations = spanRows > input.prefillChunk ? spanRows * shape.hiddenSize * 4 : 0;
+  const chunkRows = Math.max(input.prefillChunk, batch);
+  const hiddenHostBuffers = spanRows > chunkRows ? Math.ceil(spanRows / chunkRows) : 0;
+  const activations = hiddenHostBuffers * chunkRows * shape.hiddenSize * 4;
   // Staging slots' pinned copies, one block moving off the device, and the image that loads the globals.
   const transfer = (kvStagingBlocks + 1) * kvLayerBlockBytes + Math.max(layout.globals.hostBytes, layout.maxLayerHostBytes);
 
@@ -295,6 +304,7 @@ export function plan(input: PlanInput): Plan {
     kvHostTokens,
     kvStagingBlocks,
     kvTransitBlocks: transitBlocks,
+    hiddenHostBuffers,
     experts,
     deviceBytes: {
       globals,

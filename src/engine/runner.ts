@@ -53,6 +53,10 @@ interface Chunk {
 }
 
 export class Runner {
+  /** Pinned buffers of a chunk's hidden states, reserved at load (Plan.hiddenHostBuffers) and kept between prompts. */
+  private readonly hostStates: HostBuffer[] = [];
+  private hostStatesKept = 0;
+
   constructor(
     private readonly backend: Backend,
     private readonly model: ArchModel,
@@ -60,6 +64,16 @@ export class Runner {
     private readonly stager: KvStager | undefined,
     private readonly o: RunnerOptions,
   ) {}
+
+  /** Allocates `count` pinned buffers of one chunk's hidden states (f32) now, for a prompt's spans to reuse. */
+  reserveHostStates(count: number, rows: number): void {
+    for (let i = 0; i < count; i++) this.hostStates.push(this.backend.allocHost(rows * this.model.shape.hiddenSize * 4));
+    this.hostStatesKept = this.hostStates.length;
+  }
+
+  dispose(): void {
+    for (const b of this.hostStates.splice(0)) this.backend.freeHost(b);
+  }
 
   /**
    * Logits per item: [rows * vocab] of every new token ("all"), [vocab] of its last one ("last"), or for sampling
@@ -130,10 +144,10 @@ export class Runner {
               // queue behind the next forward's first weights, read ahead).
               if (onHost && !(layer === layers - 1 && i === chunks.length - 1)) this.toHost(c, copies, spare);
               // A layer's new KV stays on the device for its whole pass, so later chunks attend to it there instead of
-              // staging it back from RAM (which holds the host to the GPU's pace). The previous layer's blocks leaving
-              // the device land after this layer's first chunk, their copies long enqueued; this layer's start leaving
-              // after its last (planner kvTransitBlocks).
-              if (i === 0) for (const cache of spanCaches) await timeHost("KV moves landing", () => cache.finishMoves());
+              // staging it back from RAM (which holds the host to the GPU's pace). This layer's start leaving after its
+              // last chunk; they land once the next layer's second chunk is enqueued: waiting for them after its first
+              // left the GPU with less queued work than the copies took (planner kvTransitBlocks).
+              if (i === Math.min(1, chunks.length - 1)) for (const cache of spanCaches) await timeHost("KV moves landing", () => cache.finishMoves());
               if (i === chunks.length - 1) for (const cache of spanCaches) await timeHost("KV settle", () => cache.settle(layer));
             }
             this.weights.release(layer);
@@ -160,7 +174,7 @@ export class Runner {
         } finally {
           for (const t of new Set([current, next, ...chunks.map((c) => c.hidden), ...spare])) if (t) this.backend.free(t);
           await copies.settleAll();
-          for (const c of chunks) if (c.host) this.backend.freeHost(c.host);
+          for (const c of chunks) if (c.host) this.putHostState(c.host);
         }
         await hooks.afterSpan?.(s1);
       }
@@ -283,11 +297,22 @@ export class Runner {
    */
   private toHost(c: Chunk, copies: HostCopies, spare: Tensor[]): void {
     const bytes = c.rows * this.model.shape.hiddenSize * 4;
-    c.host ??= this.backend.allocHost(bytes);
+    c.host ??= this.takeHostState(bytes);
     copies.add(this.backend.copyToHost(c.hidden!, 0, c.host, 0, bytes));
     for (const t of spare.splice(0)) this.backend.free(t);
     spare.push(c.hidden!);
     c.hidden = undefined;
+  }
+
+  private takeHostState(bytes: number): HostBuffer {
+    const i = this.hostStates.findIndex((b) => b.bytes.byteLength >= bytes);
+    return i >= 0 ? this.hostStates.splice(i, 1)[0]! : this.backend.allocHost(bytes);
+  }
+
+  /** Back to the reserve, up to its reserved count; one beyond it (a larger batch's chunk) is freed. */
+  private putHostState(b: HostBuffer): void {
+    if (this.hostStates.length < this.hostStatesKept) this.hostStates.push(b);
+    else this.backend.freeHost(b);
   }
 
   /**
