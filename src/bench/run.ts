@@ -60,6 +60,13 @@ export interface RunFigures {
 
 const tool = (name: string) => new URL(`../../../tools/bench/${name}`, import.meta.url).pathname;
 
+/** Bytes in the page cache (Linux), or undefined: a run from disk with O_DIRECT should leave it as it was. */
+export async function pageCacheBytes(): Promise<number | undefined> {
+  const info = await readFile("/proc/meminfo", "utf8").catch(() => "");
+  const kb = /^Cached:\s+(\d+) kB/m.exec(info)?.[1];
+  return kb === undefined ? undefined : Number(kb) * 1024;
+}
+
 /** Drops the page cache (root on Linux) so reads really come from the disk; false where that is not allowed. */
 export async function dropCaches(): Promise<boolean> {
   try {
@@ -183,8 +190,8 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
     matmulTflops: torchLimits?.matmul_bf16_tflops ?? NaN,
     attentionTflops: torchLimits?.sdpa_32k_tflops ?? NaN,
   };
-  results.limits = { disk_gbps: disk.gbps, disk_method: cold ? `${disk.method}, page cache dropped` : disk.method, h2d_pinned_gbps: h2d.gbps, torch: torchLimits ?? null };
-  log(`links: disk ${disk.gbps.toFixed(2)} GB/s (${disk.method}), host->GPU ${h2d.gbps.toFixed(1)} GB/s, torch matmul ${links.matmulTflops.toFixed(0)} TFLOP/s, SDPA ${links.attentionTflops.toFixed(0)} TFLOP/s`);
+  results.limits = { disk_gbps: disk.gbps, disk_method: cold ? `${disk.method}, page cache dropped` : disk.method, disk_queue_depth: disk.depth, h2d_pinned_gbps: h2d.gbps, torch: torchLimits ?? null };
+  log(`links: disk ${disk.gbps.toFixed(2)} GB/s (${disk.method}, ${disk.depth} reads in flight), host->GPU ${h2d.gbps.toFixed(1)} GB/s, torch matmul ${links.matmulTflops.toFixed(0)} TFLOP/s, SDPA ${links.attentionTflops.toFixed(0)} TFLOP/s`);
 
   const maxCtx = Math.max(...o.contexts);
   const budget = { backend, vram: o.vramBytes };
@@ -213,12 +220,19 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
     await workload("disk", results, log, async () => {
       await withModel(main, { ...budget, ram: 0, context: ctx32 + 64 }, async (m) => {
         const dropped = await dropCaches();
+        const cachedBefore = await pageCacheBytes();
         const weightBytes = m.layout.layers.reduce((n, l) => n + l.dataBytes, 0);
         const f = await generation(m, promptIds(ctx32, vocab, 7), 3);
+        const cachedAfter = await pageCacheBytes();
         const bytes = decodeBytesAt(m.plan, ctx32);
-        diskRun = { context: ctx32, ...f, floorDecodeS: Math.max(bytes.diskBytes / (links.diskGbps * 1e9), bytes.h2dBytes / (links.h2dGbps * 1e9)), floorPrefillS: prefillFloorS(prefillFlops(m.layout, arch, ctx32, heads, headDim), weightBytes, links.diskGbps, links) };
-        results.disk_tier = { ...diskRun, page_cache_dropped: dropped, disk_read_bytes: m.stats().diskReadBytes };
-        log(`--ram 0 ${ctx32} tokens: first token ${f.ttftS.toFixed(2)} s (cold), decode ${f.decodeSPerToken.toFixed(2)} s/token (floor ${diskRun.floorDecodeS!.toFixed(2)})`);
+        // The KV spill file is written through the page cache: where the cache grew by at least the KV a token reads
+        // back, those reads came from RAM, not the disk, and the disk floor leaves them out (the host->GPU one has them).
+        const pageCacheGrowth = cachedBefore !== undefined && cachedAfter !== undefined ? cachedAfter - cachedBefore : null;
+        const kvFromPageCache = pageCacheGrowth !== null && bytes.kvDiskBytes > 0 && pageCacheGrowth >= bytes.kvDiskBytes;
+        const diskFloorBytes = bytes.diskBytes - (kvFromPageCache ? bytes.kvDiskBytes : 0);
+        diskRun = { context: ctx32, ...f, floorDecodeS: Math.max(diskFloorBytes / (links.diskGbps * 1e9), bytes.h2dBytes / (links.h2dGbps * 1e9)), floorPrefillS: prefillFloorS(prefillFlops(m.layout, arch, ctx32, heads, headDim), weightBytes, links.diskGbps, links) };
+        results.disk_tier = { ...diskRun, page_cache_dropped: dropped, page_cache_growth_bytes: pageCacheGrowth, kv_spill_bytes_per_token: bytes.kvDiskBytes, kv_spill_from_page_cache: kvFromPageCache, disk_read_bytes: m.stats().diskReadBytes };
+        log(`--ram 0 ${ctx32} tokens: first token ${f.ttftS.toFixed(2)} s (cold), decode ${f.decodeSPerToken.toFixed(2)} s/token (floor ${diskRun.floorDecodeS!.toFixed(2)}), ${(f.decodeDiskBytesPerToken! / f.decodeSPerToken / 1e9).toFixed(2)} GB/s from disk, page cache grew ${pageCacheGrowth === null ? "?" : (pageCacheGrowth / 1e9).toFixed(2)} GB`);
       });
     }, o.onResults);
   }

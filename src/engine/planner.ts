@@ -91,7 +91,7 @@ function kvShapeOf(input: Pick<PlanInput, "shape" | "kvKeepsEveryBlock">): Model
  * or disk, the KV past decode's device share (from disk too past RAM's), and routed experts. `Plan.perToken` is this at
  * the planned context; the bench takes it at the context it runs.
  */
-export function decodeBytesAt(p: Pick<Plan, "input" | "layerTier" | "kvDeviceTokens" | "kvDeviceTokensDecode" | "kvHostTokens" | "experts">, tokens: number): { diskBytes: number; h2dBytes: number } {
+export function decodeBytesAt(p: Pick<Plan, "input" | "layerTier" | "kvDeviceTokens" | "kvDeviceTokensDecode" | "kvHostTokens" | "experts">, tokens: number): { diskBytes: number; h2dBytes: number; kvDiskBytes: number } {
   const { layout, shape, kvDtype, batch } = p.input;
   const kv = (from: number) => kvBytesBetween(kvShapeOf(p.input), kvDtype, Math.min(tokens, from), tokens) * batch;
   const streamed = (tier: WeightTier) => layout.layers.reduce((n, l, i) => n + (p.layerTier[i] === tier ? l.dataBytes : 0), 0);
@@ -100,6 +100,8 @@ export function decodeBytesAt(p: Pick<Plan, "input" | "layerTier" | "kvDeviceTok
   return {
     diskBytes: streamed("disk") + kvFromDisk + routed.disk,
     h2dBytes: streamed("disk") + streamed("ram") + kv(p.kvDeviceTokensDecode) + routed.h2d,
+    /** The part of diskBytes that is KV read back from the spill file (written through the page cache). */
+    kvDiskBytes: kvFromDisk,
   };
 }
 
