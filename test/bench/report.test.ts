@@ -28,6 +28,13 @@ describe("bench report", () => {
     assert.equal(lines.length, 4);
   });
 
+  it("a missed memory goal lists the peak at each context instead of a time split", () => {
+    const r: Record<string, unknown> = { vram_budget_bytes: 8e9, ram_tier: [run({ context: 8000, peakVramBytes: 7.5e9 }), run({ context: 100000, peakVramBytes: 8e9 })] };
+    Object.assign(r, ratios(r));
+    const line = missedGoals(r).find((l) => l.startsWith("- peak VRAM 100k / 8k:"));
+    assert.equal(line, "- peak VRAM 100k / 8k: 1.067, target within 5%. Peak VRAM by context (RAM tier): 8000 tokens 7.50 GB, 100000 tokens 8.00 GB; budget 8.00 GB.");
+  });
+
   it("merges runs split over calls: later figures win key by key and context by context, lists join, ratios are redone", () => {
     const first: Record<string, unknown> = {
       date: "2026-12-03T01:00:00Z",
