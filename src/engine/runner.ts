@@ -309,10 +309,12 @@ export class Runner {
     return i >= 0 ? this.hostStates.splice(i, 1)[0]! : this.backend.allocHost(bytes);
   }
 
-  /** Back to the reserve, up to its reserved count; one beyond it (a larger batch's chunk) is freed. */
+  /** Back to the reserve, which keeps its reserved count of the largest buffers; the smallest beyond it is freed. */
   private putHostState(b: HostBuffer): void {
-    if (this.hostStates.length < this.hostStatesKept) this.hostStates.push(b);
-    else this.backend.freeHost(b);
+    this.hostStates.push(b);
+    if (this.hostStates.length <= this.hostStatesKept) return;
+    this.hostStates.sort((x, y) => y.bytes.byteLength - x.bytes.byteLength);
+    this.backend.freeHost(this.hostStates.pop()!);
   }
 
   /**
