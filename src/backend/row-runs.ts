@@ -2,9 +2,8 @@
 import type { Tensor } from "./ops.js";
 
 export interface RowRun {
-  /** The tensor, its place in the run, and the rows of it written (from `row`). */
+  /** The tensor, and the rows of it written (from `row`). */
   readonly dst: Tensor;
-  readonly index: number;
   readonly row: number;
   readonly rows: number;
   /** Rows written before this part (into the tensors before it). */
@@ -26,7 +25,7 @@ export function rowRuns(dst: Tensor | readonly Tensor[], dstRow: number, count: 
     const index = Math.floor((dstRow + done) / rowsEach);
     const row = (dstRow + done) % rowsEach;
     const rows = Math.min(count - done, rowsEach - row);
-    parts.push({ dst: run[index]!, index, row, rows, done });
+    parts.push({ dst: run[index]!, row, rows, done });
     done += rows;
   }
   return parts;

@@ -61,7 +61,7 @@ export interface RunFigures {
 const tool = (name: string) => new URL(`../../../tools/bench/${name}`, import.meta.url).pathname;
 
 /** Bytes in the page cache (Linux), or undefined: a run from disk with O_DIRECT should leave it as it was. */
-export async function pageCacheBytes(): Promise<number | undefined> {
+async function pageCacheBytes(): Promise<number | undefined> {
   const info = await readFile("/proc/meminfo", "utf8").catch(() => "");
   const kb = /^Cached:\s+(\d+) kB/m.exec(info)?.[1];
   return kb === undefined ? undefined : Number(kb) * 1024;

@@ -193,8 +193,8 @@ export class KvCache {
   /**
    * Lands the moves the last settle started. The runner calls it once later work is enqueued behind their copies (two
    * chunks of the next layer's pass), so waiting for them here does not leave the GPU without work, as waiting right
-   * after enqueueing them would. Until then the blocks stay on the
-   * device and attention reads them there. If a copy failed, every block stays on the device and the error is thrown.
+   * after enqueueing them would. Until then the blocks stay on the device and attention reads them there. If a copy
+   * failed, every block stays on the device and the error is thrown.
    */
   async finishMoves(): Promise<void> {
     const moves = this.moves;

@@ -198,7 +198,7 @@ export class LayerwiseModel {
       // With a persistent cache, recurrent state is kept at chunk ends too, so a cached prefix can resume near its end.
       const runner = new Runner(backend, arch, streamer, stager, { prefillChunk, prefillSpan, ...(o.kvCache && hasRecurrentLayers(arch.shape) ? { stateSnapshotTokens: prefillChunk } : {}) });
       cleanup.push(() => runner.dispose());
-      runner.reserveHostStates(thePlan.hiddenHostBuffers, Math.max(prefillChunk, thePlan.input.batch));
+      runner.reserveHostStates(thePlan.hiddenHostBuffers.count, thePlan.hiddenHostBuffers.rows);
       const policy: KvPolicy = {
         blockTokens: kvBlockTokens,
         dtype: kvDtype,

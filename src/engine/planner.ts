@@ -49,11 +49,11 @@ export interface Plan {
   /** KV blocks of one layer in transit while a prompt's span passes (kvTransitBlocks), part of deviceBytes.kvHeadroom. */
   readonly kvTransitBlocks: number;
   /**
-   * Pinned host buffers of one chunk's hidden states (f32 rows of a chunk, hostBytes.activations in all): a span of
+   * Pinned host buffers of one chunk's hidden states (`rows` f32 rows each, hostBytes.activations in all): a span of
    * several chunks waits in them between layers. Taken at load, as pinning memory stalls the host for milliseconds per
    * megabyte, which would leave the GPU idle in a prompt's first layer.
    */
-  readonly hiddenHostBuffers: number;
+  readonly hiddenHostBuffers: { readonly count: number; readonly rows: number };
   /**
    * Mixture of experts: device slots of the hot-expert cache (every expert resident when it equals `total`), experts kept
    * in pinned RAM (the first ones, layer by layer; the others are read from disk), and host buffers for those reads.
@@ -215,9 +215,11 @@ export function plan(input: PlanInput): Plan {
   const workspaceFor = (rows: number) => 8 * held((workspaceBytes(shape, rows) * (1 + (input.workspaceSlack ?? 0))) / 8);
   // Every layer's partly filled last block lives on the device, and one layer's blocks in transit (kvTransitBlocks).
   const kvHeadroomFor = (transitBlocks: number) => (shape.numLayers * batch + transitBlocks) * kvLayerBlockBytes;
-  const workspace = workspaceFor(Math.max(input.prefillChunk, batch));
+  // A chunk holds at least a row of each sequence.
+  const chunkRows = Math.max(input.prefillChunk, batch);
+  const workspace = workspaceFor(chunkRows);
   const spanRows = Math.min(input.prefillSpan, ctx * batch);
-  const transitBlocks = kvTransitBlocks(Math.max(spanRows, batch), Math.max(input.prefillChunk, batch), block, batch);
+  const transitBlocks = kvTransitBlocks(Math.max(spanRows, batch), chunkRows, block, batch);
   const kvHeadroom = kvHeadroomFor(transitBlocks);
   // Recurrent layers' state (linear attention) stays on the device for every sequence.
   const recurrentState = batch * shape.kvLayers.reduce((n, l) => n + held(4 * (l.stateFloats ?? 0)), 0);
@@ -278,9 +280,8 @@ export function plan(input: PlanInput): Plan {
   const diskLayers = layerTier.filter((t) => t === "disk").length;
   const stagingBuffers = Math.min(diskLayers, 3);
   const staging = stagingBuffers * layout.maxLayerHostBytes + expertStaging * layout.maxExpertHostBytes;
-  const chunkRows = Math.max(input.prefillChunk, batch);
-  const hiddenHostBuffers = spanRows > chunkRows ? Math.ceil(spanRows / chunkRows) : 0;
-  const activations = hiddenHostBuffers * chunkRows * shape.hiddenSize * 4;
+  const hiddenHostBuffers = { count: spanRows > chunkRows ? Math.ceil(spanRows / chunkRows) : 0, rows: chunkRows };
+  const activations = hiddenHostBuffers.count * chunkRows * shape.hiddenSize * 4;
   // Staging slots' pinned copies, one block moving off the device, and the image that loads the globals.
   const transfer = (kvStagingBlocks + 1) * kvLayerBlockBytes + Math.max(layout.globals.hostBytes, layout.maxLayerHostBytes);
 

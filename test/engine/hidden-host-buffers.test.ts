@@ -25,7 +25,7 @@ describe("hidden-state host buffers", () => {
     const r = new Random(5);
     const ids = Array.from({ length: 1000 }, () => 16 + Math.floor(r.next() * 1000));
     await withModel(dir, { backend, vram: 64e6, ram: 64e6, prefillChunk: 256, context: 1024 }, async (m) => {
-      assert.equal(m.plan.hiddenHostBuffers, 4, "1024 rows of context in chunks of 256");
+      assert.deepEqual(m.plan.hiddenHostBuffers, { count: 4, rows: 256 }, "1024 rows of context in chunks of 256");
       assert.equal(m.plan.hostBytes.activations, 4 * 256 * m.arch.shape.hiddenSize * 4);
       const atLoad = backend.hostAllocs;
       for (let prompt = 0; prompt < 2; prompt++) {
