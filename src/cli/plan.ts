@@ -6,7 +6,7 @@ import { createBackend } from "../backend/index.js";
 import type { FloatDType } from "../backend/dtype.js";
 import { measureDisk, measureHostToDevice, type LinkSpeed } from "../engine/bandwidth.js";
 import { modelLayout } from "../engine/layout.js";
-import { planPrefill, type Plan } from "../engine/planner.js";
+import { decodeExtraKvBytesAt, decodeKeptLayers, planPrefill, type Plan } from "../engine/planner.js";
 import { validateWeights } from "../engine/weights.js";
 import { UsageError } from "../errors.js";
 import { Checkpoint } from "../model/checkpoint.js";
@@ -100,12 +100,19 @@ function printPlan(p: Plan, modelType: string, disk: LinkSpeed | undefined, h2d:
     ["RAM", `${count("ram")} layers ${f(h.ramLayers)}, KV ${f(h.kv)} (${p.kvHostTokens} tokens/layer)${p.experts.total ? `, experts ${f(h.ramExperts)}` : ""}; working: disk staging ${f(h.staging)}, span activations ${f(h.activations)}, transfers ${f(h.transfer)} = ${f(h.total)}`],
     ["disk", `${count("disk")} layers streamed, KV ${f(p.kvDiskBytes)}`],
     ...(p.experts.total > 0 ? [expertLine(p)] : []),
+    ...(p.slots > 0 ? [keptLine(p)] : []),
     ["per token", `host->device ${f(p.perToken.h2dBytes)}, disk ${f(p.perToken.diskBytes)} (decoding)`],
     ["links", `host->device ${h2d ? `${h2d.gbps.toFixed(1)} GB/s (${h2d.method})` : "unused"}, disk ${disk ? `${disk.gbps.toFixed(2)} GB/s (${disk.method})` : "unused"}`],
     ["floor", floor > 0 ? `${floor.toFixed(3)} s/token (bytes per token over the slower link; compute not counted)` : "no weight or KV traffic per token: compute-bound"],
   ];
   const w = Math.max(...lines.map(([k]) => k.length));
   for (const [k, v] of lines) process.stdout.write(`${k.padEnd(w)}  ${v}\n`);
+}
+
+/** Streamed layers decode keeps on the device in the room the prompt's activations leave, at this context and at its shortest. */
+function keptLine(p: Plan): [string, string] {
+  const at = (tokens: number) => decodeKeptLayers(p, decodeExtraKvBytesAt(p, tokens)).length;
+  return ["decode", `keeps ${at(p.input.contextTokens)} streamed layers on the device at ${p.input.contextTokens} tokens, up to ${at(1)} at short contexts (in the ${formatBytes(p.decodeSpare)} a prompt's activations leave, beside decode's KV)`];
 }
 
 /** Where a mixture-of-experts model's experts live: the hot-expert cache on the GPU, pinned RAM, the rest on disk. */

@@ -2,6 +2,7 @@
 // RAM tier. Nothing is allocated on the hot path, and memory use does not depend on the context.
 import type { FloatDType } from "../backend/dtype.js";
 import type { Backend, HostBuffer, Tensor } from "../backend/ops.js";
+import { kvBlockPairBytes } from "./planner.js";
 
 export interface DeviceBlock {
   readonly k: Tensor;
@@ -25,6 +26,14 @@ export class KvBlockPool {
   reserve(kvCols: number, count: number): void {
     this.reserved.set(kvCols, (this.reserved.get(kvCols) ?? 0) + count);
     for (let i = 0; i < count; i++) this.put(kvCols, this.make(kvCols));
+  }
+
+  /** Device bytes of the blocks that exist beyond the reserve (decode's larger share), as the planner counts them (decodeExtraKvBytesAt). */
+  extraDeviceBytes(): number {
+    const pair = (kvCols: number) => kvBlockPairBytes({ kvBlockTokens: this.blockTokens, kvDtype: this.dtype, deviceBytesFor: (n) => this.backend.deviceBytesFor(n) }, kvCols);
+    let bytes = 0;
+    for (const [kvCols, made] of this.made) bytes += Math.max(0, made - (this.reserved.get(kvCols) ?? Infinity)) * pair(kvCols);
+    return bytes;
   }
 
   take(kvCols: number): DeviceBlock {

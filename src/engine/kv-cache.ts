@@ -236,6 +236,11 @@ export class KvCache {
     if (writeFailed) throw (writeFailed as PromiseRejectedResult).reason;
   }
 
+  /** Whether the cache keeps the prefill or the decode share on the device now (both, where they are equal). */
+  atShare(kind: "prefill" | "decode"): boolean {
+    return this.share === (kind === "prefill" ? this.policy.deviceBlocks : this.policy.decodeDeviceBlocks);
+  }
+
   /**
    * Sets how many full blocks per layer stay on the device: the prefill share, which leaves room for a prompt's
    * activations, or the larger decode share. Going to the prefill share moves the blocks beyond it off the device (and

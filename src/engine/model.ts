@@ -20,7 +20,7 @@ import { KvSpill } from "./kv-spill.js";
 import { KvBlockPool } from "./kv-blocks.js";
 import { KvStore, type BlockLayout, type StoreIo } from "./kv-store.js";
 import { modelLayout, type ModelLayout } from "./layout.js";
-import { planPrefill, type Plan } from "./planner.js";
+import { kvLayersOf, kvReservedBlocks, planPrefill, windowBlocks, type Plan } from "./planner.js";
 import { Runner, type LogitsWanted } from "./runner.js";
 import type { LogitsRequest, RankedLogits } from "./sampling.js";
 import { LayerStreamer } from "./streamer.js";
@@ -191,7 +191,10 @@ export class LayerwiseModel {
       backend.resetPeaks();
       const reader = new DiskReader({ direct: backend.caps.directIo, io: o.fileIo });
       cleanup.push(() => reader.close());
-      const streamer = await LayerStreamer.create(backend, layout, thePlan, reader);
+      // The plan's device share for KV is taken now (below), so device memory is the same at any context length.
+      const blocks = new KvBlockPool(backend, kvBlockTokens, kvDtype);
+      cleanup.push(() => blocks.dispose());
+      const streamer = await LayerStreamer.create(backend, layout, thePlan, reader, () => blocks.extraDeviceBytes());
       cleanup.push(() => streamer.dispose());
       const kvBlockBytes = Math.max(...arch.shape.kvLayers.map((l) => l.kvHeads * l.headDim)) * kvBlockTokens * dtypeBytes[kvDtype];
       const stager = new KvStager(backend, kvBlockBytes, Math.max(2, thePlan.kvStagingBlocks), kvDtype);
@@ -207,22 +210,15 @@ export class LayerwiseModel {
         hostBlocks: Math.floor(thePlan.kvHostTokens / kvBlockTokens),
         dropOutsideWindow: !o.kvCache,
       };
-      // The plan's device share for KV is taken now, so device memory is the same at any context length.
-      const blocks = new KvBlockPool(backend, kvBlockTokens, kvDtype);
-      cleanup.push(() => blocks.dispose());
       if (thePlan.slots > 0) {
-        // Per sequence, each layer's full blocks and its partly filled last one; once, one layer's blocks in transit
-        // (as planned).
-        // A sliding-window layer that frees what its window passed holds at most its window's blocks, in either tier.
-        const batch = o.batch ?? 1;
-        const windowBlocks = (l: (typeof arch.shape.kvLayers)[number]) => (l.slidingWindow && policy.dropOutsideWindow ? Math.ceil(l.slidingWindow / kvBlockTokens) : Infinity);
-        const kvLayers = arch.shape.kvLayers.filter((l) => l.kvHeads > 0); // recurrent layers keep state, not KV
-        kvLayers.forEach((l, i) => blocks.reserve(l.kvHeads * l.headDim, batch * (Math.min(policy.deviceBlocks, windowBlocks(l)) + 1) + (i === 0 ? thePlan.kvTransitBlocks : 0)));
+        for (const [kvCols, count] of kvReservedBlocks(thePlan)) blocks.reserve(kvCols, count);
         if (thePlan.kvStagingBlocks > 0) stager.reserve();
-        // The RAM tier's pinned buffers, one per block.
-        kvLayers.forEach((l) =>
-          blocks.reserveHost(2 * kvBlockTokens * l.kvHeads * l.headDim * dtypeBytes[kvDtype], batch * Math.min(policy.hostBlocks, Math.max(0, windowBlocks(l) - policy.deviceBlocks))),
-        );
+        // The RAM tier's pinned buffers, one per block; a sliding-window layer that frees what its window passed holds
+        // at most its window's blocks, in either tier.
+        for (const l of kvLayersOf(thePlan.input)) {
+          const count = thePlan.input.batch * Math.min(policy.hostBlocks, Math.max(0, windowBlocks(thePlan.input, l) - policy.deviceBlocks));
+          blocks.reserveHost(2 * kvBlockTokens * l.kvHeads * l.headDim * dtypeBytes[kvDtype], count);
+        }
       }
       let store: KvStore | undefined;
       let blockLayout: BlockLayout | undefined;
@@ -320,6 +316,8 @@ export class LayerwiseModel {
       while (last >= 0 && !resumable(last)) last--;
       blocks = blocks.slice(0, last + 1);
     }
+    // Adopted blocks take device memory before the prompt's forward would free the layers decode kept: free them now.
+    if (blocks.length > 0) await this.parts.streamer.useShare("prefill");
     const buf = new Uint8Array(Math.max(...layout.layerBytes, ...blocks.flatMap((b) => b.manifest.layers.map((l) => l.bytes))));
     let loaded = 0;
     for (const [i, b] of blocks.entries()) {

@@ -49,6 +49,12 @@ export interface Plan {
   /** KV blocks of one layer in transit while a prompt's span passes (kvTransitBlocks), part of deviceBytes.kvHeadroom. */
   readonly kvTransitBlocks: number;
   /**
+   * Device bytes a prompt's activations leave free while decoding, beyond decode's own rows and a step's new KV blocks.
+   * Decode's KV share beyond the pool's reserve takes them first (it moves as many bytes a token from RAM as a layer's
+   * weights would); streamed layers are kept in the rest until the next prompt (decodeKeptLayers).
+   */
+  readonly decodeSpare: number;
+  /**
    * Pinned host buffers of one chunk's hidden states (`rows` f32 rows each, hostBytes.activations in all): a span of
    * several chunks waits in them between layers. Taken at load, as pinning memory stalls the host for milliseconds per
    * megabyte, which would leave the GPU idle in a prompt's first layer.
@@ -88,13 +94,15 @@ function kvShapeOf(input: Pick<PlanInput, "shape" | "kvKeepsEveryBlock">): Model
 
 /**
  * Bytes that must cross each link to decode one token at `tokens` of context with this plan: layers streamed from RAM
- * or disk, the KV past decode's device share (from disk too past RAM's), and routed experts. `Plan.perToken` is this at
+ * or disk (but for those decode keeps on the device at that context), the KV past decode's device share (from disk too
+ * past RAM's), and routed experts. `Plan.perToken` is this at
  * the planned context; the bench takes it at the context it runs.
  */
-export function decodeBytesAt(p: Pick<Plan, "input" | "layerTier" | "kvDeviceTokens" | "kvDeviceTokensDecode" | "kvHostTokens" | "experts">, tokens: number): { diskBytes: number; h2dBytes: number; kvDiskBytes: number } {
+export function decodeBytesAt(p: DecodeLayout, tokens: number): { diskBytes: number; h2dBytes: number; kvDiskBytes: number } {
   const { layout, shape, kvDtype, batch } = p.input;
   const kv = (from: number) => kvBytesBetween(kvShapeOf(p.input), kvDtype, Math.min(tokens, from), tokens) * batch;
-  const streamed = (tier: WeightTier) => layout.layers.reduce((n, l, i) => n + (p.layerTier[i] === tier ? l.dataBytes : 0), 0);
+  const copied = copiedLayers(p, new Set(decodeKeptLayers(p, decodeExtraKvBytesAt(p, tokens))));
+  const streamed = (tier: WeightTier) => layout.layers.reduce((n, l, i) => n + (p.layerTier[i] === tier && copied.has(i) ? l.dataBytes : 0), 0);
   const kvFromDisk = kv(p.kvDeviceTokens + p.kvHostTokens);
   const routed = routedExpertBytes(layout, shape, p.experts);
   return {
@@ -103,6 +111,87 @@ export function decodeBytesAt(p: Pick<Plan, "input" | "layerTier" | "kvDeviceTok
     /** The part of diskBytes that is KV read back from the spill file (written through the page cache). */
     kvDiskBytes: kvFromDisk,
   };
+}
+
+/**
+ * The streamed layers a decoded token copies to the device: those in the slots' rotation (not resident, not kept) that
+ * share their slot with another (the n-th streamed layer takes slot n mod slots; one alone there stays from token to
+ * token, LayerStreamer.startLoad).
+ */
+function copiedLayers(p: Pick<Plan, "layerTier" | "slots">, kept: ReadonlySet<number>): Set<number> {
+  const rotating = p.layerTier.flatMap((t, i) => (t === "device" || kept.has(i) ? [] : [i]));
+  return new Set(rotating.filter((_, pos) => pos >= p.slots || pos + p.slots < rotating.length));
+}
+
+/** What decode's traffic and room depend on. */
+export type DecodeLayout = Pick<Plan, "input" | "layerTier" | "slots" | "kvDeviceTokens" | "kvDeviceTokensDecode" | "kvHostTokens" | "kvTransitBlocks" | "decodeSpare" | "experts">;
+
+/**
+ * KV blocks the device pool reserves at load, by column count: per sequence and KV layer its prefill share (at most
+ * the window of a sliding-window layer that frees what its window passed) and its partly filled last block; once,
+ * one layer's blocks in transit while a span passes. Nothing is reserved when every layer is resident.
+ */
+export function kvReservedBlocks(p: Pick<Plan, "input" | "slots" | "kvDeviceTokens" | "kvTransitBlocks">): Map<number, number> {
+  const reserved = new Map<number, number>();
+  if (p.slots === 0) return reserved;
+  const { batch, kvBlockTokens: block } = p.input;
+  kvLayersOf(p.input).forEach((l, i) => {
+    const share = Math.min(Math.floor(p.kvDeviceTokens / block), windowBlocks(p.input, l));
+    reserved.set(l.kvHeads * l.headDim, (reserved.get(l.kvHeads * l.headDim) ?? 0) + batch * (share + 1) + (i === 0 ? p.kvTransitBlocks : 0));
+  });
+  return reserved;
+}
+
+/**
+ * Device bytes of KV blocks beyond the pool's reserve while `batch` sequences of `tokens` tokens decode: each layer
+ * keeps its full blocks up to decode's share (or its window), and one being filled. The pool counts the same at run
+ * time (KvBlockPool.extraDeviceBytes).
+ */
+export function decodeExtraKvBytesAt(p: DecodeLayout, tokens: number): number {
+  const { batch, kvBlockTokens: block } = p.input;
+  const used = new Map<number, number>();
+  for (const l of kvLayersOf(p.input)) {
+    const blocks = Math.min(Math.floor(tokens / block), Math.floor(p.kvDeviceTokensDecode / block), windowBlocks(p.input, l)) + 1;
+    used.set(l.kvHeads * l.headDim, (used.get(l.kvHeads * l.headDim) ?? 0) + batch * blocks);
+  }
+  const reserved = kvReservedBlocks(p);
+  let bytes = 0;
+  for (const [kvCols, n] of used) bytes += Math.max(0, n - (reserved.get(kvCols) ?? Infinity)) * kvBlockPairBytes(p.input, kvCols);
+  return bytes;
+}
+
+/** Device bytes of one KV block's K and V for layers of `kvCols` columns (two allocations). */
+export function kvBlockPairBytes(input: Pick<PlanInput, "kvBlockTokens" | "kvDtype" | "deviceBytesFor">, kvCols: number): number {
+  return 2 * (input.deviceBytesFor ?? ((n: number) => n))(kvCols * input.kvBlockTokens * dtypeBytes[input.kvDtype]);
+}
+
+/**
+ * The streamed layers decode keeps on the device, with `extraKvBytes` of KV beyond the reserve there: the last ones, as
+ * many as fit whole in what is left of the plan's decodeSpare. (The last, so that the next token's first layers, read
+ * ahead into the slots as a forward ends, keep their places in the streaming order.)
+ */
+export function decodeKeptLayers(p: Pick<Plan, "input" | "layerTier" | "decodeSpare">, extraKvBytes: number): number[] {
+  const held = p.input.deviceBytesFor ?? ((n: number) => n);
+  let room = p.decodeSpare - extraKvBytes;
+  const kept: number[] = [];
+  for (let i = p.layerTier.length - 1; i >= 0; i--) {
+    if (p.layerTier[i] === "device") continue;
+    const bytes = held(p.input.layout.layers[i]!.deviceBytes);
+    if (bytes > room) break;
+    room -= bytes;
+    kept.push(i);
+  }
+  return kept;
+}
+
+/** Layers that keep KV (recurrent layers keep state instead). */
+export function kvLayersOf(input: Pick<PlanInput, "shape">): ModelShape["kvLayers"] {
+  return input.shape.kvLayers.filter((l) => l.kvHeads > 0);
+}
+
+/** Most full blocks a layer keeps: a sliding-window layer that frees what its window passed holds at most its window's. */
+export function windowBlocks(input: Pick<PlanInput, "kvBlockTokens" | "kvKeepsEveryBlock">, l: ModelShape["kvLayers"][number]): number {
+  return l.slidingWindow && !input.kvKeepsEveryBlock ? Math.ceil(l.slidingWindow / input.kvBlockTokens) : Infinity;
 }
 
 /**
@@ -197,8 +286,8 @@ export function plan(input: PlanInput): Plan {
   const kvShape = kvShapeOf(input);
   const kvRange = (from: number, to: number) => kvBytesBetween(kvShape, input.kvDtype, from, to) * batch;
   const held = input.deviceBytesFor ?? ((n: number) => n);
-  // A block is two allocations (K and V).
-  const kvLayerBlockBytes = 2 * held(Math.max(...shape.kvLayers.map((l) => l.kvHeads * l.headDim * dtypeBytes[input.kvDtype])) * block);
+  // The widest layer's block.
+  const kvLayerBlockBytes = kvBlockPairBytes(input, Math.max(...shape.kvLayers.map((l) => l.kvHeads * l.headDim)));
   const kvTotal = kvRange(0, ctx);
   const layerBytes = layout.layers.map((l) => held(l.deviceBytes));
   const slotBytesEach = held(layout.maxLayerDeviceBytes);
@@ -288,6 +377,8 @@ export function plan(input: PlanInput): Plan {
   // Decode's own workspace and headroom are a few rows'; the rest of the prompt's holds KV from RAM (KvCache.useShare).
   const decodeRoom = Math.max(0, workspace + kvHeadroom - workspaceFor(batch) - kvHeadroomFor(kvTransitBlocks(batch, batch, block, batch)));
   const kvDeviceTokensDecode = Math.max(kvDeviceTokens, Math.min(kvDeviceTokens + kvHostTokens, kvTokensWithin(kvRange, 0, ctx, block, kvRange(0, kvDeviceTokens) + decodeRoom)));
+  // The prompt's activations' room, less decode's own rows and the blocks a decode step may open (one a layer and sequence).
+  const decodeSpare = slots > 0 ? Math.max(0, workspace - workspaceFor(batch) - kvLayersOf(input).length * batch * kvLayerBlockBytes) : 0;
 
   const residentLayers = layerBytes.reduce((n, b, i) => n + (layerTier[i] === "device" ? b : 0), 0);
   const kvDevice = kvRange(0, kvDeviceTokens);
@@ -307,6 +398,7 @@ export function plan(input: PlanInput): Plan {
     kvHostTokens,
     kvStagingBlocks,
     kvTransitBlocks: transitBlocks,
+    decodeSpare,
     hiddenHostBuffers,
     experts,
     deviceBytes: {
@@ -322,6 +414,6 @@ export function plan(input: PlanInput): Plan {
     },
     hostBytes: { ramLayers, kv: kvHost, ramExperts: ramExperts * layout.maxExpertHostBytes, staging, activations, transfer, total: ramLayers + kvHost + ramExperts * layout.maxExpertHostBytes + staging + activations + transfer },
     kvDiskBytes,
-    perToken: decodeBytesAt({ input, layerTier, kvDeviceTokens, kvDeviceTokensDecode, kvHostTokens, experts }, ctx),
+    perToken: decodeBytesAt({ input, layerTier, slots, kvDeviceTokens, kvDeviceTokensDecode, kvHostTokens, kvTransitBlocks: transitBlocks, decodeSpare, experts }, ctx),
   };
 }

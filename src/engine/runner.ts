@@ -101,7 +101,10 @@ export class Runner {
     // A prompt needs room for its activations: caches keep to the prefill share of the device while it runs.
     const prefill = items.some((it) => it.ids.length > 1);
     try {
+      // Layers kept for decode give their room back before KV takes it: to a prompt, or to a cache growing to decode's share.
+      if (prefill || items.some((it) => !it.cache.atShare("decode"))) await timeHost("layers kept", () => this.weights.useShare("prefill"));
       for (const it of items) await timeHost("KV share", () => it.cache.useShare(prefill ? "prefill" : "decode"));
+      if (!prefill) await timeHost("layers kept", () => this.weights.useShare("decode"));
       // Blocks beyond the prefill share (decode's, or a disposed sequence's) went back to the backend: their memory goes
       // back to the device now, in one go, for the prompt's activations.
       if (prefill) this.backend.releaseSmallCache();

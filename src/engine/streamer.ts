@@ -1,10 +1,11 @@
-// Weight streaming: resident layers stay on the device; the others rotate through device slots, read from RAM or disk ahead of use.
+// Weight streaming: resident layers stay on the device; the others rotate through device slots, read from RAM or disk
+// ahead of use, but for those decode keeps on the device in the room a prompt's activations leave.
 import type { Weights } from "../arch/types.js";
 import type { Backend, Fence, HostBuffer, Tensor } from "../backend/ops.js";
 import type { DiskReader } from "../model/disk-reader.js";
 import { ExpertCache } from "./expert-cache.js";
 import type { ModelLayout } from "./layout.js";
-import type { Plan } from "./planner.js";
+import { decodeKeptLayers, type Plan } from "./planner.js";
 import { BufferPool, deviceBytes, fetchGroup, loadGroup, readGroup } from "./streamer-io.js";
 import type { WeightSource } from "./weights.js";
 
@@ -26,12 +27,15 @@ export interface StreamStats {
 export class LayerStreamer implements WeightSource {
   readonly stats: StreamStats = { ioWaitS: 0, h2dBytes: 0 };
   private readonly resident = new Map<number, Weights>();
+  /** Streamed layers decode keeps on the device, each in a buffer of its own, until a prompt needs the room (useShare). */
+  private readonly kept = new Map<number, { buffer: Tensor; weights: Weights }>();
   private readonly ramImages = new Map<number, HostBuffer>();
   private readonly buffers: Tensor[] = [];
   private readonly slots: Slot[] = [];
   private staging?: BufferPool;
   private experts?: ExpertCache;
-  private readonly streamed: number[];
+  /** The layers that rotate through the slots, in order; a layer's place decides its slot. */
+  private streamed: number[];
   private readonly slotWaiters = new Map<Slot, (() => void)[]>();
 
   private constructor(
@@ -40,15 +44,17 @@ export class LayerStreamer implements WeightSource {
     private readonly plan: Plan,
     private readonly reader: DiskReader,
     readonly globals: Weights,
+    /** Device bytes of KV blocks beyond the pool's reserve now (KvBlockPool.extraDeviceBytes): they come first. */
+    private readonly extraKvBytes: () => number,
   ) {
-    this.streamed = plan.layerTier.flatMap((t, i) => (t === "device" ? [] : [i]));
+    this.streamed = this.rotation();
   }
 
   /** Loads the globals and resident layers onto the device and the RAM tier into host memory. */
-  static async create(backend: Backend, layout: ModelLayout, plan: Plan, reader: DiskReader): Promise<LayerStreamer> {
+  static async create(backend: Backend, layout: ModelLayout, plan: Plan, reader: DiskReader, extraKvBytes: () => number): Promise<LayerStreamer> {
     const globalsBuffer = deviceBytes(backend, layout.globals.deviceBytes);
     const image = backend.allocHost(Math.max(layout.globals.hostBytes, layout.maxLayerHostBytes));
-    const s = new LayerStreamer(backend, layout, plan, reader, await loadGroup(backend, reader, layout.globals, image, globalsBuffer));
+    const s = new LayerStreamer(backend, layout, plan, reader, await loadGroup(backend, reader, layout.globals, image, globalsBuffer), extraKvBytes);
     s.buffers.push(globalsBuffer);
     try {
       for (let i = 0; i < layout.layers.length; i++) {
@@ -73,7 +79,7 @@ export class LayerStreamer implements WeightSource {
   }
 
   async layer(i: number): Promise<Weights> {
-    const resident = this.resident.get(i);
+    const resident = this.resident.get(i) ?? this.kept.get(i)?.weights;
     if (resident) return resident;
     const pos = this.streamed.indexOf(i);
     const loading = this.startLoad(pos);
@@ -86,12 +92,56 @@ export class LayerStreamer implements WeightSource {
   }
 
   release(i: number): void {
-    if (this.resident.has(i)) return;
+    if (this.resident.has(i) || this.kept.has(i)) return;
     const slot = this.slots.find((s) => s.layer === i);
     if (!slot) return;
     slot.freeAfter = this.backend.fence();
     slot.busy = false;
     this.slotWaiters.get(slot)?.splice(0).forEach((wake) => wake());
+  }
+
+  /**
+   * Streamed layers kept on the device: none while a prompt runs (its activations take the room), and while decoding
+   * the last ones that fit in the plan's decodeSpare beside the KV beyond the reserve (decodeKeptLayers); call it when
+   * no forward is running, after the KV caches took their share. Layers that stop being kept are freed (in compute
+   * order); newly kept ones are copied from RAM (or read from disk) now, and stream no more until the next prompt.
+   */
+  async useShare(kind: "prefill" | "decode"): Promise<void> {
+    const want = new Set(kind === "decode" ? decodeKeptLayers(this.plan, this.extraKvBytes()) : []);
+    for (const [i, k] of this.kept) {
+      if (want.has(i)) continue;
+      this.backend.free(k.buffer);
+      this.kept.delete(i);
+    }
+    const adding = [...want].filter((i) => !this.kept.has(i));
+    // The new buffers may take memory that compute enqueued so far still reads.
+    const after = adding.length > 0 ? this.backend.fence() : undefined;
+    try {
+      for (const i of adding) {
+        const group = this.layout.layers[i]!;
+        const buffer = deviceBytes(this.backend, group.deviceBytes);
+        try {
+          this.kept.set(i, { buffer, weights: await fetchGroup(this.backend, this.reader, group, this.ramImages.get(i), this.staging!, buffer, after, "needed") });
+        } catch (e) {
+          this.backend.free(buffer);
+          throw e;
+        }
+        this.stats.h2dBytes += group.dataBytes;
+      }
+    } finally {
+      // Kept layers are the last streamed ones: the others keep their places (and slots), so reads ahead stay good.
+      this.streamed = this.rotation();
+    }
+  }
+
+  /** The streamed layers decode keeps on the device now, in order. */
+  get keptLayers(): readonly number[] {
+    return [...this.kept.keys()].sort((a, b) => a - b);
+  }
+
+  /** The layers that stream now: neither resident nor kept. */
+  private rotation(): number[] {
+    return this.plan.layerTier.flatMap((t, i) => (t === "device" || this.kept.has(i) ? [] : [i]));
   }
 
   async reset(): Promise<void> {
@@ -155,6 +205,8 @@ export class LayerStreamer implements WeightSource {
     await this.experts?.dispose();
     await this.backend.sync();
     for (const b of this.buffers.splice(0)) this.backend.free(b);
+    for (const k of this.kept.values()) this.backend.free(k.buffer);
+    this.kept.clear();
     for (const s of this.slots.splice(0)) this.backend.free(s.buffer);
     this.staging?.dispose();
     for (const b of this.ramImages.values()) this.backend.freeHost(b);

@@ -12,6 +12,11 @@ export interface WeightSource {
   layer(layer: number): Promise<Weights>;
   /** The layer's compute is queued; a streaming source may reuse its memory once that work is done. */
   release(layer: number): void;
+  /**
+   * Between forwards: a streaming source keeps no streamed layer on the device for a prompt (its activations need the
+   * room), and while decoding keeps what fits beside the KV caches' decode share (set them first).
+   */
+  useShare(kind: "prefill" | "decode"): Promise<void>;
   /** One expert of a mixture-of-experts layer on the compute tier (held until `releaseExpert`). */
   expert(layer: number, expert: number): Promise<Weights>;
   releaseExpert(layer: number, expert: number): void;
