@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { Backend } from "../../src/backend/ops.js";
 import { withModel, type LayerwiseModel, type LoadOptions } from "../../src/engine/model.js";
-import { decodeBytesAt, decodeExtraKvBytesAt, decodeKeptLayers } from "../../src/engine/planner.js";
+import { decodeBytesAt, decodeExtraKvBytesAt, decodeKeptLayers, planPrefill, type Plan } from "../../src/engine/planner.js";
 import { argmax } from "../../src/engine/sampling.js";
 import { Random } from "../../src/util/random.js";
 import { backendCases, maxAbsDiff, storiesCopy } from "../helpers.js";
@@ -68,14 +68,31 @@ async function run(m: LayerwiseModel, plan: readonly (readonly number[] | number
 
 for (const bc of backendCases) {
   describe(`layers kept for decode on stories260K, ${bc.name}`, () => {
-    const parts = [[1, ...randomIds(99, 1)], 150, randomIds(60, 2), 120];
-    const tiered = (backend: Backend, o: LoadOptions): LoadOptions => ({ backend, vram: budget(backend, 1.4e6), prefillChunk: 128, kvBlockTokens: 16, context: 512, ...o });
+    const context = 512; // the model's
+    const tiered = (backend: Backend, o: LoadOptions): LoadOptions => ({ backend, vram: budget(backend, 1.4e6), prefillChunk: 128, prefillSpan: 256, kvBlockTokens: 16, context, ...o });
 
     it("keeps the last streamed layers while decoding, fewer as KV takes the room, none during a prompt; same logits", async () => {
       const dir = await storiesCopy();
       const backend = await bc.create();
+      // A prefill chunk and budget where decode keeps layers after a short prompt and its KV takes the room of one back
+      // before the model's context is full, and the decode after the second prompt runs that far: found with the planner
+      // (the KV's size and the allocator's rounding differ by backend), from the budget above down.
+      const input = await withModel(dir, tiered(backend, { ram: 1e8 }), async (m) => m.plan.input);
+      const found = [128, 64].flatMap((prefillChunk) => Array.from({ length: 40 }, (_, i) => ({ prefillChunk, vramBytes: Math.round(input.vramBytes * (1 - i / 100)) }))).flatMap((choice) => {
+        let p: Plan;
+        try {
+          p = planPrefill({ ...input, ...choice });
+        } catch {
+          return [];
+        }
+        const keptAt = (tokens: number) => decodeKeptLayers(p, decodeExtraKvBytesAt(p, tokens)).length;
+        const fewer = Array.from({ length: context - 300 }, (_, i) => 260 + i).find((t) => keptAt(t) < keptAt(100));
+        return p.layerTier.every((t) => t === "ram") && keptAt(100) >= 1 && fewer !== undefined ? [{ ...choice, fewer }] : [];
+      })[0];
+      assert.ok(found, "some budget streams every layer and keeps fewer as decode's KV grows within the context");
+      const parts = [[1, ...randomIds(99, 1)], 100, randomIds(60, 2), found.fewer - 260 + 40];
       const reference = await withModel(dir, { backend, kvBlockTokens: 16 }, (m) => run(m, parts));
-      await withModel(dir, tiered(backend, { ram: 1e8 }), async (m) => {
+      await withModel(dir, tiered(backend, { ram: 1e8, prefillChunk: found.prefillChunk, vram: found.vramBytes + backend.deviceOverheadBytes }), async (m) => {
         assert.ok(m.plan.layerTier.every((t) => t === "ram") && m.plan.decodeSpare > 0, `layers stream and the prompt's room is free in decode: ${m.plan.layerTier} ${m.plan.decodeSpare}`);
         const steps = await run(m, parts, reference);
         const tolerance = bc.name === "cpu" ? 1e-4 : 2e-2;
@@ -91,7 +108,7 @@ for (const bc of backendCases) {
           if (steady && s.allKvOnDevice) assert.equal(s.layerH2d, s.predictedH2d, `step ${i}: layer bytes copied`);
         });
         const decodeKept = steps.filter((s) => s.ids.length === 1).map((s) => s.kept.length);
-        assert.ok(decodeKept[0]! >= 2, `decode keeps layers after a short prompt: ${decodeKept[0]}`);
+        assert.ok(decodeKept[0]! >= 1, `decode keeps layers after a short prompt: ${decodeKept[0]}`);
         assert.ok(Math.min(...decodeKept) < decodeKept[0]!, `longer contexts keep fewer (KV takes the room): ${decodeKept.join(",")}`);
         const kept = steps.find((s) => s.kept.length > 0)!.kept;
         assert.deepEqual(kept, m.plan.layerTier.map((_, i) => i).slice(-kept.length), "the last layers are kept");
