@@ -95,8 +95,8 @@ function kvShapeOf(input: Pick<PlanInput, "shape" | "kvKeepsEveryBlock">): Model
 /**
  * Bytes that must cross each link to decode one token at `tokens` of context with this plan: layers streamed from RAM
  * or disk (but for those decode keeps on the device at that context), the KV past decode's device share (from disk too
- * past RAM's), and routed experts. `Plan.perToken` is this at
- * the planned context; the bench takes it at the context it runs.
+ * past RAM's), and routed experts. `Plan.perToken` is this at the planned context; the bench takes it at the context
+ * it runs.
  */
 export function decodeBytesAt(p: DecodeLayout, tokens: number): { diskBytes: number; h2dBytes: number; kvDiskBytes: number } {
   const { layout, shape, kvDtype, batch } = p.input;
@@ -160,9 +160,14 @@ export function decodeExtraKvBytesAt(p: DecodeLayout, tokens: number): number {
   return bytes;
 }
 
+/** Device bytes an allocation of n bytes holds (PlanInput.deviceBytesFor; n itself by default). */
+function heldBy(input: Pick<PlanInput, "deviceBytesFor">): (n: number) => number {
+  return input.deviceBytesFor ?? ((n: number) => n);
+}
+
 /** Device bytes of one KV block's K and V for layers of `kvCols` columns (two allocations). */
 export function kvBlockPairBytes(input: Pick<PlanInput, "kvBlockTokens" | "kvDtype" | "deviceBytesFor">, kvCols: number): number {
-  return 2 * (input.deviceBytesFor ?? ((n: number) => n))(kvCols * input.kvBlockTokens * dtypeBytes[input.kvDtype]);
+  return 2 * heldBy(input)(kvCols * input.kvBlockTokens * dtypeBytes[input.kvDtype]);
 }
 
 /**
@@ -171,7 +176,7 @@ export function kvBlockPairBytes(input: Pick<PlanInput, "kvBlockTokens" | "kvDty
  * ahead into the slots as a forward ends, keep their places in the streaming order.)
  */
 export function decodeKeptLayers(p: Pick<Plan, "input" | "layerTier" | "decodeSpare">, extraKvBytes: number): number[] {
-  const held = p.input.deviceBytesFor ?? ((n: number) => n);
+  const held = heldBy(p.input);
   let room = p.decodeSpare - extraKvBytes;
   const kept: number[] = [];
   for (let i = p.layerTier.length - 1; i >= 0; i--) {
@@ -285,7 +290,7 @@ export function plan(input: PlanInput): Plan {
   const ctx = Math.ceil(input.contextTokens / block) * block;
   const kvShape = kvShapeOf(input);
   const kvRange = (from: number, to: number) => kvBytesBetween(kvShape, input.kvDtype, from, to) * batch;
-  const held = input.deviceBytesFor ?? ((n: number) => n);
+  const held = heldBy(input);
   // The widest layer's block.
   const kvLayerBlockBytes = kvBlockPairBytes(input, Math.max(...shape.kvLayers.map((l) => l.kvHeads * l.headDim)));
   const kvTotal = kvRange(0, ctx);
