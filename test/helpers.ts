@@ -76,6 +76,14 @@ if (process.env.LAYERWISE_TEST_CUDA) {
   backendCases.push({ name: "cuda", create: createCudaBackend, tolF32: 2e-3, tol16: 1.5e-2 });
 }
 
+/**
+ * A device budget written for the CPU backend, on a backend that also holds a context (CUDA) and rounds small
+ * allocations up (the plan counts that).
+ */
+export function deviceBudget(backend: Backend, bytes: number): number {
+  return backend.name === "cpu" ? bytes : backend.deviceOverheadBytes + Math.round(1.5 * bytes);
+}
+
 /** A new tensor of `dtype` holding `values` (rounded to it). */
 export async function uploadValues(b: Backend, shape: number[], values: Float32Array, dtype: FloatDType = "f32"): Promise<Tensor> {
   const t = b.alloc(shape, dtype);

@@ -108,12 +108,14 @@ export class LayerStreamer implements WeightSource {
    */
   async useShare(kind: "prefill" | "decode"): Promise<void> {
     const want = new Set(kind === "decode" ? decodeKeptLayers(this.plan, this.extraKvBytes()) : []);
+    const adding = [...want].filter((i) => !this.kept.has(i));
+    // Every decode step asks: most find the same layers kept.
+    if (adding.length === 0 && this.kept.size === want.size) return;
     for (const [i, k] of this.kept) {
       if (want.has(i)) continue;
       this.backend.free(k.buffer);
       this.kept.delete(i);
     }
-    const adding = [...want].filter((i) => !this.kept.has(i));
     // The new buffers may take memory that compute enqueued so far still reads.
     const after = adding.length > 0 ? this.backend.fence() : undefined;
     try {

@@ -7,12 +7,7 @@ import { withModel, type LayerwiseModel, type LoadOptions } from "../../src/engi
 import { decodeBytesAt, decodeExtraKvBytesAt, decodeKeptLayers, planPrefill, type Plan } from "../../src/engine/planner.js";
 import { argmax } from "../../src/engine/sampling.js";
 import { Random } from "../../src/util/random.js";
-import { backendCases, maxAbsDiff, storiesCopy } from "../helpers.js";
-
-/** Budgets written for the CPU backend, on a backend that also holds a context (CUDA) and rounds small allocations up. */
-function budget(backend: Backend, bytes: number): number {
-  return backend.name === "cpu" ? bytes : backend.deviceOverheadBytes + Math.round(1.5 * bytes);
-}
+import { backendCases, deviceBudget, maxAbsDiff, storiesCopy } from "../helpers.js";
 
 function randomIds(n: number, seed: number): number[] {
   const r = new Random(seed);
@@ -69,7 +64,7 @@ async function run(m: LayerwiseModel, plan: readonly (readonly number[] | number
 for (const bc of backendCases) {
   describe(`layers kept for decode on stories260K, ${bc.name}`, () => {
     const context = 512; // the model's
-    const tiered = (backend: Backend, o: LoadOptions): LoadOptions => ({ backend, vram: budget(backend, 1.4e6), prefillChunk: 128, prefillSpan: 256, kvBlockTokens: 16, context, ...o });
+    const tiered = (backend: Backend, o: LoadOptions): LoadOptions => ({ backend, vram: deviceBudget(backend, 1.4e6), prefillChunk: 128, prefillSpan: 256, kvBlockTokens: 16, context, ...o });
 
     it("keeps the last streamed layers while decoding, fewer as KV takes the room, none during a prompt; same logits", async () => {
       const dir = await storiesCopy();

@@ -6,13 +6,7 @@ import { CpuBackend } from "../../src/backend/cpu/index.js";
 import type { HostBuffer } from "../../src/backend/ops.js";
 import { LayerwiseModel, withModel, type LoadOptions } from "../../src/engine/model.js";
 import { Random } from "../../src/util/random.js";
-import type { Backend } from "../../src/backend/ops.js";
-import { backendCases, fileIoWithRead, maxAbsDiff, storiesCopy, tinyModel } from "../helpers.js";
-
-/** Budgets written for the CPU backend, on a backend that also holds a context (CUDA) and rounds small allocations up (the plan counts that). */
-function budget(backend: Backend, bytes: number | undefined): number | undefined {
-  return bytes === undefined ? undefined : backend.name === "cpu" ? bytes : backend.deviceOverheadBytes + Math.round(1.5 * bytes);
-}
+import { backendCases, deviceBudget, fileIoWithRead, maxAbsDiff, storiesCopy, tinyModel } from "../helpers.js";
 
 function randomIds(n: number, seed: number, low: number, high: number, bos?: number): number[] {
   const r = new Random(seed);
@@ -37,7 +31,7 @@ describe(`streaming and tiered KV on stories260K, ${bc.name}`, () => {
     ];
     let reference: { logits: Float32Array; tokens: number[] } | undefined;
     for (const run of runs) {
-      const vram = budget(backend, run.o.vram);
+      const vram = run.o.vram === undefined ? undefined : deviceBudget(backend, run.o.vram);
       await withModel(dir, { ...run.o, backend, vram }, async (m) => {
         assert.ok(m.plan.layerTier.every((t) => t === run.tiers), `${run.name}: tiers ${m.plan.layerTier}`);
         const seq = m.createSequence();
@@ -82,7 +76,7 @@ describe(`streaming and tiered KV on stories260K, ${bc.name}`, () => {
         return { out, deviceBlocks, policy: m.parts.policy, peak: m.stats().peakVramBytes };
       });
     const reference = await run({});
-    const vram = budget(backend, 1e6)!;
+    const vram = deviceBudget(backend, 1e6);
     const tiered = await run({ prefillChunk: 64, vram });
     const { deviceBlocks: prefillShare, decodeDeviceBlocks: decodeShare } = tiered.policy;
     if (bc.name === "cpu") assert.ok(prefillShare < 12 && decodeShare > 12, `this budget should hold more KV while decoding: ${prefillShare} / ${decodeShare}`);
@@ -102,7 +96,7 @@ describe(`streaming and tiered KV on stories260K, ${bc.name}`, () => {
 
   it("a run cancelled mid-prefill leaves the streamer ready for the next one", async () => {
     const backend = await bc.create();
-    await withModel(await storiesCopy(), { backend, ...small, vram: budget(backend, 800e3), ram: 0 }, async (m) => {
+    await withModel(await storiesCopy(), { backend, ...small, vram: deviceBudget(backend, 800e3), ram: 0 }, async (m) => {
       const controller = new AbortController();
       const ids = [1, ...randomIds(300, 5, 3, 500)];
       const cancelled = await m.complete({ ids }, { maxTokens: 5, temperature: 0, signal: controller.signal, onPrefillProgress: (done) => done > 0.5 && controller.abort() });
@@ -115,7 +109,7 @@ describe(`streaming and tiered KV on stories260K, ${bc.name}`, () => {
 
   it("refuses a VRAM budget too small for two streamed layers, saying what is needed", async () => {
     const backend = await bc.create();
-    await assert.rejects(LayerwiseModel.load(await storiesCopy(), { backend, ...small, vram: budget(backend, 300e3) }), (e: Error & { code: string }) => {
+    await assert.rejects(LayerwiseModel.load(await storiesCopy(), { backend, ...small, vram: deviceBudget(backend, 300e3) }), (e: Error & { code: string }) => {
       assert.equal(e.code, "VRAM_TOO_SMALL");
       assert.match(e.message, /cannot hold .* needs/);
       return true;
