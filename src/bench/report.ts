@@ -57,7 +57,8 @@ function profile(f: RunFigures, part: "prefill" | "decode"): string {
   if (wait === undefined || compute === undefined) return `${part} ${total.toFixed(3)} ${unit} (this run recorded no I/O wait / compute split).`;
   const bound = wait > compute ? "I/O-bound: waiting for weights or KV to arrive" : "compute-bound: kernels and the host's work between them, not the links";
   // How long the weight reader was busy tells a disk left idle between reads from a slow one.
-  const disk = part === "prefill" && f.prefillDiskBusyS ? ` The disk was reading for ${f.prefillDiskBusyS.toFixed(3)} s of it (${((100 * f.prefillDiskBusyS) / total).toFixed(0)}%).` : "";
+  const busy = part === "prefill" ? f.prefillDiskBusyS : f.decodeDiskBusySPerToken;
+  const disk = busy ? ` The disk was reading for ${busy.toFixed(3)} ${unit} of it (${((100 * busy) / total).toFixed(0)}%).` : "";
   return `${part === "prefill" ? "First token" : "Decode"} ${total.toFixed(3)} ${unit} at ${f.context} tokens: I/O wait ${wait.toFixed(3)}, compute ${compute.toFixed(3)} (${bound}).${disk}`;
 }
 

@@ -85,6 +85,12 @@ export function registerBench(program: Command): void {
     });
 }
 
+/** The disk readings just before and after the --ram 0 decode, where the run took them. */
+function diskAround(diskTier: unknown): string {
+  const around = (diskTier as { disk_gbps_around_decode?: number[] }).disk_gbps_around_decode;
+  return around ? around.map((g) => g.toFixed(2)).join(", ") : "-";
+}
+
 function writeReport(docs: string, r: Record<string, unknown>, preset: string, jsonFile: string): void {
   const ram = (r.ram_tier ?? []) as RunFigures[];
   const disk = r.disk_tier as RunFigures | undefined;
@@ -134,7 +140,7 @@ function writeReport(docs: string, r: Record<string, unknown>, preset: string, j
       ["context", "first token s", "prefill tok/s", "prefill floor s", "decode s/token", "decode floor s", "floor ratio", "peak VRAM GB"],
       ...ram.map((w) => [w.context, w.ttftS, w.prefillTokensPerS, w.floorPrefillS ?? NaN, w.decodeSPerToken, w.floorDecodeS ?? NaN, (w.floorDecodeS ?? NaN) / w.decodeSPerToken, gb(w.peakVramBytes)]),
     ]),
-    ...(disk ? ["## Weights from disk every token (`--ram 0`, page cache dropped first)", "", markdownTable([["context", "first token s (cold)", "decode s/token", "decode floor s", "peak VRAM GB"], [disk.context, disk.ttftS, disk.decodeSPerToken, disk.floorDecodeS ?? NaN, gb(disk.peakVramBytes)]])] : []),
+    ...(disk ? ["## Weights from disk every token (`--ram 0`, page cache dropped first)", "", markdownTable([["context", "first token s (cold)", "decode s/token", "decode floor s", "disk GB/s around the decode", "disk reading, % of decode", "peak VRAM GB"], [disk.context, disk.ttftS, disk.decodeSPerToken, disk.floorDecodeS ?? NaN, diskAround(r.disk_tier), disk.decodeDiskBusySPerToken === undefined ? "-" : (100 * disk.decodeDiskBusySPerToken) / disk.decodeSPerToken, gb(disk.peakVramBytes)]]), "The decode's floor takes the better disk reading around it (runs before this one used the start-of-run reading above).", ""] : []),
     ...(base.length ? ["## Baseline: transformers + accelerate, `device_map=\"auto\"`, same VRAM cap", "", markdownTable([["context", "first token s", "decode s/token", "peak VRAM GB"], ...base.map((b) => [b.context, b.ttft_s, b.decode_s_per_token, gb(b.peak_vram_bytes)])])] : []),
     ...(r.batch ? ["## Batched decode", "", markdownTable([["batch", "tokens/s"], ...(r.batch as { batch: number; tokensPerS: number }[]).map((b) => [b.batch, b.tokensPerS])])] : []),
     ...(r.kv_cache ? ["## Second question on the same document (`--kv-cache`)", "", "```json", JSON.stringify(r.kv_cache, null, 2), "```", ""] : []),

@@ -15,14 +15,16 @@ export const nodeFileIo: FileIo = {
 
 export interface ReadStats {
   diskReadBytes: number;
-  /** Seconds spent with at least one read outstanding. */
+  /** Seconds spent with at least one read outstanding, up to now. */
   readBusyS: number;
 }
 
 const pieceBytes = 16 << 20;
 
 export class DiskReader {
-  readonly stats: ReadStats = { diskReadBytes: 0, readBusyS: 0 };
+  private readBytes = 0;
+  /** Busy seconds of the periods that ended; the one under way counts from busySince. */
+  private busyEndedS = 0;
   private readonly handles = new Map<string, Promise<{ fh: FileHandle; direct: boolean }>>();
   private inFlight = 0;
   private busySince = 0;
@@ -32,6 +34,12 @@ export class DiskReader {
   constructor(
     private readonly o: { direct: boolean; maxInFlight?: number; io?: FileIo } = { direct: false },
   ) {}
+
+  get stats(): ReadStats {
+    // A reader kept busy throughout a pass would otherwise show no busy time until it next runs dry.
+    const current = this.inFlight > 0 ? (performance.now() - this.busySince) / 1000 : 0;
+    return { diskReadBytes: this.readBytes, readBusyS: this.busyEndedS + current };
+  }
 
   /**
    * Fills `into[0 .. length)` with the file's bytes from `start`. Reads may run past the end of the file (aligned reads),
@@ -69,7 +77,7 @@ export class DiskReader {
           break;
         }
         done += n;
-        this.stats.diskReadBytes += n;
+        this.readBytes += n;
       }
     } finally {
       this.release();
@@ -110,7 +118,7 @@ export class DiskReader {
   }
 
   private release(): void {
-    if (--this.inFlight === 0) this.stats.readBusyS += (performance.now() - this.busySince) / 1000;
+    if (--this.inFlight === 0) this.busyEndedS += (performance.now() - this.busySince) / 1000;
     this.waiting.shift()?.();
   }
 
