@@ -233,13 +233,15 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
         const dropped = await dropCaches();
         const cachedBefore = await pageCacheBytes();
         const weightBytes = m.layout.layers.reduce((n, l) => n + l.dataBytes, 0);
-        // The disk's speed drifts by 10-20% over minutes on the GPU machine: the decode's floor takes the better of two
-        // readings just before and just after it (the start-of-run reading stays the cold prefill's, which follows it).
+        // The disk's speed drifts by 10-30% over minutes on the GPU machine: the cold prefill's and the decode's floors
+        // each take the better of the readings just before and just after them (O_DIRECT: the page cache stays as it is).
+        const readDisk = async () => (await measureDisk(backend, shards, 2 ** 33)).gbps;
+        const beforePrefill = await readDisk();
         const aroundDecode: number[] = [];
-        const measureNow = async () => void aroundDecode.push((await measureDisk(backend, shards, 2 ** 33)).gbps);
-        const f = await generation(m, promptIds(ctx32, vocab, 7), diskDecodeTokens, measureNow);
+        const f = await generation(m, promptIds(ctx32, vocab, 7), diskDecodeTokens, async () => void aroundDecode.push(await readDisk()));
         const cachedAfter = await pageCacheBytes();
-        await measureNow();
+        aroundDecode.push(await readDisk());
+        const prefillDiskGbps = Math.max(beforePrefill, aroundDecode[0]!);
         const decodeDiskGbps = Math.max(...aroundDecode);
         const bytes = decodeBytesAt(m.plan, ctx32);
         // The KV spill file is written through the page cache: where the cache grew by at least the KV a token reads
@@ -247,9 +249,9 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
         const pageCacheGrowth = cachedBefore !== undefined && cachedAfter !== undefined ? cachedAfter - cachedBefore : null;
         const kvFromPageCache = pageCacheGrowth !== null && bytes.kvDiskBytes > 0 && pageCacheGrowth >= bytes.kvDiskBytes;
         const diskFloorBytes = bytes.diskBytes - (kvFromPageCache ? bytes.kvDiskBytes : 0);
-        diskRun = { context: ctx32, ...f, floorDecodeS: Math.max(diskFloorBytes / (decodeDiskGbps * 1e9), bytes.h2dBytes / (links.h2dGbps * 1e9)), floorPrefillS: prefillFloorS(prefillFlops(m.layout, arch, ctx32, heads, headDim), weightBytes, links.diskGbps, links) };
-        results.disk_tier = { ...diskRun, disk_gbps_around_decode: aroundDecode, page_cache_dropped: dropped, page_cache_growth_bytes: pageCacheGrowth, kv_spill_bytes_per_token: bytes.kvDiskBytes, kv_spill_from_page_cache: kvFromPageCache, disk_read_bytes: m.stats().diskReadBytes };
-        log(`--ram 0 ${ctx32} tokens: first token ${f.ttftS.toFixed(2)} s (cold), decode ${f.decodeSPerToken.toFixed(2)} s/token (floor ${diskRun.floorDecodeS!.toFixed(2)} at ${decodeDiskGbps.toFixed(2)} GB/s, the better of ${aroundDecode.map((g) => g.toFixed(2)).join(" and ")}), ${(f.decodeDiskBytesPerToken! / f.decodeSPerToken / 1e9).toFixed(2)} GB/s from disk, reading ${((100 * f.decodeDiskBusySPerToken!) / f.decodeSPerToken).toFixed(0)}% of the time, page cache grew ${pageCacheGrowth === null ? "?" : (pageCacheGrowth / 1e9).toFixed(2)} GB`);
+        diskRun = { context: ctx32, ...f, floorDecodeS: Math.max(diskFloorBytes / (decodeDiskGbps * 1e9), bytes.h2dBytes / (links.h2dGbps * 1e9)), floorPrefillS: prefillFloorS(prefillFlops(m.layout, arch, ctx32, heads, headDim), weightBytes, prefillDiskGbps, links) };
+        results.disk_tier = { ...diskRun, disk_gbps_before_prefill: beforePrefill, disk_gbps_around_decode: aroundDecode, page_cache_dropped: dropped, page_cache_growth_bytes: pageCacheGrowth, kv_spill_bytes_per_token: bytes.kvDiskBytes, kv_spill_from_page_cache: kvFromPageCache, disk_read_bytes: m.stats().diskReadBytes };
+        log(`--ram 0 ${ctx32} tokens: first token ${f.ttftS.toFixed(2)} s (cold; floor ${diskRun.floorPrefillS!.toFixed(2)} at ${prefillDiskGbps.toFixed(2)} GB/s), decode ${f.decodeSPerToken.toFixed(2)} s/token (floor ${diskRun.floorDecodeS!.toFixed(2)} at ${decodeDiskGbps.toFixed(2)} GB/s, the better of ${aroundDecode.map((g) => g.toFixed(2)).join(" and ")}), ${(f.decodeDiskBytesPerToken! / f.decodeSPerToken / 1e9).toFixed(2)} GB/s from disk, reading ${((100 * f.decodeDiskBusySPerToken!) / f.decodeSPerToken).toFixed(0)}% of the time, page cache grew ${pageCacheGrowth === null ? "?" : (pageCacheGrowth / 1e9).toFixed(2)} GB`);
       });
     }, o.onResults);
   }

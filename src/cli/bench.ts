@@ -85,10 +85,17 @@ export function registerBench(program: Command): void {
     });
 }
 
-/** The disk readings just before and after the --ram 0 decode, where the run took them. */
-function diskAround(diskTier: unknown): string {
-  const around = (diskTier as { disk_gbps_around_decode?: number[] }).disk_gbps_around_decode;
-  return around ? around.map((g) => g.toFixed(2)).join(", ") : "-";
+/** The disk readings the --ram 0 run took next to its prefill and decode, where it took them. */
+function diskReadings(diskTier: unknown): string {
+  const t = diskTier as { disk_gbps_before_prefill?: number; disk_gbps_around_decode?: number[] };
+  const all = [t.disk_gbps_before_prefill, ...(t.disk_gbps_around_decode ?? [])];
+  return all.some((g) => g !== undefined) ? all.map((g) => (g === undefined ? "-" : g.toFixed(2))).join(", ") : "-";
+}
+
+/** How much of the prefill and of a decode step the weight reader had a read in flight. */
+function busyShare(f: RunFigures): string {
+  const pct = (busy: number | undefined, total: number) => (busy ? `${((100 * busy) / total).toFixed(0)}%` : "-");
+  return `${pct(f.prefillDiskBusyS, f.ttftS)} / ${pct(f.decodeDiskBusySPerToken, f.decodeSPerToken)}`;
 }
 
 function writeReport(docs: string, r: Record<string, unknown>, preset: string, jsonFile: string): void {
@@ -140,7 +147,7 @@ function writeReport(docs: string, r: Record<string, unknown>, preset: string, j
       ["context", "first token s", "prefill tok/s", "prefill floor s", "decode s/token", "decode floor s", "floor ratio", "peak VRAM GB"],
       ...ram.map((w) => [w.context, w.ttftS, w.prefillTokensPerS, w.floorPrefillS ?? NaN, w.decodeSPerToken, w.floorDecodeS ?? NaN, (w.floorDecodeS ?? NaN) / w.decodeSPerToken, gb(w.peakVramBytes)]),
     ]),
-    ...(disk ? ["## Weights from disk every token (`--ram 0`, page cache dropped first)", "", markdownTable([["context", "first token s (cold)", "decode s/token", "decode floor s", "disk GB/s around the decode", "disk reading, % of decode", "peak VRAM GB"], [disk.context, disk.ttftS, disk.decodeSPerToken, disk.floorDecodeS ?? NaN, diskAround(r.disk_tier), disk.decodeDiskBusySPerToken === undefined ? "-" : (100 * disk.decodeDiskBusySPerToken) / disk.decodeSPerToken, gb(disk.peakVramBytes)]]), "The decode's floor takes the better disk reading around it (runs before this one used the start-of-run reading above).", ""] : []),
+    ...(disk ? ["## Weights from disk every token (`--ram 0`, page cache dropped first)", "", markdownTable([["context", "first token s (cold)", "prefill floor s", "decode s/token", "decode floor s", "disk GB/s before prefill, before and after decode", "disk reading, % of prefill / decode", "peak VRAM GB"], [disk.context, disk.ttftS, disk.floorPrefillS ?? NaN, disk.decodeSPerToken, disk.floorDecodeS ?? NaN, diskReadings(r.disk_tier), busyShare(disk), gb(disk.peakVramBytes)]]), "Each floor takes the better disk reading just before and after its phase (the disk's speed drifts there; runs before 2026-12-02 06:00 used the start-of-run reading above).", ""] : []),
     ...(base.length ? ["## Baseline: transformers + accelerate, `device_map=\"auto\"`, same VRAM cap", "", markdownTable([["context", "first token s", "decode s/token", "peak VRAM GB"], ...base.map((b) => [b.context, b.ttft_s, b.decode_s_per_token, gb(b.peak_vram_bytes)])])] : []),
     ...(r.batch ? ["## Batched decode", "", markdownTable([["batch", "tokens/s"], ...(r.batch as { batch: number; tokensPerS: number }[]).map((b) => [b.batch, b.tokensPerS])])] : []),
     ...(r.kv_cache ? ["## Second question on the same document (`--kv-cache`)", "", "```json", JSON.stringify(r.kv_cache, null, 2), "```", ""] : []),
