@@ -2,7 +2,7 @@
 // RAM tier. Nothing is allocated on the hot path, and memory use does not depend on the context.
 import type { FloatDType } from "../backend/dtype.js";
 import type { Backend, HostBuffer, Tensor } from "../backend/ops.js";
-import { kvBlockPairBytes } from "./planner.js";
+import { kvBytesBeyondReserve } from "./planner.js";
 
 export interface DeviceBlock {
   readonly k: Tensor;
@@ -30,10 +30,7 @@ export class KvBlockPool {
 
   /** Device bytes of the blocks that exist beyond the reserve (decode's larger share), as the planner counts them (decodeExtraKvBytesAt). */
   extraDeviceBytes(): number {
-    const pair = (kvCols: number) => kvBlockPairBytes({ kvBlockTokens: this.blockTokens, kvDtype: this.dtype, deviceBytesFor: (n) => this.backend.deviceBytesFor(n) }, kvCols);
-    let bytes = 0;
-    for (const [kvCols, made] of this.made) bytes += Math.max(0, made - (this.reserved.get(kvCols) ?? Infinity)) * pair(kvCols);
-    return bytes;
+    return kvBytesBeyondReserve({ kvBlockTokens: this.blockTokens, kvDtype: this.dtype, deviceBytesFor: (n) => this.backend.deviceBytesFor(n) }, this.made, this.reserved);
   }
 
   take(kvCols: number): DeviceBlock {

@@ -132,14 +132,9 @@ export type DecodeLayout = Pick<Plan, "input" | "layerTier" | "slots" | "kvDevic
  * one layer's blocks in transit while a span passes. Nothing is reserved when every layer is resident.
  */
 export function kvReservedBlocks(p: Pick<Plan, "input" | "slots" | "kvDeviceTokens" | "kvTransitBlocks">): Map<number, number> {
-  const reserved = new Map<number, number>();
-  if (p.slots === 0) return reserved;
+  if (p.slots === 0) return new Map();
   const { batch, kvBlockTokens: block } = p.input;
-  kvLayersOf(p.input).forEach((l, i) => {
-    const share = Math.min(Math.floor(p.kvDeviceTokens / block), windowBlocks(p.input, l));
-    reserved.set(l.kvHeads * l.headDim, (reserved.get(l.kvHeads * l.headDim) ?? 0) + batch * (share + 1) + (i === 0 ? p.kvTransitBlocks : 0));
-  });
-  return reserved;
+  return blocksByKvCols(p.input, (l, i) => batch * (Math.min(Math.floor(p.kvDeviceTokens / block), windowBlocks(p.input, l)) + 1) + (i === 0 ? p.kvTransitBlocks : 0));
 }
 
 /**
@@ -149,15 +144,22 @@ export function kvReservedBlocks(p: Pick<Plan, "input" | "slots" | "kvDeviceToke
  */
 export function decodeExtraKvBytesAt(p: DecodeLayout, tokens: number): number {
   const { batch, kvBlockTokens: block } = p.input;
-  const used = new Map<number, number>();
-  for (const l of kvLayersOf(p.input)) {
-    const blocks = Math.min(Math.floor(tokens / block), Math.floor(p.kvDeviceTokensDecode / block), windowBlocks(p.input, l)) + 1;
-    used.set(l.kvHeads * l.headDim, (used.get(l.kvHeads * l.headDim) ?? 0) + batch * blocks);
-  }
-  const reserved = kvReservedBlocks(p);
+  const used = blocksByKvCols(p.input, (l) => batch * (Math.min(Math.floor(tokens / block), Math.floor(p.kvDeviceTokensDecode / block), windowBlocks(p.input, l)) + 1));
+  return kvBytesBeyondReserve(p.input, used, kvReservedBlocks(p));
+}
+
+/** Device bytes of `blocks` beyond `reserved`, both by column count; none where nothing is reserved (no limit). */
+export function kvBytesBeyondReserve(input: Pick<PlanInput, "kvBlockTokens" | "kvDtype" | "deviceBytesFor">, blocks: ReadonlyMap<number, number>, reserved: ReadonlyMap<number, number>): number {
   let bytes = 0;
-  for (const [kvCols, n] of used) bytes += Math.max(0, n - (reserved.get(kvCols) ?? Infinity)) * kvBlockPairBytes(p.input, kvCols);
+  for (const [kvCols, n] of blocks) bytes += Math.max(0, n - (reserved.get(kvCols) ?? Infinity)) * kvBlockPairBytes(input, kvCols);
   return bytes;
+}
+
+/** A block count per KV layer, summed by the layers' column count (the pool keeps blocks by it). */
+function blocksByKvCols(input: Pick<PlanInput, "shape">, count: (l: ModelShape["kvLayers"][number], i: number) => number): Map<number, number> {
+  const by = new Map<number, number>();
+  kvLayersOf(input).forEach((l, i) => by.set(l.kvHeads * l.headDim, (by.get(l.kvHeads * l.headDim) ?? 0) + count(l, i)));
+  return by;
 }
 
 /** Device bytes an allocation of n bytes holds (PlanInput.deviceBytesFor; n itself by default). */
@@ -166,7 +168,7 @@ function heldBy(input: Pick<PlanInput, "deviceBytesFor">): (n: number) => number
 }
 
 /** Device bytes of one KV block's K and V for layers of `kvCols` columns (two allocations). */
-export function kvBlockPairBytes(input: Pick<PlanInput, "kvBlockTokens" | "kvDtype" | "deviceBytesFor">, kvCols: number): number {
+function kvBlockPairBytes(input: Pick<PlanInput, "kvBlockTokens" | "kvDtype" | "deviceBytesFor">, kvCols: number): number {
   return 2 * heldBy(input)(kvCols * input.kvBlockTokens * dtypeBytes[input.kvDtype]);
 }
 
