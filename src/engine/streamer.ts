@@ -200,10 +200,15 @@ export class LayerStreamer implements WeightSource {
     return this.experts?.stats;
   }
 
+  /** Resolves once the reads ahead under way have landed in their slots (or failed); it starts none. */
+  async readsAheadSettled(): Promise<void> {
+    await Promise.allSettled(this.slots.map((s) => s.loading));
+  }
+
   /** Frees everything once reads ahead still in flight have landed and their copies are done (they write into these buffers). */
   async dispose(): Promise<void> {
     this.slotWaiters.clear();
-    await Promise.allSettled(this.slots.map((s) => s.loading));
+    await this.readsAheadSettled();
     await this.experts?.dispose();
     await this.backend.sync();
     for (const b of this.buffers.splice(0)) this.backend.free(b);

@@ -189,37 +189,57 @@ describe("hidden states through host memory", () => {
 
 // Weights streamed from disk are read ahead into pinned buffers; freeing one while a read still lands in it crashed a
 // GPU run (the CPU backend's buffers are garbage-collected, so the test counts the frees instead).
-describe("closing a streaming model", () => {
-  it("waits for weight reads in flight before it frees the host buffers they land in", async () => {
-    let inFlight = 0;
-    let freedDuringRead = 0;
-    class CheckedCpu extends CpuBackend {
-      override freeHost(b: HostBuffer): void {
-        if (inFlight > 0) freedDuringRead++;
-        super.freeHost(b);
-      }
-    }
-    const m = await LayerwiseModel.load(await storiesCopy(), {
-      backend: new CheckedCpu(),
+describe("weight reads in flight from disk", () => {
+  // Every layer from disk, each read taking 20 ms, with a count of the reads in flight.
+  const slowReads = () => {
+    const reads = { inFlight: 0 };
+    const o = {
       vram: 800e3,
       ram: 0,
       prefillChunk: 16,
       kvBlockTokens: 16,
       fileIo: fileIoWithRead(async (read, args) => {
-        inFlight++;
+        reads.inFlight++;
         try {
           await sleep(20);
           return await read(...args);
         } finally {
-          inFlight--;
+          reads.inFlight--;
         }
       }),
-    });
+    };
+    return { reads, o };
+  };
+
+  it("waits for weight reads in flight before it frees the host buffers they land in", async () => {
+    const { reads, o } = slowReads();
+    let freedDuringRead = 0;
+    class CheckedCpu extends CpuBackend {
+      override freeHost(b: HostBuffer): void {
+        if (reads.inFlight > 0) freedDuringRead++;
+        super.freeHost(b);
+      }
+    }
+    const m = await LayerwiseModel.load(await storiesCopy(), { ...o, backend: new CheckedCpu() });
     const seq = m.createSequence();
     await m.forward(seq, [1, 403, 407]);
     await m.forward(seq, [261]);
     await m.close();
     assert.equal(freedDuringRead, 0);
-    assert.equal(inFlight, 0);
+    assert.equal(reads.inFlight, 0);
+  });
+
+  // The bench measures the disk between a prompt and its decode: the reads ahead a forward leaves must be done by then.
+  it("a forward leaves the next token's first layers reading ahead; readsAheadSettled waits for them", async () => {
+    const { reads, o } = slowReads();
+    await withModel(await storiesCopy(), { ...o, backend: new CpuBackend() }, async (m) => {
+      assert.ok(m.plan.slots >= 2 && m.plan.layerTier.every((t) => t === "disk"), `every layer streams from disk: ${m.plan.layerTier.join(",")}, ${m.plan.slots} slots`);
+      const seq = m.createSequence();
+      await m.forward(seq, [1, 403, 407]);
+      assert.ok(reads.inFlight > 0, "reads ahead under way after the forward");
+      await m.parts.streamer.readsAheadSettled();
+      assert.equal(reads.inFlight, 0);
+      seq.dispose();
+    });
   });
 });
