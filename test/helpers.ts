@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { after } from "node:test";
+import { bundledModelDir } from "../src/model/bundled.js";
 import { makeTestModel, type MakeTestModelOptions } from "../src/testmodel/write.js";
 import { CpuBackend } from "../src/backend/cpu/index.js";
 import assert from "node:assert/strict";
@@ -13,10 +14,10 @@ import type { Backend, Tensor } from "../src/backend/ops.js";
 import type { FileIo } from "../src/model/disk-reader.js";
 
 export const repoRoot = fileURLToPath(new URL("../../", import.meta.url));
-export const sharedDir = process.env.LAYERWISE_SHARED ?? join(repoRoot, "..", "shared");
-export const storiesDir = join(sharedDir, "models", "stories260K");
-export const storiesGolden = join(sharedDir, "models", "stories260K-golden", "transformers-logits.json");
 export const fixturesDir = join(repoRoot, "test", "fixtures");
+/** The bundled stories260K (models/stories260K) and its transformers logits (tools/golden/stories260k_verify_hf.py). */
+export const storiesDir = bundledModelDir;
+export const storiesGolden = join(fixturesDir, "stories260K", "transformers-logits.json");
 export const cliPath = join(repoRoot, "dist", "src", "cli", "main.js");
 
 /** A temp folder removed when the test file ends. */
@@ -26,7 +27,7 @@ export async function tempDir(prefix = "lw-test-"): Promise<string> {
   return dir;
 }
 
-/** A private copy of stories260K (tests never touch the shared original). */
+/** A private copy of stories260K (tests never touch the bundled original). */
 export async function storiesCopy(): Promise<string> {
   const dir = join(await tempDir("lw-stories-"), "stories260K");
   await cp(storiesDir, dir, { recursive: true });

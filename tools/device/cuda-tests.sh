@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# On the GPU machine (see ../shared/device/README.md): the CUDA tests, then compute-sanitizer over the op tests.
+# On the GPU machine (tools/device/prepare.sh packs what it needs): the CUDA tests, then compute-sanitizer over the op tests.
 # Expects .device/ from tools/device/prepare.sh; writes logs to $OUT.
 set -uo pipefail
 source .device/setup.sh > /dev/null
-export LAYERWISE_SHARED="$PWD/.device/shared" PATH="$PATH:/usr/local/cuda/bin" LAYERWISE_TEST_CUDA=1
+export PATH="$PATH:/usr/local/cuda/bin" LAYERWISE_TEST_CUDA=1
 out="${OUT:-/tmp}"
 node --test --test-concurrency=1 dist/test/backend/ dist/test/arch/ dist/test/engine/streaming.test.js dist/test/engine/decode-kept-layers.test.js > "$out/cuda-tests.log" 2>&1
 echo "cuda tests: exit $?"; grep -E "^# (tests|pass|fail)|^not ok|^    not ok|error:" "$out/cuda-tests.log" | head -40

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Here, before a device run: builds dist/, packs node and the production node_modules into .device/ (git-ignored),
-# and copies what the tests read from ../shared. Carry it with: run(..., carry: [".device", "dist"]).
+# Here, before a device run: builds dist/, packs node and the production node_modules into .device/ (git-ignored).
+# Carry it with: run(..., carry: [".device", "dist"]); the bundled models/ travel with the working tree.
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 cd "$root"
@@ -13,8 +13,5 @@ cp package.json package-lock.json "$prod/"
 (cd "$prod" && npm ci --omit=dev --ignore-scripts --silent)
 tar -C "$prod" -cf - node_modules | xz -T2 -3 > .device/node_modules.tar.xz
 rm -rf "$prod"
-cp ../shared/device/setup.sh .device/setup.sh
-mkdir -p .device/shared/models
-cp -r ../shared/models/stories260K ../shared/models/stories260K-golden .device/shared/models/
-chmod -R u+w .device/shared
+cp tools/device/setup.sh .device/setup.sh
 du -sh .device dist
