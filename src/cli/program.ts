@@ -1,5 +1,4 @@
-#!/usr/bin/env node
-// The `layerwise` command: parses flags, calls the library, prints results or a clear error.
+// The `layerwise` command: parses flags, calls the library, prints results or a clear error (main.ts loads it).
 import { readFileSync } from "node:fs";
 import { Command, CommanderError } from "commander";
 import { registerBatch } from "./batch.js";

@@ -6,7 +6,7 @@
 import { createHash } from "node:crypto";
 import { mkdir, open, readFile, readdir, rename, rm, stat, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { crc32 } from "node:zlib";
+import * as zlib from "node:zlib";
 import { CacheError } from "../errors.js";
 import type { DiskPlace } from "./kv-spill.js";
 import { diskWriteError } from "./kv-spill.js";
@@ -128,7 +128,7 @@ export class KvStore {
       }
     }
     this.stats.bytesRead += n;
-    if (n !== l.bytes || crc32(buf) !== l.crc32) {
+    if (n !== l.bytes || zlib.crc32(buf) !== l.crc32) {
       this.stats.blocksCorrupt++;
       this.events.warn("KV_CACHE_CORRUPT", `${block.file}: layer ${layer} of a cached block failed its checksum; it is recomputed`);
       await this.remove(block.file.slice(0, -3));
@@ -155,7 +155,7 @@ export class KvStore {
     let offset = 0;
     for (let l = 0; l < layout.layerBytes.length; l++) {
       const bytes = await layerBytes(l);
-      layers.push({ offset, bytes: bytes.byteLength, crc32: crc32(bytes) });
+      layers.push({ offset, bytes: bytes.byteLength, crc32: zlib.crc32(bytes) });
       parts.push(bytes);
       offset += bytes.byteLength;
     }
