@@ -120,8 +120,9 @@ export class TextStream {
   private emitted = 0;
   stopped = false;
 
-  constructor(tokenizer: TextTokenizer, stops: readonly string[] = []) {
-    this.detok = new StreamingDetokenizer(tokenizer);
+  /** `promptIds`: what the generated text continues (see StreamingDetokenizer). */
+  constructor(tokenizer: TextTokenizer, stops: readonly string[] = [], promptIds: readonly number[] = []) {
+    this.detok = new StreamingDetokenizer(tokenizer, promptIds);
     this.stops = stops.filter((s) => s.length > 0);
     this.longestStop = this.stops.reduce((n, s) => Math.max(n, s.length), 0);
   }
@@ -189,8 +190,8 @@ export async function* generateTokens(model: TokenStepper, promptIds: readonly n
 }
 
 /** Streams text pieces of generated tokens, cut at the first stop string; returns the whole result. */
-export async function* generateText(tokenizer: TextTokenizer, tokens: AsyncGenerator<number, TokenStats, boolean | undefined>, o: GenerateOptions): AsyncGenerator<string, GenerationResult> {
-  const text = new TextStream(tokenizer, o.stop);
+export async function* generateText(tokenizer: TextTokenizer, promptIds: readonly number[], tokens: AsyncGenerator<number, TokenStats, boolean | undefined>, o: GenerateOptions): AsyncGenerator<string, GenerationResult> {
+  const text = new TextStream(tokenizer, o.stop, promptIds);
   let next = await tokens.next();
   while (!next.done) {
     const piece = text.push(next.value);

@@ -413,7 +413,8 @@ export class LayerwiseModel {
 
   /** Streams text pieces; `for await (const piece of model.generate(prompt))`. The generator's return value is the full result. */
   generate(prompt: Prompt, o: GenerateOptions & { onPrefillProgress?: (done: number) => void } = {}, seq?: Sequence): AsyncGenerator<string, GenerationResult> {
-    return generateText(this.tokenizer, this.generateTokens(this.encodePrompt(prompt), o, seq), o);
+    const ids = this.encodePrompt(prompt);
+    return generateText(this.tokenizer, ids, this.generateTokens(ids, o, seq), o);
   }
 
   /** Generates to the end and returns text, tokens and timings; `onText` sees each piece as it comes. */

@@ -100,7 +100,7 @@ export class Scheduler {
       const options = this.model.withDefaults(w.job.options);
       const hit = await this.model.loadPrefix(seq, w.job.promptIds);
       const gen = new Generation(w.job.promptIds, options, this.model.defaults.eosTokenIds, this.model.maxPositions - w.job.promptIds.length, hit);
-      const a: Active = { job: w.job, seq, gen, text: new TextStream(this.model.tokenizer, options.stop), resolve: w.resolve, reject: w.reject };
+      const a: Active = { job: w.job, seq, gen, text: new TextStream(this.model.tokenizer, options.stop, w.job.promptIds), resolve: w.resolve, reject: w.reject };
       this.counters.promptTokens += w.job.promptIds.length;
       if (gen.done) return this.complete(a);
       const [logits] = await this.model.forwardBatch([{ seq, ids: w.job.promptIds.slice(hit) }], [gen.logitsRequest()], { signal: w.job.options.signal });

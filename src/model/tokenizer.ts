@@ -71,16 +71,29 @@ export class TextTokenizer {
   }
 }
 
+/** Prompt ids the detokenizer decodes before the new ones: enough for a word's pieces. */
+const contextTokens = 6;
+
 /**
  * Turns a growing list of token ids into text pieces. Decoding ids one by one would break words (leading spaces,
  * byte-fallback pieces of one character), so each step decodes a short window and emits only what is new and complete.
  */
 export class StreamingDetokenizer {
-  private readonly ids: number[] = [];
+  private readonly ids: number[];
   private prefixOffset = 0;
-  private readOffset = 0;
+  private readOffset: number;
 
-  constructor(private readonly tokenizer: TextTokenizer) {}
+  /**
+   * `context`: the ids before the first one pushed (the prompt). Its last few are decoded with the new ids, so a
+   * continuation's first word keeps its leading space (SentencePiece decoders strip the space of a text's first word).
+   */
+  constructor(
+    private readonly tokenizer: TextTokenizer,
+    context: readonly number[] = [],
+  ) {
+    this.ids = context.slice(-contextTokens);
+    this.readOffset = this.ids.length;
+  }
 
   /** Adds one id; returns the text it completes (possibly ""). */
   push(id: number): string {

@@ -55,6 +55,17 @@ describe("tokenizer", () => {
     });
   }
 
+  it("streams a continuation with the space before its first word (prompt ids as context)", async () => {
+    const t = await TextTokenizer.load(await storiesCopy());
+    const prompt = t.encode("Once upon a time, there was a little dog");
+    const continuation = t.encode("Once upon a time, there was a little dog named Max.").slice(prompt.length);
+    const detok = new StreamingDetokenizer(t, prompt);
+    const text = continuation.map((id) => detok.push(id)).join("") + detok.flush();
+    assert.equal(text, " named Max.");
+    const bare = new StreamingDetokenizer(t);
+    assert.equal(continuation.map((id) => bare.push(id)).join("") + bare.flush(), "named Max.", "without context the decoder strips the space");
+  });
+
   it("renders the model's chat template", async () => {
     const dir = await tinyModel({ preset: "tiny-llama", layers: 1 });
     const t = await TextTokenizer.load(dir);
