@@ -66,6 +66,8 @@ export interface Plan {
    */
   readonly experts: { readonly total: number; readonly deviceSlots: number; readonly ram: number; readonly stagingBuffers: number };
   readonly deviceBytes: { globals: number; workspace: number; kvHeadroom: number; slots: number; kvStaging: number; residentLayers: number; kv: number; experts: number; total: number };
+  /** The smallest VRAM budget this input still runs in: every layer streamed through two slots (VRAM_TOO_SMALL names it). */
+  readonly minDeviceBytes: number;
   /**
    * Host memory: the caches --ram bounds (layers, KV), and working buffers on top of it: disk staging, the span's
    * hidden states, and KV transfer buffers.
@@ -327,15 +329,16 @@ export function plan(input: PlanInput): Plan {
   let kvDeviceTokens = ctx;
   let kvStagingBlocks = 0;
   let expertSlots = maxExpertSlots;
+  const minStaging = 2 * kvLayerBlockBytes;
+  const minDeviceBytes = must + 2 * slotBytesEach + minStaging;
   if (base + allLayers + kvTotal + maxExpertSlots * expertSlotBytes > input.vramBytes) {
     // Streaming: slots for layers in flight, KV staging for blocks in RAM or on disk, then KV and whole layers while room lasts.
-    const minStaging = 2 * kvLayerBlockBytes;
     slots = must + 3 * slotBytesEach + minStaging <= input.vramBytes ? Math.min(3, shape.numLayers) : 2;
     let avail = input.vramBytes - must - slots * slotBytesEach;
     if (avail < minStaging) {
       throw new UsageError(
         "VRAM_TOO_SMALL",
-        `a VRAM budget of ${formatBytes(input.vramBytes)} cannot hold the embeddings and head (${formatBytes(globals)}), the prefill workspace (${formatBytes(workspace + kvHeadroom)}) and two streamed layers (${formatBytes(2 * slotBytesEach)}): needs ${formatBytes(must + 2 * slotBytesEach + minStaging)}`,
+        `a VRAM budget of ${formatBytes(input.vramBytes)} cannot hold the embeddings and head (${formatBytes(globals)}), the prefill workspace (${formatBytes(workspace + kvHeadroom)}) and two streamed layers (${formatBytes(2 * slotBytesEach)}): needs ${formatBytes(minDeviceBytes)}`,
         "give more --vram, or a smaller --prefill-chunk",
       );
     }
@@ -419,6 +422,7 @@ export function plan(input: PlanInput): Plan {
       experts: expertDevice,
       total: base + slotBytes + kvStaging + residentLayers + kvDevice + expertDevice,
     },
+    minDeviceBytes,
     hostBytes: { ramLayers, kv: kvHost, ramExperts: ramExperts * layout.maxExpertHostBytes, staging, activations, transfer, total: ramLayers + kvHost + ramExperts * layout.maxExpertHostBytes + staging + activations + transfer },
     kvDiskBytes,
     perToken: decodeBytesAt({ input, layerTier, slots, kvDeviceTokens, kvDeviceTokensDecode, kvHostTokens, kvTransitBlocks: transitBlocks, decodeSpare, experts }, ctx),

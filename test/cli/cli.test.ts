@@ -93,10 +93,23 @@ describe("layerwise CLI", () => {
     assert.equal(r.stdout.split("\n").filter((l) => l.length > 0).length, 2, JSON.stringify(r.stdout));
   });
 
-  it("demo works with no model on disk", async () => {
-    const r = await runCli(["demo", "--backend", "cpu"]);
+  it("demo streams the bundled stories260K through a tiny budget and writes the story transformers writes", async () => {
+    const r = await runCli(["demo", "--backend", "cpu", "--prompt", "Once upon a time", "--max-tokens", "36", "--json"]);
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stdout, /the pipeline works/);
+    const d = JSON.parse(r.stdout) as Record<string, unknown>;
+    // The 40 greedy ids transformers gives from BOS start with "Once upon a time" (models/stories260K/README.md).
+    assert.equal(d.text, ", there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, r");
+    assert.equal(d.resident_text_identical, true);
+    const tiers = d.layer_tiers as string[];
+    assert.ok(tiers.includes("ram") && tiers.includes("disk"), tiers.join());
+    assert.ok((d.layer_slots as number) >= 2 && (d.layer_slots as number) < tiers.length);
+    assert.ok((d.peak_vram_bytes as number) <= (d.vram_budget_bytes as number), "peak within the budget");
+    assert.ok((d.decode_h2d_bytes_per_token as number) > 0 && (d.decode_disk_read_bytes_per_token as number) > 0, "layers stream every token");
+
+    const text = await runCli(["demo", "--backend", "cpu"]);
+    assert.equal(text.code, 0, text.stderr);
+    assert.match(text.stdout, /Once upon a time, there was a little dog named/);
+    assert.match(text.stdout, /check: with every layer resident \(no budget\) the model wrote the same 120 tokens/);
   });
 
   it("every command has --help", async () => {
