@@ -1,6 +1,7 @@
 // The forward scheduler: new tokens of one or many sequences, in spans of chunks, layer by layer so each layer's weights pass once per span.
 import type { ArchModel, AttentionCall, LayerRun } from "../arch/types.js";
 import type { Backend, HostBuffer, Tensor } from "../backend/ops.js";
+import { EventLoopTurns } from "../util/event-loop.js";
 import { timeHost } from "../util/host-time.js";
 import { attendTiered, type AttendItem, type KvStager } from "./kv-attention.js";
 import type { KvCache } from "./kv-cache.js";
@@ -56,6 +57,8 @@ export class Runner {
   /** Pinned buffers of a chunk's hidden states, reserved at load (Plan.hiddenHostBuffers) and kept between prompts. */
   private readonly hostStates: HostBuffer[] = [];
   private hostStatesKept = 0;
+  /** Turns of the event loop between layer passes: timers, sockets and Ctrl-C stay live while the math runs. */
+  private readonly loopTurns = new EventLoopTurns();
 
   constructor(
     private readonly backend: Backend,
@@ -152,11 +155,11 @@ export class Runner {
               // left the GPU with less queued work than the copies took (planner kvTransitBlocks).
               if (i === Math.min(1, chunks.length - 1)) for (const cache of spanCaches) await timeHost("KV moves landing", () => cache.finishMoves());
               if (i === chunks.length - 1) for (const cache of spanCaches) await timeHost("KV settle", () => cache.settle(layer));
+              if (this.loopTurns.due) await timeHost("event loop turn", () => this.loopTurns.take());
             }
             this.weights.release(layer);
             await timeHost("hidden-state copies of the layer before", () => copies.checkPrevious());
             hooks.onProgress?.((span * layers + layer + 1) / (spans * layers));
-            if (ids.length > chunkRows) await timeHost("event loop turn", () => new Promise((resolve) => setImmediate(resolve))); // long prefills leave room for timers and I/O
           }
           for (const c of chunks) {
             if (logits === "all") {
