@@ -113,7 +113,7 @@ export function registerBatch(program: Command): void {
       await Promise.all(
         todo.map(async (job) => {
           const r = await scheduler.submit({
-            promptIds: model.encodePrompt(job.messages ? { messages: job.messages } : job.prompt!),
+            promptIds: await model.encodePrompt(job.messages ? { messages: job.messages } : job.prompt!),
             options: {
               maxTokens: job.max_tokens,
               temperature: job.temperature,

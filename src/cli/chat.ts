@@ -43,7 +43,7 @@ export function registerChat(program: Command): void {
         }
         if (!line.trim()) continue;
         messages.push({ role: "user", content: line });
-        const ids = model.encodePrompt({ messages });
+        const ids = await model.encodePrompt({ messages });
         // Reuse the KV of the conversation so far: rewind to the longest shared prefix, feed only the rest.
         let shared = 0;
         while (shared < seq.length && shared < ids.length - 1 && seq.tokens[shared] === ids[shared]) shared++;

@@ -50,7 +50,7 @@ async function runDemo(backend: Backend, backendNote: string | undefined, prompt
   const base: LoadOptions = { backend, prefillChunk: demoChunk, kvBlockTokens: demoKvBlock };
   // The unlimited plan tells the smallest budget the model streams in, and the context the prompt needs.
   const roomy = await LayerwiseModel.load(bundledModelDir, base);
-  const promptTokens = roomy.encodePrompt(prompt).length;
+  const promptTokens = (await roomy.encodePrompt(prompt)).length;
   const context = Math.min(roomy.maxPositions, promptTokens + maxTokens);
   const { minDeviceBytes, input } = roomy.plan;
   const layers = roomy.layout.layers;

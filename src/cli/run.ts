@@ -34,7 +34,7 @@ export function registerRun(program: Command): void {
     if (model.backendNote && !flags.json) process.stderr.write(`${model.backendNote}\n`);
     try {
       const prompt = flags.chatTemplate ? { messages: [{ role: "user" as const, content: text }] } : text;
-      const progress = prefillProgress(model.encodePrompt(prompt).length, !flags.json);
+      const progress = prefillProgress((await model.encodePrompt(prompt)).length, !flags.json);
       let first = true;
       let afterPrefill = model.stats();
       const result = await model.complete(prompt, {

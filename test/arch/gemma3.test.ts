@@ -60,7 +60,7 @@ describe("gemma3 (text)", () => {
 
   it("renders Gemma's chat template and stops at <end_of_turn>", async () => {
     const m = await LayerwiseModel.load(await tinyModel({ preset: "tiny-gemma3" }), { backend: "cpu" });
-    const ids = m.encodePrompt({ messages: [{ role: "user", content: "Hi" }] });
+    const ids = await m.encodePrompt({ messages: [{ role: "user", content: "Hi" }] });
     assert.equal(m.tokenizer.decode(ids, false), "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n");
     assert.ok(m.defaults.eosTokenIds.includes(m.tokenizer.tokenId("<end_of_turn>")!));
     await m.close();
