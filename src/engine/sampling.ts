@@ -1,5 +1,5 @@
 // Picking the next token from logits: repetition penalty, then temperature, top-k, top-p and min-p (transformers' order).
-import { UsageError } from "../errors.js";
+import { BackendError, UsageError } from "../errors.js";
 import { Random } from "../util/random.js";
 import { topIndices } from "../util/top-k.js";
 
@@ -70,15 +70,23 @@ export class Sampler {
    * there, in f32); both draw as a full sort of the row would. `seen` is every id of the sequence so far, prompt included.
    */
   sample(logits: Float32Array | RankedLogits, seen: ReadonlySet<number>): number {
-    if (logits instanceof Float32Array && this.greedy) return argmax(this.penalize(logits, seen));
+    if (logits instanceof Float32Array && this.greedy) {
+      const scores = this.penalize(logits, seen);
+      const best = argmax(scores);
+      checkFinite(scores[best]!);
+      return best;
+    }
     const ranked = logits instanceof Float32Array ? new LazyRanking(this.penalize(logits, seen)) : new GivenRanking(logits);
+    // NaN ranks last: a NaN best means every score is NaN.
+    const top = ranked.score(0);
+    checkFinite(top);
     if (this.greedy) return ranked.id(0);
     const t = this.o.temperature!;
     // Candidates in score order, best first; every filter below only shortens the prefix that stays.
     const candidates = Math.min(this.o.topK || Infinity, ranked.size);
-    const max = ranked.score(0) / t;
-    const prob = (i: number) => Math.exp(ranked.score(i) / t - max);
-    const sumOf = (n: number) => (n === ranked.size ? ranked.sumExp(t, max) : sumPrefix(prob, n));
+    // Differences from the best before dividing: a tiny temperature then gives 0 for every worse id instead of NaN.
+    const prob = (i: number) => Math.exp((ranked.score(i) - top) / t);
+    const sumOf = (n: number) => (n === ranked.size ? ranked.sumExp(t, top) : sumPrefix(prob, n));
     let keep = candidates;
     const topP = this.o.topP;
     if (topP !== undefined && topP < 1) {
@@ -127,8 +135,8 @@ interface Ranking {
   readonly size: number;
   id(rank: number): number;
   score(rank: number): number;
-  /** Sum over every id of exp(score / t - max). */
-  sumExp(t: number, max: number): number;
+  /** Sum over every id of exp((score - top) / t). */
+  sumExp(t: number, top: number): number;
 }
 
 /** A whole row, ranked as far as sampling walks into it (a full sort of 200k logits would cost tens of ms a token). */
@@ -150,9 +158,9 @@ class LazyRanking implements Ranking {
     return this.scores[this.id(rank)]!;
   }
 
-  sumExp(t: number, max: number): number {
+  sumExp(t: number, top: number): number {
     let sum = 0;
-    for (const s of this.scores) sum += Math.exp(s / t - max);
+    for (const s of this.scores) if (s === s) sum += Math.exp((s - top) / t);
     return sum;
   }
 }
@@ -172,9 +180,19 @@ class GivenRanking implements Ranking {
     return this.r.scores[rank]!;
   }
 
-  sumExp(t: number, max: number): number {
-    return sumPrefix((i) => Math.exp(this.r.scores[i]! / t - max), this.size);
+  sumExp(t: number, top: number): number {
+    return sumPrefix((i) => Math.exp((this.r.scores[i]! - top) / t), this.size);
   }
+}
+
+/** The best score of a row must be a number: NaN or infinite logits mean the model's numbers broke down. */
+function checkFinite(best: number): void {
+  if (Number.isFinite(best)) return;
+  throw new BackendError(
+    "NON_FINITE_LOGITS",
+    `the next token's best logit is ${best}: the model's numbers broke down (NaN or infinite values)`,
+    "the checkpoint's weights may hold NaN or Inf values, or its activations overflow in this dtype: try another copy or release of the model",
+  );
 }
 
 function sumPrefix(f: (i: number) => number, n: number): number {

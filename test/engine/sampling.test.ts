@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { Sampler, argmax, type SamplingOptions } from "../../src/engine/sampling.js";
-import { UsageError } from "../../src/errors.js";
+import { BackendError, UsageError } from "../../src/errors.js";
 import { Random } from "../../src/util/random.js";
 import { topIndices } from "../../src/util/top-k.js";
 
@@ -129,6 +129,27 @@ describe("sampling", () => {
       const sorted = Array.from(values.keys()).sort((a, b) => (Number.isNaN(values[b]!) ? -Infinity : values[b]!) - (Number.isNaN(values[a]!) ? -Infinity : values[a]!) || a - b);
       for (const k of [0, 1, 5, 64, n, n + 3]) assert.deepEqual(Array.from(topIndices(values, k)), sorted.slice(0, k), `n ${n}, k ${k}`);
     }
+  });
+
+  it("a tiny temperature samples the best token, as its limit (greedy) does", () => {
+    for (const temperature of [1e-320, 1e-30, 1e-8]) {
+      const sampler = new Sampler({ temperature, seed: 1 });
+      for (let i = 0; i < 20; i++) assert.equal(sampler.sample(logits, none), 1, `temperature ${temperature}`);
+      assert.equal(new Sampler({ temperature, topK: 3, seed: 1 }).sample({ ids: Int32Array.from([1, 5, 2]), scores: Float32Array.from([3, 2.9, 2.5]) }, none), 1);
+    }
+  });
+
+  it("refuses NaN or infinite logits instead of sampling around them", () => {
+    const nan = new Float32Array(6).fill(NaN);
+    const inf = Float32Array.from([1, Infinity, 0, 0, 0, 0]);
+    const broken = (e: unknown) => (e as BackendError).code === "NON_FINITE_LOGITS";
+    for (const o of [{ temperature: 0 }, { temperature: 0.8, seed: 1 }, { temperature: 0.8, topP: 0.9, seed: 1 }]) {
+      assert.throws(() => new Sampler(o).sample(nan, none), broken, JSON.stringify(o));
+      assert.throws(() => new Sampler(o).sample(inf, none), broken, JSON.stringify(o));
+      assert.throws(() => new Sampler(o).sample({ ids: Int32Array.from([2, 0]), scores: Float32Array.from([NaN, NaN]) }, none), broken, JSON.stringify(o));
+    }
+    const oneNan = Float32Array.from([1, 3, NaN, 0, 0, 0]);
+    assert.equal(new Sampler({ temperature: 0 }).sample(oneNan, none), 1, "a NaN beside finite logits ranks last");
   });
 
   it("rejects impossible settings", () => {
