@@ -24,7 +24,21 @@ export function registerChat(program: Command): void {
     const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY });
     const messages: ChatMessage[] = flags.system ? [{ role: "system", content: flags.system }] : [];
     let turn: AbortController | undefined;
-    rl.on("SIGINT", () => (turn ? turn.abort() : rl.close()));
+    let quitByInterrupt = false;
+    // Ctrl-C stops the answer being written; at the prompt (or twice during an answer) it quits. A terminal's Ctrl-C
+    // reaches readline; a signal from elsewhere (kill -INT, a piped stdin) reaches the process.
+    const onInterrupt = () => {
+      if (turn && !turn.signal.aborted) {
+        process.stderr.write("\n(interrupted; Ctrl-C again to quit)\n");
+        turn.abort();
+        return;
+      }
+      quitByInterrupt = true;
+      turn?.abort();
+      rl.close();
+    };
+    rl.on("SIGINT", onInterrupt);
+    process.on("SIGINT", onInterrupt);
     try {
       if (process.stdin.isTTY) process.stderr.write("(chat: /reset starts over, /exit quits)\n");
       rl.setPrompt("> ");
@@ -53,8 +67,11 @@ export function registerChat(program: Command): void {
         turn = undefined;
         process.stdout.write("\n");
         messages.push({ role: "assistant", content: result.text });
+        if (quitByInterrupt) break;
       }
+      if (quitByInterrupt) process.exitCode = 130;
     } finally {
+      process.off("SIGINT", onInterrupt);
       rl.close();
       seq.dispose();
       await model.close();

@@ -37,9 +37,10 @@ export function registerRun(program: Command): void {
       const progress = prefillProgress((await model.encodePrompt(prompt)).length, !flags.json);
       let first = true;
       let afterPrefill = model.stats();
+      const interrupted = interruptSignal();
       const result = await model.complete(prompt, {
         ...gen,
-        signal: interruptSignal(),
+        signal: interrupted,
         onPrefillProgress: (done) => {
           progress.onProgress?.(done);
           if (done >= 1) afterPrefill = model.stats();
@@ -87,6 +88,7 @@ export function registerRun(program: Command): void {
           `[${result.promptTokens} prompt tokens${hit}, ${result.tokens.length} new, ${result.finishReason}; first token ${result.ttftS.toFixed(2)} s, ${result.decodeSPerToken > 0 ? (1 / result.decodeSPerToken).toFixed(1) : "-"} tokens/s]\n`,
         );
       }
+      if (interrupted.aborted) process.exitCode = 130; // stopped by Ctrl-C: what was generated is printed, as a shell expects
     } finally {
       await model.close();
     }
