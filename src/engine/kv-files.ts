@@ -26,6 +26,13 @@ export const names = {
   markerTemp: /^layerwise-kv-cache\.json\.\d+-[0-9a-f]{8}\.tmp$/,
 };
 
+/**
+ * A temp file, or a block's data without its manifest, is a leftover of a killed run once it is this old: a live writer
+ * writes a block in one go and renames it at once, so nothing this old is still being written (by any process, on any
+ * host sharing the folder, which a writer's pid could not tell).
+ */
+export const leftoverAgeMs = 10 * 60_000;
+
 export type OwnFile<T> = { kind: "ok"; value: T } | { kind: "missing" } | { kind: "not ours"; what: string };
 
 /**

@@ -17,7 +17,7 @@ import { lstat, lutimes, mkdir, readdir } from "node:fs/promises";
 import { join } from "node:path";
 import * as zlib from "node:zlib";
 import { CacheError } from "../errors.js";
-import { entryKind, ioCause, names, nodeStoreIo, openOwnFile, ownFolder, readFully, readOwnFile, removeOwnFile, writeOwnFile, type StoreIo } from "./kv-files.js";
+import { entryKind, ioCause, leftoverAgeMs, names, nodeStoreIo, openOwnFile, ownFolder, readFully, readOwnFile, removeOwnFile, writeOwnFile, type StoreIo } from "./kv-files.js";
 import { dataBytes, format, manifestMaxBytes, markerMaxBytes, markerName, markerProblem, markerText, parseManifest, type BlockLayout, type Manifest } from "./kv-manifest.js";
 
 export type { BlockLayout, StoreIo };
@@ -54,8 +54,8 @@ export class KvStore {
   ) {}
 
   /**
-   * Opens (or creates) a cache folder. A non-empty folder without this tool's marker is refused, never touched; any
-   * other failure turns the cache off with a warning.
+   * Opens (or creates) a cache folder, removes leftovers of killed runs and evicts down to `maxBytes`. A non-empty
+   * folder without this tool's marker is refused, never touched; any other failure turns the cache off with a warning.
    */
   static async open(dir: string, o: { maxBytes?: number; io?: StoreIo; events?: KvStoreEvents } = {}): Promise<KvStore> {
     const store = new KvStore(dir, o.maxBytes ?? Infinity, o.io ?? nodeStoreIo, o.events ?? { warn: () => {} });
@@ -64,6 +64,15 @@ export class KvStore {
     } catch (e) {
       if (e instanceof CacheError) throw e;
       store.turnOff("off", `it cannot be used: ${ioCause(e)}`);
+    }
+    if (store.state === "on") {
+      try {
+        const { blocks, leftovers } = await store.scan();
+        for (const file of leftovers) await removeOwnFile(file);
+        await store.evictFrom(blocks, 0);
+      } catch (e) {
+        store.turnOff("read-only", `tidying it failed: ${ioCause(e)}`);
+      }
     }
     return store;
   }
@@ -180,7 +189,7 @@ export class KvStore {
   /** Deletes least recently used blocks (only this tool's files in its folder) until `incoming` more bytes fit under the limit. */
   async evict(incoming = 0): Promise<void> {
     if (this.maxBytes === Infinity) return;
-    await this.evictFrom(await this.scan(), incoming);
+    await this.evictFrom((await this.scan()).blocks, incoming);
   }
 
   private async evictFrom(blocks: BlockFiles[], incoming: number): Promise<void> {
@@ -253,22 +262,33 @@ export class KvStore {
     }
   }
 
-  /** Whole blocks: a manifest and its data, both regular files of the store's naming in a folder it made. */
-  private async scan(): Promise<BlockFiles[]> {
+  /** Whole blocks, and leftovers of killed runs (temp files, data without a manifest) old enough that no writer is at them. */
+  private async scan(): Promise<{ blocks: BlockFiles[]; leftovers: string[] }> {
+    const oldBefore = Date.now() - leftoverAgeMs;
     const blocks: BlockFiles[] = [];
+    const leftovers: string[] = [];
     const regular = async (path: string) => lstat(path).then((st) => (st.isFile() ? st : undefined), () => undefined);
     for (const top of await readdir(this.dir, { withFileTypes: true })) {
-      if (!top.isDirectory() || !names.modelDir.test(top.name)) continue; // a link to a folder is a link, not a folder
       const path = join(this.dir, top.name);
+      if (top.isFile() && names.markerTemp.test(top.name) && ((await regular(path))?.mtimeMs ?? Infinity) < oldBefore) leftovers.push(path);
+      if (!top.isDirectory() || !names.modelDir.test(top.name)) continue; // a link to a folder is a link, not a folder
       const found = new Map<string, { kv?: { size: number; mtimeMs: number }; json?: { size: number; mtimeMs: number } }>();
       for (const e of await readdir(path, { withFileTypes: true })) {
-        const block = e.isFile() ? names.block.exec(e.name) : null;
-        const st = block ? await regular(join(path, e.name)) : undefined;
-        if (block && st) found.set(block[1]!, { ...found.get(block[1]!), [block[2]!]: st });
+        if (!e.isFile()) continue;
+        const st = await regular(join(path, e.name));
+        if (!st) continue;
+        const block = names.block.exec(e.name);
+        if (block) found.set(block[1]!, { ...found.get(block[1]!), [block[2]!]: st });
+        else if (names.blockTemp.test(e.name) && st.mtimeMs < oldBefore) leftovers.push(join(path, e.name));
       }
-      for (const [hash, f] of found) if (f.kv && f.json) blocks.push({ base: join(path, hash), bytes: f.kv.size + f.json.size, usedMs: f.json.mtimeMs });
+      for (const [hash, f] of found) {
+        const base = join(path, hash);
+        if (f.kv && f.json) blocks.push({ base, bytes: f.kv.size + f.json.size, usedMs: f.json.mtimeMs });
+        else if (f.kv && f.kv.mtimeMs < oldBefore) leftovers.push(`${base}.kv`);
+        else if (f.json && f.json.mtimeMs < oldBefore) leftovers.push(`${base}.json`);
+      }
     }
-    return blocks;
+    return { blocks, leftovers };
   }
 
   private turnOff(to: "read-only" | "off", cause: string): void {

@@ -1,8 +1,8 @@
 // The persistent KV cache's files: it writes, reads and deletes only its own regular files in its own marked folder
-// (never through a planted symlink), and treats a malformed manifest as a corrupt block.
+// (never through a planted symlink), treats a malformed manifest as a corrupt block, and tidies itself when opened.
 import assert from "node:assert/strict";
-import { lstat, mkdir, readFile, readdir, readlink, symlink, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { lstat, mkdir, readFile, readdir, readlink, symlink, utimes, writeFile } from "node:fs/promises";
+import { basename, join } from "node:path";
 import { describe, it } from "node:test";
 import { LayerwiseModel, type LoadOptions } from "../../src/engine/model.js";
 import { KvStore } from "../../src/engine/kv-store.js";
@@ -34,6 +34,12 @@ async function firstBlock(dir: string, cache: string, prompt: number[]): Promise
   } finally {
     await m.close();
   }
+}
+
+const hour = 3600;
+async function age(path: string, seconds: number): Promise<void> {
+  const t = Date.now() / 1000 - seconds;
+  await utimes(path, t, t);
 }
 
 describe("KV cache files: only its own, never through a link", () => {
@@ -122,5 +128,40 @@ describe("KV cache manifests: a malformed one is a corrupt block", () => {
       assert.equal(r.kvCacheHitTokens, 0);
       assert.deepEqual((await readdir(cache, { recursive: true })).sort(), [...before].sort());
     }
+  });
+});
+
+describe("KV cache upkeep when opened", () => {
+  it("--kv-cache-max is enforced when the cache is opened, not only when a block is written", async () => {
+    const dir = await storiesCopy();
+    const cache = join(await tempDir(), "kv");
+    await generate(dir, ids(80, 5), { kvCache: cache });
+    const blockFile = 5 * 2 * 16 * 32 * 4;
+    const m = await LayerwiseModel.load(dir, { ...base, kvCache: cache, kvCacheMax: 2 * (blockFile + 1000) });
+    await m.close();
+    const sub = (await readdir(cache)).find((n) => !n.endsWith(".json"))!;
+    assert.ok((await readdir(join(cache, sub))).filter((n) => n.endsWith(".json")).length <= 2);
+  });
+
+  it("its own leftovers of killed runs are removed once old; everything else stays", async () => {
+    const dir = await storiesCopy();
+    const cache = join(await tempDir(), "kv");
+    await generate(dir, ids(40, 6), { kvCache: cache });
+    const sub = join(cache, (await readdir(cache)).find((n) => !n.endsWith(".json"))!);
+    const hex = (c: string) => c.repeat(32);
+    const stale = [`${hex("a")}.kv.partial`, `${hex("b")}.json.partial`, `${hex("c")}.kv`, `${hex("d")}.kv.4242-0123abcd.tmp`, `${hex("e")}.json`];
+    const fresh = [`${hex("f")}.kv.4243-89abcdef.tmp`];
+    const foreign = ["notes.txt", `${hex("1")}.kv.bak`];
+    for (const name of [...stale, ...fresh, ...foreign]) await writeFile(join(sub, name), "x");
+    for (const name of [...stale, ...foreign]) await age(join(sub, name), hour);
+    for (const name of ["user-file.txt", "layerwise-kv-cache.json.4242-0123abcd.tmp"]) {
+      await writeFile(join(cache, name), "x");
+      await age(join(cache, name), hour);
+    }
+    const keptBlocks = (await readdir(sub)).filter((n) => /^[0-9a-f]{32}\.(kv|json)$/.test(n) && !stale.includes(n));
+    const m = await LayerwiseModel.load(dir, { ...base, kvCache: cache });
+    await m.close();
+    assert.deepEqual((await readdir(sub)).sort(), [...keptBlocks, ...fresh, ...foreign].sort());
+    assert.deepEqual((await readdir(cache)).sort(), [basename(sub), "layerwise-kv-cache.json", "user-file.txt"].sort());
   });
 });
