@@ -53,7 +53,12 @@ export interface LoadOptions {
   expertSlots?: number;
   /** Where to put KV that spills to disk; default: the OS temp folder. */
   kvSpillDir?: string;
-  /** Problems layerwise handled on its own (a corrupt cache block it recomputed). */
+  /**
+   * Problems layerwise handled on its own. The persistent KV cache never fails an answer; it reports KV_CACHE_DISABLED
+   * (it is off, or no longer written, for the rest of the model's life), KV_CACHE_CORRUPT (a damaged or malformed block,
+   * recomputed and removed), KV_CACHE_READ_FAILED (a block that could not be read, recomputed) and KV_CACHE_NOT_OURS (an
+   * entry at one of its names that it did not write, left alone).
+   */
   onWarning?: (code: string, message: string) => void;
   /** Test seams for file errors. */
   fileIo?: FileIo;
@@ -225,7 +230,8 @@ export class LayerwiseModel {
       if (o.kvCache) {
         store = await KvStore.open(o.kvCache, { maxBytes: o.kvCacheMax, io: o.storeIo, events: { warn: o.onWarning ?? (() => {}) } });
         const fingerprint = await modelFingerprint(checkpoint, `kv:${kvDtype}:${kvBlockTokens}`);
-        blockLayout = { fingerprint, dtype: kvDtype, blockTokens: kvBlockTokens, layerBytes: arch.shape.kvLayers.map((l) => 2 * kvBlockTokens * l.kvHeads * l.headDim * dtypeBytes[kvDtype]) };
+        const kvLayers = arch.shape.kvLayers;
+        blockLayout = { fingerprint, dtype: kvDtype, blockTokens: kvBlockTokens, layerBytes: kvLayers.map((l) => 2 * kvBlockTokens * l.kvHeads * l.headDim * dtypeBytes[kvDtype]), stateBytes: kvLayers.map((l) => 4 * (l.stateFloats ?? 0)) };
       }
       const parts = { reader, streamer, stager, runner, spill: new KvSpill(o.kvSpillDir), ranges: new FileRanges(), store, blockLayout, policy, blocks, ownsBackend: !shared };
       return new LayerwiseModel(dir, arch, checkpoint, tokenizer, chatTemplate, defaults, backend, layout, thePlan, parts, note);

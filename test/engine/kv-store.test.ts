@@ -5,10 +5,10 @@ import { open, readFile, readdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { LayerwiseModel, type LoadOptions } from "../../src/engine/model.js";
-import type { StoreIo } from "../../src/engine/kv-store.js";
 import { CacheError } from "../../src/errors.js";
 import { Random } from "../../src/util/random.js";
 import { cliPath, fileIoWithRead, runCli, storiesCopy, tempDir, tinyModel } from "../helpers.js";
+import { faultyStoreIo } from "./kv-faults.js";
 
 function ids(n: number, seed: number): number[] {
   const r = new Random(seed);
@@ -102,27 +102,24 @@ describe("persistent KV cache", () => {
     assert.equal((await generate(dir, prompt, { kvCache: cache })).kvCacheHitTokens, 96, "the recomputed block was stored again");
   });
 
-  it("a full disk is a clear error and the earlier cache stays intact", async () => {
+  it("a full disk turns the cache off with a warning: the answer is the cold run's and the earlier cache stays intact", async () => {
     const dir = await storiesCopy();
     const cache = join(await tempDir(), "kv");
     const p1 = ids(40, 5);
     await generate(dir, p1, { kvCache: cache });
     const before = await manifests(cache);
     let writes = 0;
-    const fullDisk: StoreIo = {
-      async writeFile(path, data) {
-        if (++writes > 1) throw Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" });
-        await writeFile(path, data);
-      },
-    };
-    await assert.rejects(generate(dir, [...p1, ...ids(60, 6).slice(1)], { kvCache: cache, storeIo: fullDisk }), (e: CacheError) => {
-      assert.equal(e.code, "DISK_FULL");
-      assert.match(e.message, /no space left on the device writing \d+ bytes of KV cache/);
-      return true;
-    });
+    const fullDisk = faultyStoreIo((op) => (op === "write" && ++writes > 1 ? "ENOSPC" : undefined));
+    const p2 = [...p1, ...ids(60, 6).slice(1)];
+    const warnings: string[] = [];
+    const r = await generate(dir, p2, { kvCache: cache, storeIo: fullDisk }, warnings);
+    assert.deepEqual(r.tokens, (await generate(dir, p2)).tokens);
+    assert.equal(r.kvCacheHitTokens, 32);
+    assert.deepEqual(warnings, ["KV_CACHE_DISABLED"]);
+    assert.equal(writes, 2, "no write is tried after the disk was found full");
     const after = await manifests(cache);
     assert.deepEqual(after.map((m) => m.file), before.map((m) => m.file));
-    assert.ok(!(await readdir(join(cache, (await readdir(cache)).find((n) => !n.endsWith(".json"))!))).some((n) => n.endsWith(".partial")), "no partial files left");
+    assert.ok(!(await readdir(join(cache, (await readdir(cache)).find((n) => !n.endsWith(".json"))!))).some((n) => n.endsWith(".partial") || n.endsWith(".tmp")), "no partial files left");
     assert.equal((await generate(dir, p1, { kvCache: cache })).kvCacheHitTokens, 32);
   });
 
