@@ -111,7 +111,8 @@ export function registerBatch(program: Command): void {
     process.stderr.write(`${jobs.length} jobs, ${jobs.length - todo.length} already in ${flags.out}, ${todo.length} to run\n`);
     if (todo.length === 0) return;
 
-    const scratch = !flags.kvCache && flags.prefixCache ? await makeScratchDir("layerwise-batch-") : undefined;
+    // The prefix cache is a best effort: without room for its folder the jobs run without it.
+    const scratch = !flags.kvCache && flags.prefixCache ? await makeScratchDir("layerwise-batch-").catch((e: Error) => void process.stderr.write(`warning [KV_CACHE_DISABLED]: no temporary folder for the prefix cache (${e.message}); shared prefixes are computed again\n`)) : undefined;
     try {
       await runJobs(dir, flags, todo, scratch);
     } finally {

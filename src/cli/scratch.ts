@@ -10,7 +10,12 @@ const ownerFile = "layerwise-scratch-owner.json";
 export async function makeScratchDir(prefix: string): Promise<string> {
   await removeAbandoned(prefix);
   const dir = await mkdtemp(join(tmpdir(), prefix));
-  await writeFile(join(dir, ownerFile), JSON.stringify({ pid: process.pid }));
+  try {
+    await writeFile(join(dir, ownerFile), JSON.stringify({ pid: process.pid }));
+  } catch (e) {
+    await removeScratchDir(dir).catch(() => {});
+    throw e;
+  }
   return dir;
 }
 

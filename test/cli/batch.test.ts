@@ -59,6 +59,17 @@ describe("layerwise batch", () => {
     assert.deepEqual(await scratchDirs(), [], "the rerun removed the killed run's scratch folder, and its own");
   });
 
+  it("without a temp folder for the prefix cache the jobs run without it", async () => {
+    const model = await tinyModel({ preset: "tiny-llama", layers: 1 });
+    const dir = await tempDir();
+    const jobs = join(dir, "jobs.jsonl");
+    await writeFile(jobs, '{"id": "a", "prompt": "first", "max_tokens": 3, "temperature": 0}\n{"id": "b", "prompt": "first too", "max_tokens": 3, "temperature": 0}\n');
+    const r = await runCli(["batch", model, "--in", jobs, "--out", join(dir, "out.jsonl"), "--backend", "cpu"], { env: { TMPDIR: join(dir, "no-such-folder") } });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /warning \[KV_CACHE_DISABLED\]: no temporary folder for the prefix cache/);
+    assert.equal((await results(join(dir, "out.jsonl"))).size, 2);
+  });
+
   it("an --out that is not a results file is refused before a byte of it changes", async () => {
     const model = await tinyModel({ preset: "tiny-llama", layers: 1 });
     const dir = await tempDir();
