@@ -67,8 +67,9 @@ async function runDemo(backend: Backend, backendNote: string | undefined, prompt
   say(`backend  ${backendNote ?? backend.name}`);
   const streamed = await generate(tight, { prompt, maxTokens, signal, quiet: json }, (model) => {
     say();
-    const cpu = backend.name === "cpu" ? " (the CPU backend keeps to it as a GPU would)" : " (CUDA context included)";
-    say(`The plan for a VRAM budget of ${formatBytes(vram)}${cpu}, for ${formatBytes(weightBytes)} of weights:`);
+    const overhead = backend.deviceOverheadBytes;
+    const note = backend.name === "cpu" ? " (the CPU backend keeps to it as a GPU would)" : overhead ? ` (the CUDA context's ${formatBytes(overhead)} and ${formatBytes(vram - overhead)} for layerwise)` : "";
+    say(`The plan for a VRAM budget of ${formatBytes(vram)}${note}, for ${formatBytes(weightBytes)} of weights:`);
     for (const line of planLines(model.plan)) say(`  ${line}`);
     say();
     say(`prompt: ${prompt}`);
