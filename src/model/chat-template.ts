@@ -1,8 +1,8 @@
 // The model's chat template (tokenizer_config.json or chat_template.jinja), rendered with @huggingface/jinja.
-import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Template } from "@huggingface/jinja";
 import { CheckpointError, UsageError } from "../errors.js";
+import { readOptionalModelText } from "./model-files.js";
 import type { TokenizerConfig } from "./tokenizer.js";
 
 export interface ChatMessage {
@@ -18,11 +18,9 @@ export class ChatTemplate {
 
   /** The default template of the folder, or undefined when the model has none (base models). */
   static async load(dir: string, config: TokenizerConfig): Promise<ChatTemplate | undefined> {
-    let text: string | undefined;
     let source = join(dir, "chat_template.jinja");
-    try {
-      text = await readFile(source, "utf8");
-    } catch {
+    let text = await readOptionalModelText(source, "chat_template");
+    if (text === undefined) {
       source = join(dir, "tokenizer_config.json");
       const t = config.chat_template;
       text = typeof t === "string" ? t : t?.find((x) => x.name === "default")?.template;
@@ -31,7 +29,8 @@ export class ChatTemplate {
     try {
       return new ChatTemplate(new Template(text), source);
     } catch (e) {
-      throw new CheckpointError("CHAT_TEMPLATE_INVALID", `${source}: the chat template does not parse: ${(e as Error).message}`);
+      // Parsing is bounded by the file's size cap; a deeply nested template may still exhaust the stack, and says so here.
+      throw new CheckpointError("CHAT_TEMPLATE_INVALID", `${source}: the chat template does not parse: ${String((e as Error)?.message ?? e).slice(0, 300)}`, "download the model's tokenizer_config.json (or chat_template.jinja) again");
     }
   }
 

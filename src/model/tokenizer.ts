@@ -1,9 +1,8 @@
 // tokenizer.json through @huggingface/tokenizers, plus detokenization that streams text without splitting a character.
-import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Tokenizer } from "@huggingface/tokenizers";
 import { CheckpointError } from "../errors.js";
-import { readOptionalJsonFile } from "./checkpoint.js";
+import { parseModelJson, readOptionalModelJson, readOptionalModelText } from "./model-files.js";
 
 export interface TokenizerConfig {
   bos_token?: string | { content: string } | null;
@@ -23,19 +22,12 @@ export class TextTokenizer {
 
   static async load(dir: string): Promise<TextTokenizer> {
     const file = join(dir, "tokenizer.json");
-    let text: string;
-    try {
-      text = await readFile(file, "utf8");
-    } catch {
+    const text = await readOptionalModelText(file, "tokenizer");
+    if (text === undefined) {
       throw new CheckpointError("TOKENIZER_MISSING", `${file} does not exist`, "layerwise needs the fast tokenizer file tokenizer.json; download it with the model (tokenizer.model alone is not enough)");
     }
-    let json: { added_tokens?: { id: number; special?: boolean }[]; model?: { vocab?: unknown } };
-    try {
-      json = JSON.parse(text);
-    } catch (e) {
-      throw new CheckpointError("TOKENIZER_INVALID", `${file} is not valid JSON: ${(e as Error).message}`, "download tokenizer.json again");
-    }
-    const config = ((await readOptionalJsonFile(join(dir, "tokenizer_config.json"))) ?? {}) as TokenizerConfig;
+    const json = parseModelJson(file, "tokenizer", text) as { added_tokens?: { id: number; special?: boolean }[]; model?: { vocab?: unknown } };
+    const config = ((await readOptionalModelJson(join(dir, "tokenizer_config.json"), "tokenizer_config")) ?? {}) as TokenizerConfig;
     let tokenizer: Tokenizer;
     try {
       tokenizer = new Tokenizer(json, config);
