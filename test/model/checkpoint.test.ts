@@ -160,6 +160,6 @@ describe("sharded checkpoints", () => {
     // Permissions do not stop root (tests may run as root), but a folder in the shard's place cannot be read by anyone.
     await rm(join(dir, "model-00001-of-00004.safetensors"));
     await mkdir(join(dir, "model-00001-of-00004.safetensors"));
-    await rejects(load(dir), "FILE_UNREADABLE", /model-00001-of-00004\.safetensors cannot be read/);
+    await rejects(load(dir), "FILE_NOT_REGULAR", /model-00001-of-00004\.safetensors is a directory, not a regular file/);
   });
 });

@@ -123,6 +123,12 @@ describe("model folder files", () => {
     await rejects(Checkpoint.open(dir), "FILE_NOT_REGULAR", /model\.safetensors\.index\.json is a FIFO/);
   });
 
+  it("a shard that is a FIFO is refused", { timeout: 30_000 }, async () => {
+    const dir = await storiesCopy();
+    await fifoInPlaceOf(join(dir, "model.safetensors"));
+    await rejects(Checkpoint.open(dir), "FILE_NOT_REGULAR", /model\.safetensors is a FIFO/);
+  });
+
   it("the model loads end to end through the loader", async () => {
     const m = await LayerwiseModel.load(await storiesCopy(), { backend: "cpu" });
     assert.equal(m.tokenizer.vocabSize, 512);
