@@ -107,6 +107,12 @@ describe("checkpoint errors", () => {
     await rejects(load(dir), "TENSOR_MISSING", /no tensor named model\.layers\.2\./);
   });
 
+  it("num_hidden_layers far beyond the checkpoint fails at the first missing layer", async () => {
+    const dir = await tinyModel({ preset: "tiny-llama", layers: 2 });
+    await editJson(join(dir, "config.json"), (j) => (j.num_hidden_layers = 4096));
+    await rejects(load(dir), "TENSOR_MISSING", /no tensor named model\.layers\.2\./);
+  });
+
   it("missing tokenizer", async () => {
     const dir = await storiesCopy();
     await rm(join(dir, "tokenizer.json"));
