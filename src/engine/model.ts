@@ -161,7 +161,7 @@ export class LayerwiseModel {
     try {
       const { model: arch } = createArchModel(checkpoint.rawConfig, `${dir}/config.json`);
       validateWeights(checkpoint, arch);
-      const tokenizer = await TextTokenizer.load(dir);
+      const tokenizer = await TextTokenizer.load(dir, { vocabSize: arch.shape.vocabSize });
       const chatTemplate = await ChatTemplate.load(dir, tokenizer.config);
       const defaults = await readGenerationDefaults(dir, checkpoint.rawConfig);
       const shared = typeof o.backend === "object" ? o.backend : undefined;

@@ -16,14 +16,16 @@ export class ChatTemplate {
     readonly source: string,
   ) {}
 
-  /** The default template of the folder, or undefined when the model has none (base models). */
+  /**
+   * The default template of the folder: chat_template.jinja, else tokenizer_config.json's chat_template (a string, or
+   * named templates of which "default" is used); undefined when the model has none (base models).
+   */
   static async load(dir: string, config: TokenizerConfig): Promise<ChatTemplate | undefined> {
     let source = join(dir, "chat_template.jinja");
     let text = await readOptionalModelText(source, "chat_template");
     if (text === undefined) {
       source = join(dir, "tokenizer_config.json");
-      const t = config.chat_template;
-      text = typeof t === "string" ? t : t?.find((x) => x.name === "default")?.template;
+      text = templateOf(config.chat_template, source);
     }
     if (text === undefined) return undefined;
     try {
@@ -48,4 +50,13 @@ export class ChatTemplate {
       throw new UsageError("CHAT_TEMPLATE_FAILED", `${this.source}: the chat template rejected the conversation: ${(e as Error).message}`, "check the roles and order of the messages");
     }
   }
+}
+
+/** The template text of a tokenizer_config.json chat_template value (callers may pass a config that was never checked). */
+function templateOf(value: unknown, source: string): string | undefined {
+  if (value === undefined || value === null || typeof value === "string") return value ?? undefined;
+  if (Array.isArray(value) && value.every((t) => typeof t === "object" && t !== null && typeof t.name === "string" && typeof t.template === "string")) {
+    return (value as { name: string; template: string }[]).find((t) => t.name === "default")?.template;
+  }
+  throw new CheckpointError("TOKENIZER_CONFIG_INVALID", `${source}: chat_template: must be a string or a list of {name, template}`, "compare it with the model's original tokenizer_config.json, or download it again");
 }
