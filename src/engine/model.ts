@@ -160,7 +160,7 @@ export class LayerwiseModel {
     const cleanup: (() => unknown)[] = [() => checkpoint.close()];
     try {
       const { model: arch } = createArchModel(checkpoint.rawConfig, `${dir}/config.json`);
-      validateWeights(checkpoint, arch);
+      validateWeights(checkpoint, arch, o.onWarning);
       const tokenizer = await TextTokenizer.load(dir, { vocabSize: arch.shape.vocabSize });
       const chatTemplate = await ChatTemplate.load(dir, tokenizer.config);
       const defaults = await readGenerationDefaults(dir, checkpoint.rawConfig);

@@ -115,7 +115,16 @@ export function* allWeightSpecs(model: ArchModel): Generator<WeightSpec> {
   }
 }
 
-/** Every tensor the architecture needs exists with the shape its config implies; throws naming the first that does not. */
-export function validateWeights(ckpt: Checkpoint, model: ArchModel): void {
+/**
+ * Every tensor the architecture needs exists with the shape its config implies; throws naming the first that does not.
+ * A checkpoint with more layers than config.json names is run with the first ones, as transformers does, with a warning
+ * (the output is not the full model's): a deliberately truncated model is a real use, a silent one is a surprise.
+ */
+export function validateWeights(ckpt: Checkpoint, model: ArchModel, warn?: (code: string, message: string) => void): void {
   for (const spec of allWeightSpecs(model)) resolveWeight(ckpt, spec);
+  const n = model.shape.numLayers;
+  const extra = Object.values(model.layerWeights(n)).flatMap((s) => [s.name, ...(s.rowRanges ?? []).map((r) => r.name)]).find((name) => ckpt.has(name));
+  if (extra) {
+    warn?.("LAYERS_UNUSED", `config.json's num_hidden_layers is ${n}, but the checkpoint has tensors of layer ${n} (${extra}): only the first ${n} layers run, and the output is not the full model's`);
+  }
 }
