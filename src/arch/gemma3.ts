@@ -3,28 +3,29 @@
 // scaled by sqrt(hidden), optional soft-capping.
 import { z } from "zod";
 import type { Ops, Tensor } from "../backend/ops.js";
+import { checkAttention, checkLayerTypes, headCount, layerCount, positionCount, sizeCount } from "./limits.js";
 import { RopeScaling, ropeTable, type RopeTable } from "./rope.js";
 import { gatedMlp, type ArchModel, type Architecture, type LayerRun, type Weights, type WeightSpecs } from "./types.js";
 
 const int = z.number().int().positive();
 const LayerType = z.enum(["sliding_attention", "full_attention"]);
 
-export const Gemma3TextConfig = z.object({
-  hidden_size: int,
-  intermediate_size: int,
-  num_hidden_layers: int,
-  num_attention_heads: int,
-  num_key_value_heads: int,
-  head_dim: int,
-  vocab_size: int,
-  max_position_embeddings: int,
+const Gemma3TextConfigFields = z.object({
+  hidden_size: sizeCount,
+  intermediate_size: sizeCount,
+  num_hidden_layers: layerCount,
+  num_attention_heads: headCount,
+  num_key_value_heads: headCount,
+  head_dim: headCount,
+  vocab_size: sizeCount,
+  max_position_embeddings: positionCount,
   rms_norm_eps: z.number().positive().default(1e-6),
   rope_theta: z.number().positive().default(1_000_000),
   rope_local_base_freq: z.number().positive().default(10_000),
   rope_scaling: RopeScaling,
   /** transformers 5 writes RoPE per layer type. */
   rope_parameters: z.record(LayerType, RopeScaling).nullish(),
-  sliding_window: int,
+  sliding_window: positionCount,
   sliding_window_pattern: int.default(6),
   layer_types: z.array(LayerType).nullish(),
   query_pre_attn_scalar: z.number().positive(),
@@ -34,7 +35,11 @@ export const Gemma3TextConfig = z.object({
   tie_word_embeddings: z.boolean().default(true),
   attention_bias: z.literal(false).default(false),
 });
-export type Gemma3TextConfig = z.infer<typeof Gemma3TextConfig>;
+export const Gemma3TextConfig = Gemma3TextConfigFields.superRefine((c, ctx) => {
+  checkAttention(c, ctx);
+  checkLayerTypes(c, ctx);
+});
+export type Gemma3TextConfig = z.infer<typeof Gemma3TextConfigFields>;
 
 /** Layer i's kind: config.layer_types, else every `sliding_window_pattern`-th layer is global. */
 function layerTypes(c: Gemma3TextConfig): z.infer<typeof LayerType>[] {

@@ -3,28 +3,29 @@
 import { z } from "zod";
 import type { Ops, Tensor } from "../backend/ops.js";
 import { routedExperts, softmaxOfTopK } from "./moe.js";
+import { checkAttention, checkExpertsPerToken, checkLayerTypes, expertCount, headCount, layerCount, positionCount, sizeCount } from "./limits.js";
 import { RopeScaling, ropeTable } from "./rope.js";
 import type { ArchModel, Architecture, LayerRun, Weights, WeightSpecs } from "./types.js";
 
 const int = z.number().int().positive();
 const LayerType = z.enum(["sliding_attention", "full_attention"]);
 
-export const GptOssConfig = z.object({
-  hidden_size: int.refine((n) => n % 32 === 0, "must be a multiple of 32 (MXFP4 groups)"),
-  intermediate_size: int.refine((n) => n % 32 === 0, "must be a multiple of 32 (MXFP4 groups)"),
-  num_hidden_layers: int,
-  num_attention_heads: int,
-  num_key_value_heads: int,
-  head_dim: int,
-  vocab_size: int,
-  max_position_embeddings: int,
+const GptOssConfigFields = z.object({
+  hidden_size: sizeCount.refine((n) => n % 32 === 0, "must be a multiple of 32 (MXFP4 groups)"),
+  intermediate_size: sizeCount.refine((n) => n % 32 === 0, "must be a multiple of 32 (MXFP4 groups)"),
+  num_hidden_layers: layerCount,
+  num_attention_heads: headCount,
+  num_key_value_heads: headCount,
+  head_dim: headCount,
+  vocab_size: sizeCount,
+  max_position_embeddings: positionCount,
   rms_norm_eps: z.number().positive().default(1e-5),
   rope_theta: z.number().positive().default(150000),
   rope_scaling: RopeScaling,
   rope_parameters: RopeScaling,
-  sliding_window: int,
+  sliding_window: positionCount,
   layer_types: z.array(LayerType).nullish(),
-  num_local_experts: int,
+  num_local_experts: expertCount,
   num_experts_per_tok: int,
   swiglu_limit: z.number().positive().default(7),
   attention_bias: z.literal(true).default(true),
@@ -34,7 +35,12 @@ export const GptOssConfig = z.object({
     { error: 'missing: layerwise reads gpt-oss experts as MXFP4, as released (quant_method "mxfp4"); bf16 re-releases are not supported' },
   ),
 });
-export type GptOssConfig = z.infer<typeof GptOssConfig>;
+export const GptOssConfig = GptOssConfigFields.superRefine((c, ctx) => {
+  checkAttention(c, ctx);
+  checkLayerTypes(c, ctx);
+  checkExpertsPerToken(c.num_experts_per_tok, c.num_local_experts, "num_local_experts", ctx);
+});
+export type GptOssConfig = z.infer<typeof GptOssConfigFields>;
 
 /** The activation's sigmoid slope, fixed in transformers' GptOssExperts. */
 const swigluAlpha = 1.702;

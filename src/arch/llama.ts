@@ -1,20 +1,20 @@
 // Llama (1, 2, 3.x): RMSNorm, GQA attention with RoPE (incl. llama3 scaling), SwiGLU MLP; tied or untied head.
 import { z } from "zod";
 import type { Ops, Tensor } from "../backend/ops.js";
+import { checkAttention, headCount, layerCount, positionCount, sizeCount } from "./limits.js";
 import { RopeScaling, ropeTable } from "./rope.js";
 import { gatedMlp, type ArchModel, type Architecture, type LayerRun, type Weights, type WeightSpecs } from "./types.js";
 
-const int = z.number().int().positive();
-
-export const LlamaConfig = z.object({
-  hidden_size: int,
-  intermediate_size: int,
-  num_hidden_layers: int,
-  num_attention_heads: int,
-  num_key_value_heads: int.optional(),
-  head_dim: int.nullish(),
-  vocab_size: int,
-  max_position_embeddings: int,
+/** The fields, before the checks across them (Qwen3 extends these). */
+export const LlamaConfigFields = z.object({
+  hidden_size: sizeCount,
+  intermediate_size: sizeCount,
+  num_hidden_layers: layerCount,
+  num_attention_heads: headCount,
+  num_key_value_heads: headCount.optional(),
+  head_dim: headCount.nullish(),
+  vocab_size: sizeCount,
+  max_position_embeddings: positionCount,
   rms_norm_eps: z.number().positive(),
   rope_theta: z.number().positive().optional(),
   rope_scaling: RopeScaling,
@@ -24,7 +24,8 @@ export const LlamaConfig = z.object({
   mlp_bias: z.boolean().default(false),
   hidden_act: z.literal("silu").default("silu"),
 });
-export type LlamaConfig = z.infer<typeof LlamaConfig>;
+export const LlamaConfig = LlamaConfigFields.superRefine(checkAttention);
+export type LlamaConfig = z.infer<typeof LlamaConfigFields>;
 
 /** Weight names of one decoder layer; `qk norm` adds Qwen3's per-head norms. */
 export function llamaLayerWeights(c: LlamaConfig, i: number, qkNorm: boolean): WeightSpecs {

@@ -5,45 +5,62 @@
 import { z } from "zod";
 import type { Ops, Tensor } from "../backend/ops.js";
 import { routedExperts, softmaxThenTopK } from "./moe.js";
+import { checkAttention, checkExpertsPerToken, checkLayerTypes, configLimits, expertCount, headCount, layerCount, positionCount, sizeCount } from "./limits.js";
 import { RopeScaling, ropeTable } from "./rope.js";
 import { gatedMlp, type ArchModel, type Architecture, type LayerRun, type Weights, type WeightSpecs } from "./types.js";
 
 const int = z.number().int().positive();
 const LayerType = z.enum(["linear_attention", "full_attention"]);
 
-export const Qwen3NextConfig = z.object({
-  hidden_size: int,
-  num_hidden_layers: int,
-  num_attention_heads: int,
-  num_key_value_heads: int,
-  head_dim: int.nullish(),
-  vocab_size: int,
-  max_position_embeddings: int,
+const Qwen3NextConfigFields = z.object({
+  hidden_size: sizeCount,
+  num_hidden_layers: layerCount,
+  num_attention_heads: headCount,
+  num_key_value_heads: headCount,
+  head_dim: headCount.nullish(),
+  vocab_size: sizeCount,
+  max_position_embeddings: positionCount,
   rms_norm_eps: z.number().positive().default(1e-6),
   rope_theta: z.number().positive().optional(),
   rope_scaling: RopeScaling,
   rope_parameters: RopeScaling,
   partial_rotary_factor: z.number().positive().max(1).optional(),
-  intermediate_size: int,
-  moe_intermediate_size: int,
-  shared_expert_intermediate_size: int,
-  num_experts: int,
+  intermediate_size: sizeCount,
+  moe_intermediate_size: sizeCount,
+  shared_expert_intermediate_size: sizeCount,
+  num_experts: expertCount,
   num_experts_per_tok: int,
   norm_topk_prob: z.boolean().default(true),
   decoder_sparse_step: int.default(1),
-  mlp_only_layers: z.array(z.number().int().nonnegative()).default([]),
-  linear_num_value_heads: int,
-  linear_num_key_heads: int,
-  linear_key_head_dim: int,
-  linear_value_head_dim: int,
-  linear_conv_kernel_dim: int.default(4),
+  mlp_only_layers: z.array(z.number().int().nonnegative().max(configLimits.layers)).default([]),
+  linear_num_value_heads: headCount,
+  linear_num_key_heads: headCount,
+  linear_key_head_dim: headCount,
+  linear_value_head_dim: headCount,
+  linear_conv_kernel_dim: headCount.default(4),
   layer_types: z.array(LayerType).nullish(),
   full_attention_interval: int.default(4),
   attention_bias: z.literal(false).default(false),
   tie_word_embeddings: z.boolean().default(false),
   hidden_act: z.literal("silu").default("silu"),
 });
-export type Qwen3NextConfig = z.infer<typeof Qwen3NextConfig>;
+export const Qwen3NextConfig = Qwen3NextConfigFields.superRefine((c, ctx) => {
+  checkAttention(c, ctx);
+  checkLayerTypes(c, ctx);
+  checkExpertsPerToken(c.num_experts_per_tok, c.num_experts, "num_experts", ctx);
+  if (c.linear_num_value_heads % c.linear_num_key_heads !== 0) {
+    ctx.addIssue({ code: "custom", path: ["linear_num_value_heads"], message: `linear_num_value_heads ${c.linear_num_value_heads} is not a multiple of linear_num_key_heads ${c.linear_num_key_heads}` });
+  }
+  const headDim = c.head_dim ?? c.hidden_size / c.num_attention_heads;
+  const partial = rotaryFactor(c);
+  const rotary = Math.floor(headDim * partial);
+  if (rotary < 2 || rotary % 2 !== 0) {
+    ctx.addIssue({ code: "custom", path: ["partial_rotary_factor"], message: `partial_rotary_factor ${partial} of head_dim ${headDim} rotates ${rotary} dimensions; RoPE needs an even number of them, at least 2` });
+  }
+});
+export type Qwen3NextConfig = z.infer<typeof Qwen3NextConfigFields>;
+
+const rotaryFactor = (c: Pick<Qwen3NextConfig, "rope_parameters" | "partial_rotary_factor">) => c.rope_parameters?.partial_rotary_factor ?? c.partial_rotary_factor ?? 0.25;
 
 /** `count` rows from `start`, every `stride` rows, `groups` times: one part of an output interleaved per head group. */
 const strided = (name: string, groups: number, stride: number, start: number, count: number) => Array.from({ length: groups }, (_, g) => ({ name, start: g * stride + start, count }));
@@ -53,9 +70,9 @@ function createQwen3Next(c: Qwen3NextConfig): ArchModel {
   const headDim = c.head_dim ?? h / heads;
   const norm = { eps: c.rms_norm_eps, offset: 1 };
   const types = c.layer_types ?? Array.from({ length: c.num_hidden_layers }, (_, i) => ((i + 1) % c.full_attention_interval === 0 ? "full_attention" : "linear_attention"));
-  const partial = c.rope_parameters?.partial_rotary_factor ?? c.partial_rotary_factor ?? 0.25;
-  const rope = ropeTable(c, Math.floor(headDim * partial));
-  const sparse = (i: number) => !c.mlp_only_layers.includes(i) && (i + 1) % c.decoder_sparse_step === 0;
+  const rope = ropeTable(c, Math.floor(headDim * rotaryFactor(c)));
+  const mlpOnly = new Set(c.mlp_only_layers);
+  const sparse = (i: number) => !mlpOnly.has(i) && (i + 1) % c.decoder_sparse_step === 0;
   // Gated DeltaNet: key heads share their value heads in groups of `r`; in_proj_qkvz / in_proj_ba outputs run per group.
   const [nk, nv, hk, hv, kernel] = [c.linear_num_key_heads, c.linear_num_value_heads, c.linear_key_head_dim, c.linear_value_head_dim, c.linear_conv_kernel_dim];
   const r = nv / nk;

@@ -1,13 +1,15 @@
 // Qwen3 (dense): the Llama decoder plus RMSNorm of each query and key head before RoPE.
 import { z } from "zod";
-import { LlamaConfig, createLlamaFamily } from "./llama.js";
+import { headCount, checkAttention } from "./limits.js";
+import { LlamaConfigFields, createLlamaFamily } from "./llama.js";
 import type { Architecture } from "./types.js";
 
-export const Qwen3Config = LlamaConfig.extend({
-  head_dim: z.number().int().positive(),
+const Qwen3ConfigFields = LlamaConfigFields.extend({
+  head_dim: headCount,
   use_sliding_window: z.literal(false).nullish(),
 });
-export type Qwen3Config = z.infer<typeof Qwen3Config>;
+export const Qwen3Config = Qwen3ConfigFields.superRefine(checkAttention);
+export type Qwen3Config = z.infer<typeof Qwen3ConfigFields>;
 
 export const qwen3: Architecture<Qwen3Config> = {
   modelType: "qwen3",

@@ -1,6 +1,7 @@
 // RoPE inverse frequencies for the rope types HF configs name (default, linear, llama3, yarn), from transformers' modeling_rope_utils.
 import { z } from "zod";
 import { CheckpointError } from "../errors.js";
+import { configLimits } from "./limits.js";
 
 export const RopeScaling = z
   .looseObject({
@@ -15,7 +16,7 @@ export const RopeScaling = z
     beta_fast: z.number().optional(),
     beta_slow: z.number().optional(),
     truncate: z.boolean().optional(),
-    partial_rotary_factor: z.number().optional(),
+    partial_rotary_factor: z.number().positive().max(1).optional(),
   })
   .nullish();
 export type RopeScaling = z.infer<typeof RopeScaling>;
@@ -38,6 +39,10 @@ export const supportedRopeTypes = ["default", "linear", "llama3", "yarn"] as con
 
 /** Inverse frequencies for `rotaryDim` rotated dims of each head. */
 export function ropeTable(c: RopeInput, rotaryDim: number): RopeTable {
+  // The configs' checks keep this true; a table of any other size would be garbage (or a huge allocation).
+  if (!Number.isInteger(rotaryDim) || rotaryDim < 2 || rotaryDim % 2 !== 0 || rotaryDim > configLimits.heads) {
+    throw new CheckpointError("CONFIG_INVALID", `RoPE over ${rotaryDim} dimensions of a head: it needs an even number, from 2 to ${configLimits.heads}`, "compare config.json with the model's original");
+  }
   const p = c.rope_parameters ?? c.rope_scaling ?? {};
   const theta = p.rope_theta ?? c.rope_theta ?? 10000;
   const type = p.rope_type ?? p.type ?? "default";

@@ -9,6 +9,7 @@ import { expertsIn, type WeightSpec } from "../arch/types.js";
 import { resolveWeight, validateWeights } from "../engine/weights.js";
 import { formatBytes } from "../util/bytes.js";
 import { kvBytesAt } from "../engine/planner.js";
+import { LayerwiseError } from "../errors.js";
 
 export interface ModelReport {
   model_type: string;
@@ -25,15 +26,31 @@ export interface ModelReport {
   kv_bytes_full_context_bf16: number;
   files: string[];
   tokenizer_vocab?: number;
+  /** Why the tokenizer cannot be used, when it exists but is broken (a missing one is only the absent tokenizer_vocab). */
+  tokenizer_error?: { code: string; message: string };
   chat_template: boolean;
+  chat_template_error?: { code: string; message: string };
   eos_token_ids: number[];
+  /** What runs but not as the checkpoint's authors meant (fewer layers than the weights hold). */
+  warnings: { code: string; message: string }[];
+}
+
+/** The value of `load`, or the LayerwiseError that says why there is none (anything else is a bug and is thrown). */
+async function settle<T>(load: () => Promise<T>): Promise<{ value?: T; error?: LayerwiseError }> {
+  try {
+    return { value: await load() };
+  } catch (e) {
+    if (e instanceof LayerwiseError) return { error: e };
+    throw e;
+  }
 }
 
 export async function inspectModel(dir: string): Promise<ModelReport> {
   const ckpt = await Checkpoint.open(dir);
   try {
     const { model } = createArchModel(ckpt.rawConfig, `${dir}/config.json`);
-    validateWeights(ckpt, model);
+    const warnings: ModelReport["warnings"] = [];
+    validateWeights(ckpt, model, (code, message) => warnings.push({ code, message }));
     // Counted as the architecture sees its weights (an MXFP4 byte holds two values; its scales are not parameters).
     const dtypes: Record<string, number> = {};
     let parameters = 0;
@@ -56,8 +73,9 @@ export async function inspectModel(dir: string): Promise<ModelReport> {
       bytesOf([...Object.values(model.layerWeights(i)), ...Array.from({ length: expertsIn(model.shape, i) }, (_, e) => Object.values(model.expertWeights!(i, e))).flat()]),
     );
     const kvElements = model.shape.kvLayers.reduce((n, l) => n + 2 * l.kvHeads * l.headDim, 0);
-    const tokenizer = await TextTokenizer.load(dir).catch(() => undefined);
-    const template = tokenizer ? await ChatTemplate.load(dir, tokenizer.config) : undefined;
+    const tokenizer = await settle(() => TextTokenizer.load(dir, { vocabSize: model.shape.vocabSize }));
+    const tokenizerError = tokenizer.error?.code === "TOKENIZER_MISSING" ? undefined : tokenizer.error;
+    const template = tokenizer.value ? await settle(() => ChatTemplate.load(dir, tokenizer.value!.config)) : {};
     const defaults = await readGenerationDefaults(dir, ckpt.rawConfig);
     return {
       model_type: String(ckpt.rawConfig.model_type),
@@ -73,9 +91,12 @@ export async function inspectModel(dir: string): Promise<ModelReport> {
       kv_bytes_per_token: { bf16: kvElements * 2, f32: kvElements * 4 },
       kv_bytes_full_context_bf16: kvBytesAt(model.shape, "bf16", model.shape.maxPositions),
       files: ckpt.files.map((f) => f.slice(dir.length + 1)),
-      ...(tokenizer ? { tokenizer_vocab: tokenizer.vocabSize } : {}),
-      chat_template: template !== undefined,
+      ...(tokenizer.value ? { tokenizer_vocab: tokenizer.value.vocabSize } : {}),
+      ...(tokenizerError ? { tokenizer_error: { code: tokenizerError.code, message: tokenizerError.message } } : {}),
+      chat_template: template.value !== undefined,
+      ...(template.error ? { chat_template_error: { code: template.error.code, message: template.error.message } } : {}),
       eos_token_ids: defaults.eosTokenIds,
+      warnings,
     };
   } finally {
     await ckpt.close();
@@ -108,9 +129,10 @@ export function registerInspect(program: Command): void {
         ["bytes per layer", layerMin === layerMax ? formatBytes(layerMin) : `${formatBytes(layerMin)} .. ${formatBytes(layerMax)}`],
         ["KV per token", `${formatBytes(r.kv_bytes_per_token.bf16)} (bf16), ${formatBytes(r.kv_bytes_per_token.f32)} (f32)`],
         ["KV at full context", `${formatBytes(r.kv_bytes_full_context_bf16)} (bf16; sliding-window layers hold only their window)`],
-        ["tokenizer", r.tokenizer_vocab !== undefined ? `${r.tokenizer_vocab} tokens` : "missing (tokenizer.json)"],
-        ["chat template", r.chat_template ? "yes" : "no"],
+        ["tokenizer", r.tokenizer_vocab !== undefined ? `${r.tokenizer_vocab} tokens` : r.tokenizer_error ? `unusable: [${r.tokenizer_error.code}] ${r.tokenizer_error.message}` : "missing (tokenizer.json)"],
+        ["chat template", r.chat_template ? "yes" : r.chat_template_error ? `unusable: [${r.chat_template_error.code}] ${r.chat_template_error.message}` : "no"],
         ["eos ids", r.eos_token_ids.join(", ") || "none"],
+        ...r.warnings.map((w) => ["warning", `[${w.code}] ${w.message}`]),
       ];
       const w = Math.max(...lines.map(([k]) => k!.length));
       for (const [k, v] of lines) process.stdout.write(`${k!.padEnd(w)}  ${v}\n`);

@@ -165,8 +165,8 @@ export class LayerwiseModel {
     const cleanup: (() => unknown)[] = [() => checkpoint.close()];
     try {
       const { model: arch } = createArchModel(checkpoint.rawConfig, `${dir}/config.json`);
-      validateWeights(checkpoint, arch);
-      const tokenizer = await TextTokenizer.load(dir);
+      validateWeights(checkpoint, arch, o.onWarning);
+      const tokenizer = await TextTokenizer.load(dir, { vocabSize: arch.shape.vocabSize });
       const chatTemplate = await ChatTemplate.load(dir, tokenizer.config);
       const defaults = await readGenerationDefaults(dir, checkpoint.rawConfig);
       const shared = typeof o.backend === "object" ? o.backend : undefined;

@@ -103,17 +103,28 @@ function rowRanges(ckpt: Checkpoint, spec: WeightSpec, ranges: NonNullable<Weigh
   return { shape: spec.shape, dtype: dtype!, ranges: out, byteLength: out.reduce((n, r) => n + r.byteLength, 0) };
 }
 
-/** Every weight the architecture names, per layer, with each expert's. */
-export function allWeightSpecs(model: ArchModel): WeightSpec[] {
-  const specs = [...Object.values(model.globalWeights)];
+/**
+ * Every weight the architecture names, per layer, with each expert's; generated one layer at a time, so a config that
+ * names more layers or experts than the checkpoint holds fails at the first missing one instead of listing them all.
+ */
+export function* allWeightSpecs(model: ArchModel): Generator<WeightSpec> {
+  yield* Object.values(model.globalWeights);
   for (let i = 0; i < model.shape.numLayers; i++) {
-    specs.push(...Object.values(model.layerWeights(i)));
-    for (let e = 0; e < expertsIn(model.shape, i); e++) specs.push(...Object.values(model.expertWeights!(i, e)));
+    yield* Object.values(model.layerWeights(i));
+    for (let e = 0; e < expertsIn(model.shape, i); e++) yield* Object.values(model.expertWeights!(i, e));
   }
-  return specs;
 }
 
-/** Every tensor the architecture needs exists with the shape its config implies; throws naming the first that does not. */
-export function validateWeights(ckpt: Checkpoint, model: ArchModel): void {
+/**
+ * Every tensor the architecture needs exists with the shape its config implies; throws naming the first that does not.
+ * A checkpoint with more layers than config.json names is run with the first ones, as transformers does, with a warning
+ * (the output is not the full model's): a deliberately truncated model is a real use, a silent one is a surprise.
+ */
+export function validateWeights(ckpt: Checkpoint, model: ArchModel, warn?: (code: string, message: string) => void): void {
   for (const spec of allWeightSpecs(model)) resolveWeight(ckpt, spec);
+  const n = model.shape.numLayers;
+  const extra = Object.values(model.layerWeights(n)).flatMap((s) => [s.name, ...(s.rowRanges ?? []).map((r) => r.name)]).find((name) => ckpt.has(name));
+  if (extra) {
+    warn?.("LAYERS_UNUSED", `config.json's num_hidden_layers is ${n}, but the checkpoint has tensors of layer ${n} (${extra}): only the first ${n} layers run, and the output is not the full model's`);
+  }
 }

@@ -1,9 +1,10 @@
 // A Hugging Face model folder: config.json, one or many safetensors shards, and byte-range reads of tensor data.
-import { readFile, readdir, stat } from "node:fs/promises";
+import { readdir, stat } from "node:fs/promises";
 import { DiskReader } from "./disk-reader.js";
 import { join } from "node:path";
 import { CheckpointError } from "../errors.js";
-import { fileOpenError, readSafetensorsHeader, type TensorInfo } from "./safetensors.js";
+import { fileReadError, readModelJson } from "./model-files.js";
+import { readSafetensorsHeader, type TensorInfo } from "./safetensors.js";
 
 export class Checkpoint {
   /** Buffered reads of small things; layer streaming has its own reader. */
@@ -19,13 +20,13 @@ export class Checkpoint {
 
   /** Opens a model folder: reads config.json and every shard's header; reads no tensor data. */
   static async open(dir: string): Promise<Checkpoint> {
-    const info = await stat(dir).catch(() => undefined);
+    const info = await stat(dir).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === "ENOENT") return undefined;
+      throw fileReadError(dir, e);
+    });
     if (!info) throw new CheckpointError("MODEL_DIR_MISSING", `${dir} does not exist`, "give the path of a model folder holding config.json, *.safetensors and tokenizer.json");
     if (!info.isDirectory()) throw new CheckpointError("MODEL_DIR_MISSING", `${dir} is not a folder`, "give the model's folder, not one of its files");
-    const rawConfig = await readJsonFile(join(dir, "config.json"), "CONFIG_MISSING", "a Hugging Face model folder has config.json beside its *.safetensors files");
-    if (typeof rawConfig !== "object" || rawConfig === null || Array.isArray(rawConfig)) {
-      throw new CheckpointError("CONFIG_INVALID", `${join(dir, "config.json")} is not a JSON object`);
-    }
+    const rawConfig = await readModelJson(join(dir, "config.json"), "config", { code: "CONFIG_MISSING", hint: "a Hugging Face model folder has config.json beside its *.safetensors files" });
     const { files, index } = await findShards(dir);
     const tensors = new Map<string, TensorInfo>();
     for (const file of files) {
@@ -41,7 +42,7 @@ export class Checkpoint {
         throw new CheckpointError("TENSOR_MISSING", `model.safetensors.index.json puts ${name} in ${shard}, but that shard has no such tensor`, "the shard looks incomplete; download it again");
       }
     }
-    return new Checkpoint(dir, rawConfig as Record<string, unknown>, tensors, files);
+    return new Checkpoint(dir, rawConfig, tensors, files);
   }
 
   tensor(name: string): TensorInfo {
@@ -71,7 +72,7 @@ export async function findShards(dir: string): Promise<{ files: string[]; index?
   try {
     names = await readdir(dir);
   } catch (e) {
-    throw fileOpenError(dir, e);
+    throw fileReadError(dir, e);
   }
   if (names.includes("model.safetensors.index.json")) {
     const index = await readIndex(dir);
@@ -97,32 +98,10 @@ export async function findShards(dir: string): Promise<{ files: string[]; index?
 
 async function readIndex(dir: string): Promise<Record<string, string>> {
   const file = join(dir, "model.safetensors.index.json");
-  const json = (await readJsonFile(file, "INDEX_MISSING", "")) as { weight_map?: unknown };
-  const map = json?.weight_map;
-  if (typeof map !== "object" || map === null || !Object.values(map).every((v) => typeof v === "string" && !v.includes("/") && !v.includes("\\"))) {
-    throw new CheckpointError("INDEX_INVALID", `${file}: weight_map must map tensor names to shard file names in this folder`);
+  const json = await readModelJson(file, "index", { code: "INDEX_MISSING", hint: "download model.safetensors.index.json again" });
+  const map = json.weight_map;
+  if (typeof map !== "object" || map === null || Array.isArray(map) || !Object.values(map).every((v) => typeof v === "string" && !v.includes("/") && !v.includes("\\"))) {
+    throw new CheckpointError("INDEX_INVALID", `${file}: weight_map must map tensor names to shard file names in this folder`, "download model.safetensors.index.json again");
   }
   return map as Record<string, string>;
-}
-
-export async function readJsonFile(file: string, missingCode: string, missingHint: string): Promise<unknown> {
-  const json = await readOptionalJsonFile(file);
-  if (json === undefined) throw new CheckpointError(missingCode, `${file} does not exist`, missingHint || undefined);
-  return json;
-}
-
-/** Parsed JSON of `file`, or undefined when it does not exist. */
-export async function readOptionalJsonFile(file: string): Promise<unknown> {
-  let text: string;
-  try {
-    text = await readFile(file, "utf8");
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-    throw fileOpenError(file, e);
-  }
-  try {
-    return JSON.parse(text);
-  } catch (e) {
-    throw new CheckpointError("JSON_INVALID", `${file} is not valid JSON: ${(e as Error).message}`, "the file is corrupt; download it again");
-  }
 }

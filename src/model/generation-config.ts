@@ -2,7 +2,7 @@
 import { join } from "node:path";
 import { z } from "zod";
 import { CheckpointError } from "../errors.js";
-import { readOptionalJsonFile } from "./checkpoint.js";
+import { readOptionalModelJson } from "./model-files.js";
 
 const ids = z.union([z.number().int(), z.array(z.number().int())]).nullish();
 
@@ -32,10 +32,11 @@ export interface GenerationDefaults {
 
 export async function readGenerationDefaults(dir: string, rawConfig: Record<string, unknown>): Promise<GenerationDefaults> {
   const file = join(dir, "generation_config.json");
-  const raw = (await readOptionalJsonFile(file)) ?? {};
+  const raw = (await readOptionalModelJson(file, "generation_config")) ?? {};
   const parsed = GenerationConfigSchema.safeParse(raw);
   if (!parsed.success) {
-    throw new CheckpointError("GENERATION_CONFIG_INVALID", `${file}: ${parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ")}`);
+    const problems = parsed.error.issues.slice(0, 5).map((i) => `${i.path.join(".")}: ${i.message}`).join("; ");
+    throw new CheckpointError("GENERATION_CONFIG_INVALID", `${file}: ${problems}`, "download generation_config.json again, or remove it to use plain defaults");
   }
   const g = parsed.data;
   const list = (v: number | number[] | null | undefined) => (v === null || v === undefined ? [] : Array.isArray(v) ? v : [v]);

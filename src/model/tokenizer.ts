@@ -1,16 +1,67 @@
 // tokenizer.json through @huggingface/tokenizers, plus detokenization that streams text without splitting a character.
-import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Tokenizer } from "@huggingface/tokenizers";
+import { z } from "zod";
 import { CheckpointError } from "../errors.js";
-import { readOptionalJsonFile } from "./checkpoint.js";
+import { readOptionalModelJson, readOptionalModelText, parseModelJson } from "./model-files.js";
+
+const SpecialToken = z.union([z.string(), z.looseObject({ content: z.string() }), z.null()], { error: "must be a string, {content: string} or null" }).optional();
+
+/** The keys of tokenizer_config.json that layerwise or the tokenizer library read; the rest pass through unchecked. */
+export const TokenizerConfigSchema = z.looseObject({
+  bos_token: SpecialToken,
+  eos_token: SpecialToken,
+  add_bos_token: z.boolean().nullish(),
+  // transformers allows one template, or named ones of which "default" is used.
+  chat_template: z
+    .union([z.string(), z.array(z.object({ name: z.string(), template: z.string() }))], { error: "must be a string or a list of {name, template}" })
+    .nullish(),
+  additional_special_tokens: z.array(z.union([z.string(), z.looseObject({ content: z.string() })]), { error: "must be a list of tokens" }).nullish(),
+  clean_up_tokenization_spaces: z.boolean().nullish(),
+  remove_space: z.boolean().nullish(),
+  do_lowercase_and_remove_accent: z.boolean().nullish(),
+});
 
 export interface TokenizerConfig {
   bos_token?: string | { content: string } | null;
   eos_token?: string | { content: string } | null;
-  add_bos_token?: boolean;
-  chat_template?: string | { name: string; template: string }[];
+  add_bos_token?: boolean | null;
+  chat_template?: string | { name: string; template: string }[] | null;
   [key: string]: unknown;
+}
+
+/** tokenizer_config.json checked against what layerwise and the tokenizer library read from it. */
+export function parseTokenizerConfig(raw: Record<string, unknown>, file: string): TokenizerConfig {
+  const parsed = TokenizerConfigSchema.safeParse(raw);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.slice(0, 5).map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ");
+    throw new CheckpointError("TOKENIZER_CONFIG_INVALID", `${file}: ${problems}`, "compare it with the model's original tokenizer_config.json, or download it again");
+  }
+  return parsed.data as TokenizerConfig;
+}
+
+/** The parts of tokenizer.json read before the library sees it: every token id it can produce, with its text. */
+const TokenizerJsonSchema = z.looseObject({
+  model: z.looseObject({ vocab: z.union([z.record(z.string(), z.number().int().nonnegative()), z.array(z.tuple([z.string(), z.number()]).rest(z.unknown()))]).optional() }),
+  added_tokens: z.array(z.looseObject({ id: z.number().int().nonnegative(), content: z.string(), special: z.boolean().optional() })).default([]),
+});
+
+/** The largest token id of a checked tokenizer.json and its text. */
+function largestId(json: z.infer<typeof TokenizerJsonSchema>): { id: number; token: string } {
+  let best = { id: -1, token: "" };
+  const vocab = json.model.vocab;
+  if (Array.isArray(vocab)) {
+    if (vocab.length > 0) best = { id: vocab.length - 1, token: vocab[vocab.length - 1]![0] }; // Unigram: ids are positions
+  } else if (vocab) {
+    for (const [token, id] of Object.entries(vocab)) if (id > best.id) best = { id, token };
+  }
+  for (const t of json.added_tokens) if (t.id > best.id) best = { id: t.id, token: t.content };
+  return best;
+}
+
+export interface TokenizerLoadOptions {
+  /** The model's vocab_size: a tokenizer that can produce an id at or past it is refused (the embedding has no row for it). */
+  vocabSize?: number;
 }
 
 export class TextTokenizer {
@@ -21,28 +72,35 @@ export class TextTokenizer {
     private readonly specialIds: ReadonlySet<number>,
   ) {}
 
-  static async load(dir: string): Promise<TextTokenizer> {
+  static async load(dir: string, o: TokenizerLoadOptions = {}): Promise<TextTokenizer> {
     const file = join(dir, "tokenizer.json");
-    let text: string;
-    try {
-      text = await readFile(file, "utf8");
-    } catch {
+    const text = await readOptionalModelText(file, "tokenizer");
+    if (text === undefined) {
       throw new CheckpointError("TOKENIZER_MISSING", `${file} does not exist`, "layerwise needs the fast tokenizer file tokenizer.json; download it with the model (tokenizer.model alone is not enough)");
     }
-    let json: { added_tokens?: { id: number; special?: boolean }[]; model?: { vocab?: unknown } };
-    try {
-      json = JSON.parse(text);
-    } catch (e) {
-      throw new CheckpointError("TOKENIZER_INVALID", `${file} is not valid JSON: ${(e as Error).message}`, "download tokenizer.json again");
+    const raw = parseModelJson(file, "tokenizer", text);
+    const checked = TokenizerJsonSchema.safeParse(raw);
+    if (!checked.success) {
+      const problems = checked.error.issues.slice(0, 3).map((i) => `${i.path.slice(0, 4).join(".") || "(root)"}: ${i.message}`).join("; ");
+      throw new CheckpointError("TOKENIZER_INVALID", `${file} is not a tokenizer: ${problems}`, "download tokenizer.json again");
     }
-    const config = ((await readOptionalJsonFile(join(dir, "tokenizer_config.json"))) ?? {}) as TokenizerConfig;
+    const largest = largestId(checked.data);
+    if (o.vocabSize !== undefined && largest.id >= o.vocabSize) {
+      throw new CheckpointError(
+        "TOKENIZER_VOCAB_MISMATCH",
+        `${file} has token id ${largest.id} (${JSON.stringify(largest.token.slice(0, 100))}), but config.json's vocab_size is ${o.vocabSize}: the model has no embedding for it`,
+        "the tokenizer does not belong to these weights; use the tokenizer files that came with the model",
+      );
+    }
+    const configFile = join(dir, "tokenizer_config.json");
+    const config = parseTokenizerConfig((await readOptionalModelJson(configFile, "tokenizer_config")) ?? {}, configFile);
     let tokenizer: Tokenizer;
     try {
-      tokenizer = new Tokenizer(json, config);
+      tokenizer = new Tokenizer(raw, config);
     } catch (e) {
-      throw new CheckpointError("TOKENIZER_INVALID", `${file} could not be loaded: ${(e as Error).message}`, "download tokenizer.json again");
+      throw new CheckpointError("TOKENIZER_INVALID", `${file} could not be loaded: ${String((e as Error)?.message ?? e).slice(0, 300)}`, "download tokenizer.json again");
     }
-    const special = new Set((json.added_tokens ?? []).filter((t) => t.special).map((t) => t.id));
+    const special = new Set(checked.data.added_tokens.filter((t) => t.special).map((t) => t.id));
     return new TextTokenizer(tokenizer, config, tokenizer.get_vocab(true).size, special);
   }
 

@@ -1,10 +1,12 @@
 // Writes a deterministic random-weight checkpoint with a preset's exact shapes: config, safetensors shards, tokenizer files.
-import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { lstat, mkdir, readdir, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { createArchModel } from "../arch/index.js";
 import { expertsIn, type WeightSpec } from "../arch/types.js";
 import type { FloatDType } from "../backend/dtype.js";
-import { UsageError } from "../errors.js";
+import { configLimits } from "../arch/limits.js";
+import { LayerwiseError, UsageError } from "../errors.js";
+import { readOptionalModelText } from "../model/model-files.js";
 import { checkDiskSpace, writeError } from "../util/disk-space.js";
 import { safetensorsDTypeBytes, writeSafetensors, type SafetensorsDType, type TensorToWrite } from "../model/safetensors.js";
 import { FillPool, fillSegment, segmentValues, type Distribution, type FillDType, type SegmentJob } from "./fill.js";
@@ -32,8 +34,14 @@ export interface TestModelInfo {
   bytes: number;
 }
 
-/** Marks a folder as written by this tool, so a later run may replace it; any other non-empty folder is left alone. */
+/**
+ * Marks a folder as written by this tool and lists the files it wrote (`files`), so a later run may replace those; a
+ * folder holding anything else is left alone.
+ */
 export const testModelMarker = ".layerwise-test-model.json";
+
+/** The only names this tool writes: a marker listing anything else is not trusted to delete it. */
+const ownFileName = /^(?:(?:config|generation_config|tokenizer|tokenizer_config)\.json|model\.safetensors(?:\.index\.json)?|model-\d{5}-of-\d{5}\.safetensors)$/;
 
 const stDType: Record<FillDType, SafetensorsDType> = { f32: "F32", f16: "F16", bf16: "BF16", u8: "U8" };
 const torchDType: Record<FloatDType, string> = { f32: "float32", f16: "float16", bf16: "bfloat16" };
@@ -49,7 +57,7 @@ export async function makeTestModel(o: MakeTestModelOptions): Promise<TestModelI
   const preset = presetFor(o.preset, o.arch);
   const seed = o.seed ?? 0;
   const numLayers = o.layers ?? (preset.config.num_hidden_layers as number);
-  if (!Number.isInteger(numLayers) || numLayers < 1) throw new UsageError("BAD_LAYERS", `--layers ${o.layers} is not a whole number >= 1`);
+  if (!Number.isInteger(numLayers) || numLayers < 1 || numLayers > configLimits.layers) throw new UsageError("BAD_LAYERS", `--layers ${o.layers} is not a whole number from 1 to ${configLimits.layers}`);
   const vocabSize = preset.config.vocab_size as number;
   const specials = specialTokens(preset.tokenizer, preset.specialTokens);
   const regular = vocabSize - specials.names.length;
@@ -71,22 +79,25 @@ export async function makeTestModel(o: MakeTestModelOptions): Promise<TestModelI
   specs.push(model.globalWeights.norm!);
   if (model.globalWeights.lmHead!.name !== model.globalWeights.embed!.name) specs.push(model.globalWeights.lmHead!);
   const stored = storedTensors(specs, o.dtype, preset);
-
-  await prepareOutDir(o.out);
-  // Marked ours from the start, so a folder a failed write leaves behind can be written again; `complete` once done.
-  const marker = { preset: o.preset, dtype: o.dtype, layers: numLayers, seed };
-  await writeFile(join(o.out, testModelMarker), JSON.stringify({ ...marker, complete: false }) + "\n");
-  const hint = "free disk space, choose --out on a larger disk, or write fewer layers (--layers)";
   const parameterCount = stored.reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1) * (t.dtype === "u8" ? 2 : 1), 0);
   // Worker threads pay off for real-size presets; tiny ones are written inline.
   const pool = parameterCount > 50e6 ? new FillPool() : undefined;
   const segments = new SegmentStream(stored, seed, pool);
   const tensors = stored.map((t) => randomTensor(t, segments));
   const bytes = tensors.reduce((n, t) => n + byteSize(t), 0);
-  let files: string[];
+  const shards = planShards(tensors, o.shardBytes ?? 4e9);
+  const files = shards.length === 1 ? ["model.safetensors"] : [...shards.map((s) => s.name), "model.safetensors.index.json"];
+  const written = [...files, "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"];
+
+  const hint = "free disk space, choose --out on a larger disk, or write fewer layers (--layers)";
   try {
+    await prepareOutDir(o.out);
+    // Marked ours, with every name about to be written, before the first byte: a folder a failed write leaves
+    // behind can be written again; `complete` once done.
+    const marker = { preset: o.preset, dtype: o.dtype, layers: numLayers, seed, files: written };
+    await writeFile(join(o.out, testModelMarker), JSON.stringify({ ...marker, complete: false }) + "\n");
     await checkDiskSpace(o.out, bytes, `the ${o.preset} checkpoint`, hint);
-    files = await writeShards(o.out, tensors, o.shardBytes ?? 4e9, hint);
+    await writeShards(o.out, shards, hint);
   } finally {
     await pool?.close();
   }
@@ -109,54 +120,97 @@ export async function makeTestModel(o: MakeTestModelOptions): Promise<TestModelI
       chat_template: chatTemplates[preset.tokenizer],
     }),
   );
-  await writeFile(join(o.out, testModelMarker), json({ ...marker, complete: true }));
+  await writeFile(join(o.out, testModelMarker), json({ preset: o.preset, dtype: o.dtype, layers: numLayers, seed, files: written, complete: true }));
   return { dir: o.out, files, parameterCount, bytes };
 }
 
+/**
+ * Makes `dir` ready to write: created when new; when it holds files, it must carry this tool's marker, and every file
+ * in it must be one the marker lists (those are removed). Anything else, and nothing is deleted: the run is refused.
+ */
 async function prepareOutDir(dir: string): Promise<void> {
-  let names: string[] = [];
-  try {
-    names = await readdir(dir);
-  } catch {
+  const info = await lstat(dir).catch((e: NodeJS.ErrnoException) => {
+    if (e.code === "ENOENT") return undefined;
+    throw new UsageError("OUT_UNREADABLE", `--out ${dir} cannot be read: ${e.message}`, "choose another folder");
+  });
+  if (!info) {
     await mkdir(dir, { recursive: true });
     return;
   }
-  if (names.length === 0) return;
-  const ours = await readFile(join(dir, testModelMarker), "utf8").then(() => true, () => false);
-  if (!ours) throw new UsageError("OUT_NOT_EMPTY", `${dir} exists and is not empty`, "give a new folder; layerwise only replaces folders it wrote itself");
-  for (const n of names) if (n.endsWith(".safetensors") || n.endsWith(".json") || n.endsWith(".partial")) await rm(join(dir, n));
+  if (!info.isDirectory()) {
+    throw new UsageError("OUT_NOT_FOLDER", `--out ${dir} is ${info.isFile() ? "a file" : "something other than a folder"}, not a folder`, "give the path of a new folder; layerwise never replaces a file");
+  }
+  const entries = (await readdir(dir, { withFileTypes: true })).sort((a, b) => (a.name < b.name ? -1 : 1));
+  if (entries.length === 0) return;
+  const notEmpty = (why: string) => new UsageError("OUT_NOT_EMPTY", `${dir} exists and is not empty: ${why}`, "give a new folder; layerwise only replaces files it wrote itself");
+  const listed = await markerFiles(dir);
+  if (!listed) throw notEmpty(`it has no ${testModelMarker} of make-test-model`);
+  const bad = listed.find((n) => !ownFileName.test(n));
+  if (bad !== undefined) throw notEmpty(`its marker ${testModelMarker} lists ${JSON.stringify(bad).slice(1, -1).slice(0, 200)}, not a file make-test-model writes`);
+  const ours = new Set([testModelMarker, ...listed, ...listed.map((n) => `${n}.partial`)]);
+  const foreign = entries.find((e) => !ours.has(e.name) || !(e.isFile() || e.isSymbolicLink()));
+  if (foreign) throw notEmpty(`it holds ${foreign.name}, which make-test-model did not write`);
+  for (const e of entries) if (e.name !== testModelMarker) await rm(join(dir, e.name), { force: true });
+}
+
+/** The files the folder's marker says this tool wrote; undefined when there is no readable marker. */
+async function markerFiles(dir: string): Promise<string[] | undefined> {
+  let text: string | undefined;
+  try {
+    text = await readOptionalModelText(join(dir, testModelMarker), "config");
+  } catch (e) {
+    if (e instanceof LayerwiseError) return undefined; // not a regular file, too large, not UTF-8: not ours
+    throw e;
+  }
+  if (text === undefined) return undefined;
+  let marker: unknown;
+  try {
+    marker = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  if (typeof marker !== "object" || marker === null || Array.isArray(marker)) return undefined;
+  const files = (marker as { files?: unknown }).files;
+  if (Array.isArray(files)) return files.map((f) => (typeof f === "string" ? f : String(f)));
+  // A marker of an older version lists nothing; that version wrote only names of ownFileName, so those (and only
+  // those) present are its files.
+  return files === undefined ? (await readdir(dir)).filter((n) => ownFileName.test(n)) : [String(files)];
 }
 
 function byteSize(t: TensorToWrite): number {
   return t.shape.reduce((a, b) => a * b, 1) * safetensorsDTypeBytes[t.dtype];
 }
 
-async function writeShards(dir: string, tensors: TensorToWrite[], shardBytes: number, hint: string): Promise<string[]> {
-  const shards: TensorToWrite[][] = [[]];
+interface Shard {
+  readonly name: string;
+  readonly tensors: readonly TensorToWrite[];
+}
+
+/** Tensors in file order, split into shards of at most `shardBytes` (a bigger tensor gets a shard of its own). */
+function planShards(tensors: readonly TensorToWrite[], shardBytes: number): Shard[] {
+  const groups: TensorToWrite[][] = [[]];
   let size = 0;
   for (const t of tensors) {
     const bytes = byteSize(t);
     if (size > 0 && size + bytes > shardBytes) {
-      shards.push([]);
+      groups.push([]);
       size = 0;
     }
-    shards[shards.length - 1]!.push(t);
+    groups[groups.length - 1]!.push(t);
     size += bytes;
   }
-  if (shards.length === 1) {
-    await writeAtomically(join(dir, "model.safetensors"), (tmp) => writeSafetensors(tmp, shards[0]!), hint);
-    return ["model.safetensors"];
-  }
+  if (groups.length === 1) return [{ name: "model.safetensors", tensors: groups[0]! }];
   const pad = (n: number) => String(n).padStart(5, "0");
-  const names = shards.map((_, i) => `model-${pad(i + 1)}-of-${pad(shards.length)}.safetensors`);
+  return groups.map((g, i) => ({ name: `model-${pad(i + 1)}-of-${pad(groups.length)}.safetensors`, tensors: g }));
+}
+
+async function writeShards(dir: string, shards: readonly Shard[], hint: string): Promise<void> {
+  for (const shard of shards) await writeAtomically(join(dir, shard.name), (tmp) => writeSafetensors(tmp, shard.tensors), hint);
+  if (shards.length === 1) return;
   const weightMap: Record<string, string> = {};
-  for (let i = 0; i < shards.length; i++) {
-    await writeAtomically(join(dir, names[i]!), (tmp) => writeSafetensors(tmp, shards[i]!), hint);
-    for (const t of shards[i]!) weightMap[t.name] = names[i]!;
-  }
-  const total = tensors.reduce((n, t) => n + byteSize(t), 0);
+  for (const shard of shards) for (const t of shard.tensors) weightMap[t.name] = shard.name;
+  const total = shards.reduce((n, s) => n + s.tensors.reduce((m, t) => m + byteSize(t), 0), 0);
   await writeFile(join(dir, "model.safetensors.index.json"), JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + "\n");
-  return [...names, "model.safetensors.index.json"];
 }
 
 /** Writes `file` through a temporary beside it; a failed write removes the temporary (a full disk says so). */

@@ -107,6 +107,22 @@ describe("checkpoint errors", () => {
     await rejects(load(dir), "TENSOR_MISSING", /no tensor named model\.layers\.2\./);
   });
 
+  it("fewer layers in config.json than in the checkpoint: runs, with a warning", async () => {
+    const dir = await tinyModel({ preset: "tiny-llama", layers: 3 });
+    await editJson(join(dir, "config.json"), (j) => (j.num_hidden_layers = 2));
+    const warnings: [string, string][] = [];
+    const model = await LayerwiseModel.load(dir, { backend: "cpu", onWarning: (code, message) => warnings.push([code, message]) });
+    await model.close();
+    assert.deepEqual(warnings.map(([c]) => c), ["LAYERS_UNUSED"]);
+    assert.match(warnings[0]![1], /config\.json's num_hidden_layers is 2, but the checkpoint has tensors of layer 2 \(model\.layers\.2\.input_layernorm\.weight\): only the first 2 layers run/);
+  });
+
+  it("num_hidden_layers far beyond the checkpoint fails at the first missing layer", async () => {
+    const dir = await tinyModel({ preset: "tiny-llama", layers: 2 });
+    await editJson(join(dir, "config.json"), (j) => (j.num_hidden_layers = 4096));
+    await rejects(load(dir), "TENSOR_MISSING", /no tensor named model\.layers\.2\./);
+  });
+
   it("missing tokenizer", async () => {
     const dir = await storiesCopy();
     await rm(join(dir, "tokenizer.json"));
@@ -160,6 +176,6 @@ describe("sharded checkpoints", () => {
     // Permissions do not stop root (tests may run as root), but a folder in the shard's place cannot be read by anyone.
     await rm(join(dir, "model-00001-of-00004.safetensors"));
     await mkdir(join(dir, "model-00001-of-00004.safetensors"));
-    await rejects(load(dir), "FILE_UNREADABLE", /model-00001-of-00004\.safetensors cannot be read/);
+    await rejects(load(dir), "FILE_NOT_REGULAR", /model-00001-of-00004\.safetensors is a directory, not a regular file/);
   });
 });

@@ -3,6 +3,8 @@ import assert from "node:assert/strict";
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { LayerwiseModel } from "../../src/engine/model.js";
+import { CheckpointError } from "../../src/errors.js";
 import { ChatTemplate } from "../../src/model/chat-template.js";
 import { StreamingDetokenizer, TextTokenizer } from "../../src/model/tokenizer.js";
 import { storiesCopy, tinyModel } from "../helpers.js";
@@ -84,5 +86,70 @@ describe("tokenizer", () => {
     const t = await TextTokenizer.load(dir);
     const template = await ChatTemplate.load(dir, t.config);
     assert.equal(template?.render([{ role: "user", content: "hello" }], {}), "[user] hello\n[assistant]");
+  });
+});
+
+describe("tokenizer files that do not fit the model", () => {
+  const load = (dir: string) => LayerwiseModel.load(dir, { backend: "cpu" });
+  const editJson = async (file: string, edit: (j: Record<string, unknown>) => void) => {
+    const json = JSON.parse(await readFile(file, "utf8"));
+    edit(json);
+    await writeFile(file, JSON.stringify(json));
+  };
+  const rejects = (p: Promise<unknown>, code: string, message: RegExp) =>
+    assert.rejects(p, (e: unknown) => {
+      assert.ok(e instanceof CheckpointError, `not a CheckpointError: ${(e as Error)?.stack ?? e}`);
+      assert.equal(e.code, code, e.message);
+      assert.match(e.message, message);
+      return true;
+    });
+
+  for (const value of [42, { template: "x" }, [1, 2], [{ name: "default" }], null]) {
+    it(`chat_template ${JSON.stringify(value)} is a clean error, not a bug`, async () => {
+      const dir = await storiesCopy();
+      await editJson(join(dir, "tokenizer_config.json"), (j) => (j.chat_template = value));
+      if (value === null) {
+        const m = await load(dir); // null: no template, as transformers reads it
+        assert.equal(m.chatTemplate, undefined);
+        await m.close();
+        return;
+      }
+      await rejects(load(dir), "TOKENIZER_CONFIG_INVALID", /tokenizer_config\.json: chat_template: must be a string or a list of \{name, template\}/);
+    });
+  }
+
+  it("chat_template as a list of named templates uses the one named default", async () => {
+    const dir = await storiesCopy();
+    await editJson(join(dir, "tokenizer_config.json"), (j) => {
+      j.chat_template = [
+        { name: "tool_use", template: "TOOLS" },
+        { name: "default", template: "{% for m in messages %}<{{ m.content }}>{% endfor %}" },
+      ];
+    });
+    const t = await TextTokenizer.load(dir);
+    const template = await ChatTemplate.load(dir, t.config);
+    assert.equal(template?.render([{ role: "user", content: "hi" }], {}), "<hi>");
+  });
+
+  it("bos_token and eos_token of the wrong type are named", async () => {
+    const dir = await storiesCopy();
+    await editJson(join(dir, "tokenizer_config.json"), (j) => (j.eos_token = 7));
+    await rejects(load(dir), "TOKENIZER_CONFIG_INVALID", /eos_token/);
+  });
+
+  it("a tokenizer with ids beyond the embedding is refused at load, naming both numbers", async () => {
+    const dir = await storiesCopy();
+    await editJson(join(dir, "tokenizer.json"), (j) => {
+      (j.added_tokens as unknown[]).push({ id: 100000, content: "<big>", single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
+    });
+    await rejects(load(dir), "TOKENIZER_VOCAB_MISMATCH", /tokenizer\.json has token id 100000 \("<big>"\), but config\.json's vocab_size is 512/);
+  });
+
+  it("a tokenizer.json of the wrong structure is TOKENIZER_INVALID", async () => {
+    for (const edit of [(j: Record<string, unknown>) => (j.added_tokens = 5), (j: Record<string, unknown>) => (j.added_tokens = [{ id: "x" }]), (j: Record<string, unknown>) => (j.model = null)]) {
+      const dir = await storiesCopy();
+      await editJson(join(dir, "tokenizer.json"), edit);
+      await rejects(TextTokenizer.load(dir), "TOKENIZER_INVALID", /tokenizer\.json/);
+    }
   });
 });
