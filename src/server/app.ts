@@ -66,7 +66,7 @@ export function createApp(o: AppOptions): { app: Hono; metrics: Metrics } {
     const wrongModel = checkModel(c, body.model);
     if (wrongModel) return wrongModel;
     const prompt = body.prompt;
-    return generate(c, body, () => (typeof prompt === "string" ? o.model.encodePrompt(prompt) : typeof prompt[0] === "string" ? o.model.encodePrompt(prompt[0]) : [...(prompt as number[])]), body.max_tokens, "text");
+    return generate(c, body, () => o.model.encodePrompt(typeof prompt === "string" ? prompt : typeof prompt[0] === "string" ? prompt[0] : { ids: prompt as number[] }), body.max_tokens, "text");
   });
 
   app.notFound((c) => c.json(errorBody(`no route ${c.req.method} ${c.req.path}`, "not_found_error"), 404));
@@ -93,8 +93,8 @@ export function createApp(o: AppOptions): { app: Hono; metrics: Metrics } {
     return c.json(errorBody(`model "${model}" does not exist; this server runs "${o.modelName}"`, "not_found_error", "model_not_found"), 404);
   }
 
-  async function generate(c: Context, body: ChatRequest | CompletionRequest, encode: () => number[], maxTokens: number | null | undefined, kind: "chat" | "text"): Promise<Response> {
-    const promptIds = encode();
+  async function generate(c: Context, body: ChatRequest | CompletionRequest, encode: () => Promise<number[]>, maxTokens: number | null | undefined, kind: "chat" | "text"): Promise<Response> {
+    const promptIds = await encode(); // off the event loop: the encoder runs in its own process
     const contextLeft = o.model.maxPositions - promptIds.length;
     if (contextLeft <= 0) throw new UsageError("PROMPT_TOO_LONG", `the prompt has ${promptIds.length} tokens; the model's context is ${o.model.maxPositions}`);
     const controller = new AbortController();
