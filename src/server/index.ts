@@ -15,6 +15,8 @@ export interface ServeOptions {
   maxBatch: number;
   maxBodyBytes: number;
   requestTimeoutMs: number;
+  /** Where server errors go in full; default: stderr. */
+  log?: (line: string) => void;
 }
 
 export interface RunningServer {
@@ -27,7 +29,7 @@ export interface RunningServer {
 export async function startServer(model: LayerwiseModel, o: ServeOptions): Promise<RunningServer> {
   const scheduler = new Scheduler(model, { maxBatch: o.maxBatch });
   let accepting = true;
-  const { app } = createApp({ model, scheduler, modelName: o.modelName, apiKey: o.apiKey, maxBodyBytes: o.maxBodyBytes, requestTimeoutMs: o.requestTimeoutMs, accepting: () => accepting });
+  const { app } = createApp({ model, scheduler, modelName: o.modelName, apiKey: o.apiKey, maxBodyBytes: o.maxBodyBytes, requestTimeoutMs: o.requestTimeoutMs, accepting: () => accepting, log: o.log });
   const server = await new Promise<ReturnType<typeof serve>>((resolve, reject) => {
     const s = serve({ fetch: app.fetch, hostname: o.host, port: o.port }, () => resolve(s));
     s.once("error", reject);
