@@ -23,9 +23,13 @@ export interface AppOptions {
   requestTimeoutMs: number;
   /** False once the server is draining: new requests get 503. */
   accepting: () => boolean;
+  /** Fires when a drain has waited long enough: generations still running are cancelled and answered 503. */
+  shutdown?: AbortSignal;
   /** Where server errors go in full (paths, hints, stacks); default: stderr. */
   log?: (line: string) => void;
 }
+
+const shutDownMessage = "the server shut down before the answer finished";
 
 export function createApp(o: AppOptions): { app: Hono; metrics: Metrics } {
   const app = new Hono();
@@ -103,12 +107,18 @@ export function createApp(o: AppOptions): { app: Hono; metrics: Metrics } {
   async function generate(c: Context, body: ChatRequest | CompletionRequest, encode: (o: EncodeOptions) => Promise<number[]>, maxTokens: number | null | undefined, kind: "chat" | "text"): Promise<Response> {
     const controller = new AbortController();
     c.req.raw.signal.addEventListener("abort", () => controller.abort()); // the client went away
+    const onShutdown = () => controller.abort("shutdown");
+    o.shutdown?.addEventListener("abort", onShutdown);
     let timer: NodeJS.Timeout | undefined;
-    const done = () => clearTimeout(timer);
+    const done = () => {
+      clearTimeout(timer);
+      o.shutdown?.removeEventListener("abort", onShutdown);
+    };
     let streaming = false;
     try {
       // Off the event loop; a prompt with no room left for an answer is refused without its ids crossing back.
       const promptIds = await encode({ signal: controller.signal, maxTokens: o.model.maxPositions - 1 });
+      if (!o.accepting()) return c.json(errorBody("the server is shutting down", "overloaded_error"), 503);
       const contextLeft = o.model.maxPositions - promptIds.length;
       timer = setTimeout(() => controller.abort("timeout"), o.requestTimeoutMs);
       const options: GenerateOptions = {
@@ -126,11 +136,11 @@ export function createApp(o: AppOptions): { app: Hono; metrics: Metrics } {
       const stamp = Math.floor(Date.now() / 1000);
       const usage = (r: GenerationResult) => ({ prompt_tokens: r.promptTokens, completion_tokens: r.tokens.length, total_tokens: r.promptTokens + r.tokens.length });
       const finish = (r: GenerationResult) => (r.finishReason === "stop" ? "stop" : "length");
-      const abortBody = () => errorBody(controller.signal.reason === "timeout" ? `the request ran past ${o.requestTimeoutMs} ms` : "cancelled", "timeout_error");
+      const abortBody = () => (controller.signal.reason === "shutdown" ? errorBody(shutDownMessage, "overloaded_error") : errorBody(controller.signal.reason === "timeout" ? `the request ran past ${o.requestTimeoutMs} ms` : "cancelled", "timeout_error"));
 
       if (!body.stream) {
         const r = await o.scheduler.submit({ promptIds, options });
-        if (r.finishReason === "abort") return c.json(abortBody(), 504);
+        if (r.finishReason === "abort") return c.json(abortBody(), controller.signal.reason === "shutdown" ? 503 : 504);
         const choice = kind === "chat" ? { index: 0, message: { role: "assistant", content: r.text }, logprobs: null, finish_reason: finish(r) } : { index: 0, text: r.text, logprobs: null, finish_reason: finish(r) };
         return c.json({ id, object: kind === "chat" ? "chat.completion" : "text_completion", created: stamp, model: o.modelName, choices: [choice], usage: usage(r) });
       }
@@ -148,7 +158,7 @@ export function createApp(o: AppOptions): { app: Hono; metrics: Metrics } {
           const r = await o.scheduler.submit({ promptIds, options, onText: (piece) => (writes = writes.then(() => stream.writeSSE({ data: JSON.stringify(chunk(piece, null)) }))) });
           await writes;
           if (r.finishReason === "abort") {
-            if (controller.signal.reason === "timeout") await stream.writeSSE({ data: JSON.stringify(abortBody()) });
+            if (controller.signal.reason === "timeout" || controller.signal.reason === "shutdown") await stream.writeSSE({ data: JSON.stringify(abortBody()) });
             return;
           }
           await stream.writeSSE({ data: JSON.stringify(chunk(undefined, finish(r))) });
