@@ -9,6 +9,7 @@ import { UsageError } from "../errors.js";
 import { ChatTemplate, type ChatMessage } from "../model/chat-template.js";
 import { Checkpoint } from "../model/checkpoint.js";
 import { DiskReader, type FileIo } from "../model/disk-reader.js";
+import { checkTokenIds, PromptEncoder, promptTooLong, type EncodeOptions, type PromptLimits } from "../model/prompt-encoder.js";
 import { readGenerationDefaults, type GenerationDefaults } from "../model/generation-config.js";
 import { TextTokenizer } from "../model/tokenizer.js";
 import { FileRanges } from "./file-ranges.js";
@@ -53,6 +54,8 @@ export interface LoadOptions {
   expertSlots?: number;
   /** Where to put KV that spills to disk; default: the OS temp folder. */
   kvSpillDir?: string;
+  /** Time and memory limits of prompt encoding (chat template and tokenizer, in a process of their own); defaults in prompt-encoder.ts. */
+  promptLimits?: Partial<PromptLimits>;
   /**
    * Problems layerwise handled on its own. The persistent KV cache never fails an answer; it reports KV_CACHE_DISABLED
    * (it is off, or no longer written, for the rest of the model's life), KV_CACHE_CORRUPT (a damaged or malformed block,
@@ -153,6 +156,7 @@ export class LayerwiseModel {
       policy: KvPolicy;
       blocks: KvBlockPool;
       ownsBackend: boolean;
+      encoder: PromptEncoder;
     },
     /** Why the backend was chosen, when `auto` fell back. */
     readonly backendNote?: string,
@@ -168,6 +172,11 @@ export class LayerwiseModel {
       validateWeights(checkpoint, arch, o.onWarning);
       const tokenizer = await TextTokenizer.load(dir, { vocabSize: arch.shape.vocabSize });
       const chatTemplate = await ChatTemplate.load(dir, tokenizer.config);
+      // The encoder's process loads the tokenizer while the rest loads here (it reads the folder now, not at the first prompt).
+      const encoder = PromptEncoder.open(dir, { maxPositions: arch.shape.maxPositions, limits: o.promptLimits });
+      cleanup.push(() => encoder.close());
+      const encoderStarted = encoder.start();
+      encoderStarted.catch(() => {}); // awaited below
       const defaults = await readGenerationDefaults(dir, checkpoint.rawConfig);
       const shared = typeof o.backend === "object" ? o.backend : undefined;
       const { backend, note } = shared ? { backend: shared, note: undefined } : await createBackend((o.backend as BackendName | undefined) ?? "auto");
@@ -233,7 +242,8 @@ export class LayerwiseModel {
         const kvLayers = arch.shape.kvLayers;
         blockLayout = { fingerprint, dtype: kvDtype, blockTokens: kvBlockTokens, layerBytes: kvLayers.map((l) => 2 * kvBlockTokens * l.kvHeads * l.headDim * dtypeBytes[kvDtype]), stateBytes: kvLayers.map((l) => 4 * (l.stateFloats ?? 0)) };
       }
-      const parts = { reader, streamer, stager, runner, spill: new KvSpill(o.kvSpillDir), ranges: new FileRanges(), store, blockLayout, policy, blocks, ownsBackend: !shared };
+      await encoderStarted;
+      const parts = { reader, streamer, stager, runner, spill: new KvSpill(o.kvSpillDir), ranges: new FileRanges(), store, blockLayout, policy, blocks, ownsBackend: !shared, encoder };
       return new LayerwiseModel(dir, arch, checkpoint, tokenizer, chatTemplate, defaults, backend, layout, thePlan, parts, note);
     } catch (e) {
       for (const c of cleanup.reverse()) await c();
@@ -382,13 +392,20 @@ export class LayerwiseModel {
     seq.cache.dropSnapshots((position) => position > complete * block);
   }
 
-  /** Token ids for a prompt: text gets the tokenizer's special tokens (BOS), messages go through the chat template. */
-  encodePrompt(prompt: Prompt): number[] {
-    if (typeof prompt === "string") return this.tokenizer.encode(prompt);
-    if ("ids" in prompt) return [...prompt.ids];
+  /**
+   * Token ids for a prompt: text gets the tokenizer's special tokens (BOS), messages go through the chat template, ids
+   * are checked against the vocabulary. Rendering and tokenizing run in the encoder's own process, never on the event
+   * loop, within time and memory limits (`promptLimits`); a text too long in bytes for the context is refused first.
+   */
+  async encodePrompt(prompt: Prompt, o: EncodeOptions = {}): Promise<number[]> {
+    if (typeof prompt === "string") return this.parts.encoder.encodeText(prompt, o);
+    if ("ids" in prompt) {
+      const ids = checkTokenIds(prompt.ids, this.arch.shape.vocabSize);
+      if (o.maxTokens !== undefined && ids.length > o.maxTokens) throw promptTooLong(ids.length, this.maxPositions);
+      return ids;
+    }
     if (!this.chatTemplate) throw new UsageError("NO_CHAT_TEMPLATE", `${this.dir} has no chat template`, "use a plain prompt (layerwise run) or an instruct model");
-    const text = this.chatTemplate.render(prompt.messages, { bos_token: this.tokenizer.specialToken("bos_token"), eos_token: this.tokenizer.specialToken("eos_token") });
-    return this.tokenizer.encode(text, false);
+    return this.parts.encoder.encodeMessages(prompt.messages, { bos_token: this.tokenizer.specialToken("bos_token"), eos_token: this.tokenizer.specialToken("eos_token") }, o);
   }
 
   /** Generated token ids, one at a time, on a fresh sequence (or `seq`, continuing it). */
@@ -419,8 +436,11 @@ export class LayerwiseModel {
 
   /** Streams text pieces; `for await (const piece of model.generate(prompt))`. The generator's return value is the full result. */
   generate(prompt: Prompt, o: GenerateOptions & { onPrefillProgress?: (done: number) => void } = {}, seq?: Sequence): AsyncGenerator<string, GenerationResult> {
-    const ids = this.encodePrompt(prompt);
-    return generateText(this.tokenizer, ids, this.generateTokens(ids, o, seq), o);
+    const model = this;
+    return (async function* () {
+      const ids = await model.encodePrompt(prompt);
+      return yield* generateText(model.tokenizer, ids, model.generateTokens(ids, o, seq), o);
+    })();
   }
 
   /** Generates to the end and returns text, tokens and timings; `onText` sees each piece as it comes. */
@@ -463,6 +483,7 @@ export class LayerwiseModel {
   }
 
   async close(): Promise<void> {
+    this.parts.encoder.close();
     await this.parts.streamer.dispose(); // first: its reads ahead may still be landing
     this.parts.stager.dispose();
     this.parts.runner.dispose();
