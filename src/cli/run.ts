@@ -34,11 +34,12 @@ export function registerRun(program: Command): void {
     if (model.backendNote && !flags.json) process.stderr.write(`${model.backendNote}\n`);
     try {
       const prompt = flags.chatTemplate ? { messages: [{ role: "user" as const, content: text }] } : text;
-      const progress = prefillProgress((await model.encodePrompt(prompt)).length, !flags.json);
+      const interrupted = interruptSignal();
+      const ids = await model.encodePrompt(prompt, { signal: interrupted });
+      const progress = prefillProgress(ids.length, !flags.json);
       let first = true;
       let afterPrefill = model.stats();
-      const interrupted = interruptSignal();
-      const result = await model.complete(prompt, {
+      const result = await model.complete({ ids }, {
         ...gen,
         signal: interrupted,
         onPrefillProgress: (done) => {

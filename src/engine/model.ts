@@ -438,7 +438,7 @@ export class LayerwiseModel {
   generate(prompt: Prompt, o: GenerateOptions & { onPrefillProgress?: (done: number) => void } = {}, seq?: Sequence): AsyncGenerator<string, GenerationResult> {
     const model = this;
     return (async function* () {
-      const ids = await model.encodePrompt(prompt);
+      const ids = await model.encodePrompt(prompt, { signal: o.signal });
       return yield* generateText(model.tokenizer, ids, model.generateTokens(ids, o, seq), o);
     })();
   }

@@ -70,6 +70,8 @@ export class TextTokenizer {
     readonly config: TokenizerConfig,
     readonly vocabSize: number,
     private readonly specialIds: ReadonlySet<number>,
+    /** The most bytes of text one token stands for; null where text of any length can become one token (longestTokenBytes). */
+    readonly maxTokenBytes: number | null,
   ) {}
 
   static async load(dir: string, o: TokenizerLoadOptions = {}): Promise<TextTokenizer> {
@@ -101,7 +103,7 @@ export class TextTokenizer {
       throw new CheckpointError("TOKENIZER_INVALID", `${file} could not be loaded: ${String((e as Error)?.message ?? e).slice(0, 300)}`, "download tokenizer.json again");
     }
     const special = new Set(checked.data.added_tokens.filter((t) => t.special).map((t) => t.id));
-    return new TextTokenizer(tokenizer, config, tokenizer.get_vocab(true).size, special);
+    return new TextTokenizer(tokenizer, config, tokenizer.get_vocab(true).size, special, longestTokenBytes(raw as TokenizerJson));
   }
 
   /** Token ids of `text`; with `addSpecialTokens` the tokenizer's post-processor adds BOS (as HF does). */
@@ -172,4 +174,26 @@ export class StreamingDetokenizer {
     this.prefixOffset = this.readOffset = this.ids.length;
     return full.slice(prefix.length);
   }
+}
+
+interface TokenizerJson {
+  model?: { type?: string; vocab?: Record<string, number> | [string, number][]; unk_token?: string | null; unk_id?: number | null; fuse_unk?: boolean; byte_fallback?: boolean };
+  added_tokens?: { content?: string }[];
+}
+
+/**
+ * The most bytes of text one token can stand for, as its vocabulary spells it (byte-level and "▁" spellings take more
+ * bytes than the text they stand for, so this errs long); null when a model can turn text of any length into one token
+ * (unknown words, fused unknown characters), where no byte count bounds the tokens.
+ */
+function longestTokenBytes(json: TokenizerJson): number | null {
+  const m = json.model ?? {};
+  if (m.type === "WordPiece" || m.type === "WordLevel") return null;
+  const hasUnk = m.type === "Unigram" ? m.unk_id !== undefined && m.unk_id !== null : m.unk_token !== undefined && m.unk_token !== null;
+  if (hasUnk && !m.byte_fallback && (m.type === "Unigram" || m.fuse_unk)) return null;
+  const tokens = Array.isArray(m.vocab) ? m.vocab.map(([t]) => t) : Object.keys(m.vocab ?? {});
+  let longest = 4; // an unknown character (up to 4 bytes) may become one short unknown token
+  for (const t of tokens) longest = Math.max(longest, Buffer.byteLength(t));
+  for (const t of json.added_tokens ?? []) longest = Math.max(longest, Buffer.byteLength(t.content ?? ""));
+  return longest;
 }
