@@ -12,6 +12,7 @@ import assert from "node:assert/strict";
 import { fromF32, type FloatDType } from "../src/backend/dtype.js";
 import type { Backend, Tensor } from "../src/backend/ops.js";
 import type { FileIo } from "../src/model/disk-reader.js";
+import { LayerwiseError } from "../src/errors.js";
 
 export const repoRoot = fileURLToPath(new URL("../../", import.meta.url));
 export const fixturesDir = join(repoRoot, "test", "fixtures");
@@ -119,4 +120,14 @@ export function fileIoWithRead(read: (original: (...args: unknown[]) => Promise<
       });
     },
   };
+}
+
+/** Asserts that `p` rejects with a LayerwiseError of class `kind` whose code is `code` and message matches `message`. */
+export async function rejectsWith(p: Promise<unknown>, code: string, message: RegExp, kind: abstract new (...args: never[]) => LayerwiseError = LayerwiseError): Promise<void> {
+  await assert.rejects(p, (e: unknown) => {
+    assert.ok(e instanceof kind, `not a ${kind.name}: ${(e as Error)?.stack ?? e}`);
+    assert.equal(e.code, code, e.message);
+    assert.match(e.message, message);
+    return true;
+  });
 }

@@ -4,19 +4,12 @@ import { mkdir, open, readFile, rm, truncate, writeFile } from "node:fs/promises
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { LayerwiseModel } from "../../src/engine/model.js";
-import { CheckpointError, UsageError } from "../../src/errors.js";
+import type { UsageError } from "../../src/errors.js";
 import { Checkpoint } from "../../src/model/checkpoint.js";
 import { readSafetensorsHeader } from "../../src/model/safetensors.js";
-import { storiesCopy, tinyModel } from "../helpers.js";
+import { rejectsWith, storiesCopy, tinyModel } from "../helpers.js";
 
-async function rejects(p: Promise<unknown>, code: string, message: RegExp): Promise<void> {
-  await assert.rejects(p, (e: unknown) => {
-    assert.ok(e instanceof CheckpointError || e instanceof UsageError, `not a LayerwiseError: ${e}`);
-    assert.equal(e.code, code, e.message);
-    assert.match(e.message, message);
-    return true;
-  });
-}
+const rejects = rejectsWith;
 
 const load = (dir: string) => LayerwiseModel.load(dir, { backend: "cpu" });
 

@@ -11,16 +11,9 @@ import { Checkpoint } from "../../src/model/checkpoint.js";
 import { ChatTemplate } from "../../src/model/chat-template.js";
 import { readGenerationDefaults } from "../../src/model/generation-config.js";
 import { TextTokenizer } from "../../src/model/tokenizer.js";
-import { storiesCopy, tinyModel } from "../helpers.js";
+import { rejectsWith, storiesCopy, tinyModel } from "../helpers.js";
 
-async function rejects(p: Promise<unknown>, code: string, message: RegExp): Promise<void> {
-  await assert.rejects(p, (e: unknown) => {
-    assert.ok(e instanceof CheckpointError, `not a CheckpointError: ${(e as Error)?.stack ?? e}`);
-    assert.equal(e.code, code, e.message);
-    assert.match(e.message, message);
-    return true;
-  });
-}
+const rejects = (p: Promise<unknown>, code: string, message: RegExp) => rejectsWith(p, code, message, CheckpointError);
 
 /** Replaces `file` with a FIFO; a reader left blocked on it (a regression) is released when the test file ends. */
 async function fifoInPlaceOf(file: string): Promise<void> {

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { CheckpointError } from "../../src/errors.js";
 import { readSafetensorsHeader } from "../../src/model/safetensors.js";
-import { storiesCopy, tempDir } from "../helpers.js";
+import { rejectsWith, storiesCopy, tempDir } from "../helpers.js";
 
 /** A safetensors file: the length field (`headerLen`, default the header's own), the header JSON, then `dataBytes` zeros. */
 function safetensorsBytes(header: unknown, dataBytes: number, headerLen?: number): Buffer {
@@ -21,14 +21,7 @@ async function writeTemp(bytes: Uint8Array): Promise<string> {
   return file;
 }
 
-async function rejects(p: Promise<unknown>, code: string, message: RegExp): Promise<void> {
-  await assert.rejects(p, (e: unknown) => {
-    assert.ok(e instanceof CheckpointError, `not a CheckpointError: ${(e as Error)?.stack ?? e}`);
-    assert.equal(e.code, code, e.message);
-    assert.match(e.message, message);
-    return true;
-  });
-}
+const rejects = (p: Promise<unknown>, code: string, message: RegExp) => rejectsWith(p, code, message, CheckpointError);
 
 /** stories260K's model.safetensors with its length field changed by `delta`. */
 async function storiesWithHeaderLength(delta: number): Promise<string> {
