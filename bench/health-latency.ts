@@ -2,10 +2,10 @@
 // for 40 s). The server runs in its own process, so the client's clock is not held by the server's event loop.
 // Usage: node dist/bench/health-latency.js [--tokenizer DIR] [--prompts 4] [--mb 3.9] [--context 200000]
 // Without --tokenizer: tiny-llama's byte-level BPE. --tokenizer DIR: that folder's tokenizer.json and
-// tokenizer_config.json on tiny-llama's weights (its prompts are refused before any weight is used). --context sets
-// max_position_embeddings: large enough that the byte check lets the text through, so it is really tokenized (then
-// refused as too many tokens). What is timed: each /health round trip on loopback, polled every 20 ms from the
-// first huge request until the last one is answered.
+// tokenizer_config.json (a Llama 3 one) on Llama-3.2-1B-shaped weights cut to one layer (its prompts are refused
+// before any weight is used). --context sets max_position_embeddings: large enough that the byte check lets the text
+// through, so it is really tokenized (then refused as too many tokens). What is timed: each /health round trip on
+// loopback, polled every 20 ms from the first huge request until the last one is answered.
 import { spawn } from "node:child_process";
 import { copyFile, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -23,7 +23,8 @@ const cli = fileURLToPath(new URL("../src/cli/main.js", import.meta.url));
 
 const work = await mkdtemp(join(tmpdir(), "lw-health-"));
 const dir = join(work, "model");
-await makeTestModel({ preset: "tiny-llama", layers: 1, dtype: "f32", out: dir });
+// A real tokenizer needs weights of its vocabulary's size: Llama-3.2-1B's shapes (one layer) for Llama 3's.
+await makeTestModel({ preset: values.tokenizer ? "llama-3.2-1b" : "tiny-llama", layers: 1, dtype: values.tokenizer ? "bf16" : "f32", out: dir });
 if (values.tokenizer) for (const f of ["tokenizer.json", "tokenizer_config.json"]) await copyFile(join(values.tokenizer, f), join(dir, f));
 const config = JSON.parse(await readFile(join(dir, "config.json"), "utf8"));
 config.max_position_embeddings = Number(values.context);
