@@ -160,11 +160,14 @@ export interface Backend extends Ops {
   readonly memory: MemoryStats;
   /** directIo: host buffers are page-aligned, so O_DIRECT reads can land in them. */
   readonly caps: { readonly directIo: boolean };
-  /** Bytes the device can give a run when the user sets no budget (free memory less a margin), context included. */
+  /**
+   * Device bytes layerwise may allocate when the user sets no budget: free memory less a margin. Like setDeviceBudget's,
+   * this excludes deviceOverheadBytes; the user's --vram includes it (planForLoad converts, in one place).
+   */
   defaultDeviceBudget(): Promise<number>;
-  /** Device memory the backend holds before any tensor (the CUDA context); part of every budget. */
+  /** Device memory the backend holds before any tensor (the CUDA context); part of every budget a user gives. */
   readonly deviceOverheadBytes: number;
-  /** Caps what the backend keeps cached on the device, so the plan's budget holds; releases what it has cached. */
+  /** Caps the device bytes layerwise's tensors and caches may take (the plan's); releases what the backend has cached. */
   setDeviceBudget(bytes: number): void;
   /**
    * Gives back at once the device memory held for small buffers that are all gone (decode's KV blocks, after a prompt

@@ -237,7 +237,7 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
         // each take the better of the readings just before and just after them (O_DIRECT: the page cache stays as it is).
         // A forward ends by reading the next token's first layers ahead: they land first, so as not to share the disk.
         const readDisk = async () => {
-          await m.parts.streamer.readsAheadSettled();
+          await m.readsAheadSettled();
           return (await measureDisk(backend, shards, 2 ** 33)).gbps;
         };
         const beforePrefill = await readDisk();

@@ -58,7 +58,7 @@ async function runDemo(backend: Backend, backendNote: string | undefined, prompt
   await roomy.close();
 
   // Room for one more layer slot than the least, and RAM for the KV and the first layers: the rest stays on disk.
-  const vram = backend.deviceOverheadBytes + minDeviceBytes + 2 * roomy.layout.maxLayerDeviceBytes;
+  const vram = minDeviceBytes + 2 * roomy.layout.maxLayerDeviceBytes;
   const ram = kvBytesAt(input.shape, input.kvDtype, context) + layers.slice(0, layersInRam).reduce((n, l) => n + l.hostBytes, 0);
   const tight = { ...base, context, vram, ram };
   const signal = interruptSignal();

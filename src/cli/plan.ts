@@ -5,67 +5,43 @@ import { createArchModel } from "../arch/index.js";
 import { createBackend } from "../backend/index.js";
 import type { FloatDType } from "../backend/dtype.js";
 import { measureDisk, measureHostToDevice, type LinkSpeed } from "../engine/bandwidth.js";
-import { modelLayout } from "../engine/layout.js";
-import { decodeExtraKvBytesAt, decodeKeptLayers, planPrefill, type Plan } from "../engine/planner.js";
+import { planForLoad, planJson } from "../engine/load-plan.js";
+import { decodeExtraKvBytesAt, decodeKeptLayers, type Plan } from "../engine/planner.js";
 import { validateWeights } from "../engine/weights.js";
 import { UsageError } from "../errors.js";
 import { Checkpoint } from "../model/checkpoint.js";
-import { formatBytes, parseBytes, parseCount } from "../util/bytes.js";
-import { backendName, numberFlag } from "./options.js";
+import { formatBytes } from "../util/bytes.js";
+import { addModelFlags, backendName, loadOptions, numberFlag, type ModelFlags } from "./options.js";
 
-interface PlanFlags {
-  context: string;
-  vram?: string;
-  ram?: string;
+interface PlanFlags extends ModelFlags {
   batch: string;
-  prefillChunk?: string;
-  prefillSpan?: string;
-  kvBlock: string;
   kvDtype?: string;
   diskGbps?: string;
   h2dGbps?: string;
-  backend: string;
-  json?: boolean;
 }
 
 export function registerPlan(program: Command): void {
-  program
-    .command("plan")
-    .description("print the memory plan, bytes per token by link and the predicted seconds-per-token floor")
-    .argument("<model>", "Hugging Face model folder")
-    .option("--context <tokens>", "tokens per sequence, e.g. 100k", "32k")
-    .option("--vram <size>", "GPU memory budget (default: what the device has free)")
-    .option("--ram <size>", "RAM budget for caching weights and KV (default: half the free RAM)")
-    .option("--batch <n>", "sequences decoded together", "1")
-    .option("--prefill-chunk <tokens>", "rows per layer pass during prefill (default: 8192, 4096 or 2048, the largest whose plan decodes as fast as 2048's)")
-    .option("--prefill-span <tokens>", "tokens taken through all layers before the next ones (default: the whole context if it fits, else 32768)")
-    .option("--kv-block <tokens>", "tokens per KV block", "256")
-    .option("--kv-dtype <dtype>", "KV cache element type: bf16, f16 or f32 (default: bf16 on CUDA, f32 on CPU)")
-    .option("--disk-gbps <n>", "disk read speed in GB/s instead of measuring it")
-    .option("--h2d-gbps <n>", "host-to-GPU copy speed in GB/s instead of measuring it")
-    .option("--backend <name>", "cpu, cuda or auto", "auto")
-    .option("--json", "print the plan as JSON")
-    .option("--debug", "print stack traces of errors")
-    .action(async (dir: string, flags: PlanFlags) => {
-      const ckpt = await Checkpoint.open(dir);
+  // The flags of `run` that change the plan, read by the same loadOptions, and the plan from the same planForLoad.
+  addModelFlags(
+    program
+      .command("plan")
+      .description("print the memory plan `run` would execute, bytes per token by link and the predicted seconds-per-token floor")
+      .argument("<model>", "Hugging Face model folder")
+      .option("--batch <n>", "sequences decoded together (serve --max-batch, batch --batch)", "1")
+      .option("--kv-dtype <dtype>", "KV cache element type: bf16, f16 or f32 (default: bf16 on CUDA, f32 on CPU)")
+      .option("--disk-gbps <n>", "disk read speed in GB/s instead of measuring it")
+      .option("--h2d-gbps <n>", "host-to-GPU copy speed in GB/s instead of measuring it"),
+  ).action(async (dir: string, flags: PlanFlags) => {
+    const kvDtype = flags.kvDtype as FloatDType | undefined;
+    if (kvDtype !== undefined && !["bf16", "f16", "f32"].includes(kvDtype)) throw new UsageError("BAD_FLAG", `--kv-dtype ${kvDtype} is not bf16, f16 or f32`);
+    const batch = numberFlag(flags.batch, "--batch", { integer: true })!;
+    const ckpt = await Checkpoint.open(dir);
+    try {
+      const { model } = createArchModel(ckpt.rawConfig, `${dir}/config.json`);
+      validateWeights(ckpt, model, (code, message) => flags.json || process.stderr.write(`warning [${code}]: ${message}\n`));
       const { backend } = await createBackend(backendName(flags));
       try {
-        const { model } = createArchModel(ckpt.rawConfig, `${dir}/config.json`);
-        validateWeights(ckpt, model);
-        const kvDtype = (flags.kvDtype ?? (backend.name === "cpu" ? "f32" : "bf16")) as FloatDType;
-        if (!["bf16", "f16", "f32"].includes(kvDtype)) throw new UsageError("BAD_FLAG", `--kv-dtype ${kvDtype} is not bf16, f16 or f32`);
-        const p = planPrefill({
-          layout: modelLayout(ckpt, model, backend.caps.directIo),
-          shape: model.shape,
-          contextTokens: parseCount(flags.context, "--context"),
-          batch: numberFlag(flags.batch, "--batch", { integer: true })!,
-          prefillChunk: flags.prefillChunk === undefined ? undefined : parseCount(flags.prefillChunk, "--prefill-chunk"),
-          prefillSpan: flags.prefillSpan === undefined ? undefined : parseCount(flags.prefillSpan, "--prefill-span"),
-          kvBlockTokens: parseCount(flags.kvBlock, "--kv-block"),
-          kvDtype,
-          vramBytes: flags.vram ? parseBytes(flags.vram, "--vram") : await backend.defaultDeviceBudget(),
-          ramBytes: flags.ram ? parseBytes(flags.ram, "--ram") : Math.floor((await import("node:os")).freemem() / 2),
-        });
+        const p = await planForLoad(ckpt, model, backend, { ...loadOptions(flags), batch, ...(kvDtype ? { kvDtype } : {}) });
         const sizes = await Promise.all(ckpt.files.map(async (f) => ({ f, size: (await stat(f)).size })));
         const largest = sizes.sort((a, b) => b.size - a.size)[0]!.f;
         const given = (v: string | undefined, flag: string): LinkSpeed | undefined => (v === undefined ? undefined : { gbps: numberFlag(v, flag)!, bytes: 0, seconds: 0, method: "given" });
@@ -76,14 +52,11 @@ export function registerPlan(program: Command): void {
         else printPlan(p, String(ckpt.rawConfig.model_type), disk, h2d, floor);
       } finally {
         await backend.dispose();
-        await ckpt.close();
       }
-    });
-}
-
-function planJson(p: Plan): object {
-  const { layout: _layout, shape: _shape, ...input } = p.input;
-  return { ...p, input };
+    } finally {
+      await ckpt.close();
+    }
+  });
 }
 
 function printPlan(p: Plan, modelType: string, disk: LinkSpeed | undefined, h2d: LinkSpeed | undefined, floor: number): void {
@@ -95,7 +68,7 @@ function printPlan(p: Plan, modelType: string, disk: LinkSpeed | undefined, h2d:
   const lines: [string, string][] = [
     ["model", `${modelType}, ${i.shape.numLayers} layers, ${f(i.layout.layers.reduce((n, l) => n + l.dataBytes, 0) + i.layout.experts.flat().reduce((n, g) => n + g.dataBytes, 0) + i.layout.globals.dataBytes)} of weights`],
     ["context", `${i.contextTokens} tokens x ${i.batch} sequence(s), prefill chunk ${i.prefillChunk} in spans of ${Math.min(i.prefillSpan, i.contextTokens)}, KV ${i.kvDtype} in blocks of ${i.kvBlockTokens}`],
-    ["budgets", `VRAM ${i.vramBytes === Infinity ? "unlimited" : f(i.vramBytes)}, RAM ${f(i.ramBytes)}`],
+    ["budgets", `VRAM ${i.vramBytes === Infinity ? "unlimited" : `${f(i.vramBytes + (i.deviceOverheadBytes ?? 0))}${i.deviceOverheadBytes ? ` (${f(i.deviceOverheadBytes)} of it the CUDA context's)` : ""}`}, RAM ${f(i.ramBytes)}; the least VRAM this runs in: ${f(p.minDeviceBytes)}`],
     ["device", `embeddings+head ${f(d.globals)}, workspace ${f(d.workspace + d.kvHeadroom)}, ${p.slots} layer slots ${f(d.slots)}, ${count("device")} resident layers ${f(d.residentLayers)}, KV ${f(d.kv)} (${p.kvDeviceTokens} tokens/layer while prefilling, ${p.kvDeviceTokensDecode} decoding), KV staging ${f(d.kvStaging)}${p.experts.total ? `, experts ${f(d.experts)}` : ""} = ${f(d.total)}`],
     ["RAM", `${count("ram")} layers ${f(h.ramLayers)}, KV ${f(h.kv)} (${p.kvHostTokens} tokens/layer)${p.experts.total ? `, experts ${f(h.ramExperts)}` : ""}; working: disk staging ${f(h.staging)}, span activations ${f(h.activations)}, transfers ${f(h.transfer)} = ${f(h.total)}`],
     ["disk", `${count("disk")} layers streamed, KV ${f(p.kvDiskBytes)}`],

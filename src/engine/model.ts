@@ -1,72 +1,25 @@
-// The library's entry point: a loaded model folder that plans its memory, streams its layers, generates text and exposes logits.
-import { freemem } from "node:os";
-import { createArchModel } from "../arch/index.js";
-import { hasRecurrentLayers, type ArchModel } from "../arch/types.js";
-import { createBackend, type BackendName } from "../backend/index.js";
-import { dtypeBytes, type FloatDType } from "../backend/dtype.js";
+// The library's entry point: a loaded model folder that plans its memory, streams its layers, generates text and
+// exposes logits. The parts it runs on are built by the composition root (assemble.ts).
+import type { ArchModel } from "../arch/types.js";
 import type { Backend } from "../backend/ops.js";
 import { UsageError } from "../errors.js";
-import { ChatTemplate, type ChatMessage } from "../model/chat-template.js";
-import { Checkpoint } from "../model/checkpoint.js";
-import { DiskReader, type FileIo } from "../model/disk-reader.js";
-import { checkTokenIds, PromptEncoder, promptTooLong, type EncodeOptions, type PromptLimits } from "../model/prompt-encoder.js";
-import { readGenerationDefaults, type GenerationDefaults } from "../model/generation-config.js";
-import { TextTokenizer } from "../model/tokenizer.js";
-import { FileRanges } from "./file-ranges.js";
-import { modelFingerprint } from "./fingerprint.js";
+import type { ChatMessage, ChatTemplate } from "../model/chat-template.js";
+import type { Checkpoint } from "../model/checkpoint.js";
+import type { GenerationDefaults } from "../model/generation-config.js";
+import { checkTokenIds, promptTooLong, type EncodeOptions } from "../model/prompt-encoder.js";
+import type { TextTokenizer } from "../model/tokenizer.js";
+import { assembleEngine, type Engine, type LoadOptions } from "./assemble.js";
 import { generateText, generateTokens, type GenerateOptions, type GenerationResult, type TokenStats } from "./generate.js";
-import { KvStager } from "./kv-attention.js";
 import { KvCache, type KvPolicy } from "./kv-cache.js";
-import { KvSpill } from "./kv-spill.js";
-import { KvBlockPool } from "./kv-blocks.js";
-import { KvStore, type BlockLayout, type StoreIo } from "./kv-store.js";
-import { modelLayout, type ModelLayout } from "./layout.js";
-import { kvLayersOf, kvReservedBlocks, planPrefill, windowBlocks, type Plan } from "./planner.js";
-import { Runner, type LogitsWanted } from "./runner.js";
+import type { BlockLayout } from "./kv-store.js";
+import type { ModelLayout } from "./layout.js";
+import type { Plan } from "./planner.js";
+import type { LogitsWanted } from "./runner.js";
 import type { LogitsRequest, RankedLogits } from "./sampling.js";
-import { LayerStreamer } from "./streamer.js";
-import { validateWeights } from "./weights.js";
+import { Sequence } from "./sequence.js";
 
-export interface LoadOptions {
-  /** A backend name, or a backend to share (the model then leaves it open on close). */
-  backend?: BackendName | Backend;
-  /** Element type of the KV cache; default: f32 on the CPU backend, bf16 on CUDA. */
-  kvDtype?: FloatDType;
-  /** Tokens per KV cache block (the unit of tiering and of the persistent cache). */
-  kvBlockTokens?: number;
-  /** Bytes the compute device may hold; default: free GPU memory less a margin (CPU backend: no limit). */
-  vram?: number;
-  /** Bytes of RAM for caching weights and KV; default: half the free RAM. */
-  ram?: number;
-  /** Tokens one sequence may hold, for planning; default: the model's context. */
-  context?: number;
-  /** Sequences decoded together, for planning; default 1. */
-  batch?: number;
-  /** Rows per layer pass during prefill; default: 8192, 4096 or 2048, the largest whose plan decodes as fast as 2048's (see planPrefill). */
-  prefillChunk?: number;
-  /** Rows taken through all layers before the next (each layer's weights pass once per span); default: the whole context where that costs decode nothing, else 32768 (see planPrefill). */
-  prefillSpan?: number;
-  /** Folder of the persistent KV cache: prompts that start with a cached prefix skip its prefill. */
-  kvCache?: string;
-  /** Largest size of the persistent KV cache; least recently used blocks go first. */
-  kvCacheMax?: number;
-  /** Most device slots for hot experts (mixture-of-experts models); default: what the VRAM budget leaves room for. */
-  expertSlots?: number;
-  /** Where to put KV that spills to disk; default: the OS temp folder. */
-  kvSpillDir?: string;
-  /** Time and memory limits of prompt encoding (chat template and tokenizer, in a process of their own); defaults in prompt-encoder.ts. */
-  promptLimits?: Partial<PromptLimits>;
-  /**
-   * Problems layerwise handled on its own. The persistent KV cache never fails an answer; it reports KV_CACHE_DISABLED
-   * (it is off, or no longer written, for the rest of the model's life), KV_CACHE_CORRUPT (a damaged or malformed block,
-   * recomputed and removed), KV_CACHE_READ_FAILED (a block that could not be read, recomputed) and KV_CACHE_NOT_OURS (an
-   * entry at one of its names that it did not write, left alone).
-   */
-  onWarning?: (code: string, message: string) => void;
-  /** Test seams for file errors. */
-  fileIo?: FileIo;
-  storeIo?: StoreIo;
-}
+export type { LoadOptions } from "./assemble.js";
+export { Sequence } from "./sequence.js";
 
 export type Prompt = string | { messages: readonly ChatMessage[] } | { ids: readonly number[] };
 
@@ -87,39 +40,15 @@ export interface EngineStats {
   expertHits: number;
 }
 
-/** A conversation's state on the model: the tokens it has seen and their KV cache. */
-export class Sequence {
-  readonly tokens: number[] = [];
-  /** Blocks already in the persistent cache, and the hash of the last (the next block's parent). */
-  savedBlocks = 0;
-  lastHash: string | null = null;
-
-  constructor(readonly cache: KvCache) {}
-
-  get length(): number {
-    return this.tokens.length;
-  }
-
-  /**
-   * Forgets everything from token `length` on; returns the length kept, which is 0 when a sliding-window layer has
-   * already freed keys that position needs, or a recurrent layer's state has moved past it (the caller then feeds the
-   * tokens again).
-   */
-  async rewind(length: number): Promise<number> {
-    if (!this.cache.canTruncate(Math.min(length, this.tokens.length))) length = 0;
-    this.tokens.length = Math.min(length, this.tokens.length);
-    await this.cache.truncate(this.tokens.length);
-    if (this.savedBlocks * this.cache.policy.blockTokens > this.tokens.length) {
-      // The hash chain restarts from the first block; blocks the cache already has are skipped when saving.
-      this.savedBlocks = 0;
-      this.lastHash = null;
-    }
-    return this.tokens.length;
-  }
-
-  dispose(): void {
-    this.cache.free();
-  }
+/** What the layer streamer has moved so far and holds now (tests and benchmarks compare it with the plan). */
+export interface LayerTraffic {
+  /** Bytes of layer weights copied to the device, and read from disk for them. */
+  h2dBytes: number;
+  diskReadBytes: number;
+  /** Streamed layers decode keeps on the device now (Plan.decodeSpare). */
+  keptLayers: readonly number[];
+  /** Device bytes of KV blocks beyond the pool's reserve (decodeKeptLayers takes them first). */
+  kvBytesBeyondReserve: number;
 }
 
 export interface ForwardOptions {
@@ -130,133 +59,59 @@ export interface ForwardOptions {
 
 export class LayerwiseModel {
   private readonly statsBase = { kvCacheHitTokens: 0, computeS: 0 };
-  /** Some layers keep recurrent state (linear attention) instead of KV. */
-  private readonly recurrent: boolean;
+  readonly arch: ArchModel;
+  readonly checkpoint: Checkpoint;
+  readonly tokenizer: TextTokenizer;
+  readonly chatTemplate: ChatTemplate | undefined;
+  readonly defaults: GenerationDefaults;
+  readonly backend: Backend;
+  readonly plan: Plan;
+  /** Why the backend was chosen, when `auto` fell back. */
+  readonly backendNote?: string;
 
   private constructor(
     readonly dir: string,
-    readonly arch: ArchModel,
-    readonly checkpoint: Checkpoint,
-    readonly tokenizer: TextTokenizer,
-    readonly chatTemplate: ChatTemplate | undefined,
-    readonly defaults: GenerationDefaults,
-    readonly backend: Backend,
-    readonly layout: ModelLayout,
-    readonly plan: Plan,
-    /** The engine's parts (tests and benchmarks look at the KV policy). */
-    readonly parts: {
-      reader: DiskReader;
-      streamer: LayerStreamer;
-      stager: KvStager;
-      runner: Runner;
-      spill: KvSpill;
-      ranges: FileRanges;
-      store?: KvStore;
-      blockLayout?: BlockLayout;
-      policy: KvPolicy;
-      blocks: KvBlockPool;
-      ownsBackend: boolean;
-      encoder: PromptEncoder;
-    },
-    /** Why the backend was chosen, when `auto` fell back. */
-    readonly backendNote?: string,
+    private readonly engine: Engine,
   ) {
-    this.recurrent = hasRecurrentLayers(arch.shape);
+    ({ arch: this.arch, checkpoint: this.checkpoint, tokenizer: this.tokenizer, chatTemplate: this.chatTemplate, defaults: this.defaults, backend: this.backend, plan: this.plan, backendNote: this.backendNote } = engine);
   }
 
   static async load(dir: string, o: LoadOptions = {}): Promise<LayerwiseModel> {
-    const checkpoint = await Checkpoint.open(dir);
-    const cleanup: (() => unknown)[] = [() => checkpoint.close()];
-    try {
-      const { model: arch } = createArchModel(checkpoint.rawConfig, `${dir}/config.json`);
-      validateWeights(checkpoint, arch, o.onWarning);
-      const tokenizer = await TextTokenizer.load(dir, { vocabSize: arch.shape.vocabSize });
-      const chatTemplate = await ChatTemplate.load(dir, tokenizer.config);
-      // The encoder's process loads the tokenizer while the rest loads here (it reads the folder now, not at the first prompt).
-      const encoder = PromptEncoder.open(dir, { maxPositions: arch.shape.maxPositions, limits: o.promptLimits });
-      cleanup.push(() => encoder.close());
-      const encoderStarted = encoder.start();
-      encoderStarted.catch(() => {}); // awaited below
-      const defaults = await readGenerationDefaults(dir, checkpoint.rawConfig);
-      const shared = typeof o.backend === "object" ? o.backend : undefined;
-      const { backend, note } = shared ? { backend: shared, note: undefined } : await createBackend((o.backend as BackendName | undefined) ?? "auto");
-      if (!shared) cleanup.push(() => backend.dispose());
-      const layout = modelLayout(checkpoint, arch, backend.caps.directIo);
-      const kvDtype = o.kvDtype ?? (backend.name === "cpu" ? "f32" : "bf16");
-      const kvBlockTokens = o.kvBlockTokens ?? 256;
-      const thePlan = planPrefill({
-        layout,
-        shape: arch.shape,
-        contextTokens: Math.min(o.context ?? arch.shape.maxPositions, arch.shape.maxPositions),
-        batch: o.batch ?? 1,
-        prefillChunk: o.prefillChunk,
-        prefillSpan: o.prefillSpan,
-        kvBlockTokens,
-        kvDtype,
-        deviceBytesFor: (n) => backend.deviceBytesFor(n),
-        workspaceSlack: backend.workspaceSlack,
-        vramBytes: (o.vram ?? (await backend.defaultDeviceBudget())) - backend.deviceOverheadBytes,
-        ramBytes: o.ram ?? Math.floor(freemem() / 2),
-        expertSlots: o.expertSlots,
-        kvKeepsEveryBlock: o.kvCache !== undefined,
-      });
-      const { prefillChunk, prefillSpan } = thePlan.input;
-      backend.setDeviceBudget(thePlan.input.vramBytes + backend.deviceOverheadBytes);
-      backend.resetPeaks();
-      const reader = new DiskReader({ direct: backend.caps.directIo, io: o.fileIo });
-      cleanup.push(() => reader.close());
-      // The plan's device share for KV is taken now (below), so device memory is the same at any context length.
-      const blocks = new KvBlockPool(backend, kvBlockTokens, kvDtype);
-      cleanup.push(() => blocks.dispose());
-      const streamer = await LayerStreamer.create(backend, layout, thePlan, reader, () => blocks.extraDeviceBytes());
-      cleanup.push(() => streamer.dispose());
-      const kvBlockBytes = Math.max(...arch.shape.kvLayers.map((l) => l.kvHeads * l.headDim)) * kvBlockTokens * dtypeBytes[kvDtype];
-      const stager = new KvStager(backend, kvBlockBytes, Math.max(2, thePlan.kvStagingBlocks), kvDtype);
-      // With a persistent cache, recurrent state is kept at chunk ends too, so a cached prefix can resume near its end.
-      const runner = new Runner(backend, arch, streamer, stager, { prefillChunk, prefillSpan, ...(o.kvCache && hasRecurrentLayers(arch.shape) ? { stateSnapshotTokens: prefillChunk } : {}) });
-      cleanup.push(() => runner.dispose());
-      runner.reserveHostStates(thePlan.hiddenHostBuffers.count, thePlan.hiddenHostBuffers.rows);
-      const policy: KvPolicy = {
-        blockTokens: kvBlockTokens,
-        dtype: kvDtype,
-        deviceBlocks: Math.floor(thePlan.kvDeviceTokens / kvBlockTokens),
-        decodeDeviceBlocks: Math.floor(thePlan.kvDeviceTokensDecode / kvBlockTokens),
-        hostBlocks: Math.floor(thePlan.kvHostTokens / kvBlockTokens),
-        dropOutsideWindow: !o.kvCache,
-      };
-      if (thePlan.slots > 0) {
-        for (const [kvCols, count] of kvReservedBlocks(thePlan)) blocks.reserve(kvCols, count);
-        if (thePlan.kvStagingBlocks > 0) stager.reserve();
-        // The RAM tier's pinned buffers, one per block; a sliding-window layer that frees what its window passed holds
-        // at most its window's blocks, in either tier.
-        for (const l of kvLayersOf(thePlan.input)) {
-          const count = thePlan.input.batch * Math.min(policy.hostBlocks, Math.max(0, windowBlocks(thePlan.input, l) - policy.deviceBlocks));
-          blocks.reserveHost(2 * kvBlockTokens * l.kvHeads * l.headDim * dtypeBytes[kvDtype], count);
-        }
-      }
-      let store: KvStore | undefined;
-      let blockLayout: BlockLayout | undefined;
-      if (o.kvCache) {
-        store = await KvStore.open(o.kvCache, { maxBytes: o.kvCacheMax, io: o.storeIo, events: { warn: o.onWarning ?? (() => {}) } });
-        const fingerprint = await modelFingerprint(checkpoint, `kv:${kvDtype}:${kvBlockTokens}`);
-        const kvLayers = arch.shape.kvLayers;
-        blockLayout = { fingerprint, dtype: kvDtype, blockTokens: kvBlockTokens, layerBytes: kvLayers.map((l) => 2 * kvBlockTokens * l.kvHeads * l.headDim * dtypeBytes[kvDtype]), stateBytes: kvLayers.map((l) => 4 * (l.stateFloats ?? 0)) };
-      }
-      await encoderStarted;
-      const parts = { reader, streamer, stager, runner, spill: new KvSpill(o.kvSpillDir), ranges: new FileRanges(), store, blockLayout, policy, blocks, ownsBackend: !shared, encoder };
-      return new LayerwiseModel(dir, arch, checkpoint, tokenizer, chatTemplate, defaults, backend, layout, thePlan, parts, note);
-    } catch (e) {
-      for (const c of cleanup.reverse()) await c();
-      throw e;
-    }
+    return new LayerwiseModel(dir, await assembleEngine(dir, o));
   }
 
   get maxPositions(): number {
     return this.arch.shape.maxPositions;
   }
 
+  /** Where each layer's weights sit in the checkpoint's files, and their sizes. */
+  get layout(): ModelLayout {
+    return this.plan.input.layout;
+  }
+
+  /** How many KV blocks each tier holds per layer and sequence. */
+  get kvPolicy(): KvPolicy {
+    return this.engine.policy;
+  }
+
+  /** The persistent KV cache's block format, when `kvCache` is set. */
+  get kvBlockLayout(): BlockLayout | undefined {
+    return this.engine.prefixCache?.layout;
+  }
+
+  layerTraffic(): LayerTraffic {
+    const { streamer, reader, blocks } = this.engine;
+    return { h2dBytes: streamer.stats.h2dBytes, diskReadBytes: reader.stats.diskReadBytes, keptLayers: streamer.keptLayers, kvBytesBeyondReserve: blocks.extraDeviceBytes() };
+  }
+
+  /** Waits for the reads ahead a forward leaves (the next token's first layers) to land. */
+  readsAheadSettled(): Promise<void> {
+    return this.engine.streamer.readsAheadSettled();
+  }
+
   createSequence(): Sequence {
-    return new Sequence(new KvCache(this.backend, this.arch.shape, this.parts.policy, this.parts.spill, this.parts.ranges, this.parts.blocks));
+    const e = this.engine;
+    return new Sequence(new KvCache(this.backend, this.arch.shape, e.policy, e.spill, e.ranges, e.blocks));
   }
 
   /** Feeds `ids` after what `seq` holds; logits [rows * vocab] of the last id, or of every id with `all`. */
@@ -278,15 +133,12 @@ export class LayerwiseModel {
       }
     }
     const single = items.length === 1 ? items[0]! : undefined;
-    if (single && this.parts.store && this.recurrent) {
-      // Recurrent state can be cached only where a block ends: run up to the prompt's last block boundary first.
-      const block = this.parts.policy.blockTokens;
-      const cut = Math.floor((single.seq.length + single.ids.length) / block) * block - single.seq.length;
-      if (cut > 0 && cut < single.ids.length) {
-        const first = await this.forwardBatch([{ seq: single.seq, ids: single.ids.slice(0, cut) }], logits === "all" ? "all" : "last", o);
-        const rest = await this.forwardBatch([{ seq: single.seq, ids: single.ids.slice(cut) }], logits, o);
-        return [logits === "all" ? Float32Array.from([...first[0]!, ...(rest[0] as Float32Array)]) : rest[0]!];
-      }
+    // Recurrent state can be cached only where a block ends: run up to the prompt's last block boundary first.
+    const cut = single ? (this.engine.prefixCache?.recurrentCut(single.seq.length, single.ids.length) ?? 0) : 0;
+    if (single && cut > 0) {
+      const first = await this.forwardBatch([{ seq: single.seq, ids: single.ids.slice(0, cut) }], logits === "all" ? "all" : "last", o);
+      const rest = await this.forwardBatch([{ seq: single.seq, ids: single.ids.slice(cut) }], logits, o);
+      return [logits === "all" ? Float32Array.from([...first[0]!, ...(rest[0] as Float32Array)]) : rest[0]!];
     }
     const t0 = performance.now();
     const wait0 = this.ioWaitS();
@@ -301,7 +153,7 @@ export class LayerwiseModel {
       : undefined;
     let out: (Float32Array | RankedLogits)[];
     try {
-      out = await this.parts.runner.forward(
+      out = await this.engine.runner.forward(
         items.map(({ seq, ids }) => ({ cache: seq.cache, ids })),
         logits,
         { onProgress: o.onProgress, signal: o.signal, afterSpan },
@@ -319,77 +171,16 @@ export class LayerwiseModel {
     return out;
   }
 
-  /** Loads the longest cached prefix of `ids` into an empty sequence; returns how many tokens it covers. */
+  /** Loads the longest cached prefix of `ids` into an empty sequence (with `kvCache`); returns how many tokens it covers. */
   async loadPrefix(seq: Sequence, ids: readonly number[]): Promise<number> {
-    const { store, blockLayout: layout } = this.parts;
-    if (!store || !layout || seq.length > 0) return 0;
-    let blocks = await store.lookup(layout, ids);
-    const recurrent = layout.layerBytes.map((_, l) => seq.cache.isRecurrent(l));
-    if (this.recurrent) {
-      // Recurrent state resumes only at a block stored with its state, and must leave a prompt token to run.
-      const resumable = (i: number) => (i + 1) * layout.blockTokens < ids.length && recurrent.every((r, l) => !r || blocks[i]!.manifest.layers[l]!.bytes > 0);
-      let last = blocks.length - 1;
-      while (last >= 0 && !resumable(last)) last--;
-      blocks = blocks.slice(0, last + 1);
-    }
-    // Adopted blocks take device memory before the prompt's forward would free the layers decode kept: free them now.
-    if (blocks.length > 0) await this.parts.streamer.useShare("prefill");
-    const buf = new Uint8Array(Math.max(...layout.layerBytes, ...blocks.flatMap((b) => b.manifest.layers.map((l) => l.bytes))));
-    let loaded = 0;
-    for (const [i, b] of blocks.entries()) {
-      const layers: (Uint8Array | undefined)[] = [];
-      for (let l = 0; l < layout.layerBytes.length; l++) {
-        if (recurrent[l] && i < blocks.length - 1) {
-          layers.push(undefined); // only the last block's state is needed
-          continue;
-        }
-        const bytes = await store.readLayer(b, l, buf);
-        if (!bytes) break;
-        layers.push(bytes.slice());
-      }
-      if (layers.length < layout.layerBytes.length) break; // a corrupt block ends the reusable prefix: recompute from here
-      for (let l = 0; l < layers.length; l++) {
-        if (!recurrent[l]) await seq.cache.adopt(l, layers[l]!);
-        else if (layers[l]) seq.cache.adoptState(l, layers[l]!, (i + 1) * layout.blockTokens);
-      }
-      loaded++;
-      seq.lastHash = b.hash;
-    }
-    if (this.recurrent && loaded < blocks.length) {
-      // A corrupt block before the last: the state to resume from is gone, so nothing is reused.
-      await seq.rewind(0);
-      seq.lastHash = null;
-      loaded = 0;
-    }
-    await store.touch(blocks.slice(0, loaded));
-    const tokens = loaded * layout.blockTokens;
-    seq.tokens.push(...ids.slice(0, tokens));
-    seq.savedBlocks = loaded;
-    // At least one prompt token must run to give logits.
-    if (tokens === ids.length && tokens > 0) await seq.rewind(tokens - 1);
-    const hit = seq.length;
+    const hit = (await this.engine.prefixCache?.load(seq, ids)) ?? 0;
     this.statsBase.kvCacheHitTokens += hit;
     return hit;
   }
 
-  /** Writes the sequence's complete blocks that the persistent cache does not have yet. */
+  /** Writes the sequence's complete blocks that the persistent cache does not have yet (with `kvCache`). */
   async persist(seq: Sequence): Promise<void> {
-    const { store, blockLayout: layout } = this.parts;
-    if (!store || !layout) return;
-    const block = layout.blockTokens;
-    const complete = Math.floor(seq.length / block);
-    for (let b = seq.savedBlocks; b < complete; b++) {
-      const blocks = (l: number) => seq.cache.blocks(l)[b]!;
-      const state = seq.cache.snapshotAt((b + 1) * block); // recurrent layers' state where this block ends, if kept
-      seq.lastHash = await store.save(layout, seq.lastHash, b, seq.tokens.slice(b * block, (b + 1) * block), async (l) => {
-        if (seq.cache.isRecurrent(l)) return state?.get(l) ?? new Uint8Array(0);
-        const bytes = new Uint8Array(layout.layerBytes[l]!);
-        await seq.cache.blockBytesOf(l, blocks(l), bytes);
-        return bytes;
-      });
-      seq.savedBlocks = b + 1;
-    }
-    seq.cache.dropSnapshots((position) => position > complete * block);
+    await this.engine.prefixCache?.save(seq);
   }
 
   /**
@@ -398,14 +189,14 @@ export class LayerwiseModel {
    * loop, within time and memory limits (`promptLimits`); a text too long in bytes for the context is refused first.
    */
   async encodePrompt(prompt: Prompt, o: EncodeOptions = {}): Promise<number[]> {
-    if (typeof prompt === "string") return this.parts.encoder.encodeText(prompt, o);
+    if (typeof prompt === "string") return this.engine.encoder.encodeText(prompt, o);
     if ("ids" in prompt) {
       const ids = checkTokenIds(prompt.ids, this.arch.shape.vocabSize);
       if (o.maxTokens !== undefined && ids.length > o.maxTokens) throw promptTooLong(ids.length, this.maxPositions);
       return ids;
     }
     if (!this.chatTemplate) throw new UsageError("NO_CHAT_TEMPLATE", `${this.dir} has no chat template`, "use a plain prompt (layerwise run) or an instruct model");
-    return this.parts.encoder.encodeMessages(prompt.messages, { bos_token: this.tokenizer.specialToken("bos_token"), eos_token: this.tokenizer.specialToken("eos_token") }, o);
+    return this.engine.encoder.encodeMessages(prompt.messages, { bos_token: this.tokenizer.specialToken("bos_token"), eos_token: this.tokenizer.specialToken("eos_token") }, o);
   }
 
   /** Generated token ids, one at a time, on a fresh sequence (or `seq`, continuing it). */
@@ -456,24 +247,25 @@ export class LayerwiseModel {
   /** What the engine has done so far (bytes moved, waits, peaks). */
   stats(): EngineStats {
     const m = this.backend.memory;
-    const p = this.parts;
+    const { reader, ranges, spill, streamer, prefixCache } = this.engine;
     return {
       peakVramBytes: m.deviceBytesPeak,
       peakHostBytes: m.hostBytesPeak,
-      diskReadBytes: p.reader.stats.diskReadBytes + p.ranges.bytesRead + (p.store?.stats.bytesRead ?? 0),
+      diskReadBytes: reader.stats.diskReadBytes + ranges.bytesRead + (prefixCache?.stats.bytesRead ?? 0),
       h2dBytes: m.h2dBytes,
-      kvDiskBytes: p.spill.bytesWritten + (p.store?.stats.bytesWritten ?? 0),
+      kvDiskBytes: spill.bytesWritten + (prefixCache?.stats.bytesWritten ?? 0),
       ioWaitS: this.ioWaitS(),
       computeS: this.statsBase.computeS,
-      diskBusyS: p.reader.stats.readBusyS,
+      diskBusyS: reader.stats.readBusyS,
       kvCacheHitTokens: this.statsBase.kvCacheHitTokens,
-      expertLoads: p.streamer.expertStats?.loads ?? 0,
-      expertHits: p.streamer.expertStats?.hits ?? 0,
+      expertLoads: streamer.expertStats?.loads ?? 0,
+      expertHits: streamer.expertStats?.hits ?? 0,
     };
   }
 
   private ioWaitS(): number {
-    return this.parts.streamer.stats.ioWaitS + (this.parts.streamer.expertStats?.waitS ?? 0) + this.parts.stager.stats.waitS;
+    const { streamer, stager } = this.engine;
+    return streamer.stats.ioWaitS + (streamer.expertStats?.waitS ?? 0) + stager.stats.waitS;
   }
 
   /** The request's options over the model's generation_config.json defaults. */
@@ -483,16 +275,7 @@ export class LayerwiseModel {
   }
 
   async close(): Promise<void> {
-    this.parts.encoder.close();
-    await this.parts.streamer.dispose(); // first: its reads ahead may still be landing
-    this.parts.stager.dispose();
-    this.parts.runner.dispose();
-    this.parts.blocks.dispose();
-    await this.parts.spill.dispose();
-    await this.parts.ranges.close();
-    await this.parts.reader.close();
-    if (this.parts.ownsBackend) await this.backend.dispose();
-    await this.checkpoint.close();
+    await this.engine.close();
   }
 }
 

@@ -16,8 +16,10 @@ export interface PlanInput {
   readonly prefillChunk: number;
   readonly kvBlockTokens: number;
   readonly kvDtype: FloatDType;
-  /** Everything layerwise allocates on the compute device must fit here. */
+  /** Everything layerwise allocates on the compute device must fit here (the user's budget less deviceOverheadBytes). */
   readonly vramBytes: number;
+  /** Device memory the backend holds of the user's budget before layerwise allocates anything (the CUDA context). */
+  readonly deviceOverheadBytes?: number;
   /** RAM for caching weights and KV (staging buffers for disk reads come on top, see `hostBytes.staging`). */
   readonly ramBytes: number;
   /** Rows taken through all layers at once; their hidden states wait in host memory between layers. */
@@ -66,7 +68,10 @@ export interface Plan {
    */
   readonly experts: { readonly total: number; readonly deviceSlots: number; readonly ram: number; readonly stagingBuffers: number };
   readonly deviceBytes: { globals: number; workspace: number; kvHeadroom: number; slots: number; kvStaging: number; residentLayers: number; kv: number; experts: number; total: number };
-  /** The smallest VRAM budget this input still runs in: every layer streamed through two slots (VRAM_TOO_SMALL names it). */
+  /**
+   * The smallest VRAM budget (the backend's own memory included, as --vram counts it) this input still runs in: every
+   * layer streamed through two slots. VRAM_TOO_SMALL names it.
+   */
   readonly minDeviceBytes: number;
   /**
    * Host memory: the caches --ram bounds (layers, KV), and working buffers on top of it: disk staging, the span's
@@ -330,7 +335,8 @@ export function plan(input: PlanInput): Plan {
   let kvStagingBlocks = 0;
   let expertSlots = maxExpertSlots;
   const minStaging = 2 * kvLayerBlockBytes;
-  const minDeviceBytes = must + 2 * slotBytesEach + minStaging;
+  const overhead = input.deviceOverheadBytes ?? 0;
+  const minDeviceBytes = overhead + must + 2 * slotBytesEach + minStaging;
   if (base + allLayers + kvTotal + maxExpertSlots * expertSlotBytes > input.vramBytes) {
     // Streaming: slots for layers in flight, KV staging for blocks in RAM or on disk, then KV and whole layers while room lasts.
     slots = must + 3 * slotBytesEach + minStaging <= input.vramBytes ? Math.min(3, shape.numLayers) : 2;
@@ -338,7 +344,7 @@ export function plan(input: PlanInput): Plan {
     if (avail < minStaging) {
       throw new UsageError(
         "VRAM_TOO_SMALL",
-        `a VRAM budget of ${formatBytes(input.vramBytes)} cannot hold the embeddings and head (${formatBytes(globals)}), the prefill workspace (${formatBytes(workspace + kvHeadroom)}) and two streamed layers (${formatBytes(2 * slotBytesEach)}): needs ${formatBytes(minDeviceBytes)}`,
+        `a VRAM budget of ${formatBytes(input.vramBytes + overhead)}${overhead ? ` (${formatBytes(overhead)} of it the CUDA context's)` : ""} cannot hold the embeddings and head (${formatBytes(globals)}), the prefill workspace (${formatBytes(workspace + kvHeadroom)}) and two streamed layers (${formatBytes(2 * slotBytesEach)}): needs ${formatBytes(minDeviceBytes)}`,
         "give more --vram, or a smaller --prefill-chunk",
       );
     }

@@ -39,18 +39,19 @@ async function run(m: LayerwiseModel, plan: readonly (readonly number[] | number
     const inputs = typeof part === "number" ? Array.from({ length: part }, () => undefined) : [part];
     for (const given of inputs) {
       const ids = given ?? [reference?.[steps.length]?.ids[0] ?? argmax(last!)];
-      const extra = m.parts.blocks.extraDeviceBytes();
-      const before = { h2d: m.parts.streamer.stats.h2dBytes, disk: m.parts.reader.stats.diskReadBytes };
+      const before = m.layerTraffic();
+      const extra = before.kvBytesBeyondReserve;
       last = await m.forward(seq, ids);
+      const after = m.layerTraffic();
       const predicted = decodeBytesAt(m.plan, seq.length);
       steps.push({
         ids,
         logits: last,
-        kept: m.parts.streamer.keptLayers,
+        kept: after.keptLayers,
         predicted: ids.length === 1 ? decodeKeptLayers(m.plan, extra).sort((a, b) => a - b) : [],
         plannedAtLength: decodeKeptLayers(m.plan, decodeExtraKvBytesAt(m.plan, seq.length)).sort((a, b) => a - b),
-        layerH2d: m.parts.streamer.stats.h2dBytes - before.h2d,
-        layerDisk: m.parts.reader.stats.diskReadBytes - before.disk,
+        layerH2d: after.h2dBytes - before.h2dBytes,
+        layerDisk: after.diskReadBytes - before.diskReadBytes,
         predictedH2d: predicted.h2dBytes,
         predictedDisk: predicted.diskBytes - predicted.kvDiskBytes,
         allKvOnDevice: seq.cache.blocks(0).every((b) => b.tier === "device"),

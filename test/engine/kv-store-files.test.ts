@@ -29,7 +29,7 @@ async function generate(dir: string, prompt: number[], o: LoadOptions = {}, warn
 async function firstBlock(dir: string, cache: string, prompt: number[]): Promise<{ sub: string; hash: string }> {
   const m = await LayerwiseModel.load(dir, { ...base, kvCache: cache });
   try {
-    const layout = m.parts.blockLayout!;
+    const layout = m.kvBlockLayout!;
     return { sub: join(cache, layout.fingerprint.slice(0, 16)), hash: KvStore.blockHash(null, prompt.slice(0, 16), layout) };
   } finally {
     await m.close();

@@ -42,7 +42,7 @@ describe(`streaming and tiered KV on stories260K, ${bc.name}`, () => {
         if (vram) assert.ok(s.peakVramBytes <= vram, `${run.name}: peak device ${s.peakVramBytes} > budget ${vram}`);
         // Full blocks past the device's and RAM's share go to disk: the prompt's with the prefill share of the device, the
         // 120 generated tokens' (a one-token prompt, then decode) with the decode share.
-        const { blockTokens, deviceBlocks, decodeDeviceBlocks, hostBlocks } = m.parts.policy;
+        const { blockTokens, deviceBlocks, decodeDeviceBlocks, hostBlocks } = m.kvPolicy;
         const spills = Math.floor(prompt.length / blockTokens) > deviceBlocks + hostBlocks || Math.floor(120 / blockTokens) > decodeDeviceBlocks + hostBlocks;
         assert.equal(s.kvDiskBytes > 0, spills, `${run.name}: KV bytes on disk ${s.kvDiskBytes}`);
         if (bc.name === "cpu" && run.o.ram === 0) assert.ok(spills, `${run.name}: this budget should put KV on disk`);
@@ -73,7 +73,7 @@ describe(`streaming and tiered KV on stories260K, ${bc.name}`, () => {
           deviceBlocks.push(seq.cache.blocks(0).filter((b) => b.tier === "device" && b.length === 16).length);
         }
         seq.dispose();
-        return { out, deviceBlocks, policy: m.parts.policy, peak: m.stats().peakVramBytes };
+        return { out, deviceBlocks, policy: m.kvPolicy, peak: m.stats().peakVramBytes };
       });
     const reference = await run({});
     const vram = deviceBudget(backend, 1e6);
@@ -237,7 +237,7 @@ describe("weight reads in flight from disk", () => {
       const seq = m.createSequence();
       await m.forward(seq, [1, 403, 407]);
       assert.ok(reads.inFlight > 0, "reads ahead under way after the forward");
-      await m.parts.streamer.readsAheadSettled();
+      await m.readsAheadSettled();
       assert.equal(reads.inFlight, 0);
       seq.dispose();
     });

@@ -192,13 +192,13 @@ export class CudaBackend implements Backend {
 
   async defaultDeviceBudget(): Promise<number> {
     const { free } = this.driver.memInfo();
-    return this.info.contextBytes + Math.max(0, free - Math.max(512 << 20, free * 0.05));
+    return Math.max(0, free - Math.max(512 << 20, free * 0.05));
   }
 
-  /** The pool never holds more than this (the plan's budget less the context's own memory). */
+  /** The pool never holds more than this. */
   setDeviceBudget(bytes: number): void {
     this.pool.trim();
-    this.pool.limit = Math.max(0, bytes - this.info.contextBytes);
+    this.pool.limit = Math.max(0, bytes);
   }
 
   releaseSmallCache(): void {
