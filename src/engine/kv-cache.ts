@@ -245,7 +245,7 @@ export class KvCache {
    * Sets how many full blocks per layer stay on the device: the prefill share, which leaves room for a prompt's
    * activations, or the larger decode share. Going to the prefill share moves the blocks beyond it off the device (and
    * their memory back to the backend); going to the decode share brings blocks back from RAM, oldest first, so the
-   * device keeps a prefix of each layer, as settle does.
+   * device keeps a prefix of each layer, as settle does. The whole protocol: docs/engine.md, "Device shares".
    */
   async useShare(kind: "prefill" | "decode"): Promise<void> {
     await this.finishMoves();

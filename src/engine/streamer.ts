@@ -105,6 +105,7 @@ export class LayerStreamer implements WeightSource {
    * the last ones that fit in the plan's decodeSpare beside the KV beyond the reserve (decodeKeptLayers); call it when
    * no forward is running, after the KV caches took their share. Layers that stop being kept are freed (in compute
    * order); newly kept ones are copied from RAM (or read from disk) now, and stream no more until the next prompt.
+   * The whole protocol, with the KV caches' side: docs/engine.md, "Device shares".
    */
   async useShare(kind: "prefill" | "decode"): Promise<void> {
     const want = new Set(kind === "decode" ? decodeKeptLayers(this.plan, this.extraKvBytes()) : []);
