@@ -17,7 +17,8 @@ import {
   type Handle,
 } from "./driver.js";
 import { topKRows } from "../../util/top-k.js";
-import { Kernels, deltaChunkSmem, deltaRuleKeyDims, flashKernel, flashSmem, flashTiles, gemmKernel, gemmSmem, gemmTiles, gemvColumns, topKMax, type FlashTile, type GemmTile, type KernelArg } from "./kernels.js";
+import { maxRowBlocks, orderedArgs, type KernelArgs, type KernelSignature } from "./kernel-params.js";
+import { Kernels, deltaChunkSmem, deltaRuleKeyDims, flashKernel, flashSmem, flashTiles, gemmKernel, gemmSmem, gemmTiles, gemvColumns, overElements, threadsPerBlock, topKMax, type Dim3, type FlashTile, type GemmTile } from "./kernels.js";
 import { DeviceArena } from "./arena.js";
 import { DeviceBuffer, DevicePool, plannedBytes } from "./memory.js";
 import { StreamProfile, type StreamReport } from "./stream-profile.js";
@@ -58,12 +59,21 @@ interface CudaFence extends Fence {
 const ringSize = 1024;
 /** Pinned bytes for small uploads (see UploadRing): two halves of 2 MB, several prefill layers' worth of ids and block lists. */
 const uploadRingBytes = 4 << 20;
-const threads = 256;
-/** Tensors one write_rows launch takes (MAX_ROW_BLOCKS in kernels/elementwise.cu). */
-const maxRowBlocks = 64;
 /** The 16-bit types tensor-core matmuls take their input in (tensorCoreInput). */
 type HalfType = "bf16" | "f16";
-const gridFor = (n: number) => Math.max(1, Math.min(65535, Math.ceil(n / threads)));
+
+interface LaunchSpec<S extends KernelSignature> {
+  /** The kernel's name; by default the signature's own (a kernel alone in its entry, as rope). */
+  readonly kernel?: string;
+  readonly signature: S;
+  readonly grid: Dim3;
+  readonly block: Dim3;
+  /** Bytes of dynamic shared memory (default 0). */
+  readonly smem?: number;
+  readonly args: KernelArgs<S>;
+  /** Tensors the kernel reads: compute waits for copies into them first. */
+  readonly reads: readonly (Tensor | undefined)[];
+}
 
 export interface DeviceInfo {
   name: string;
@@ -144,7 +154,8 @@ export class CudaBackend implements Backend {
     this.uploads = new UploadRing(driver, Driver.view(this.uploadBase, uploadRingBytes), (dst, offset, bytes, stream) => {
       if (this.smallUploads === "copy engine") return driver.copyHtoDAsync(dst, this.uploadBase + BigInt(offset), bytes, stream);
       const words = Math.ceil(bytes / 4);
-      this.kernels.launch("copy_words", [Math.min(64, Math.ceil(words / threads)), 1, 1], [threads, 1, 1], 0, stream, [{ ptr: dst }, { ptr: uploadDevice + BigInt(offset) }, { i32: words }]);
+      const args = orderedArgs("copy_words", "copy_words", { dst, src: uploadDevice + BigInt(offset), n: words });
+      this.kernels.launch("copy_words", [Math.min(64, Math.ceil(words / threadsPerBlock)), 1, 1], [threadsPerBlock, 1, 1], 0, stream, args);
     });
     const { free, total } = driver.memInfo();
     info.contextBytes = total - free;
@@ -374,7 +385,8 @@ export class CudaBackend implements Backend {
     if (k > topKMax) return topKRows(await this.read(t), rows, cols, k); // the kernel ranks at most topKMax in shared memory
     const out = this.alloc([2 * rows * k], "f32") as CudaTensor; // ids, then values
     try {
-      this.launch("top_k", [rows, 1, 1], [1024, 1, 1], [{ ptr: out.ptr }, { ptr: out.ptr + BigInt(4 * rows * k) }, { ptr: t.ptr }, { i32: cols }, { i32: k }], [t]);
+      const args = { outIds: out.ptr, outValues: out.ptr + BigInt(4 * rows * k), x: t.ptr, cols, k };
+      this.launch({ signature: "top_k", grid: [rows, 1, 1], block: [1024, 1, 1], args, reads: [t] });
       const raw = await this.readRows(out, 0, 1);
       return { ids: new Int32Array(raw.buffer, raw.byteOffset, rows * k), values: new Float32Array(raw.buffer, raw.byteOffset + 4 * rows * k, rows * k) };
     } finally {
@@ -447,9 +459,12 @@ export class CudaBackend implements Backend {
     return this.scopes.add(this.alloc(shape, "f32") as CudaTensor);
   }
 
-  private launch(name: string, grid: readonly [number, number, number], block: readonly [number, number, number], args: KernelArg[], reads: readonly (Tensor | undefined)[], smem = 0): void {
-    this.await(reads);
-    this.timed(name, () => this.kernels.launch(name, grid, block, smem, this.compute, args));
+  /** Launches a kernel on the compute stream once the copies into what it reads have landed. */
+  private launch<S extends KernelSignature>(spec: LaunchSpec<S>): void {
+    const kernel = spec.kernel ?? spec.signature;
+    const args = orderedArgs(spec.signature, kernel, spec.args);
+    this.await(spec.reads);
+    this.timed(kernel, () => this.kernels.launch(kernel, spec.grid, spec.block, spec.smem ?? 0, this.compute, args));
   }
 
   /** Enqueues work on the compute stream, between timing events while a profile runs. */
@@ -503,7 +518,8 @@ export class CudaBackend implements Backend {
     for (const id of ids) if (id < 0 || id >= tb.shape[0]!) throw new RangeError(`embed: token id ${id} outside vocabulary of ${tb.shape[0]}`);
     const idBuf = this.small(ids);
     const out = this.out([ids.length, hidden]);
-    this.launch(`embed_${tb.dtype}`, [ids.length, 1, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: tb.ptr }, { ptr: idBuf.ptr }, { i32: hidden }], [tb]);
+    const args = { out: out.ptr, table: tb.ptr, ids: idBuf.ptr, hidden };
+    this.launch({ kernel: `embed_${tb.dtype}`, signature: "embed", grid: [ids.length, 1, 1], block: [threadsPerBlock, 1, 1], args, reads: [tb] });
     this.done(idBuf);
     return out;
   }
@@ -543,7 +559,7 @@ export class CudaBackend implements Backend {
     this.dropCast();
     const [m, k] = x.shape as [number, number];
     const xh = this.alloc([m, k], half) as CudaTensor;
-    this.launch(`cast_rows_${half}`, [gridFor(m * k), 1, 1], [threads, 1, 1], [{ ptr: xh.ptr }, { ptr: x.ptr }, { i64: m * k }], [x]);
+    this.launch({ kernel: `cast_rows_${half}`, signature: "cast_rows", ...overElements(m * k), args: { out: xh.ptr, x: x.ptr, n: m * k }, reads: [x] });
     this.lastCast = { x, half, xh };
     this.lastCastHalf = half;
     return xh;
@@ -564,7 +580,7 @@ export class CudaBackend implements Backend {
     if (k !== kw) throw new Error(`matmul: x has ${k} columns, w has ${kw}`);
     const out = this.out([m, n]);
     const b = bias && this.asF32(bias);
-    const args: KernelArg[] = [{ ptr: out.ptr }, { ptr: xt.ptr }, { ptr: wt.ptr }, { ptr: b ? b.ptr : 0n }, { i32: m }, { i32: n }, { i32: k }];
+    const args = { y: out.ptr, x: xt.ptr, w: wt.ptr, bias: b ? b.ptr : 0n, M: m, N: n, K: k };
     const reads = [xt, wt, b];
     const half = tensorCoreInput(m, k, n, wt.dtype);
     const tile = this.gemmTileFor(wt.dtype);
@@ -573,29 +589,30 @@ export class CudaBackend implements Backend {
     const skinny = half !== undefined && half === wt.dtype && m <= 64;
     if (half && (skinny || this.kernels.has(mma))) {
       const xh = this.castInput(xt, half);
-      const halfArgs = [args[0]!, { ptr: xh.ptr }, ...args.slice(2)];
-      if (skinny) this.launch(`gemm_skinny${m <= 16 ? 1 : m <= 32 ? 2 : 4}_${half}`, [Math.ceil(n / 32), 1, 1], [threads, 1, 1], halfArgs, [wt, b]);
-      else {
-        const t = gemmTiles[tile];
-        const operands: KernelArg[] = t.tma
-          ? [{ tensorMap: { dtype: half, ptr: xh.ptr, rows: m, cols: k, boxRows: t.rows } }, { tensorMap: { dtype: half, ptr: wt.ptr, rows: n, cols: k, boxRows: t.cols } }]
-          : [{ ptr: xh.ptr }, { ptr: wt.ptr }];
-        this.launch(mma, [Math.ceil(n / t.cols), Math.ceil(m / t.rows), 1], [t.threads, 1, 1], [args[0]!, ...operands, ...args.slice(3)], [wt, b], gemmSmem(tile));
+      const t = gemmTiles[tile];
+      if (skinny) {
+        const kernel = `gemm_skinny${m <= 16 ? 1 : m <= 32 ? 2 : 4}_${half}`;
+        this.launch({ kernel, signature: "matmul", grid: [Math.ceil(n / 32), 1, 1], block: [threadsPerBlock, 1, 1], args: { ...args, x: xh.ptr }, reads: [wt, b] });
+      } else if (t.tma) {
+        const xMap = { dtype: half, ptr: xh.ptr, rows: m, cols: k, boxRows: t.rows };
+        const wMap = { dtype: half, ptr: wt.ptr, rows: n, cols: k, boxRows: t.cols };
+        const tmaArgs = { y: args.y, xMap, wMap, bias: args.bias, M: m, N: n, K: k };
+        this.launch({ kernel: mma, signature: "gemm_tma", grid: [Math.ceil(n / t.cols), Math.ceil(m / t.rows), 1], block: [t.threads, 1, 1], args: tmaArgs, reads: [wt, b], smem: gemmSmem(tile) });
+      } else {
+        this.launch({ kernel: mma, signature: "matmul", grid: [Math.ceil(n / t.cols), Math.ceil(m / t.rows), 1], block: [t.threads, 1, 1], args: { ...args, x: xh.ptr }, reads: [wt, b], smem: gemmSmem(tile) });
       }
     } else if (m <= 16) {
       const rowsPerLaunch = m === 1 ? 1 : m <= 4 ? 4 : 16;
-      this.launch(`gemv${rowsPerLaunch}_${wt.dtype}`, [Math.ceil(n / (8 * gemvColumns(rowsPerLaunch, wt.dtype))), 1, 1], [threads, 1, 1], args, reads);
-    } else {
-      if (wt.dtype === "mxfp4") {
-        // Few outputs (a router) or no tensor-core GEMM here: the decode kernel, 16 rows at a time.
-        for (let r = 0; r < m; r += 16) {
-          const rowsHere = Math.min(16, m - r);
-          this.launch(`gemv16_mxfp4`, [Math.ceil(n / 8), 1, 1], [threads, 1, 1], [{ ptr: out.ptr + BigInt(r * n * 4) }, { ptr: xt.ptr + BigInt(r * k * 4) }, ...args.slice(2, 4), { i32: rowsHere }, { i32: n }, { i32: k }], reads);
-        }
-        this.doneWithF32(b, bias);
-        return out;
+      const grid = [Math.ceil(n / (8 * gemvColumns(rowsPerLaunch, wt.dtype))), 1, 1] as const;
+      this.launch({ kernel: `gemv${rowsPerLaunch}_${wt.dtype}`, signature: "matmul", grid, block: [threadsPerBlock, 1, 1], args, reads });
+    } else if (wt.dtype === "mxfp4") {
+      // Few outputs (a router) or no tensor-core GEMM here: the decode kernel, 16 rows at a time.
+      for (let r = 0; r < m; r += 16) {
+        const rows = { y: out.ptr + BigInt(r * n * 4), x: xt.ptr + BigInt(r * k * 4), M: Math.min(16, m - r) };
+        this.launch({ kernel: "gemv16_mxfp4", signature: "matmul", grid: [Math.ceil(n / 8), 1, 1], block: [threadsPerBlock, 1, 1], args: { ...args, ...rows }, reads });
       }
-      this.launch(`gemm_simt_${wt.dtype}`, [Math.ceil(n / 64), Math.ceil(m / 64), 1], [threads, 1, 1], args, reads);
+    } else {
+      this.launch({ kernel: `gemm_simt_${wt.dtype}`, signature: "matmul", grid: [Math.ceil(n / 64), Math.ceil(m / 64), 1], block: [threadsPerBlock, 1, 1], args, reads });
     }
     this.doneWithF32(b, bias);
     return out;
@@ -612,7 +629,7 @@ export class CudaBackend implements Backend {
     if (c.dtype === "f32") return c;
     const n = numel(c.shape);
     const out = this.out(c.shape);
-    this.launch(`cast_f32_${c.dtype}`, [gridFor(n), 1, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: c.ptr }, { i64: n }], [c]);
+    this.launch({ kernel: `cast_f32_${c.dtype}`, signature: "cast_f32", ...overElements(n), args: { out: out.ptr, x: c.ptr, n }, reads: [c] });
     return out;
   }
 
@@ -622,13 +639,20 @@ export class CudaBackend implements Backend {
     const group = wt.shape[0]!;
     const groups = numel(xt.shape) / group;
     const out = this.out(xt.shape);
-    const block = Math.min(1024, Math.max(32, Math.ceil(Math.min(group, threads) / 32) * 32));
+    const block = Math.min(1024, Math.max(32, Math.ceil(Math.min(group, threadsPerBlock) / 32) * 32));
     // Whole rows normed in the type the matmuls cast to (a 16-bit model's norm before q/k/v or gate/up): the kernel also
     // writes the 16-bit input castInput would make (a post-norm's goes unused: one more write of two bytes a value).
     const cols = xt.shape[xt.shape.length - 1]!;
     const half = group === cols && groups > 4 && wt.dtype === this.lastCastHalf ? this.lastCastHalf : undefined;
     const twin = half ? (this.alloc(xt.shape, half) as CudaTensor) : undefined;
-    this.launch(`rms_norm_${wt.dtype}`, [groups, 1, 1], [block, 1, 1], [{ ptr: out.ptr }, { ptr: xt.ptr }, { ptr: wt.ptr }, { i32: group }, { f32: o.eps }, { f32: o.offset ?? 0 }, { ptr: twin?.ptr ?? 0n }], [xt, wt]);
+    this.launch({
+      kernel: `rms_norm_${wt.dtype}`,
+      signature: "rms_norm",
+      grid: [groups, 1, 1],
+      block: [block, 1, 1],
+      args: { out: out.ptr, x: xt.ptr, w: wt.ptr, group, eps: o.eps, offset: o.offset ?? 0, twin: twin?.ptr ?? 0n },
+      reads: [xt, wt],
+    });
     if (twin) this.lastCast = { x: out, half: half!, xh: twin };
     return out;
   }
@@ -641,7 +665,8 @@ export class CudaBackend implements Backend {
     const pos = this.small(o.positions);
     const freq = this.small(o.invFreq);
     const out = this.out(xt.shape);
-    this.launch("rope", [gridFor(rows * heads * half), 1, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: xt.ptr }, { ptr: pos.ptr }, { ptr: freq.ptr }, { i32: rows }, { i32: heads }, { i32: o.headDim }, { i32: half }, { f32: o.scale }], [xt]);
+    const args = { out: out.ptr, x: xt.ptr, positions: pos.ptr, invFreq: freq.ptr, rows, heads, headDim: o.headDim, half, scale: o.scale };
+    this.launch({ signature: "rope", ...overElements(rows * heads * half), args, reads: [xt] });
     this.done(pos, freq);
     return out;
   }
@@ -688,33 +713,42 @@ export class CudaBackend implements Backend {
     const ptrBuf = this.small(ptrs);
     const posBuf = this.small(pos);
     const reads = [qt, ...blocks.flatMap((b) => [b.k, b.v])];
-    const common: KernelArg[] = [{ ptr: seqBuf.ptr }];
+    const keys = { seqs: seqBuf.ptr, blockPtrs: ptrBuf.ptr, blockPos: posBuf.ptr, heads, kvHeads, kvCols: kvHeads * headDim };
+    const scores = { scale: o.scale, window: o.slidingWindow ?? 0, softcap: o.softcap ?? 0 };
     const maxQRows = Math.max(...o.seqs.map((s) => s.qRows));
     const tile = this.flashTileFor(kvDtype, headDim, maxQRows);
     const flash = flashKernel(tile, kvDtype, headDim);
     if (maxQRows >= 16 && this.kernels.has(flash)) {
-      this.launch(
-        flash,
-        [Math.ceil(maxQRows / flashTiles[tile].rows), heads, o.seqs.length],
-        [flashTiles[tile].threads, 1, 1],
-        [{ ptr: out.ptr }, { ptr: lse?.ptr ?? 0n }, { ptr: qt.ptr }, ...common, { ptr: ptrBuf.ptr }, { ptr: posBuf.ptr }, { ptr: sinks?.ptr ?? 0n }, { i32: heads }, { i32: kvHeads }, { i32: kvHeads * headDim }, { f32: o.scale }, { i32: o.slidingWindow ?? 0 }, { f32: o.softcap ?? 0 }],
-        [...reads, sinks],
-        flashSmem(headDim, tile),
-      );
+      this.launch({
+        kernel: flash,
+        signature: "flash",
+        grid: [Math.ceil(maxQRows / flashTiles[tile].rows), heads, o.seqs.length],
+        block: [flashTiles[tile].threads, 1, 1],
+        args: { out: out.ptr, lse: lse?.ptr ?? 0n, q: qt.ptr, sinks: sinks?.ptr ?? 0n, ...keys, ...scores },
+        reads: [...reads, sinks],
+        smem: flashSmem(headDim, tile),
+      });
     } else {
       if (headDim > 256) throw new BackendError("CUDA_HEAD_DIM", `head_dim ${headDim} is larger than the 256 the CUDA kernels support`);
       const maxKeys = Math.max(1, ...o.seqs.map((s) => s.blocks.reduce((n, b) => n + b.length, 0)));
       const splits = Math.max(1, Math.min(Math.ceil(maxKeys / 128), Math.floor((4 * this.info.multiprocessors) / Math.max(1, heads * rows))));
       const partO = this.alloc([rows * heads * splits * headDim], "f32") as CudaTensor;
       const partMl = this.alloc([rows * heads * splits * 2], "f32") as CudaTensor;
-      this.launch(
-        `attn_simt_${kvDtype}`,
-        [splits, heads, rows],
-        [128, 1, 1],
-        [{ ptr: partO.ptr }, { ptr: partMl.ptr }, { ptr: qt.ptr }, ...common, { i32: o.seqs.length }, { ptr: ptrBuf.ptr }, { ptr: posBuf.ptr }, { i32: heads }, { i32: kvHeads }, { i32: headDim }, { i32: kvHeads * headDim }, { f32: o.scale }, { i32: o.slidingWindow ?? 0 }, { f32: o.softcap ?? 0 }, { i32: splits }],
+      this.launch({
+        kernel: `attn_simt_${kvDtype}`,
+        signature: "attn_simt",
+        grid: [splits, heads, rows],
+        block: [128, 1, 1],
+        args: { partO: partO.ptr, partMl: partMl.ptr, q: qt.ptr, nSeqs: o.seqs.length, headDim, splits, ...keys, ...scores },
         reads,
-      );
-      this.launch("attn_merge_splits", [rows * heads, 1, 1], [Math.min(256, Math.ceil(headDim / 32) * 32), 1, 1], [{ ptr: out.ptr }, { ptr: lse?.ptr ?? 0n }, { ptr: partO.ptr }, { ptr: partMl.ptr }, { ptr: sinks?.ptr ?? 0n }, { i32: heads }, { i32: rows * heads }, { i32: headDim }, { i32: splits }], [sinks]);
+      });
+      this.launch({
+        signature: "attn_merge_splits",
+        grid: [rows * heads, 1, 1],
+        block: [Math.min(256, Math.ceil(headDim / 32) * 32), 1, 1],
+        args: { out: out.ptr, lse: lse?.ptr ?? 0n, partO: partO.ptr, partMl: partMl.ptr, sinks: sinks?.ptr ?? 0n, heads, rowHeads: rows * heads, headDim, splits },
+        reads: [sinks],
+      });
       this.free(partO);
       this.free(partMl);
     }
@@ -729,7 +763,13 @@ export class CudaBackend implements Backend {
     const headDim = ao.shape[1]! / heads;
     const out = this.out(ao.shape);
     const lse = this.out(al.shape);
-    this.launch("merge_attention", [rows * heads, 1, 1], [Math.min(256, Math.ceil(headDim / 32) * 32), 1, 1], [{ ptr: out.ptr }, { ptr: lse.ptr }, { ptr: ao.ptr }, { ptr: al.ptr }, { ptr: bo.ptr }, { ptr: bl.ptr }, { i32: rows * heads }, { i32: headDim }], [ao, al, bo, bl]);
+    this.launch({
+      signature: "merge_attention",
+      grid: [rows * heads, 1, 1],
+      block: [Math.min(256, Math.ceil(headDim / 32) * 32), 1, 1],
+      args: { out: out.ptr, lse: lse.ptr, oa: ao.ptr, la: al.ptr, ob: bo.ptr, lb: bl.ptr, rowHeads: rows * heads, headDim },
+      reads: [ao, al, bo, bl],
+    });
     return { out, lse };
   }
 
@@ -742,8 +782,9 @@ export class CudaBackend implements Backend {
     // input, which castInput then finds, as it finds one cast shared by q, k and v.
     const half = g.shape[0]! > 4 ? this.lastCastHalf : undefined;
     const twin = half ? (this.alloc(g.shape, half) as CudaTensor) : undefined;
-    const twinArgs: KernelArg[] = [{ ptr: twin?.ptr ?? 0n }, { i32: half === undefined ? 0 : half === "bf16" ? 1 : 2 }];
-    this.launch("gated_act", [gridFor(n), 1, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: g.ptr }, { ptr: u.ptr }, { i64: n }, { i32: { silu: 0, gelu_tanh: 1, sigmoid: 2 }[act] }, ...twinArgs], [g, u]);
+    const twinKind = half === undefined ? 0 : half === "bf16" ? 1 : 2;
+    const args = { out: out.ptr, gate: g.ptr, up: u.ptr, n, act: { silu: 0, gelu_tanh: 1, sigmoid: 2 }[act], twin: twin?.ptr ?? 0n, twinKind };
+    this.launch({ signature: "gated_act", ...overElements(n), args, reads: [g, u] });
     if (twin) this.lastCast = { x: out, half: half!, xh: twin };
     return out;
   }
@@ -754,24 +795,23 @@ export class CudaBackend implements Backend {
     const n = numel(x.shape);
     if (n !== numel(y.shape)) throw new Error(`add: ${n} vs ${numel(y.shape)} values`);
     const out = this.out(x.shape);
-    this.launch("add_f32", [gridFor(n), 1, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: x.ptr }, { ptr: y.ptr }, { i64: n }], [x, y]);
+    this.launch({ signature: "add_f32", ...overElements(n), args: { out: out.ptr, a: x.ptr, b: y.ptr, n }, reads: [x, y] });
     return out;
   }
 
   scale(x: Tensor, factor: number): Tensor {
-    return this.withScalar("scale_f32", x, factor);
-  }
-
-  softcap(x: Tensor, cap: number): Tensor {
-    return this.withScalar("softcap_f32", x, cap);
-  }
-
-  /** An elementwise kernel (out, x, scalar, n) over f32 activations. */
-  private withScalar(kernel: string, x: Tensor, value: number): Tensor {
     const t = cuda(x);
     const n = numel(t.shape);
     const out = this.out(t.shape);
-    this.launch(kernel, [gridFor(n), 1, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: t.ptr }, { f32: value }, { i64: n }], [t]);
+    this.launch({ signature: "scale_f32", ...overElements(n), args: { out: out.ptr, x: t.ptr, s: factor, n }, reads: [t] });
+    return out;
+  }
+
+  softcap(x: Tensor, cap: number): Tensor {
+    const t = cuda(x);
+    const n = numel(t.shape);
+    const out = this.out(t.shape);
+    this.launch({ signature: "softcap_f32", ...overElements(n), args: { out: out.ptr, x: t.ptr, cap, n }, reads: [t] });
     return out;
   }
 
@@ -788,7 +828,14 @@ export class CudaBackend implements Backend {
     if (kernel !== 4) throw new BackendError("CUDA_CONV_KERNEL", `causal conv of width ${kernel}; the CUDA kernel is built for 4`, "use --backend cpu");
     const out = this.out([rows, channels]);
     const { info, states } = this.recurrentSeqs(seqs);
-    this.launch(`causal_conv1d_4_${wt.dtype}`, [Math.ceil(channels / threads), seqs.length, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: xt.ptr }, { ptr: wt.ptr }, { ptr: info.ptr }, { ptr: states.ptr }, { i32: channels }], [xt, wt, ...seqs.map((s) => s.state)]);
+    this.launch({
+      kernel: `causal_conv1d_4_${wt.dtype}`,
+      signature: "causal_conv1d",
+      grid: [Math.ceil(channels / threadsPerBlock), seqs.length, 1],
+      block: [threadsPerBlock, 1, 1],
+      args: { out: out.ptr, x: xt.ptr, w: wt.ptr, seqs: info.ptr, states: states.ptr, channels },
+      reads: [xt, wt, ...seqs.map((s) => s.state)],
+    });
     this.done(info, states);
     return out;
   }
@@ -811,17 +858,18 @@ export class CudaBackend implements Backend {
       { kernel: chunked, seqs: o.seqs.filter((s) => useChunked(s)), grid: [o.vHeads, Math.ceil(o.vDim / 32)], threads: 256, smem: deltaChunkSmem(o.kDim) },
       { kernel: recurrent, seqs: o.seqs.filter((s) => s.rows > 0 && !useChunked(s)), grid: [o.vHeads, 1], threads: Math.ceil(o.vDim / 32) * 32, smem: 0 },
     ] as const;
-    for (const { kernel, seqs, grid, threads: blockThreads, smem } of launches) {
+    for (const { kernel, seqs, grid, threads, smem } of launches) {
       if (seqs.length === 0) continue;
       const { info, states } = this.recurrentSeqs(seqs);
-      this.launch(
+      this.launch({
         kernel,
-        [grid[0], grid[1], seqs.length],
-        [blockThreads, 1, 1],
-        [{ ptr: out.ptr }, { ptr: x.ptr }, { ptr: cuda(a).ptr }, { ptr: cuda(b).ptr }, { ptr: aLog.ptr }, { ptr: dtBias.ptr }, { ptr: info.ptr }, { ptr: states.ptr }, { i32: o.kHeads }, { i32: o.vHeads }, { i32: o.vDim }],
-        [x, a, b, aLog, dtBias, ...seqs.map((s) => s.state)],
+        signature: "gated_delta_rule",
+        grid: [grid[0], grid[1], seqs.length],
+        block: [threads, 1, 1],
+        args: { out: out.ptr, qkv: x.ptr, a: cuda(a).ptr, b: cuda(b).ptr, aLog: aLog.ptr, dtBias: dtBias.ptr, seqs: info.ptr, states: states.ptr, kHeads: o.kHeads, vHeads: o.vHeads, vDim: o.vDim },
+        reads: [x, a, b, aLog, dtBias, ...seqs.map((s) => s.state)],
         smem,
-      );
+      });
       this.done(info, states);
     }
     this.doneWithF32(aLog, o.aLog);
@@ -834,7 +882,7 @@ export class CudaBackend implements Backend {
     const [rows, cols] = x.shape as [number, number];
     const n = (rows * cols) / 2;
     const out = this.out([rows, cols / 2]);
-    this.launch("clamped_swiglu", [gridFor(n), 1, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: x.ptr }, { i64: n }, { f32: o.alpha }, { f32: o.limit }], [x]);
+    this.launch({ signature: "clamped_swiglu", ...overElements(n), args: { out: out.ptr, x: x.ptr, n, alpha: o.alpha, limit: o.limit }, reads: [x] });
     return out;
   }
 
@@ -847,7 +895,8 @@ export class CudaBackend implements Backend {
   penalize(x: Tensor, row: number, ids: Int32Array, factor: number): void {
     const t = cuda(x);
     const idBuf = this.small(ids);
-    this.launch("penalize", [gridFor(ids.length), 1, 1], [threads, 1, 1], [{ ptr: t.ptr + BigInt(4 * row * t.shape[1]!) }, { ptr: idBuf.ptr }, { i32: ids.length }, { f32: factor }], [t]);
+    const args = { x: t.ptr + BigInt(4 * row * t.shape[1]!), ids: idBuf.ptr, n: ids.length, factor };
+    this.launch({ signature: "penalize", ...overElements(ids.length), args, reads: [t] });
     this.done(idBuf);
   }
 
@@ -856,7 +905,8 @@ export class CudaBackend implements Backend {
     const cols = t.shape[1]!;
     const ids = this.small(rows);
     const out = this.out([rows.length, cols]);
-    this.launch("gather_rows", [gridFor(rows.length * cols), 1, 1], [threads, 1, 1], [{ ptr: out.ptr }, { ptr: t.ptr }, { ptr: ids.ptr }, { i32: rows.length }, { i32: cols }], [t]);
+    const args = { out: out.ptr, x: t.ptr, rows: ids.ptr, n: rows.length, cols };
+    this.launch({ signature: "gather_rows", ...overElements(rows.length * cols), args, reads: [t] });
     this.done(ids);
     return out;
   }
@@ -867,7 +917,8 @@ export class CudaBackend implements Backend {
     const cols = a.shape[1]!;
     const ids = this.small(rows);
     const sc = this.small(scales);
-    this.launch("accumulate_rows", [gridFor(rows.length * cols), 1, 1], [threads, 1, 1], [{ ptr: a.ptr }, { ptr: t.ptr }, { ptr: ids.ptr }, { ptr: sc.ptr }, { i32: rows.length }, { i32: cols }], [a, t]);
+    const args = { acc: a.ptr, y: t.ptr, rows: ids.ptr, scales: sc.ptr, n: rows.length, cols };
+    this.launch({ signature: "accumulate_rows", ...overElements(rows.length * cols), args, reads: [a, t] });
     this.done(ids, sc);
   }
 
@@ -898,9 +949,9 @@ export class CudaBackend implements Backend {
       const group = parts.slice(g, g + maxRowBlocks);
       const rows = group.reduce((n, p) => n + p.rows, 0);
       if (rows * cols >= 2 ** 31) throw new RangeError(`writeRows: ${rows} x ${cols} values are more than one launch writes`);
-      const ptrs = Array.from({ length: maxRowBlocks }, (_, i) => (group[i] ? cuda(group[i].dst).ptr : 0n));
-      const args: KernelArg[] = [{ ptrs }, { i32: group[0]!.row }, { i32: rowsOf(group[0]!.dst) }, { ptr: srcPtr(group[0]!.done) }, { i32: rows }, { i32: cols }];
-      this.launch(`write_rows_${dtype}`, [gridFor(rows * cols), 1, 1], [threads, 1, 1], args, []);
+      const blocks = Array.from({ length: maxRowBlocks }, (_, i) => (group[i] ? cuda(group[i].dst).ptr : 0n));
+      const args = { dst: blocks, first: group[0]!.row, blockRows: rowsOf(group[0]!.dst), src: srcPtr(group[0]!.done), rows, cols };
+      this.launch({ kernel: `write_rows_${dtype}`, signature: "write_rows", ...overElements(rows * cols), args, reads: [] });
     }
   }
 }
