@@ -2,13 +2,16 @@
 // their input in bf16 or f16, and matmuls of one input in a row (q, k and v; gate and up) share one cast of it. RMSNorm
 // and the gated activation write the next matmul's 16-bit input beside their f32 output (a "twin") and keep it here too.
 //
-// When the cast is dropped (its 16-bit tensor freed at once), exactly as before this class existed:
-// - on every enqueue of an op other than a matmul: any such op may write the tensor the cast was made from
-//   (ComputeQueue's `cast: "forget"`); a matmul's enqueues keep it (`cast: "keep"`), as a matmul writes only its output;
+// When the cast is dropped (its 16-bit tensor freed at once):
+// - at every enqueue through the ComputeQueue of an op other than a matmul, kernel or copy (CudaBackend.upload too):
+//   any such op may write the tensor the cast was made from (`cast: "forget"`); a matmul's enqueues keep it
+//   (`cast: "keep"`), as a matmul writes only its output;
 // - when the tensor it was made from is freed (Allocations.free);
-// - when a copy to the device lands in that tensor's buffer (CudaBackend.copyToDevice) or any rows are written
-//   (CudaBackend.writeRows);
+// - when a copy to the device is about to write that tensor's buffer (CudaBackend.copyToDevice), and whenever rows are
+//   written (CudaRows.writeRows);
 // - when a matmul wants a cast of another tensor or type (it forgets this one, then remembers its own).
+// Work the driver is given directly on the compute stream (zeros' memset, CudaRows.rows' copy, the output of attention
+// with no keys) and copies to the host leave it.
 import type { DeviceBuffer } from "./memory.js";
 import type { CudaTensor, HalfType } from "./tensor.js";
 

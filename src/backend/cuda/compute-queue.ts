@@ -39,7 +39,7 @@ export interface ComputeQueueParts {
 export class ComputeQueue {
   constructor(private readonly parts: ComputeQueueParts) {}
 
-  /** Launches a kernel on the compute stream once the copies into what it reads have landed. */
+  /** Launches a kernel on the compute stream once the copies into what it reads have landed, after doing `spec.cast`. */
   launch<S extends KernelSignature>(spec: LaunchSpec<S>): void {
     const kernel = spec.kernel ?? spec.signature;
     const args = orderedArgs(spec.signature, kernel, spec.args);
