@@ -40,7 +40,8 @@ function allocationProp(device: number): Uint8Array {
 }
 
 export class Driver {
-  private readonly f: Record<string, Fn & { async: (...args: unknown[]) => void }>;
+  /** The libcuda functions declared in the constructor, by name. */
+  private readonly fns: Record<string, Fn & { async: (...args: unknown[]) => void }>;
 
   private constructor(lib: LibraryHandle) {
     const decl = {
@@ -93,8 +94,8 @@ export class Driver {
       cuLaunchKernel:
         "int cuLaunchKernel(uint64_t fn, uint32_t gx, uint32_t gy, uint32_t gz, uint32_t bx, uint32_t by, uint32_t bz, uint32_t smem, uint64_t stream, uint64_t params, uint64_t extra)",
     };
-    this.f = {};
-    for (const [name, proto] of Object.entries(decl)) this.f[name] = lib.func(proto) as never;
+    this.fns = {};
+    for (const [name, proto] of Object.entries(decl)) this.fns[name] = lib.func(proto) as never;
   }
 
   static load(): Driver {
@@ -112,18 +113,18 @@ export class Driver {
     if (result === CUDA_SUCCESS) return;
     const name = [""];
     const text = [""];
-    this.f.cuGetErrorName!(result, name);
-    this.f.cuGetErrorString!(result, text);
+    this.fns.cuGetErrorName!(result, name);
+    this.fns.cuGetErrorString!(result, text);
     const extra = detail ? `; ${detail()}` : "";
     throw new BackendError(result === CUDA_ERROR_OUT_OF_MEMORY ? "CUDA_OUT_OF_MEMORY" : "CUDA_ERROR", `${call} failed: ${name[0] ?? result} (${text[0] ?? "?"})${extra}`, result === CUDA_ERROR_OUT_OF_MEMORY ? "give a smaller --vram or --prefill-chunk so the plan fits" : undefined);
   }
 
   /** Calls `name` with out-parameters, checks the result and returns the outs' first elements. */
   private call(name: string, ...args: unknown[]): void {
-    this.check(this.f[name]!(...args), name);
+    this.check(this.fns[name]!(...args), name);
   }
 
-  private out<T>(name: string, ...rest: unknown[]): T {
+  private outParam<T>(name: string, ...rest: unknown[]): T {
     const box: unknown[] = [0];
     this.call(name, box, ...rest);
     return box[0] as T;
@@ -133,13 +134,13 @@ export class Driver {
     this.call("cuInit", 0);
   }
   driverVersion(): number {
-    return this.out<number>("cuDriverGetVersion");
+    return this.outParam<number>("cuDriverGetVersion");
   }
   deviceCount(): number {
-    return this.out<number>("cuDeviceGetCount");
+    return this.outParam<number>("cuDeviceGetCount");
   }
   device(ordinal: number): number {
-    return this.out<number>("cuDeviceGet", ordinal);
+    return this.outParam<number>("cuDeviceGet", ordinal);
   }
   deviceName(device: number): string {
     const buf = new Uint8Array(256);
@@ -147,10 +148,10 @@ export class Driver {
     return new TextDecoder().decode(buf.subarray(0, buf.indexOf(0)));
   }
   attribute(device: number, attribute: number): number {
-    return this.out<number>("cuDeviceGetAttribute", attribute, device);
+    return this.outParam<number>("cuDeviceGetAttribute", attribute, device);
   }
   retainPrimaryContext(device: number): Handle {
-    const ctx = this.out<bigint>("cuDevicePrimaryCtxRetain", device);
+    const ctx = this.outParam<bigint>("cuDevicePrimaryCtxRetain", device);
     this.call("cuCtxSetCurrent", ctx);
     return ctx;
   }
@@ -166,7 +167,7 @@ export class Driver {
   /** Device memory; on failure says how much was asked and how much was free. */
   memAlloc(bytes: number): Handle {
     const box = [0n];
-    const r = this.f.cuMemAlloc!(box, bytes);
+    const r = this.fns.cuMemAlloc!(box, bytes);
     this.check(r, `cuMemAlloc of ${bytes} bytes`, () => {
       const { free, total } = this.memInfo();
       return `${free} bytes free of ${total}`;
@@ -181,10 +182,10 @@ export class Driver {
 
   /** The granule physical memory on `device` is created and mapped in. */
   memGranularity(device: number): number {
-    return Number(this.out<bigint>("cuMemGetAllocationGranularity", allocationProp(device), 0));
+    return Number(this.outParam<bigint>("cuMemGetAllocationGranularity", allocationProp(device), 0));
   }
   memAddressReserve(bytes: number): Handle {
-    return BigInt(this.out<bigint>("cuMemAddressReserve", bytes, 0, 0, 0));
+    return BigInt(this.outParam<bigint>("cuMemAddressReserve", bytes, 0, 0, 0));
   }
   memAddressFree(ptr: Handle, bytes: number): void {
     this.call("cuMemAddressFree", ptr, bytes);
@@ -192,7 +193,7 @@ export class Driver {
   /** Maps `bytes` of new physical memory on `device` at `ptr` (reserved, unmapped) and lets the device read and write it. */
   memMapNew(ptr: Handle, bytes: number, device: number): Handle {
     const box = [0n];
-    this.check(this.f.cuMemCreate!(box, bytes, allocationProp(device), 0), `cuMemCreate of ${bytes} bytes`, () => {
+    this.check(this.fns.cuMemCreate!(box, bytes, allocationProp(device), 0), `cuMemCreate of ${bytes} bytes`, () => {
       const { free, total } = this.memInfo();
       return `${free} bytes free of ${total}`;
     });
@@ -202,8 +203,8 @@ export class Driver {
       const desc = new Int32Array([CU_MEM_LOCATION_TYPE_DEVICE, device, CU_MEM_ACCESS_FLAGS_PROT_READWRITE]);
       this.call("cuMemSetAccess", ptr, bytes, new Uint8Array(desc.buffer), 1);
     } catch (e) {
-      this.f.cuMemUnmap!(ptr, bytes);
-      this.f.cuMemRelease!(handle);
+      this.fns.cuMemUnmap!(ptr, bytes);
+      this.fns.cuMemRelease!(handle);
       throw e;
     }
     return handle;
@@ -215,10 +216,10 @@ export class Driver {
   }
   /** Pinned host memory; `mapped`: kernels may also read it, at hostDevicePointer(ptr). */
   hostAlloc(bytes: number, mapped = false): Handle {
-    return BigInt(this.out<bigint>("cuMemHostAlloc", bytes, mapped ? CU_MEMHOSTALLOC_DEVICEMAP : 0));
+    return BigInt(this.outParam<bigint>("cuMemHostAlloc", bytes, mapped ? CU_MEMHOSTALLOC_DEVICEMAP : 0));
   }
   hostDevicePointer(ptr: Handle): Handle {
-    return BigInt(this.out<bigint>("cuMemHostGetDevicePointer", ptr, 0));
+    return BigInt(this.outParam<bigint>("cuMemHostGetDevicePointer", ptr, 0));
   }
   hostFree(ptr: Handle): void {
     this.call("cuMemFreeHost", ptr);
@@ -240,7 +241,7 @@ export class Driver {
     this.call("cuMemsetD8Async", dst, value, bytes, stream);
   }
   streamCreate(): Handle {
-    return BigInt(this.out<bigint>("cuStreamCreate", CU_STREAM_NON_BLOCKING));
+    return BigInt(this.outParam<bigint>("cuStreamCreate", CU_STREAM_NON_BLOCKING));
   }
   streamDestroy(stream: Handle): void {
     this.call("cuStreamDestroy", stream);
@@ -253,7 +254,7 @@ export class Driver {
     this.call("cuStreamWaitEvent", stream, event, 0);
   }
   eventCreate(timing = false): Handle {
-    return BigInt(this.out<bigint>("cuEventCreate", timing ? 0 : CU_EVENT_DISABLE_TIMING));
+    return BigInt(this.outParam<bigint>("cuEventCreate", timing ? 0 : CU_EVENT_DISABLE_TIMING));
   }
   eventDestroy(event: Handle): void {
     this.call("cuEventDestroy", event);
@@ -266,7 +267,7 @@ export class Driver {
     this.call("cuEventSynchronize", event);
   }
   eventDone(event: Handle): boolean {
-    const r = this.f.cuEventQuery!(event);
+    const r = this.fns.cuEventQuery!(event);
     if (r === CUDA_ERROR_NOT_READY) return false;
     this.check(r, "cuEventQuery");
     return true;
@@ -292,11 +293,11 @@ export class Driver {
     });
   }
   elapsedMs(start: Handle, end: Handle): number {
-    return this.out<number>("cuEventElapsedTime", start, end);
+    return this.outParam<number>("cuEventElapsedTime", start, end);
   }
   moduleLoad(image: string, name: string): Handle {
     const box = [0n];
-    this.check(this.f.cuModuleLoadData!(box, image), `cuModuleLoadData(${name})`);
+    this.check(this.fns.cuModuleLoadData!(box, image), `cuModuleLoadData(${name})`);
     return BigInt(box[0]!);
   }
   moduleUnload(module: Handle): void {
@@ -304,14 +305,14 @@ export class Driver {
   }
   function(module: Handle, name: string): Handle {
     const box = [0n];
-    this.check(this.f.cuModuleGetFunction!(box, module, name), `cuModuleGetFunction(${name})`);
+    this.check(this.fns.cuModuleGetFunction!(box, module, name), `cuModuleGetFunction(${name})`);
     return BigInt(box[0]!);
   }
   setFunctionAttribute(fn: Handle, attribute: number, value: number, name: string): void {
-    this.check(this.f.cuFuncSetAttribute!(fn, attribute, value), `cuFuncSetAttribute(${name})`);
+    this.check(this.fns.cuFuncSetAttribute!(fn, attribute, value), `cuFuncSetAttribute(${name})`);
   }
   launch(fn: Handle, grid: readonly [number, number, number], block: readonly [number, number, number], smem: number, stream: Handle, params: Handle, name: string): void {
-    this.check(this.f.cuLaunchKernel!(fn, grid[0], grid[1], grid[2], block[0], block[1], block[2], smem, stream, params, 0n), `launch of ${name} grid [${grid}] block [${block}]`);
+    this.check(this.fns.cuLaunchKernel!(fn, grid[0], grid[1], grid[2], block[0], block[1], block[2], smem, stream, params, 0n), `launch of ${name} grid [${grid}] block [${block}]`);
   }
 
   /**
@@ -323,7 +324,7 @@ export class Driver {
     const dataType = dtype === "bf16" ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
     const dims = new BigUint64Array([BigInt(cols), BigInt(rows)]);
     const strides = new BigUint64Array([BigInt(cols * 2)]);
-    const r = this.f.cuTensorMapEncodeTiled!(map, dataType, 2, address, dims, strides, new Uint32Array([64, boxRows]), new Uint32Array([1, 1]), 0, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, 0);
+    const r = this.fns.cuTensorMapEncodeTiled!(map, dataType, 2, address, dims, strides, new Uint32Array([64, boxRows]), new Uint32Array([1, 1]), 0, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, 0);
     this.check(r, `cuTensorMapEncodeTiled of a [${rows}, ${cols}] ${dtype} matrix at 0x${address.toString(16)}`);
   }
 

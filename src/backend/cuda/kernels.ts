@@ -58,6 +58,17 @@ export function flashSmem(headDim: number, tile: FlashTile): number {
   return (t.rows + 4 * keys) * (headDim + t.pad) * 2 + t.align;
 }
 
+/** A launch's grid or block dimensions. */
+export type Dim3 = readonly [number, number, number];
+/** Threads a block of the elementwise kernels (and most others) takes. */
+export const threadsPerBlock = 256;
+/** Blocks of threadsPerBlock over n elements, at most 65535 (the kernels loop over what is left). */
+export const gridFor = (n: number) => Math.max(1, Math.min(65535, Math.ceil(n / threadsPerBlock)));
+/** Grid and block of a kernel that loops over n elements (grid-stride). */
+export function overElements(n: number): { grid: Dim3; block: Dim3 } {
+  return { grid: [gridFor(n), 1, 1], block: [threadsPerBlock, 1, 1] };
+}
+
 /** Output columns a warp of the decode GEMV takes; mirrors gemv_cols in kernels/matmul.cu (MXFP4: one). */
 export function gemvColumns(maxRows: number, dtype: string): number {
   return maxRows === 1 || dtype === "mxfp4" ? 1 : 4;
@@ -131,7 +142,7 @@ export class Kernels {
     return f;
   }
 
-  launch(name: string, grid: readonly [number, number, number], block: readonly [number, number, number], smem: number, stream: Handle, args: readonly KernelArg[]): void {
+  launch(name: string, grid: Dim3, block: Dim3, smem: number, stream: Handle, args: readonly KernelArg[]): void {
     const v = this.argView;
     let at = 0;
     args.forEach((a, i) => {

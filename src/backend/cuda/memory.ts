@@ -1,7 +1,7 @@
 // Device memory for the CUDA backend: a caching allocator. Buffers are carved from segments the driver gave; a freed
 // buffer merges with free neighbours and serves later requests of any size that fits, so the working set of a layer
 // pass (whose tensor sizes differ op by op) settles into the same memory instead of asking the driver again. Every
-// buffer is reused in compute-stream order (see CudaBackend.free). cuMemFree waits for the whole device, so segments go
+// buffer is reused in compute-stream order (see Allocations.free). cuMemFree waits for the whole device, so segments go
 // back to the driver only when the budget needs their bytes, or on trim. A buffer still being copied to the host is
 // held back until its copy is done. Where the driver has virtual memory, large buffers come from one DeviceArena
 // instead of segments of their own, and its cached memory goes back granule by granule.

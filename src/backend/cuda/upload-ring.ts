@@ -12,8 +12,8 @@ export class UploadRing {
   private half = 0;
   private head = 0;
   /** Per half: recorded on the stream after the last copy from it, when the ring moved to the other half. */
-  private readonly left: Handle[];
-  private readonly recorded = [false, false];
+  private readonly lastCopyFromHalf: Handle[];
+  private readonly lastCopyRecorded = [false, false];
 
   /** `view` is the pinned memory; `copyOut` copies from it to the device. */
   constructor(
@@ -21,7 +21,7 @@ export class UploadRing {
     private readonly view: Uint8Array,
     private readonly copyOut: RingCopy,
   ) {
-    this.left = [driver.eventCreate(), driver.eventCreate()];
+    this.lastCopyFromHalf = [driver.eventCreate(), driver.eventCreate()];
   }
 
   /** Bytes one copy may take at most; larger data is copied another way. */
@@ -34,12 +34,12 @@ export class UploadRing {
     const n = data.byteLength;
     if (n > this.maxBytes) throw new RangeError(`UploadRing: ${n} bytes is more than half the ring`);
     if (this.head + n > (this.half + 1) * this.maxBytes) {
-      this.driver.eventRecord(this.left[this.half]!, stream);
-      this.recorded[this.half] = true;
+      this.driver.eventRecord(this.lastCopyFromHalf[this.half]!, stream);
+      this.lastCopyRecorded[this.half] = true;
       this.half ^= 1;
       this.head = this.half * this.maxBytes;
       // The copies that read this half were enqueued a half's worth of uploads ago: normally long done.
-      if (this.recorded[this.half]) this.driver.eventSynchronize(this.left[this.half]!);
+      if (this.lastCopyRecorded[this.half]) this.driver.eventSynchronize(this.lastCopyFromHalf[this.half]!);
     }
     this.view.set(data, this.head);
     this.copyOut(dst, this.head, n, stream);
@@ -47,6 +47,6 @@ export class UploadRing {
   }
 
   dispose(): void {
-    for (const e of this.left) this.driver.eventDestroy(e);
+    for (const e of this.lastCopyFromHalf) this.driver.eventDestroy(e);
   }
 }
