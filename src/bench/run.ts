@@ -5,7 +5,7 @@ import { readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { createArchModel } from "../arch/index.js";
 import type { Backend } from "../backend/ops.js";
-import { measureDisk, measureHostToDevice } from "../engine/bandwidth.js";
+import { measureDisk, measureHostToDevice } from "./bandwidth.js";
 import { withModel, type LayerwiseModel, type Sequence } from "../engine/model.js";
 import { argmax } from "../engine/sampling.js";
 import { findShards } from "../model/checkpoint.js";
