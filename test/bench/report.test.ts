@@ -1,7 +1,8 @@
 // The benchmark report says, for each goal a run misses, by how much and whether that part of the run waited on I/O or computed.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { keptMarker, missedGoals, withKeptText } from "../../src/bench/report.js";
+import { missedGoals } from "../../src/bench/goals.js";
+import { keptMarker, withKeptText } from "../../src/bench/report.js";
 import { mergeResults, ratios, type RunFigures } from "../../src/bench/run.js";
 
 const run = (o: Partial<RunFigures>): RunFigures => ({ context: 32000, ttftS: 1, prefillTokensPerS: 32000, decodeSPerToken: 0.3, peakVramBytes: 7.9e9, ...o });
