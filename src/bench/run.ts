@@ -433,6 +433,11 @@ export function mergeResults(runs: readonly Record<string, unknown>[]): Record<s
   return { ...merged, ...ratios(merged) };
 }
 
+/** What `bench --report` writes the report from: one saved run with its ratios worked out again, or several merged. */
+export function reportedResults(runs: readonly Record<string, unknown>[]): Record<string, unknown> {
+  return runs.length === 1 ? { ...runs[0]!, ...ratios(runs[0]!) } : mergeResults(runs);
+}
+
 /** The ratios the goals are stated in, derived from the raw figures of a run (also for re-reporting a saved run). */
 export function ratios(r: Record<string, unknown>): Record<string, number | null> {
   const warm = (r.ram_tier ?? []) as RunFigures[];

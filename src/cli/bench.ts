@@ -4,7 +4,7 @@ import { join } from "node:path";
 import type { Command } from "commander";
 import { createBackend } from "../backend/index.js";
 import { writeFileMkdir, writeReport } from "../bench/report.js";
-import { benchPresets, mergeResults, ratios, runBench } from "../bench/run.js";
+import { benchPresets, reportedResults, runBench } from "../bench/run.js";
 import { UsageError } from "../errors.js";
 import { parseBytes, parseCount } from "../util/bytes.js";
 import { backendName, numberFlag } from "./options.js";
@@ -44,7 +44,7 @@ export function registerBench(program: Command): void {
       if (flags.report) {
         const files = flags.report.split(",").map((f) => f.trim()).filter(Boolean);
         const runs = await Promise.all(files.map(async (f) => JSON.parse(await readFile(f, "utf8")) as Record<string, unknown>));
-        const saved = runs.length === 1 ? { ...runs[0]!, ...ratios(runs[0]!) } : mergeResults(runs);
+        const saved = reportedResults(runs);
         const file = runs.length === 1 ? files[0]! : files[0]!.replace(/(\.json)?$/, "-merged.json");
         writeFileMkdir(file, JSON.stringify(saved, null, 2) + "\n");
         writeReport(flags.docs, saved, String(saved.main_preset ?? presets[0]), file);
