@@ -1,12 +1,13 @@
 // The goals a bench run is judged on, and for each one it misses, by how much and whether that part of the run waited
 // on I/O or computed.
-import { goalRuns, type RunFigures } from "./run.js";
+import { goalRuns } from "./ratios.js";
+import type { BenchResults, GoalRatios, RunFigures } from "./results.js";
 
 export interface Goal {
   name: string;
   target: string;
   /** The results key that holds the measured ratio. */
-  key: string;
+  key: keyof GoalRatios;
   met: (v: number) => boolean;
   /** The part of a run the figure comes from, whose time the report splits into I/O wait and compute when missed. */
   phase?: { run: "warm" | "disk"; part: "prefill" | "decode" };
@@ -26,13 +27,13 @@ export const benchGoals: readonly Goal[] = [
 ];
 
 /** A goal's measured ratio, or undefined where the run did not measure it. */
-export function measured(r: Record<string, unknown>, g: Goal): number | undefined {
+export function measured(r: BenchResults, g: Goal): number | undefined {
   const v = r[g.key];
   return typeof v === "number" && Number.isFinite(v) ? v : undefined;
 }
 
 /** A line per goal the results miss: by how much, and where the time of that part of its run went. */
-export function missedGoals(r: Record<string, unknown>): string[] {
+export function missedGoals(r: BenchResults): string[] {
   const runs = goalRuns(r);
   return benchGoals.flatMap((g) => {
     const v = measured(r, g);
@@ -43,8 +44,8 @@ export function missedGoals(r: Record<string, unknown>): string[] {
   });
 }
 
-function peaks(r: Record<string, unknown>): string {
-  const warm = (r.ram_tier ?? []) as RunFigures[];
+function peaks(r: BenchResults): string {
+  const warm = r.ram_tier ?? [];
   const gb = (bytes: number) => `${(bytes / 1e9).toFixed(2)} GB`;
   const budget = typeof r.vram_budget_bytes === "number" ? `; budget ${gb(r.vram_budget_bytes)}` : "";
   return `Peak VRAM by context (RAM tier): ${warm.map((w) => `${w.context} tokens ${gb(w.peakVramBytes)}`).join(", ")}${budget}.`;

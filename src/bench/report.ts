@@ -3,11 +3,10 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { chartSvg } from "./chart.js";
 import { benchGoals, measured, missedGoals } from "./goals.js";
-import type { RunFigures } from "./run.js";
+import type { BenchResults, DiskTierFigures, RunFigures } from "./results.js";
 
 /** The disk readings the --ram 0 run took next to its prefill and decode, where it took them. */
-function diskReadings(diskTier: unknown): string {
-  const t = diskTier as { disk_gbps_before_prefill?: number; disk_gbps_around_decode?: number[] };
+function diskReadings(t: DiskTierFigures): string {
   const all = [t.disk_gbps_before_prefill, ...(t.disk_gbps_around_decode ?? [])];
   return all.some((g) => g !== undefined) ? all.map((g) => (g === undefined ? "-" : g.toFixed(2))).join(", ") : "-";
 }
@@ -22,11 +21,11 @@ function busyShare(f: RunFigures): string {
  * Writes the report of results `r` to `docs` (text from its kept marker on stays) and its chart beside it (.svg);
  * `preset` is the main model, `jsonFile` the results file the report names.
  */
-export function writeReport(docs: string, r: Record<string, unknown>, preset: string, jsonFile: string): void {
-  const ram = (r.ram_tier ?? []) as RunFigures[];
-  const disk = r.disk_tier as RunFigures | undefined;
-  const base = (Array.isArray(r.baseline_accelerate) ? r.baseline_accelerate : []) as { context: number; ttft_s: number; decode_s_per_token: number; peak_vram_bytes: number }[];
-  const limits = r.limits as { disk_gbps: number; disk_method: string; h2d_pinned_gbps: number; torch: Record<string, number> | null };
+export function writeReport(docs: string, r: BenchResults, preset: string, jsonFile: string): void {
+  const ram = r.ram_tier ?? [];
+  const disk = r.disk_tier;
+  const base = Array.isArray(r.baseline_accelerate) ? r.baseline_accelerate : [];
+  const limits = r.limits;
   const gb = (b: number) => (b / 1e9).toFixed(2);
   const num = (v: unknown) => (typeof v === "number" ? v : NaN);
   const svgFile = docs.replace(/\.md$/, ".svg");
@@ -60,8 +59,8 @@ export function writeReport(docs: string, r: Record<string, unknown>, preset: st
       ["link", "speed"],
       ["disk read", `${limits.disk_gbps.toFixed(2)} GB/s (${limits.disk_method})`],
       ["pinned host->GPU", `${limits.h2d_pinned_gbps.toFixed(1)} GB/s`],
-      ["torch bf16 matmul", limits.torch ? `${limits.torch.matmul_bf16_tflops!.toFixed(0)} TFLOP/s` : "no torch"],
-      ["torch SDPA 32k", limits.torch ? `${limits.torch.sdpa_32k_tflops!.toFixed(0)} TFLOP/s` : "no torch"],
+      ["torch bf16 matmul", limits.torch ? `${limits.torch.matmul_bf16_tflops.toFixed(0)} TFLOP/s` : "no torch"],
+      ["torch SDPA 32k", limits.torch ? `${limits.torch.sdpa_32k_tflops.toFixed(0)} TFLOP/s` : "no torch"],
     ]),
     "## Decode and prefill, RAM tier",
     "",
@@ -71,20 +70,20 @@ export function writeReport(docs: string, r: Record<string, unknown>, preset: st
       ["context", "first token s", "prefill tok/s", "prefill floor s", "decode s/token", "decode floor s", "floor ratio", "peak VRAM GB"],
       ...ram.map((w) => [w.context, w.ttftS, w.prefillTokensPerS, w.floorPrefillS ?? NaN, w.decodeSPerToken, w.floorDecodeS ?? NaN, (w.floorDecodeS ?? NaN) / w.decodeSPerToken, gb(w.peakVramBytes)]),
     ]),
-    ...(disk ? ["## Weights from disk every token (`--ram 0`, page cache dropped first)", "", markdownTable([["context", "first token s (cold)", "prefill floor s", "decode s/token", "decode floor s", "disk GB/s before prefill, before and after decode", "disk reading, % of prefill / decode", "peak VRAM GB"], [disk.context, disk.ttftS, disk.floorPrefillS ?? NaN, disk.decodeSPerToken, disk.floorDecodeS ?? NaN, diskReadings(r.disk_tier), busyShare(disk), gb(disk.peakVramBytes)]]), "Each floor takes the better disk reading just before and after its phase, where the run took them (the disk's speed drifts; \"-\": the start-of-run reading above).", ""] : []),
+    ...(disk ? ["## Weights from disk every token (`--ram 0`, page cache dropped first)", "", markdownTable([["context", "first token s (cold)", "prefill floor s", "decode s/token", "decode floor s", "disk GB/s before prefill, before and after decode", "disk reading, % of prefill / decode", "peak VRAM GB"], [disk.context, disk.ttftS, disk.floorPrefillS ?? NaN, disk.decodeSPerToken, disk.floorDecodeS ?? NaN, diskReadings(disk), busyShare(disk), gb(disk.peakVramBytes)]]), "Each floor takes the better disk reading just before and after its phase, where the run took them (the disk's speed drifts; \"-\": the start-of-run reading above).", ""] : []),
     ...(base.length ? ["## Baseline: transformers + accelerate, `device_map=\"auto\"`, same VRAM cap", "", markdownTable([["context", "first token s", "decode s/token", "peak VRAM GB"], ...base.map((b) => [b.context, b.ttft_s, b.decode_s_per_token, gb(b.peak_vram_bytes)])])] : []),
-    ...(r.batch ? ["## Batched decode", "", markdownTable([["batch", "tokens/s"], ...(r.batch as { batch: number; tokensPerS: number }[]).map((b) => [b.batch, b.tokensPerS])])] : []),
+    ...(r.batch ? ["## Batched decode", "", markdownTable([["batch", "tokens/s"], ...r.batch.map((b) => [b.batch, b.tokensPerS])])] : []),
     ...(r.kv_cache ? ["## Second question on the same document (`--kv-cache`)", "", "```json", JSON.stringify(r.kv_cache, null, 2), "```", ""] : []),
     ...(r.no_limit ? ["## No VRAM limit (everything resident), for contrast", "", "```json", JSON.stringify(r.no_limit, null, 2), "```", ""] : []),
-    ...((r.other_models as unknown[])?.length ? ["## Other models, RAM tier", "", "```json", JSON.stringify(r.other_models, null, 2), "```", ""] : []),
+    ...(r.other_models?.length ? ["## Other models, RAM tier", "", "```json", JSON.stringify(r.other_models, null, 2), "```", ""] : []),
     ...longContextSection(r, gb),
   ].join("\n");
   writeFileMkdir(docs, withKeptText(md, existsSync(docs) ? readFileSync(docs, "utf8") : undefined));
 }
 
 /** Models at a context of their own: the RAM tier, and for mixture-of-experts models weights from disk too. */
-function longContextSection(r: Record<string, unknown>, gb: (b: number) => string): string[] {
-  const rows = (r.long_context ?? []) as { preset: string; context: number; ram_tier?: RunFigures; disk_tier?: RunFigures }[];
+function longContextSection(r: BenchResults, gb: (b: number) => string): string[] {
+  const rows = r.long_context ?? [];
   if (!rows.length) return [];
   const mb = (b: number | undefined) => (b === undefined ? "-" : (b / 1e6).toFixed(0));
   const line = (preset: string, tier: string, f: RunFigures) => [
@@ -100,10 +99,10 @@ function longContextSection(r: Record<string, unknown>, gb: (b: number) => strin
     f.decodeExpertLoadsPerToken === undefined ? "-" : `${f.decodeExpertLoadsPerToken.toFixed(1)} / ${(f.decodeExpertHitsPerToken ?? 0).toFixed(1)}`,
   ];
   const predictions = rows.flatMap((x) => {
-    const p = (x as { prediction?: Record<string, number> & { experts: { total: number; deviceSlots: number; ram: number } } }).prediction;
+    const p = x.prediction;
     if (!p) return [];
     return [
-      `- ${x.preset}, measured with ${(x as { layers?: number }).layers} layers: the plan for all ${p.layers} at ${p.context} tokens (layers and experts laid out as the measured ones): ` +
+      `- ${x.preset}, measured with ${x.layers} layers: the plan for all ${p.layers} at ${p.context} tokens (layers and experts laid out as the measured ones): ` +
         `checkpoint ${gb(p.checkpoint_bytes)} GB, VRAM ${gb(p.vram_planned_bytes)} GB, RAM ${gb(p.ram_planned_bytes)} GB, experts ${p.experts.deviceSlots === p.experts.total ? "all on the GPU" : `${p.experts.deviceSlots} cached on the GPU, ${p.experts.ram} in RAM, ${p.experts.total - p.experts.ram} read from disk when routed, of ${p.experts.total}`}; ` +
         `per token ${(p.per_token_h2d_bytes / 1e9).toFixed(2)} GB host->GPU and ${(p.per_token_disk_bytes / 1e9).toFixed(2)} GB from disk, floor ${p.floor_decode_s.toFixed(2)} s/token.`,
     ];

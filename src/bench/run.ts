@@ -14,6 +14,8 @@ import { makeTestModel, testModelMarker } from "../testmodel/write.js";
 import { Random } from "../util/random.js";
 import { decodeBytesAt, plan } from "../engine/planner.js";
 import { prefillFlops, prefillFloorS, type Links } from "./floors.js";
+import { ratios } from "./ratios.js";
+import type { BaselineFigures, BatchFigures, BenchResults, FullModelPrediction, GenerationFigures, GoalRatios, LongContextRow, OtherModelFigures, RunFigures, TorchLimits } from "./results.js";
 
 export interface BenchOptions {
   backend: Backend;
@@ -31,33 +33,7 @@ export interface BenchOptions {
   long: { preset: string; context: number; layers?: number; predictAt?: number }[];
   log: (line: string) => void;
   /** Called with the results so far after every workload (so an interrupted run keeps what it measured). */
-  onResults?: (results: Record<string, unknown>) => void;
-}
-
-export interface RunFigures {
-  context: number;
-  ttftS: number;
-  prefillTokensPerS: number;
-  decodeSPerToken: number;
-  /** The first decode step alone (part of decodeSPerToken): after a prompt it brings decode's share of the KV back from RAM. */
-  decodeFirstStepS?: number;
-  peakVramBytes: number;
-  /** Bytes read from disk and copied host -> device per decoded token; experts loaded and cache hits per token. */
-  decodeDiskBytesPerToken?: number;
-  decodeH2dBytesPerToken?: number;
-  decodeExpertLoadsPerToken?: number;
-  decodeExpertHitsPerToken?: number;
-  floorDecodeS?: number;
-  floorPrefillS?: number;
-  /** Where the time went (the model's stats): waiting for weights and KV to arrive, and the rest; decode per token. */
-  prefillIoWaitS?: number;
-  prefillComputeS?: number;
-  /** Seconds of the prefill the weight reader had a read in flight. */
-  prefillDiskBusyS?: number;
-  decodeIoWaitSPerToken?: number;
-  decodeComputeSPerToken?: number;
-  /** Seconds of a decode step the weight reader had a read in flight: near the step's time, the disk never idled. */
-  decodeDiskBusySPerToken?: number;
+  onResults?: (results: BenchResults) => void;
 }
 
 /** Decode steps of the --ram 0 run: each reads the whole model from disk (about 8 s for Llama-3.1-8B there). */
@@ -118,7 +94,7 @@ async function greedyStep(m: LayerwiseModel, seqs: readonly Sequence[], ids: rea
  * Prefill `ids` on a fresh sequence, then greedy decode; times, tokens/s and the peak device memory of this run.
  * `betweenPhases` runs after the prefill and before the decode, outside both timings.
  */
-async function generation(m: LayerwiseModel, ids: number[], decodeTokens: number, betweenPhases?: () => Promise<void>): Promise<Omit<RunFigures, "context">> {
+async function generation(m: LayerwiseModel, ids: number[], decodeTokens: number, betweenPhases?: () => Promise<void>): Promise<GenerationFigures> {
   const s = m.createSequence();
   m.backend.resetPeaks();
   try {
@@ -168,7 +144,7 @@ function python(script: string, args: string[]): string | undefined {
 }
 
 /** Runs one workload; a failure is recorded in the results and the benchmark goes on. */
-async function workload(name: string, results: Record<string, unknown>, log: (l: string) => void, fn: () => Promise<void>, onResults?: (r: Record<string, unknown>) => void): Promise<void> {
+async function workload(name: string, results: BenchResults, log: (l: string) => void, fn: () => Promise<void>, onResults?: (r: BenchResults) => void): Promise<void> {
   try {
     await fn();
   } catch (e) {
@@ -178,9 +154,9 @@ async function workload(name: string, results: Record<string, unknown>, log: (l:
   onResults?.(results);
 }
 
-export async function runBench(o: BenchOptions): Promise<Record<string, unknown>> {
+export async function runBench(o: BenchOptions): Promise<BenchResults & GoalRatios> {
   const { backend, log } = o;
-  const results: Record<string, unknown> = { date: new Date().toISOString(), backend: backend.name, main_preset: o.presets[0], vram_budget_bytes: o.vramBytes, contexts: o.contexts };
+  const date = new Date().toISOString();
   const main = await ensureModel(o.presets[0]!, o.dir, log);
   const config = JSON.parse(await readFile(join(main, "config.json"), "utf8")) as Record<string, number>;
   const { model: arch } = createArchModel(config);
@@ -194,14 +170,15 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
   const disk = await measureDisk(backend, shards, 2 ** 33);
   const h2d = await measureHostToDevice(backend, 256 << 20, 8);
   const torch = o.skip.has("torch") ? undefined : python("torch_limits.py", []);
-  const torchLimits = torch ? (JSON.parse(torch.trim().split("\n").pop()!) as Record<string, number>) : undefined;
+  const torchLimits = torch ? (JSON.parse(torch.trim().split("\n").pop()!) as TorchLimits) : undefined;
   const links: Links = {
     diskGbps: disk.gbps,
     h2dGbps: h2d.gbps,
     matmulTflops: torchLimits?.matmul_bf16_tflops ?? NaN,
     attentionTflops: torchLimits?.sdpa_32k_tflops ?? NaN,
   };
-  results.limits = { disk_gbps: disk.gbps, disk_method: cold ? `${disk.method}, page cache dropped` : disk.method, disk_queue_depth: disk.depth, h2d_pinned_gbps: h2d.gbps, torch: torchLimits ?? null };
+  const limits = { disk_gbps: disk.gbps, disk_method: cold ? `${disk.method}, page cache dropped` : disk.method, disk_queue_depth: disk.depth, h2d_pinned_gbps: h2d.gbps, torch: torchLimits ?? null };
+  const results: BenchResults = { date, backend: backend.name, main_preset: o.presets[0], vram_budget_bytes: o.vramBytes, contexts: o.contexts, limits };
   log(`links: disk ${disk.gbps.toFixed(2)} GB/s (${disk.method}, ${disk.depth} reads in flight), host->GPU ${h2d.gbps.toFixed(1)} GB/s, torch matmul ${links.matmulTflops.toFixed(0)} TFLOP/s, SDPA ${links.attentionTflops.toFixed(0)} TFLOP/s`);
 
   const maxCtx = Math.max(...o.contexts);
@@ -264,7 +241,7 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
   if (!o.skip.has("batch")) {
     await workload("batch", results, log, async () => {
       const batches = [1, 4, 16, 64];
-      const perBatch: { batch: number; tokensPerS: number }[] = [];
+      const perBatch: BatchFigures[] = [];
       await withModel(main, { ...budget, context: 1024, batch: 64 }, async (m) => {
         for (const n of batches) {
           const seqs = Array.from({ length: n }, () => m.createSequence());
@@ -308,7 +285,7 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
   }
 
   // ---- models at a context of their own: RAM tier; mixture-of-experts models also from disk (routed experts only) ----
-  const long: Record<string, unknown>[] = [];
+  const long: LongContextRow[] = [];
   if (!o.skip.has("long")) {
     for (const { preset, context, layers, predictAt } of o.long) {
       const cleanups: (() => Promise<void>)[] = [];
@@ -316,7 +293,7 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
         const dir = await ensureModel(preset, o.dir, log, layers);
         cleanups.push(() => removeModel(dir, main));
         const cfg = JSON.parse(await readFile(join(dir, "config.json"), "utf8")) as Record<string, number>;
-        const row: Record<string, unknown> = { preset, context, ...(layers ? { layers } : {}) };
+        const row: LongContextRow = { preset, context, ...(layers ? { layers } : {}) };
         long.push(row);
         let moe = false;
         await withModel(dir, { ...budget, context: context + o.decodeTokens + 64 }, async (m) => {
@@ -343,7 +320,7 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
   results.long_context = long;
 
   // ---- other models: RAM tier at the middle context ----
-  const others: Record<string, unknown>[] = [];
+  const others: OtherModelFigures[] = [];
   for (const preset of o.presets.slice(1)) {
     const dir = await ensureModel(preset, o.dir, log);
     const cfg = JSON.parse(await readFile(join(dir, "config.json"), "utf8")) as Record<string, number>;
@@ -357,11 +334,11 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
   results.other_models = others;
 
   // ---- baseline: transformers + accelerate offload on the same checkpoint ----
-  let baseline: { context: number; ttft_s: number; decode_s_per_token: number; peak_vram_bytes: number }[] = [];
+  let baseline: BaselineFigures[] = [];
   if (!o.skip.has("baseline")) {
     const contexts = o.contexts.filter((c) => c <= 32768);
     const out = python("accelerate_baseline.py", [main, ...contexts.map(String), "--vram", `${Math.floor(o.vramBytes / 2 ** 30)}GiB`, "--tokens", "4"]);
-    baseline = (out ?? "").trim().split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
+    baseline = (out ?? "").trim().split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as BaselineFigures);
     results.baseline_accelerate = baseline.length ? baseline : { error: "python3 with torch, transformers and accelerate is needed for the baseline" };
     for (const b of baseline) log(`accelerate ${b.context} tokens: first token ${b.ttft_s.toFixed(2)} s, decode ${b.decode_s_per_token.toFixed(3)} s/token, peak VRAM ${(b.peak_vram_bytes / 1e9).toFixed(1)} GB`);
   }
@@ -373,7 +350,7 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
  * The planner's plan for the real depth of a model benchmarked with fewer layers: its layer (and expert) layouts repeat
  * the measured ones, the budgets stay; per-token bytes over the links measured in this run give the floor.
  */
-export function predictFullModel(m: LayerwiseModel, realConfig: Record<string, unknown>, context: number, links: Links): Record<string, unknown> {
+export function predictFullModel(m: LayerwiseModel, realConfig: Record<string, unknown>, context: number, links: Links): FullModelPrediction {
   const { model: real } = createArchModel({ ...realConfig, num_hidden_layers: realConfig.num_hidden_layers });
   const layers = real.shape.numLayers;
   const measured = m.layout.layers.length;
@@ -395,66 +372,6 @@ export function predictFullModel(m: LayerwiseModel, realConfig: Record<string, u
     per_token_h2d_bytes: bytes.h2dBytes,
     per_token_disk_bytes: bytes.diskBytes,
     floor_decode_s: Math.max(bytes.h2dBytes / (links.h2dGbps * 1e9), bytes.diskBytes / (links.diskGbps * 1e9)),
-  };
-}
-
-/** The runs the 32k goals are judged on: the RAM tier and the baseline at the disk run's context (else 32k, else the middle one). */
-export function goalRuns(r: Record<string, unknown>): { warm?: RunFigures; disk?: RunFigures; baseline?: { context: number; decode_s_per_token: number } } {
-  const ram = (r.ram_tier ?? []) as RunFigures[];
-  const disk = r.disk_tier as RunFigures | undefined;
-  const baseline = (Array.isArray(r.baseline_accelerate) ? r.baseline_accelerate : []) as { context: number; decode_s_per_token: number }[];
-  const contexts = ram.map((w) => w.context);
-  const mid = disk?.context ?? (contexts.includes(32000) ? 32000 : contexts[Math.floor(contexts.length / 2)]);
-  return { warm: ram.find((w) => w.context === mid), disk, baseline: baseline.find((b) => b.context === mid) };
-}
-
-/**
- * One results object from runs of other workloads on one machine (the bench split over calls with --skip): a later
- * run's figures replace an earlier one's key by key, RAM-tier figures context by context, the long-context and
- * other-model lists are joined, and the goal ratios are worked out again.
- */
-export function mergeResults(runs: readonly Record<string, unknown>[]): Record<string, unknown> {
-  const merged: Record<string, unknown> = {};
-  const list = (key: string) => (merged[key] ?? []) as unknown[];
-  for (const run of runs) {
-    for (const [key, value] of Object.entries(run)) {
-      if (key === "ram_tier") {
-        const byContext = new Map((list(key) as RunFigures[]).map((f) => [f.context, f]));
-        for (const f of value as RunFigures[]) byContext.set(f.context, f);
-        merged[key] = [...byContext.values()].sort((a, b) => a.context - b.context);
-      } else if (key === "long_context" || key === "other_models") merged[key] = [...list(key), ...(value as unknown[])];
-      else if (key === "contexts") merged[key] = [...new Set([...(list(key) as number[]), ...(value as number[])])].sort((a, b) => a - b);
-      else if (key === "date") {
-        merged.date ??= value;
-        merged.run_dates = [...list("run_dates"), value];
-      } else merged[key] = value;
-    }
-  }
-  return { ...merged, ...ratios(merged) };
-}
-
-/** What `bench --report` writes the report from: one saved run with its ratios worked out again, or several merged. */
-export function reportedResults(runs: readonly Record<string, unknown>[]): Record<string, unknown> {
-  return runs.length === 1 ? { ...runs[0]!, ...ratios(runs[0]!) } : mergeResults(runs);
-}
-
-/** The ratios the goals are stated in, derived from the raw figures of a run (also for re-reporting a saved run). */
-export function ratios(r: Record<string, unknown>): Record<string, number | null> {
-  const warm = (r.ram_tier ?? []) as RunFigures[];
-  const { warm: w32, disk, baseline: b32 } = goalRuns(r);
-  const batch = r.batch as { batch: number; tokensPerS: number }[] | undefined;
-  const contexts = warm.map((w) => w.context);
-  const at = (ctx: number | undefined) => warm.find((w) => w.context === ctx);
-  const tokens = (n: number) => batch?.find((b) => b.batch === n)?.tokensPerS;
-  return {
-    decode_ram_floor_ratio_32k: w32 ? w32.floorDecodeS! / w32.decodeSPerToken : null,
-    decode_disk_floor_ratio_32k: disk ? disk.floorDecodeS! / disk.decodeSPerToken : null,
-    prefill_floor_ratio_32k_warm: w32 ? w32.floorPrefillS! / w32.ttftS : null,
-    prefill_floor_ratio_32k_cold: disk ? disk.floorPrefillS! / disk.ttftS : null,
-    peak_vram_over_budget_max: warm.length ? Math.max(...warm.map((w) => w.peakVramBytes)) / (r.vram_budget_bytes as number) : null,
-    vram_growth_8k_to_100k: warm.length > 1 ? at(Math.max(...contexts))!.peakVramBytes / at(Math.min(...contexts))!.peakVramBytes : null,
-    decode_speedup_vs_accelerate_32k: w32 && b32 ? b32.decode_s_per_token / w32.decodeSPerToken : null,
-    batch16_over_batch1: tokens(16) && tokens(1) ? tokens(16)! / tokens(1)! : null,
   };
 }
 

@@ -3,8 +3,10 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Command } from "commander";
 import { createBackend } from "../backend/index.js";
+import { reportedResults } from "../bench/merge.js";
 import { writeFileMkdir, writeReport } from "../bench/report.js";
-import { benchPresets, reportedResults, runBench } from "../bench/run.js";
+import type { BenchResults } from "../bench/results.js";
+import { benchPresets, runBench } from "../bench/run.js";
 import { UsageError } from "../errors.js";
 import { parseBytes, parseCount } from "../util/bytes.js";
 import { backendName, numberFlag } from "./options.js";
@@ -43,7 +45,7 @@ export function registerBench(program: Command): void {
       const presets = flags.presets.split(",").map((s) => s.trim());
       if (flags.report) {
         const files = flags.report.split(",").map((f) => f.trim()).filter(Boolean);
-        const runs = await Promise.all(files.map(async (f) => JSON.parse(await readFile(f, "utf8")) as Record<string, unknown>));
+        const runs = await Promise.all(files.map(async (f) => JSON.parse(await readFile(f, "utf8")) as BenchResults));
         const saved = reportedResults(runs);
         const file = runs.length === 1 ? files[0]! : files[0]!.replace(/(\.json)?$/, "-merged.json");
         writeFileMkdir(file, JSON.stringify(saved, null, 2) + "\n");

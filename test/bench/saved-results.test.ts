@@ -4,12 +4,13 @@ import assert from "node:assert/strict";
 import { copyFile, readFile, readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { mergeResults, reportedResults } from "../../src/bench/merge.js";
 import { writeReport } from "../../src/bench/report.js";
-import { mergeResults, reportedResults } from "../../src/bench/run.js";
+import type { BenchResults } from "../../src/bench/results.js";
 import { repoRoot, tempDir } from "../helpers.js";
 
 const resultsDir = join(repoRoot, "bench", "results");
-const readRun = async (file: string) => JSON.parse(await readFile(join(repoRoot, file), "utf8")) as Record<string, unknown>;
+const readRun = async (file: string) => JSON.parse(await readFile(join(repoRoot, file), "utf8")) as BenchResults;
 const asWritten = (r: unknown) => JSON.stringify(r, null, 2) + "\n";
 
 describe("saved bench results", () => {
