@@ -7,8 +7,8 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { CudaBackend } from "../src/backend/cuda/index.js";
-import { dropCaches } from "../src/bench/run.js";
-import { measureDisk, measureHostToDevice } from "../src/engine/bandwidth.js";
+import { dropCaches } from "../src/bench/machine.js";
+import { measureDisk, measureHostToDevice } from "../src/bench/bandwidth.js";
 import { LayerwiseModel } from "../src/engine/model.js";
 import { findShards } from "../src/model/checkpoint.js";
 import { parseBytes, parseCount } from "../src/util/bytes.js";

@@ -22,3 +22,13 @@ export function prefillFloorS(flops: { matmul: number; attention: number }, weig
   const compute = flops.matmul / (links.matmulTflops * 1e12) + flops.attention / (links.attentionTflops * 1e12);
   return Math.max(compute, weightBytes / (linkGbps * 1e9));
 }
+
+/** Seconds to move `bytes` over a link of `gbps` GB/s. */
+export function transferS(bytes: number, gbps: number): number {
+  return bytes / (gbps * 1e9);
+}
+
+/** Bytes of every layer's weights (globals and routed experts aside): what a prefill streams once. */
+export function layerWeightBytes(layout: ModelLayout): number {
+  return layout.layers.reduce((n, l) => n + l.dataBytes, 0);
+}

@@ -1,113 +1,123 @@
-// Writes the benchmark's results: JSON with every figure, and docs/benchmarks.md with a table and an SVG chart.
-import { mkdirSync, writeFileSync } from "node:fs";
+// Writes docs/benchmarks.md from a results object: the goals, the links, a table per workload and the SVG chart beside it.
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
-import { goalRuns, type RunFigures } from "./run.js";
+import { chartSvg } from "./chart.js";
+import { benchGoals, measured, missedGoals } from "./goals.js";
+import type { BenchResults, DiskTierFigures, RunFigures } from "./results.js";
 
-export interface Goal {
-  name: string;
-  target: string;
-  /** The results key that holds the measured ratio. */
-  key: string;
-  met: (v: number) => boolean;
-  /** The part of a run the figure comes from, whose time the report splits into I/O wait and compute when missed. */
-  phase?: { run: "warm" | "disk"; part: "prefill" | "decode" };
-  /** A memory goal: when missed, the report lists the peak at each context instead. */
-  memory?: true;
+/** The disk readings the --ram 0 run took next to its prefill and decode, where it took them. */
+function diskReadings(t: DiskTierFigures): string {
+  const all = [t.disk_gbps_before_prefill, ...(t.disk_gbps_around_decode ?? [])];
+  return all.some((g) => g !== undefined) ? all.map((g) => (g === undefined ? "-" : g.toFixed(2))).join(", ") : "-";
 }
 
-export const benchGoals: readonly Goal[] = [
-  { name: "decode at 32k, RAM tier, vs host->GPU floor", target: ">= 0.8", key: "decode_ram_floor_ratio_32k", met: (v) => v >= 0.8, phase: { run: "warm", part: "decode" } },
-  { name: "decode at 32k, --ram 0, vs disk floor", target: ">= 0.85", key: "decode_disk_floor_ratio_32k", met: (v) => v >= 0.85, phase: { run: "disk", part: "decode" } },
-  { name: "decode speed-up vs accelerate at 32k", target: ">= 3", key: "decode_speedup_vs_accelerate_32k", met: (v) => v >= 3, phase: { run: "warm", part: "decode" } },
-  { name: "prefill at 32k vs floor, warm", target: ">= 0.5", key: "prefill_floor_ratio_32k_warm", met: (v) => v >= 0.5, phase: { run: "warm", part: "prefill" } },
-  { name: "prefill at 32k vs floor, cold", target: ">= 0.8", key: "prefill_floor_ratio_32k_cold", met: (v) => v >= 0.8, phase: { run: "disk", part: "prefill" } },
-  { name: "peak VRAM / budget, worst context", target: "<= 1", key: "peak_vram_over_budget_max", met: (v) => v <= 1, memory: true },
-  { name: "peak VRAM 100k / 8k", target: "within 5%", key: "vram_growth_8k_to_100k", met: (v) => Math.abs(v - 1) <= 0.05, memory: true },
-  { name: "batch 16 / batch 1 decode throughput", target: ">= 10", key: "batch16_over_batch1", met: (v) => v >= 10 },
-];
-
-/** A goal's measured ratio, or undefined where the run did not measure it. */
-export function measured(r: Record<string, unknown>, g: Goal): number | undefined {
-  const v = r[g.key];
-  return typeof v === "number" && Number.isFinite(v) ? v : undefined;
+/** How much of the prefill and of a decode step the weight reader had a read in flight. */
+function busyShare(f: RunFigures): string {
+  const pct = (busy: number | undefined, total: number) => (busy ? `${((100 * busy) / total).toFixed(0)}%` : "-");
+  return `${pct(f.prefillDiskBusyS, f.ttftS)} / ${pct(f.decodeDiskBusySPerToken, f.decodeSPerToken)}`;
 }
 
-/** A line per goal the results miss: by how much, and where the time of that part of its run went. */
-export function missedGoals(r: Record<string, unknown>): string[] {
-  const runs = goalRuns(r);
-  return benchGoals.flatMap((g) => {
-    const v = measured(r, g);
-    if (v === undefined || g.met(v)) return [];
-    const run = g.phase && runs[g.phase.run];
-    const why = g.memory ? peaks(r) : run && g.phase ? profile(run, g.phase.part) : "No time profile for this goal.";
-    return [`- ${g.name}: ${v.toFixed(3)}, target ${g.target}. ${why}`];
-  });
-}
-
-function peaks(r: Record<string, unknown>): string {
-  const warm = (r.ram_tier ?? []) as RunFigures[];
-  const gb = (bytes: number) => `${(bytes / 1e9).toFixed(2)} GB`;
-  const budget = typeof r.vram_budget_bytes === "number" ? `; budget ${gb(r.vram_budget_bytes)}` : "";
-  return `Peak VRAM by context (RAM tier): ${warm.map((w) => `${w.context} tokens ${gb(w.peakVramBytes)}`).join(", ")}${budget}.`;
-}
-
-function profile(f: RunFigures, part: "prefill" | "decode"): string {
-  const [total, wait, compute, unit] =
-    part === "prefill" ? [f.ttftS, f.prefillIoWaitS, f.prefillComputeS, "s"] : [f.decodeSPerToken, f.decodeIoWaitSPerToken, f.decodeComputeSPerToken, "s a token"];
-  if (wait === undefined || compute === undefined) return `${part} ${total.toFixed(3)} ${unit} (this run recorded no I/O wait / compute split).`;
-  const bound = wait > compute ? "I/O-bound: waiting for weights or KV to arrive" : "compute-bound: kernels and the host's work between them, not the links";
-  // How long the weight reader was busy tells a disk left idle between reads from a slow one.
-  const busy = part === "prefill" ? f.prefillDiskBusyS : f.decodeDiskBusySPerToken;
-  const disk = busy ? ` The disk was reading for ${busy.toFixed(3)} ${unit} of it (${((100 * busy) / total).toFixed(0)}%).` : "";
-  return `${part === "prefill" ? "First token" : "Decode"} ${total.toFixed(3)} ${unit} at ${f.context} tokens: I/O wait ${wait.toFixed(3)}, compute ${compute.toFixed(3)} (${bound}).${disk}`;
-}
-
-export interface SeriesPoint {
-  context: number;
-  sPerToken: number;
-}
-
-export interface ChartSeries {
-  name: string;
-  color: string;
-  points: SeriesPoint[];
-  dashed?: boolean;
-}
-
-/** s/token against context, log scale on y so disk and RAM fit together. */
-export function chartSvg(series: readonly ChartSeries[], title: string): string {
-  const w = 640;
-  const h = 360;
-  const pad = { l: 64, r: 180, t: 32, b: 44 };
-  const xs = series.flatMap((s) => s.points.map((p) => p.context));
-  const ys = series.flatMap((s) => s.points.map((p) => p.sPerToken)).filter((y) => y > 0);
-  if (xs.length === 0 || ys.length === 0) return `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}"></svg>\n`;
-  const [x0, x1] = [Math.min(...xs), Math.max(...xs)];
-  const [ly0, ly1] = [Math.floor(Math.log10(Math.min(...ys))), Math.ceil(Math.log10(Math.max(...ys)))];
-  const px = (x: number) => pad.l + (x1 === x0 ? 0.5 : (x - x0) / (x1 - x0)) * (w - pad.l - pad.r);
-  const py = (y: number) => h - pad.b - ((Math.log10(y) - ly0) / Math.max(1, ly1 - ly0)) * (h - pad.t - pad.b);
-  const out: string[] = [
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}" font-family="sans-serif" font-size="12">`,
-    `<rect width="${w}" height="${h}" fill="white"/>`,
-    `<text x="${pad.l}" y="20" font-size="14">${title}</text>`,
+/**
+ * Writes the report of results `r` to `docs` (text from its kept marker on stays) and its chart beside it (.svg);
+ * `preset` is the main model, `jsonFile` the results file the report names.
+ */
+export function writeReport(docs: string, r: BenchResults, preset: string, jsonFile: string): void {
+  const ram = r.ram_tier ?? [];
+  const disk = r.disk_tier;
+  const base = Array.isArray(r.baseline_accelerate) ? r.baseline_accelerate : [];
+  const limits = r.limits;
+  const gb = (b: number) => (b / 1e9).toFixed(2);
+  const num = (v: unknown) => (typeof v === "number" ? v : NaN);
+  const svgFile = docs.replace(/\.md$/, ".svg");
+  const series = [
+    { name: "layerwise, RAM tier", color: "#1f77b4", points: ram.map((w) => ({ context: w.context, sPerToken: w.decodeSPerToken })) },
+    { name: "host->GPU floor", color: "#1f77b4", dashed: true, points: ram.map((w) => ({ context: w.context, sPerToken: w.floorDecodeS ?? 0 })) },
+    { name: "accelerate offload", color: "#d62728", points: base.map((b) => ({ context: b.context, sPerToken: b.decode_s_per_token })) },
+    ...(disk ? [{ name: "layerwise, --ram 0", color: "#2ca02c", points: [{ context: disk.context, sPerToken: disk.decodeSPerToken }] }, { name: "disk floor", color: "#2ca02c", dashed: true, points: [{ context: disk.context, sPerToken: disk.floorDecodeS ?? 0 }] }] : []),
   ];
-  for (let e = ly0; e <= ly1; e++) {
-    const y = py(10 ** e);
-    out.push(`<line x1="${pad.l}" x2="${w - pad.r}" y1="${y}" y2="${y}" stroke="#ddd"/><text x="${pad.l - 8}" y="${y + 4}" text-anchor="end">${10 ** e} s</text>`);
-  }
-  for (const x of [...new Set(xs)].sort((a, b) => a - b)) {
-    out.push(`<text x="${px(x)}" y="${h - pad.b + 18}" text-anchor="middle">${x >= 1000 ? `${Math.round(x / 1000)}k` : x}</text>`);
-  }
-  out.push(`<text x="${(pad.l + w - pad.r) / 2}" y="${h - 6}" text-anchor="middle">context (tokens)</text>`);
-  series.forEach((s, i) => {
-    const pts = s.points.filter((p) => p.sPerToken > 0).sort((a, b) => a.context - b.context);
-    const d = pts.map((p) => `${px(p.context).toFixed(1)},${py(p.sPerToken).toFixed(1)}`).join(" ");
-    out.push(`<polyline points="${d}" fill="none" stroke="${s.color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="6 4"' : ""}/>`);
-    for (const p of pts) out.push(`<circle cx="${px(p.context).toFixed(1)}" cy="${py(p.sPerToken).toFixed(1)}" r="3" fill="${s.color}"/>`);
-    out.push(`<line x1="${w - pad.r + 12}" x2="${w - pad.r + 36}" y1="${pad.t + 16 * i}" y2="${pad.t + 16 * i}" stroke="${s.color}" stroke-width="2"${s.dashed ? ' stroke-dasharray="6 4"' : ""}/><text x="${w - pad.r + 42}" y="${pad.t + 16 * i + 4}">${s.name}</text>`);
+  writeFileMkdir(svgFile, chartSvg(series, `${preset}, decode s/token, VRAM budget ${gb(num(r.vram_budget_bytes))} GB`));
+  const missed = missedGoals(r);
+  const md = [
+    "# Benchmarks",
+    "",
+    `Generated by \`npx layerwise bench\` on ${String(r.gpu)} (${String(r.date)}); raw figures in \`${jsonFile}\`.`,
+    `Checkpoints are random-weight bf16 with the real shapes (\`make-test-model\`); the main model is \`${preset}\`,`,
+    `run with \`--vram ${gb(num(r.vram_budget_bytes))}GB\`. Every ratio is against a limit measured in the same run:`,
+    "bytes per token over the measured link for decode; for prefill the larger of FLOPs over torch's measured matmul",
+    "and SDPA speed and weight bytes over the link they come from. Timings exclude loading the model.",
+    "",
+    "## Goals",
+    "",
+    markdownTable([["goal", "target", "measured", "met"], ...benchGoals.map((g) => {
+      const v = measured(r, g);
+      return [g.name, g.target, v ?? "not run", v === undefined ? "-" : g.met(v) ? "yes" : "no"];
+    })]),
+    ...(missed.length ? ["Missed, by how much and where the time went:", "", ...missed, ""] : []),
+    "## Limits measured in this run",
+    "",
+    markdownTable([
+      ["link", "speed"],
+      ["disk read", `${limits.disk_gbps.toFixed(2)} GB/s (${limits.disk_method})`],
+      ["pinned host->GPU", `${limits.h2d_pinned_gbps.toFixed(1)} GB/s`],
+      ["torch bf16 matmul", limits.torch ? `${limits.torch.matmul_bf16_tflops.toFixed(0)} TFLOP/s` : "no torch"],
+      ["torch SDPA 32k", limits.torch ? `${limits.torch.sdpa_32k_tflops.toFixed(0)} TFLOP/s` : "no torch"],
+    ]),
+    "## Decode and prefill, RAM tier",
+    "",
+    "![decode s/token vs context](" + svgFile.split("/").pop() + ")",
+    "",
+    markdownTable([
+      ["context", "first token s", "prefill tok/s", "prefill floor s", "decode s/token", "decode floor s", "floor ratio", "peak VRAM GB"],
+      ...ram.map((w) => [w.context, w.ttftS, w.prefillTokensPerS, w.floorPrefillS ?? NaN, w.decodeSPerToken, w.floorDecodeS ?? NaN, (w.floorDecodeS ?? NaN) / w.decodeSPerToken, gb(w.peakVramBytes)]),
+    ]),
+    ...(disk ? ["## Weights from disk every token (`--ram 0`, page cache dropped first)", "", markdownTable([["context", "first token s (cold)", "prefill floor s", "decode s/token", "decode floor s", "disk GB/s before prefill, before and after decode", "disk reading, % of prefill / decode", "peak VRAM GB"], [disk.context, disk.ttftS, disk.floorPrefillS ?? NaN, disk.decodeSPerToken, disk.floorDecodeS ?? NaN, diskReadings(disk), busyShare(disk), gb(disk.peakVramBytes)]]), "Each floor takes the better disk reading just before and after its phase, where the run took them (the disk's speed drifts; \"-\": the start-of-run reading above).", ""] : []),
+    ...(base.length ? ["## Baseline: transformers + accelerate, `device_map=\"auto\"`, same VRAM cap", "", markdownTable([["context", "first token s", "decode s/token", "peak VRAM GB"], ...base.map((b) => [b.context, b.ttft_s, b.decode_s_per_token, gb(b.peak_vram_bytes)])])] : []),
+    ...(r.batch ? ["## Batched decode", "", markdownTable([["batch", "tokens/s"], ...r.batch.map((b) => [b.batch, b.tokensPerS])])] : []),
+    ...(r.kv_cache ? ["## Second question on the same document (`--kv-cache`)", "", "```json", JSON.stringify(r.kv_cache, null, 2), "```", ""] : []),
+    ...(r.no_limit ? ["## No VRAM limit (everything resident), for contrast", "", "```json", JSON.stringify(r.no_limit, null, 2), "```", ""] : []),
+    ...(r.other_models?.length ? ["## Other models, RAM tier", "", "```json", JSON.stringify(r.other_models, null, 2), "```", ""] : []),
+    ...longContextSection(r, gb),
+  ].join("\n");
+  writeFileMkdir(docs, withKeptText(md, existsSync(docs) ? readFileSync(docs, "utf8") : undefined));
+}
+
+/** Models at a context of their own: the RAM tier, and for mixture-of-experts models weights from disk too. */
+function longContextSection(r: BenchResults, gb: (b: number) => string): string[] {
+  const rows = r.long_context ?? [];
+  if (!rows.length) return [];
+  const mb = (b: number | undefined) => (b === undefined ? "-" : (b / 1e6).toFixed(0));
+  const line = (preset: string, tier: string, f: RunFigures) => [
+    preset,
+    tier,
+    f.context,
+    f.ttftS,
+    f.decodeSPerToken,
+    f.floorDecodeS ?? NaN,
+    gb(f.peakVramBytes),
+    mb(f.decodeH2dBytesPerToken),
+    mb(f.decodeDiskBytesPerToken),
+    f.decodeExpertLoadsPerToken === undefined ? "-" : `${f.decodeExpertLoadsPerToken.toFixed(1)} / ${(f.decodeExpertHitsPerToken ?? 0).toFixed(1)}`,
+  ];
+  const predictions = rows.flatMap((x) => {
+    const p = x.prediction;
+    if (!p) return [];
+    return [
+      `- ${x.preset}, measured with ${x.layers} layers: the plan for all ${p.layers} at ${p.context} tokens (layers and experts laid out as the measured ones): ` +
+        `checkpoint ${gb(p.checkpoint_bytes)} GB, VRAM ${gb(p.vram_planned_bytes)} GB, RAM ${gb(p.ram_planned_bytes)} GB, experts ${p.experts.deviceSlots === p.experts.total ? "all on the GPU" : `${p.experts.deviceSlots} cached on the GPU, ${p.experts.ram} in RAM, ${p.experts.total - p.experts.ram} read from disk when routed, of ${p.experts.total}`}; ` +
+        `per token ${(p.per_token_h2d_bytes / 1e9).toFixed(2)} GB host->GPU and ${(p.per_token_disk_bytes / 1e9).toFixed(2)} GB from disk, floor ${p.floor_decode_s.toFixed(2)} s/token.`,
+    ];
   });
-  out.push("</svg>");
-  return out.join("\n") + "\n";
+  return [
+    "## Long contexts of other architectures",
+    "",
+    "Floors count routed experts as if routing spread evenly over the experts (random weights route about so).",
+    "",
+    markdownTable([
+      ["model", "weights", "context", "first token s", "decode s/token", "decode floor s", "peak VRAM GB", "host->GPU MB/token", "disk MB/token", "experts loaded / hit per token"],
+      ...rows.flatMap((x) => [...(x.ram_tier ? [line(x.preset, "RAM tier", { ...x.ram_tier, context: x.context })] : []), ...(x.disk_tier ? [line(x.preset, "--ram 0", x.disk_tier)] : [])]),
+    ]),
+    ...(predictions.length ? [...predictions, ""] : []),
+  ];
 }
 
 /** The line after which a report keeps what people wrote (other runs, profiles): the bench regenerates only what is above it. */

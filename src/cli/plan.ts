@@ -4,7 +4,7 @@ import type { Command } from "commander";
 import { createArchModel } from "../arch/index.js";
 import { createBackend } from "../backend/index.js";
 import type { FloatDType } from "../backend/dtype.js";
-import { measureDisk, measureHostToDevice, type LinkSpeed } from "../engine/bandwidth.js";
+import { measureDisk, measureHostToDevice, type LinkSpeed } from "../bench/bandwidth.js";
 import { planForLoad, planJson } from "../engine/load-plan.js";
 import { decodeExtraKvBytesAt, decodeKeptLayers, type Plan } from "../engine/planner.js";
 import { validateWeights } from "../engine/weights.js";

@@ -1,21 +1,27 @@
 // The benchmark report says, for each goal a run misses, by how much and whether that part of the run waited on I/O or computed.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { keptMarker, missedGoals, withKeptText } from "../../src/bench/report.js";
-import { mergeResults, ratios, type RunFigures } from "../../src/bench/run.js";
+import { missedGoals } from "../../src/bench/goals.js";
+import { keptMarker, withKeptText } from "../../src/bench/report.js";
+import { mergeResults } from "../../src/bench/merge.js";
+import { ratios } from "../../src/bench/ratios.js";
+import type { BenchResults, DiskTierFigures, RunFigures } from "../../src/bench/results.js";
 
 const run = (o: Partial<RunFigures>): RunFigures => ({ context: 32000, ttftS: 1, prefillTokensPerS: 32000, decodeSPerToken: 0.3, peakVramBytes: 7.9e9, ...o });
+const diskRun = (o: Partial<RunFigures>): DiskTierFigures => ({ ...run(o), page_cache_dropped: true, disk_read_bytes: 0 });
+/** A run's results with only the keys a test needs. */
+const results = (o: Partial<BenchResults>) => o as BenchResults;
 
 describe("bench report", () => {
   it("lists missed goals with their ratio and where the time went, and leaves met ones out", () => {
-    const r: Record<string, unknown> = {
+    const r = results({
       vram_budget_bytes: 8e9,
       // Prefill compute-bound and short of its floor; decode at its floor.
       ram_tier: [run({ ttftS: 5.96, floorPrefillS: 1.1, prefillIoWaitS: 0.01, prefillComputeS: 5.9, decodeSPerToken: 0.29, floorDecodeS: 0.29, decodeIoWaitSPerToken: 0.2, decodeComputeSPerToken: 0.09 })],
       // From disk: decode waits on reads.
-      disk_tier: run({ ttftS: 10, floorPrefillS: 7, prefillIoWaitS: 6, prefillComputeS: 4, prefillDiskBusyS: 7.5, decodeSPerToken: 10, floorDecodeS: 7, decodeIoWaitSPerToken: 9, decodeComputeSPerToken: 1, decodeDiskBusySPerToken: 9.9 }),
+      disk_tier: diskRun({ ttftS: 10, floorPrefillS: 7, prefillIoWaitS: 6, prefillComputeS: 4, prefillDiskBusyS: 7.5, decodeSPerToken: 10, floorDecodeS: 7, decodeIoWaitSPerToken: 9, decodeComputeSPerToken: 1, decodeDiskBusySPerToken: 9.9 }),
       batch: [{ batch: 1, tokensPerS: 4 }, { batch: 16, tokensPerS: 20 }],
-    };
+    });
     Object.assign(r, ratios(r));
     const lines = missedGoals(r);
     const line = (name: string) => lines.find((l) => l.startsWith(`- ${name}:`));
@@ -29,45 +35,47 @@ describe("bench report", () => {
   });
 
   it("a missed memory goal lists the peak at each context instead of a time split", () => {
-    const r: Record<string, unknown> = { vram_budget_bytes: 8e9, ram_tier: [run({ context: 8000, peakVramBytes: 7.5e9 }), run({ context: 100000, peakVramBytes: 8e9 })] };
+    const r = results({ vram_budget_bytes: 8e9, ram_tier: [run({ context: 8000, peakVramBytes: 7.5e9 }), run({ context: 100000, peakVramBytes: 8e9 })] });
     Object.assign(r, ratios(r));
     const line = missedGoals(r).find((l) => l.startsWith("- peak VRAM 100k / 8k:"));
     assert.equal(line, "- peak VRAM 100k / 8k: 1.067, target within 5%. Peak VRAM by context (RAM tier): 8000 tokens 7.50 GB, 100000 tokens 8.00 GB; budget 8.00 GB.");
   });
 
   it("merges runs split over calls: later figures win key by key and context by context, lists join, ratios are redone", () => {
-    const first: Record<string, unknown> = {
+    const qwen = { preset: "qwen3-8b", ...run({}) };
+    const gptOss = { preset: "gpt-oss-20b", context: 32000 };
+    const first = results({
       date: "2026-12-03T01:00:00Z",
       vram_budget_bytes: 8e9,
       contexts: [8000, 32000],
       ram_tier: [run({ context: 8000, peakVramBytes: 7.8e9 }), run({ context: 32000, ttftS: 2, floorPrefillS: 1.2, decodeSPerToken: 0.3, floorDecodeS: 0.27 })],
-      disk_tier: run({ ttftS: 10, floorPrefillS: 8.5, decodeSPerToken: 9, floorDecodeS: 8.6 }),
+      disk_tier: diskRun({ ttftS: 10, floorPrefillS: 8.5, decodeSPerToken: 9, floorDecodeS: 8.6 }),
       long_context: [],
-      other_models: [{ preset: "qwen3-8b" }],
-    };
-    const second: Record<string, unknown> = {
+      other_models: [qwen],
+    });
+    const second = results({
       date: "2026-12-03T01:20:00Z",
       vram_budget_bytes: 8e9,
       contexts: [8000],
       ram_tier: [run({ context: 8000, peakVramBytes: 7.9e9 })],
       batch: [{ batch: 1, tokensPerS: 4 }, { batch: 16, tokensPerS: 48 }],
-      long_context: [{ preset: "gpt-oss-20b" }],
+      long_context: [gptOss],
       other_models: [],
-    };
+    });
     const m = mergeResults([first, second]);
     assert.equal(m.date, first.date);
     assert.deepEqual(m.run_dates, [first.date, second.date]);
     assert.deepEqual(m.contexts, [8000, 32000]);
-    assert.deepEqual((m.ram_tier as RunFigures[]).map((f) => [f.context, f.peakVramBytes]), [[8000, 7.9e9], [32000, 7.9e9]]);
-    assert.deepEqual(m.long_context, [{ preset: "gpt-oss-20b" }]);
-    assert.deepEqual(m.other_models, [{ preset: "qwen3-8b" }]);
+    assert.deepEqual(m.ram_tier!.map((f) => [f.context, f.peakVramBytes]), [[8000, 7.9e9], [32000, 7.9e9]]);
+    assert.deepEqual(m.long_context, [gptOss]);
+    assert.deepEqual(m.other_models, [qwen]);
     assert.equal(m.batch16_over_batch1, 12, "from the second run");
     assert.equal(m.prefill_floor_ratio_32k_warm, 0.6, "from the first");
     assert.equal(m.prefill_floor_ratio_32k_cold, 0.85);
   });
 
   it("says so when a saved run has no time split", () => {
-    const r: Record<string, unknown> = { vram_budget_bytes: 8e9, ram_tier: [run({ ttftS: 4, floorPrefillS: 1 })] };
+    const r = results({ vram_budget_bytes: 8e9, ram_tier: [run({ ttftS: 4, floorPrefillS: 1 })] });
     Object.assign(r, ratios(r));
     assert.deepEqual(missedGoals(r), ["- prefill at 32k vs floor, warm: 0.250, target >= 0.5. prefill 4.000 s (this run recorded no I/O wait / compute split)."]);
   });

@@ -5,7 +5,7 @@ import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { CpuBackend } from "../../src/backend/cpu/index.js";
-import { measureDisk, measureHostToDevice } from "../../src/engine/bandwidth.js";
+import { measureDisk, measureHostToDevice } from "../../src/bench/bandwidth.js";
 import { tempDir } from "../helpers.js";
 
 describe("disk measurement", () => {
