@@ -20,6 +20,7 @@ const { positionals, values } = parseArgs({
 });
 const [dir, promptFile] = positionals;
 if (!dir || !promptFile) throw new Error("usage: profile-prefill MODEL_DIR PROMPT_FILE [--vram 8GB] [--ram 64GB|auto] [--context 33k] [--chunk N|auto] [--small-uploads kernel|copy-engine] [--prefetch-stream own|shared] [--out FILE] [--repeat N] [--links]");
+const prompt = readFileSync(promptFile, "utf8");
 
 const backend = CudaBackend.create();
 if (values["small-uploads"] !== "kernel" && values["small-uploads"] !== "copy-engine") throw new Error("--small-uploads is kernel or copy-engine");
@@ -51,7 +52,7 @@ async function profileRun(run: number): Promise<void> {
   const allocsBefore = { ...backend.allocatorStats };
   backend.startProfile();
   runnerTimes.on = true;
-  const result = await model.complete(readFileSync(promptFile, "utf8"), { maxTokens: 1, temperature: 0 });
+  const result = await model.complete(prompt, { maxTokens: 1, temperature: 0 });
   const report = await backend.profileReport();
   const hostIntervals = [...runnerTimes.times.intervals, ...report.hostWaitIntervals];
   const stats = model.stats();

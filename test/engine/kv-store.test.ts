@@ -91,7 +91,7 @@ describe("persistent KV cache", () => {
     const fh = await open(kvFile, "r+");
     const byte = Buffer.alloc(1);
     await fh.read(byte, 0, 1, 1000);
-    byte[0] ^= 0x40;
+    byte[0]! ^= 0x40;
     await fh.write(byte, 0, 1, 1000);
     await fh.close();
     const warnings: string[] = [];

@@ -141,7 +141,7 @@ export function attention(q: CpuTensor, o: AttentionOptions): { out: CpuTensor; 
             const p = Math.exp(scores[j]! - mNew);
             sum += p;
             const vBase = j * kvCols + kvOff;
-            for (let d = 0; d < hd; d++) acc[aBase + d] += p * vs[vBase + d]!;
+            for (let d = 0; d < hd; d++) acc[aBase + d]! += p * vs[vBase + d]!;
           }
           m[mi] = mNew;
           l[mi] = sum;
@@ -311,7 +311,7 @@ export function gatedDeltaRule(qkv: CpuTensor, a: CpuTensor, b: CpuTensor, o: De
         for (let i = 0; i < kDim; i++) {
           for (let j = 0; j < vDim; j++) {
             S[i * vDim + j] = S[i * vDim + j]! * decay;
-            kv[j] += S[i * vDim + j]! * k[i]!;
+            kv[j]! += S[i * vDim + j]! * k[i]!;
           }
         }
         for (let j = 0; j < vDim; j++) kv[j] = (xs[vAt + j]! - kv[j]!) * beta;
