@@ -5,7 +5,7 @@ import { z } from "zod";
 import type { Ops, Tensor } from "../backend/ops.js";
 import { checkAttention, checkLayerTypes, headCount, layerCount, positionCount, sizeCount } from "./limits.js";
 import { RopeScaling, ropeTable, type RopeTable } from "./rope.js";
-import { gatedMlp, type ArchModel, type Architecture, type LayerRun, type Weights, type WeightSpecs } from "./types.js";
+import { gatedMlp, type ArchModel, type Architecture, type LayerRun, type WeightNames, type Weights } from "./types.js";
 
 const int = z.number().int().positive();
 const LayerType = z.enum(["sliding_attention", "full_attention"]);
@@ -57,7 +57,7 @@ function createGemma3(c: Gemma3TextConfig, prefix: string): ArchModel {
     sliding_attention: ropeTable({ rope_theta: c.rope_local_base_freq, rope_parameters: c.rope_parameters?.sliding_attention, max_position_embeddings: c.max_position_embeddings }, headDim),
   };
   const embedScale = Math.fround(Math.sqrt(h));
-  const layerWeights = (i: number): WeightSpecs => {
+  const layerWeights = (i: number) => {
     const p = `${prefix}layers.${i}`;
     return {
       attnNorm: { name: `${p}.input_layernorm.weight`, shape: [h] },
@@ -75,6 +75,7 @@ function createGemma3(c: Gemma3TextConfig, prefix: string): ArchModel {
       down: { name: `${p}.mlp.down_proj.weight`, shape: [h, inter] },
     };
   };
+  type Gemma3LayerWeight = WeightNames<typeof layerWeights>;
   return {
     shape: {
       numLayers: c.num_hidden_layers,
@@ -92,7 +93,7 @@ function createGemma3(c: Gemma3TextConfig, prefix: string): ArchModel {
     },
     layerWeights,
     embed: (ops, g, ids) => ops.scoped(() => ops.scale(ops.embed(g.embed!, ids), embedScale)),
-    async forwardLayer(ops: Ops, layer: number, w: Weights, x: Tensor, run: LayerRun): Promise<Tensor> {
+    async forwardLayer(ops: Ops, layer: number, w: Weights<Gemma3LayerWeight>, x: Tensor, run: LayerRun): Promise<Tensor> {
       const type = types[layer]!;
       const rope = ropes[type]!;
       const ropeAt = (t: Tensor) => ops.rope(t, { positions: run.positions, invFreq: rope.invFreq, headDim, scale: rope.scale });

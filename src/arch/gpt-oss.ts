@@ -5,7 +5,7 @@ import type { Ops, Tensor } from "../backend/ops.js";
 import { routedExperts, softmaxOfTopK } from "./moe.js";
 import { checkAttention, checkExpertsPerToken, checkLayerTypes, expertCount, headCount, layerCount, positionCount, sizeCount } from "./limits.js";
 import { RopeScaling, ropeTable } from "./rope.js";
-import type { ArchModel, Architecture, LayerRun, Weights, WeightSpecs } from "./types.js";
+import type { ArchModel, Architecture, LayerRun, WeightNames, Weights } from "./types.js";
 
 const int = z.number().int().positive();
 const LayerType = z.enum(["sliding_attention", "full_attention"]);
@@ -52,7 +52,7 @@ function createGptOss(c: GptOssConfig): ArchModel {
   const norm = { eps: c.rms_norm_eps };
   const types = c.layer_types ?? Array.from({ length: c.num_hidden_layers }, (_, i) => (i % 2 === 0 ? "sliding_attention" : "full_attention"));
   const rope = ropeTable(c, headDim);
-  const layerWeights = (i: number): WeightSpecs => {
+  const layerWeights = (i: number) => {
     const p = `model.layers.${i}`;
     return {
       attnNorm: { name: `${p}.input_layernorm.weight`, shape: [h] },
@@ -70,7 +70,7 @@ function createGptOss(c: GptOssConfig): ArchModel {
       routerBias: { name: `${p}.mlp.router.bias`, shape: [experts] },
     };
   };
-  const expertWeights = (i: number, e: number): WeightSpecs => {
+  const expertWeights = (i: number, e: number) => {
     const p = `model.layers.${i}.mlp.experts`;
     return {
       gateUp: { name: `${p}.gate_up_proj_blocks`, scales: `${p}.gate_up_proj_scales`, shape: [2 * inter, h], index: e },
@@ -79,8 +79,10 @@ function createGptOss(c: GptOssConfig): ArchModel {
       downBias: { name: `${p}.down_proj_bias`, shape: [h], index: e },
     };
   };
+  type GptOssLayerWeight = WeightNames<typeof layerWeights>;
+  type GptOssExpertWeight = WeightNames<typeof expertWeights>;
   // gate_up's rows interleave gate and up (row 2j is gate j, 2j + 1 is up j).
-  const expert = (ops: Ops) => (w: Weights, x: Tensor) =>
+  const expert = (ops: Ops) => (w: Weights<GptOssExpertWeight>, x: Tensor) =>
     ops.scoped(() => ops.matmul(ops.clampedSwiglu(ops.matmul(x, w.gateUp!, w.gateUpBias), { alpha: swigluAlpha, limit: c.swiglu_limit }), w.down!, w.downBias));
   return {
     shape: {
@@ -102,7 +104,7 @@ function createGptOss(c: GptOssConfig): ArchModel {
     layerWeights,
     expertWeights,
     embed: (ops, g, ids) => ops.embed(g.embed!, ids),
-    async forwardLayer(ops: Ops, layer: number, w: Weights, x: Tensor, run: LayerRun): Promise<Tensor> {
+    async forwardLayer(ops: Ops, layer: number, w: Weights<GptOssLayerWeight>, x: Tensor, run: LayerRun<GptOssExpertWeight>): Promise<Tensor> {
       const ropeAt = (t: Tensor) => ops.rope(t, { positions: run.positions, invFreq: rope.invFreq, headDim, scale: rope.scale });
       const attention = await ops.scoped(async () => {
         const a = ops.rmsNorm(x, w.attnNorm!, norm);

@@ -3,7 +3,7 @@ import { z } from "zod";
 import type { Ops, Tensor } from "../backend/ops.js";
 import { checkAttention, headCount, layerCount, positionCount, sizeCount } from "./limits.js";
 import { RopeScaling, ropeTable } from "./rope.js";
-import { gatedMlp, type ArchModel, type Architecture, type LayerRun, type Weights, type WeightSpecs } from "./types.js";
+import { gatedMlp, type ArchModel, type Architecture, type LayerRun, type MlpWeight, type Weights, type WeightSpec, type WeightSpecs } from "./types.js";
 
 /** The fields, before the checks across them (Qwen3 extends these). */
 export const LlamaConfigFields = z.object({
@@ -27,12 +27,15 @@ export const LlamaConfigFields = z.object({
 export const LlamaConfig = LlamaConfigFields.superRefine(checkAttention);
 export type LlamaConfig = z.infer<typeof LlamaConfigFields>;
 
+/** A decoder layer's weights: biases where the config has them, and Qwen3's per-head q/k norms. */
+export type LlamaLayerWeight = "attnNorm" | "q" | "k" | "v" | "o" | "mlpNorm" | MlpWeight | "qBias" | "kBias" | "vBias" | "oBias" | "qNorm" | "kNorm";
+
 /** Weight names of one decoder layer; `qk norm` adds Qwen3's per-head norms. */
-export function llamaLayerWeights(c: LlamaConfig, i: number, qkNorm: boolean): WeightSpecs {
+export function llamaLayerWeights(c: LlamaConfig, i: number, qkNorm: boolean): WeightSpecs<LlamaLayerWeight> {
   const { hidden_size: h, intermediate_size: inter } = c;
   const { heads, kvHeads, headDim } = attentionShape(c);
   const p = `model.layers.${i}`;
-  const specs: Record<string, { name: string; shape: number[] }> = {
+  const specs: { [K in LlamaLayerWeight]?: WeightSpec } = {
     attnNorm: { name: `${p}.input_layernorm.weight`, shape: [h] },
     q: { name: `${p}.self_attn.q_proj.weight`, shape: [heads * headDim, h] },
     k: { name: `${p}.self_attn.k_proj.weight`, shape: [kvHeads * headDim, h] },
@@ -67,7 +70,7 @@ export function attentionShape(c: LlamaConfig) {
 }
 
 /** The Llama decoder; Qwen3 is this with q/k norms. */
-export function createLlamaFamily(c: LlamaConfig, qkNorm: boolean): ArchModel {
+export function createLlamaFamily(c: LlamaConfig, qkNorm: boolean): ArchModel<LlamaLayerWeight> {
   const { heads, kvHeads, headDim } = attentionShape(c);
   const rope = ropeTable(c, headDim);
   const eps = c.rms_norm_eps;
@@ -94,7 +97,7 @@ export function createLlamaFamily(c: LlamaConfig, qkNorm: boolean): ArchModel {
     },
     layerWeights: (i) => llamaLayerWeights(c, i, qkNorm),
     embed: (ops, g, ids) => ops.embed(g.embed!, ids),
-    async forwardLayer(ops: Ops, _layer: number, w: Weights, x: Tensor, run: LayerRun): Promise<Tensor> {
+    async forwardLayer(ops: Ops, _layer: number, w: Weights<LlamaLayerWeight>, x: Tensor, run: LayerRun): Promise<Tensor> {
       const attention = await ops.scoped(async () => {
         const a = ops.rmsNorm(x, w.attnNorm!, { eps });
         let q = ops.matmul(a, w.q!, w.qBias);

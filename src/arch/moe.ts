@@ -49,7 +49,7 @@ export function softmaxThenTopK(logits: Float32Array, stride: number, experts: n
  * Runs the routed experts over x [rows, hidden] and sums their outputs weighted by the routes. Every needed expert is
  * asked for at once, so the engine can read them in parallel, then each is computed as it arrives.
  */
-export async function routedExperts(ops: Ops, run: LayerRun, x: Tensor, routes: Routes, expert: (w: Weights, xe: Tensor) => Tensor): Promise<Tensor> {
+export async function routedExperts<E extends string>(ops: Ops, run: LayerRun<E>, x: Tensor, routes: Routes, expert: (w: Weights<E>, xe: Tensor) => Tensor): Promise<Tensor> {
   const rows = x.shape[0]!;
   const k = routes.experts.length / rows;
   const byExpert = new Map<number, { rows: number[]; scales: number[] }>();

@@ -7,7 +7,7 @@ import type { Ops, Tensor } from "../backend/ops.js";
 import { routedExperts, softmaxThenTopK } from "./moe.js";
 import { checkAttention, checkExpertsPerToken, checkLayerTypes, configLimits, expertCount, headCount, layerCount, positionCount, sizeCount } from "./limits.js";
 import { RopeScaling, ropeTable } from "./rope.js";
-import { gatedMlp, type ArchModel, type Architecture, type LayerRun, type Weights, type WeightSpecs } from "./types.js";
+import { gatedMlp, type ArchModel, type Architecture, type LayerRun, type Weights, type WeightSpec, type WeightSpecs } from "./types.js";
 
 const int = z.number().int().positive();
 const LayerType = z.enum(["linear_attention", "full_attention"]);
@@ -65,7 +65,13 @@ const rotaryFactor = (c: Pick<Qwen3NextConfig, "rope_parameters" | "partial_rota
 /** `count` rows from `start`, every `stride` rows, `groups` times: one part of an output interleaved per head group. */
 const strided = (name: string, groups: number, stride: number, start: number, count: number) => Array.from({ length: groups }, (_, g) => ({ name, start: g * stride + start, count }));
 
-function createQwen3Next(c: Qwen3NextConfig): ArchModel {
+/** A full-attention layer's weights (every 4th), a linear-attention layer's, an MLP's (dense, shared or routed expert). */
+type AttentionWeight = "q" | "outGate" | "k" | "v" | "o" | "qNorm" | "kNorm";
+type LinearAttentionWeight = "qkv" | "z" | "b" | "a" | "conv" | "dtBias" | "aLog" | "norm" | "out";
+type ExpertWeight = "gateProj" | "up" | "down";
+type Qwen3NextLayerWeight = "attnNorm" | "mlpNorm" | AttentionWeight | LinearAttentionWeight | ExpertWeight | "router";
+
+function createQwen3Next(c: Qwen3NextConfig): ArchModel<Qwen3NextLayerWeight, ExpertWeight> {
   const { hidden_size: h, num_attention_heads: heads, num_key_value_heads: kvHeads, num_experts: experts, num_experts_per_tok: topK } = c;
   const headDim = c.head_dim ?? h / heads;
   const norm = { eps: c.rms_norm_eps, offset: 1 };
@@ -79,9 +85,9 @@ function createQwen3Next(c: Qwen3NextConfig): ArchModel {
   const convDim = 2 * nk * hk + nv * hv;
   const stateShapes = { conv: [convDim, kernel - 1], ssm: [nv, hk, hv] };
 
-  const layerWeights = (i: number): WeightSpecs => {
+  const layerWeights = (i: number): WeightSpecs<Qwen3NextLayerWeight> => {
     const p = `model.layers.${i}`;
-    const specs: Record<string, { name: string; shape: number[]; rowRanges?: ReturnType<typeof strided> }> = {
+    const specs: { [K in Qwen3NextLayerWeight]?: WeightSpec } = {
       attnNorm: { name: `${p}.input_layernorm.weight`, shape: [h] },
       mlpNorm: { name: `${p}.post_attention_layernorm.weight`, shape: [h] },
     };
@@ -95,7 +101,7 @@ function createQwen3Next(c: Qwen3NextConfig): ArchModel {
         o: { name: `${p}.self_attn.o_proj.weight`, shape: [h, heads * headDim] },
         qNorm: { name: `${p}.self_attn.q_norm.weight`, shape: [headDim] },
         kNorm: { name: `${p}.self_attn.k_norm.weight`, shape: [headDim] },
-      });
+      } satisfies { [K in AttentionWeight]: WeightSpec });
     } else {
       const la = `${p}.linear_attn`;
       const qkvz = `${la}.in_proj_qkvz.weight`;
@@ -112,7 +118,7 @@ function createQwen3Next(c: Qwen3NextConfig): ArchModel {
         aLog: { name: `${la}.A_log`, shape: [nv] },
         norm: { name: `${la}.norm.weight`, shape: [hv] },
         out: { name: `${la}.out_proj.weight`, shape: [h, nv * hv] },
-      });
+      } satisfies { [K in LinearAttentionWeight]: WeightSpec });
     }
     const m = `${p}.mlp`;
     const inter = sparse(i) ? c.shared_expert_intermediate_size : c.intermediate_size;
@@ -121,14 +127,14 @@ function createQwen3Next(c: Qwen3NextConfig): ArchModel {
       gateProj: { name: `${mlp}.gate_proj.weight`, shape: [inter, h] },
       up: { name: `${mlp}.up_proj.weight`, shape: [inter, h] },
       down: { name: `${mlp}.down_proj.weight`, shape: [h, inter] },
-    });
+    } satisfies { [K in ExpertWeight]: WeightSpec });
     if (sparse(i)) {
       // The router and the shared expert's gate in one matmul: logits of every expert, then the gate's.
       specs.router = { name: `${m}.gate.weight`, shape: [experts + 1, h], rowRanges: [{ name: `${m}.gate.weight`, start: 0, count: experts }, { name: `${m}.shared_expert_gate.weight`, start: 0, count: 1 }] };
     }
     return specs;
   };
-  const expertWeights = (i: number, e: number): WeightSpecs => {
+  const expertWeights = (i: number, e: number): WeightSpecs<ExpertWeight> => {
     const p = `model.layers.${i}.mlp.experts.${e}`;
     const inter = c.moe_intermediate_size;
     return {
@@ -137,9 +143,9 @@ function createQwen3Next(c: Qwen3NextConfig): ArchModel {
       down: { name: `${p}.down_proj.weight`, shape: [h, inter] },
     };
   };
-  const mlpOf = (ops: Ops, x: Tensor, w: Weights) => gatedMlp(ops, x, { gate: w.gateProj!, up: w.up!, down: w.down! }, "silu");
+  const mlpOf = (ops: Ops, x: Tensor, w: Weights<ExpertWeight>) => gatedMlp(ops, x, { gate: w.gateProj!, up: w.up!, down: w.down! }, "silu");
 
-  async function attention(ops: Ops, w: Weights, x: Tensor, run: LayerRun): Promise<Tensor> {
+  async function attention(ops: Ops, w: Weights<AttentionWeight>, x: Tensor, run: LayerRun): Promise<Tensor> {
     const ropeAt = (t: Tensor) => ops.rope(t, { positions: run.positions, invFreq: rope.invFreq, headDim, scale: rope.scale });
     const q = ops.rmsNorm(ops.matmul(x, w.q!), w.qNorm!, norm);
     const k = ops.rmsNorm(ops.matmul(x, w.k!), w.kNorm!, norm);
@@ -147,7 +153,7 @@ function createQwen3Next(c: Qwen3NextConfig): ArchModel {
     return ops.matmul(ops.gatedActivation(ops.matmul(x, w.outGate!), o, "sigmoid"), w.o!);
   }
 
-  async function linearAttention(ops: Ops, w: Weights, x: Tensor, run: LayerRun): Promise<Tensor> {
+  async function linearAttention(ops: Ops, w: Weights<LinearAttentionWeight>, x: Tensor, run: LayerRun): Promise<Tensor> {
     const seqs = await run.recurrent(stateShapes);
     const state = (key: string) => seqs.map((s) => ({ row: s.row, rows: s.rows, state: s.state[key]! }));
     const qkv = ops.causalConv1d(ops.matmul(x, w.qkv!), w.conv!, state("conv"));
@@ -156,7 +162,7 @@ function createQwen3Next(c: Qwen3NextConfig): ArchModel {
     return ops.matmul(gated, w.out!);
   }
 
-  async function moe(ops: Ops, w: Weights, x: Tensor, run: LayerRun): Promise<Tensor> {
+  async function moe(ops: Ops, w: Weights<Qwen3NextLayerWeight>, x: Tensor, run: LayerRun<ExpertWeight>): Promise<Tensor> {
     const logits = await run.read(ops.matmul(x, w.router!));
     const rows = x.shape[0]!;
     const routes = softmaxThenTopK(logits, experts + 1, experts, topK, c.norm_topk_prob);
@@ -192,7 +198,7 @@ function createQwen3Next(c: Qwen3NextConfig): ArchModel {
     layerWeights,
     expertWeights,
     embed: (ops, g, ids) => ops.embed(g.embed!, ids),
-    async forwardLayer(ops: Ops, layer: number, w: Weights, x: Tensor, run: LayerRun): Promise<Tensor> {
+    async forwardLayer(ops: Ops, layer: number, w: Weights<Qwen3NextLayerWeight>, x: Tensor, run: LayerRun<ExpertWeight>): Promise<Tensor> {
       const mixed = await ops.scoped(async () => {
         const a = ops.rmsNorm(x, w.attnNorm!, norm);
         return types[layer] === "full_attention" ? attention(ops, w, a, run) : linearAttention(ops, w, a, run);

@@ -47,8 +47,26 @@ export interface WeightSpec {
   readonly rowRanges?: readonly { readonly name: string; readonly start: number; readonly count: number }[];
 }
 
-export type WeightSpecs = Readonly<Record<string, WeightSpec>>;
-export type Weights = Readonly<Record<string, Tensor>>;
+/**
+ * Specs of weights by the names an architecture gives them, and the tensors loaded for them. An architecture types
+ * them with its own names (`Weights<LlamaLayerWeight>`), so a misspelt weight in its forward does not compile; the
+ * engine sees any names.
+ */
+export type WeightSpecs<K extends string = string> = { readonly [P in K]?: WeightSpec };
+export type Weights<K extends string = string> = { readonly [P in K]?: Tensor };
+/** The names a spec function gives its weights: `Weights<WeightNames<typeof layerWeights>>`. */
+export type WeightNames<F extends (...args: never[]) => object> = Extract<keyof ReturnType<F>, string>;
+/** The specs an architecture gave, with their names (names it left out for this config are not there). */
+export function specEntries(specs: WeightSpecs): [string, WeightSpec][] {
+  return Object.entries(specs).filter((e): e is [string, WeightSpec] => e[1] !== undefined);
+}
+
+export function specList(specs: WeightSpecs): WeightSpec[] {
+  return specEntries(specs).map(([, spec]) => spec);
+}
+
+/** Embedding table, final norm and LM head: every architecture's global weights. */
+export type GlobalWeight = "embed" | "norm" | "lmHead";
 
 export interface AttentionCall {
   readonly heads: number;
@@ -62,7 +80,7 @@ export interface AttentionCall {
 }
 
 /** The engine's side of a layer's forward: positions of the rows, and attention backed by its KV cache. */
-export interface LayerRun {
+export interface LayerRun<E extends string = string> {
   readonly positions: Int32Array;
   /** Stores k and v [rows, kvHeads * headDim] in this layer's cache, then attends q over everything each row may see (KV may come from RAM or disk). */
   attention(q: Tensor, k: Tensor, v: Tensor, o: AttentionCall): Promise<Tensor>;
@@ -74,24 +92,27 @@ export interface LayerRun {
   /** Values of a small tensor (router logits) on the host. */
   read(t: Tensor): Promise<Float32Array>;
   /** Expert `expert` of this layer on the compute tier, loaded if it is not cached; hold it until `releaseExpert`. */
-  expert(expert: number): Promise<Weights>;
+  expert(expert: number): Promise<Weights<E>>;
   /** The expert's compute is queued: its memory may be reused once that work is done. */
   releaseExpert(expert: number): void;
 }
 
-/** One model built from a validated config: names, shapes and math, no files and no memory tiers. */
-export interface ArchModel {
+/**
+ * One model built from a validated config: names, shapes and math, no files and no memory tiers. `L` and `E` are the
+ * names of a layer's and an expert's weights.
+ */
+export interface ArchModel<L extends string = string, E extends string = string> {
   readonly shape: ModelShape;
   /** Embedding table, final norm and LM head (the head may name the embedding table when tied). */
-  readonly globalWeights: WeightSpecs;
+  readonly globalWeights: WeightSpecs<GlobalWeight>;
   /** The layer's dense weights (every token uses them). */
-  layerWeights(layer: number): WeightSpecs;
+  layerWeights(layer: number): WeightSpecs<L>;
   /** One expert's weights (models with `shape.moe`). */
-  expertWeights?(layer: number, expert: number): WeightSpecs;
-  embed(ops: Ops, g: Weights, ids: Int32Array): Tensor;
-  forwardLayer(ops: Ops, layer: number, w: Weights, x: Tensor, run: LayerRun): Promise<Tensor>;
+  expertWeights?(layer: number, expert: number): WeightSpecs<E>;
+  embed(ops: Ops, g: Weights<GlobalWeight>, ids: Int32Array): Tensor;
+  forwardLayer(ops: Ops, layer: number, w: Weights<L>, x: Tensor, run: LayerRun<E>): Promise<Tensor>;
   /** Final norm and LM head: logits [rows, vocab]. */
-  head(ops: Ops, g: Weights, x: Tensor): Tensor;
+  head(ops: Ops, g: Weights<GlobalWeight>, x: Tensor): Tensor;
 }
 
 export interface Architecture<C = any> {
@@ -100,8 +121,11 @@ export interface Architecture<C = any> {
   create(config: C): ArchModel;
 }
 
+/** The weights of a gate/up/down MLP. */
+export type MlpWeight = "gate" | "up" | "down" | "gateBias" | "upBias" | "downBias";
+
 /** gate/up/down MLP shared by the Llama family (its temporaries freed on return). */
-export function gatedMlp(ops: Ops, x: Tensor, w: Weights, act: GateActivation): Tensor {
+export function gatedMlp(ops: Ops, x: Tensor, w: Weights<MlpWeight>, act: GateActivation): Tensor {
   return ops.scoped(() => {
     const h = ops.gatedActivation(ops.matmul(x, w.gate!, w.gateBias), ops.matmul(x, w.up!, w.upBias), act);
     return ops.matmul(h, w.down!, w.downBias);

@@ -5,7 +5,7 @@ import { Checkpoint } from "../model/checkpoint.js";
 import { readGenerationDefaults } from "../model/generation-config.js";
 import { TextTokenizer } from "../model/tokenizer.js";
 import { ChatTemplate } from "../model/chat-template.js";
-import { expertsIn, type WeightSpec } from "../arch/types.js";
+import { expertsIn, specList, type WeightSpec } from "../arch/types.js";
 import { resolveWeight, validateWeights } from "../engine/weights.js";
 import { formatBytes } from "../util/bytes.js";
 import { kvBytesAt } from "../engine/planner.js";
@@ -68,9 +68,9 @@ export async function inspectModel(dir: string): Promise<ModelReport> {
         return n + w.byteLength;
       }, 0);
 
-    const bytesGlobal = bytesOf([...new Map(Object.values(model.globalWeights).map((s) => [s.name, s])).values()]);
+    const bytesGlobal = bytesOf([...new Map(specList(model.globalWeights).map((s) => [s.name, s])).values()]);
     const perLayer = Array.from({ length: model.shape.numLayers }, (_, i) =>
-      bytesOf([...Object.values(model.layerWeights(i)), ...Array.from({ length: expertsIn(model.shape, i) }, (_, e) => Object.values(model.expertWeights!(i, e))).flat()]),
+      bytesOf([...specList(model.layerWeights(i)), ...Array.from({ length: expertsIn(model.shape, i) }, (_, e) => specList(model.expertWeights!(i, e))).flat()]),
     );
     const kvElements = model.shape.kvLayers.reduce((n, l) => n + 2 * l.kvHeads * l.headDim, 0);
     const tokenizer = await settle(() => TextTokenizer.load(dir, { vocabSize: model.shape.vocabSize }));

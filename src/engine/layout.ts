@@ -1,5 +1,5 @@
 // Where each layer's bytes are: its tensors in the checkpoint, the coalesced reads that fetch them, and their place in a device slot.
-import { expertsIn, type ArchModel, type WeightSpecs } from "../arch/types.js";
+import { expertsIn, specEntries, type ArchModel, type WeightSpecs } from "../arch/types.js";
 import type { DType } from "../backend/dtype.js";
 import type { Checkpoint } from "../model/checkpoint.js";
 import { resolveWeight, type ResolvedWeight } from "./weights.js";
@@ -65,7 +65,7 @@ const alignDown = (n: number, a: number) => Math.floor(n / a) * a;
 
 export function tensorGroup(ckpt: Checkpoint, specs: WeightSpecs, io: ReadShape = { align: ioAlign, gap: coalesceGap }): TensorGroup {
   const byWeight = new Map<string, { keys: string[]; weight: ResolvedWeight }>();
-  for (const [key, spec] of Object.entries(specs)) {
+  for (const [key, spec] of specEntries(specs)) {
     const id = `${spec.name}|${spec.index ?? ""}|${spec.scales ?? ""}|${JSON.stringify(spec.rowRanges ?? [])}`;
     const seen = byWeight.get(id); // a tied head shares the embedding's bytes
     if (seen) seen.keys.push(key);

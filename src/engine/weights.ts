@@ -1,5 +1,5 @@
 // Where an architecture's weights come from, and the checks that every tensor it needs is there with the right shape and dtype.
-import { expertsIn, type ArchModel, type Weights, type WeightSpec } from "../arch/types.js";
+import { expertsIn, specList, type ArchModel, type Weights, type WeightSpec } from "../arch/types.js";
 import { tensorBytes, type DType } from "../backend/dtype.js";
 import { CheckpointError } from "../errors.js";
 import type { Checkpoint } from "../model/checkpoint.js";
@@ -108,10 +108,10 @@ function rowRanges(ckpt: Checkpoint, spec: WeightSpec, ranges: NonNullable<Weigh
  * names more layers or experts than the checkpoint holds fails at the first missing one instead of listing them all.
  */
 export function* allWeightSpecs(model: ArchModel): Generator<WeightSpec> {
-  yield* Object.values(model.globalWeights);
+  yield* specList(model.globalWeights);
   for (let i = 0; i < model.shape.numLayers; i++) {
-    yield* Object.values(model.layerWeights(i));
-    for (let e = 0; e < expertsIn(model.shape, i); e++) yield* Object.values(model.expertWeights!(i, e));
+    yield* specList(model.layerWeights(i));
+    for (let e = 0; e < expertsIn(model.shape, i); e++) yield* specList(model.expertWeights!(i, e));
   }
 }
 
@@ -123,7 +123,7 @@ export function* allWeightSpecs(model: ArchModel): Generator<WeightSpec> {
 export function validateWeights(ckpt: Checkpoint, model: ArchModel, warn?: (code: string, message: string) => void): void {
   for (const spec of allWeightSpecs(model)) resolveWeight(ckpt, spec);
   const n = model.shape.numLayers;
-  const extra = Object.values(model.layerWeights(n)).flatMap((s) => [s.name, ...(s.rowRanges ?? []).map((r) => r.name)]).find((name) => ckpt.has(name));
+  const extra = specList(model.layerWeights(n)).flatMap((s) => [s.name, ...(s.rowRanges ?? []).map((r) => r.name)]).find((name) => ckpt.has(name));
   if (extra) {
     warn?.("LAYERS_UNUSED", `config.json's num_hidden_layers is ${n}, but the checkpoint has tensors of layer ${n} (${extra}): only the first ${n} layers run, and the output is not the full model's`);
   }

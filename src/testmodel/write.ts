@@ -2,7 +2,7 @@
 import { lstat, mkdir, readdir, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { createArchModel } from "../arch/index.js";
-import { expertsIn, type WeightSpec } from "../arch/types.js";
+import { expertsIn, specList, type WeightSpec } from "../arch/types.js";
 import type { FloatDType } from "../backend/dtype.js";
 import { configLimits } from "../arch/limits.js";
 import { LayerwiseError, UsageError } from "../errors.js";
@@ -73,8 +73,8 @@ export async function makeTestModel(o: MakeTestModelOptions): Promise<TestModelI
   const { model } = createArchModel(config, "preset config");
   const specs: WeightSpec[] = [model.globalWeights.embed!];
   for (let i = 0; i < numLayers; i++) {
-    specs.push(...Object.values(model.layerWeights(i)));
-    for (let e = 0; e < expertsIn(model.shape, i); e++) specs.push(...Object.values(model.expertWeights!(i, e)));
+    specs.push(...specList(model.layerWeights(i)));
+    for (let e = 0; e < expertsIn(model.shape, i); e++) specs.push(...specList(model.expertWeights!(i, e)));
   }
   specs.push(model.globalWeights.norm!);
   if (model.globalWeights.lmHead!.name !== model.globalWeights.embed!.name) specs.push(model.globalWeights.lmHead!);
