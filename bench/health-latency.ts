@@ -16,7 +16,14 @@ import { Worker } from "node:worker_threads";
 import { makeTestModel } from "../src/testmodel/write.js";
 import { Random } from "../src/util/random.js";
 
-const { values } = parseArgs({ options: { tokenizer: { type: "string" }, prompts: { type: "string", default: "4" }, mb: { type: "string", default: "3.9" }, context: { type: "string", default: "200000" } } });
+const { values } = parseArgs({
+  options: {
+    tokenizer: { type: "string" },
+    prompts: { type: "string", default: "4" },
+    mb: { type: "string", default: "3.9" },
+    context: { type: "string", default: "200000" },
+  },
+});
 const prompts = Number(values.prompts);
 const promptBytes = Math.round(Number(values.mb) * 1e6);
 const cli = fileURLToPath(new URL("../src/cli/main.js", import.meta.url));
@@ -24,8 +31,14 @@ const cli = fileURLToPath(new URL("../src/cli/main.js", import.meta.url));
 const work = await mkdtemp(join(tmpdir(), "lw-health-"));
 const dir = join(work, "model");
 // A real tokenizer needs weights of its vocabulary's size: Llama-3.2-1B's shapes (one layer) for Llama 3's.
-await makeTestModel({ preset: values.tokenizer ? "llama-3.2-1b" : "tiny-llama", layers: 1, dtype: values.tokenizer ? "bf16" : "f32", out: dir });
-if (values.tokenizer) for (const f of ["tokenizer.json", "tokenizer_config.json"]) await copyFile(join(values.tokenizer, f), join(dir, f));
+await makeTestModel({
+  preset: values.tokenizer ? "llama-3.2-1b" : "tiny-llama",
+  layers: 1,
+  dtype: values.tokenizer ? "bf16" : "f32",
+  out: dir,
+});
+if (values.tokenizer)
+  for (const f of ["tokenizer.json", "tokenizer_config.json"]) await copyFile(join(values.tokenizer, f), join(dir, f));
 const config = JSON.parse(await readFile(join(dir, "config.json"), "utf8"));
 config.max_position_embeddings = Number(values.context);
 await writeFile(join(dir, "config.json"), JSON.stringify(config));
@@ -35,13 +48,19 @@ const random = new Random(23);
 const words: string[] = [];
 let length = 0;
 while (length < promptBytes) {
-  const w = Array.from({ length: 2 + Math.floor(random.next() * 8) }, () => String.fromCharCode(97 + Math.floor(random.next() * 26))).join("");
+  const w = Array.from({ length: 2 + Math.floor(random.next() * 8) }, () =>
+    String.fromCharCode(97 + Math.floor(random.next() * 26)),
+  ).join("");
   words.push(w);
   length += w.length + 1;
 }
 const prompt = words.join(" ").slice(0, promptBytes);
 
-const server = spawn(process.execPath, [cli, "serve", dir, "--backend", "cpu", "--port", "0", "--context", "16384", "--max-body", "8MB"], { stdio: ["ignore", "ignore", "pipe"] });
+const server = spawn(
+  process.execPath,
+  [cli, "serve", dir, "--backend", "cpu", "--port", "0", "--context", "16384", "--max-body", "8MB"],
+  { stdio: ["ignore", "ignore", "pipe"] },
+);
 let stderr = "";
 const url = await new Promise<string>((resolve, reject) => {
   server.stderr.on("data", (d) => {
@@ -102,8 +121,12 @@ try {
     healthErrors,
     answers: answers.map((a) => `${a.status} ${a.code ?? ""} after ${(a.ms / 1000).toFixed(1)} s`),
   };
-  console.log(`| prompts | MB each | /health p50 | p99 | max | samples | failed | huge requests answered |\n|---|---|---|---|---|---|---|---|`);
-  console.log(`| ${prompts} | ${(promptBytes / 1e6).toFixed(1)} | ${row.healthP50Ms} ms | ${row.healthP99Ms} ms | ${row.healthMaxMs} ms | ${latencies.length} | ${healthErrors} | ${row.answers.join("; ")} |`);
+  console.log(
+    `| prompts | MB each | /health p50 | p99 | max | samples | failed | huge requests answered |\n|---|---|---|---|---|---|---|---|`,
+  );
+  console.log(
+    `| ${prompts} | ${(promptBytes / 1e6).toFixed(1)} | ${row.healthP50Ms} ms | ${row.healthP99Ms} ms | ${row.healthMaxMs} ms | ${latencies.length} | ${healthErrors} | ${row.answers.join("; ")} |`,
+  );
   console.log(JSON.stringify(row));
 } finally {
   server.kill("SIGKILL");

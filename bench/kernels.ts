@@ -36,7 +36,11 @@ async function seconds(enqueue: () => void, reps = 10, rounds = 5): Promise<numb
   return times[Math.floor(times.length / 2)]! / 1000;
 }
 
-const results: Record<string, unknown> = { gpu: b.info.name, driver: b.info.driverVersion, date: new Date().toISOString() };
+const results: Record<string, unknown> = {
+  gpu: b.info.name,
+  driver: b.info.driverVersion,
+  date: new Date().toISOString(),
+};
 
 // GEMM 4096^3, bf16 weights, and a prefill chunk's MLP projection (2048 rows, 4096 -> 14336), with each tensor-core
 // tile this GPU has (gemm_<tile>_*); the backend's default tile (the first this GPU has of its fallbacks) gives gemm_*.
@@ -44,7 +48,10 @@ const defaultTile = b.gemmTile;
 for (const tile of Object.keys(gemmTiles) as GemmTile[]) {
   if (!b.hasGemmTile(tile)) continue;
   b.gemmTile = tile;
-  for (const [m, k, n, key] of [[4096, 4096, 4096, "4096"], [2048, 4096, 14336, "prefill_mlp"]] as const) {
+  for (const [m, k, n, key] of [
+    [4096, 4096, 4096, "4096"],
+    [2048, 4096, 14336, "prefill_mlp"],
+  ] as const) {
     const x = await tensor([m, k], "f32");
     const w = await tensor([n, k], "bf16", 0.02);
     const s = await seconds(() => b.matmul(x, w), 5);
@@ -79,12 +86,18 @@ for (const tile of Object.keys(flashTiles) as FlashTile[]) {
     const hd = 128;
     const q = await tensor([t, heads * hd], "f32");
     const blocks: KvBlock[] = [];
-    for (let s0 = 0; s0 < t; s0 += 256) blocks.push({ k: await tensor([256, kvHeads * hd], "bf16"), v: await tensor([256, kvHeads * hd], "bf16"), start: s0, length: 256 });
+    for (let s0 = 0; s0 < t; s0 += 256)
+      blocks.push({
+        k: await tensor([256, kvHeads * hd], "bf16"),
+        v: await tensor([256, kvHeads * hd], "bf16"),
+        start: s0,
+        length: 256,
+      });
     const o = { heads, kvHeads, headDim: hd, scale: 1 / Math.sqrt(hd), seqs: [{ qRow: 0, qRows: t, qPos: 0, blocks }] };
     const s = await seconds(() => b.attention(q, o), 1, 3);
-    results[`attn_${tile}_${t / 1024}k_tflops`] = (4 * (t * t) / 2 * heads * hd) / s / 1e12;
+    results[`attn_${tile}_${t / 1024}k_tflops`] = (((4 * (t * t)) / 2) * heads * hd) / s / 1e12;
     b.free(q);
-    for (const blk of blocks) b.free(blk.k), b.free(blk.v);
+    for (const blk of blocks) (b.free(blk.k), b.free(blk.v));
   }
 }
 b.flashTile = defaultFlash;
@@ -107,7 +120,14 @@ for (const t of ["8k", "32k"]) results[`attn_${t}_tflops`] = results[`attn_${use
 
 let torch: Record<string, number> | undefined;
 try {
-  torch = JSON.parse(execFileSync("python3", [new URL("../../tools/bench/torch_limits.py", import.meta.url).pathname], { encoding: "utf8" }).trim().split("\n").pop()!);
+  torch = JSON.parse(
+    execFileSync("python3", [new URL("../../tools/bench/torch_limits.py", import.meta.url).pathname], {
+      encoding: "utf8",
+    })
+      .trim()
+      .split("\n")
+      .pop()!,
+  );
   results.torch = torch;
 } catch (e) {
   results.torch_error = (e as Error).message.split("\n")[0];
@@ -115,16 +135,23 @@ try {
 if (torch) {
   const r = results as Record<string, number>;
   results.gemm_vs_torch = r.gemm_4096_tflops! / torch.matmul_bf16_tflops!;
-  for (const tile of Object.keys(gemmTiles)) if (r[`gemm_${tile}_4096_tflops`]) results[`gemm_${tile}_vs_torch`] = r[`gemm_${tile}_4096_tflops`]! / torch.matmul_bf16_tflops!;
+  for (const tile of Object.keys(gemmTiles))
+    if (r[`gemm_${tile}_4096_tflops`])
+      results[`gemm_${tile}_vs_torch`] = r[`gemm_${tile}_4096_tflops`]! / torch.matmul_bf16_tflops!;
   results.gemv_vs_torch_copy = r.gemv_1_gbps! / torch.copy_gbps!;
   results.attn_8k_vs_sdpa = r.attn_8k_tflops! / torch.sdpa_8k_tflops!;
   results.attn_32k_vs_sdpa = r.attn_32k_tflops! / torch.sdpa_32k_tflops!;
-  for (const tile of Object.keys(flashTiles)) for (const t of ["8k", "32k"]) results[`attn_${tile}_${t}_vs_sdpa`] = r[`attn_${tile}_${t}_tflops`]! / torch[`sdpa_${t}_tflops`]!;
+  for (const tile of Object.keys(flashTiles))
+    for (const t of ["8k", "32k"])
+      results[`attn_${tile}_${t}_vs_sdpa`] = r[`attn_${tile}_${t}_tflops`]! / torch[`sdpa_${t}_tflops`]!;
   results.h2d_vs_torch_pinned = r.h2d_pinned_gbps! / torch.h2d_pinned_gbps!;
 }
 await b.dispose();
 mkdirSync(outDir, { recursive: true });
-const slug = String(results.gpu).toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "");
+const slug = String(results.gpu)
+  .toLowerCase()
+  .replace(/[^a-z0-9]+/g, "-")
+  .replace(/^-|-$/g, "");
 const file = join(outDir, `kernels-${slug}.json`);
 writeFileSync(file, JSON.stringify(results, null, 2) + "\n");
 const fmt = (v: unknown) => (typeof v === "number" ? v.toFixed(3) : String(v));

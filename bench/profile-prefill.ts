@@ -16,23 +16,40 @@ import { runnerTimes, type HostInterval } from "../src/util/host-time.js";
 
 const { positionals, values } = parseArgs({
   allowPositionals: true,
-  options: { "prefetch-stream": { type: "string", default: "shared" }, vram: { type: "string", default: "8GB" }, ram: { type: "string", default: "64GB" }, context: { type: "string", default: "33k" }, chunk: { type: "string" }, "small-uploads": { type: "string", default: "kernel" }, out: { type: "string" }, repeat: { type: "string", default: "1" }, links: { type: "boolean", default: false } },
+  options: {
+    "prefetch-stream": { type: "string", default: "shared" },
+    vram: { type: "string", default: "8GB" },
+    ram: { type: "string", default: "64GB" },
+    context: { type: "string", default: "33k" },
+    chunk: { type: "string" },
+    "small-uploads": { type: "string", default: "kernel" },
+    out: { type: "string" },
+    repeat: { type: "string", default: "1" },
+    links: { type: "boolean", default: false },
+  },
 });
 const [dir, promptFile] = positionals;
-if (!dir || !promptFile) throw new Error("usage: profile-prefill MODEL_DIR PROMPT_FILE [--vram 8GB] [--ram 64GB|auto] [--context 33k] [--chunk N|auto] [--small-uploads kernel|copy-engine] [--prefetch-stream own|shared] [--out FILE] [--repeat N] [--links]");
+if (!dir || !promptFile)
+  throw new Error(
+    "usage: profile-prefill MODEL_DIR PROMPT_FILE [--vram 8GB] [--ram 64GB|auto] [--context 33k] [--chunk N|auto] [--small-uploads kernel|copy-engine] [--prefetch-stream own|shared] [--out FILE] [--repeat N] [--links]",
+  );
 const prompt = readFileSync(promptFile, "utf8");
 
 const backend = CudaBackend.create();
-if (values["small-uploads"] !== "kernel" && values["small-uploads"] !== "copy-engine") throw new Error("--small-uploads is kernel or copy-engine");
+if (values["small-uploads"] !== "kernel" && values["small-uploads"] !== "copy-engine")
+  throw new Error("--small-uploads is kernel or copy-engine");
 backend.smallUploads = values["small-uploads"] === "kernel" ? "kernel" : "copy engine";
-if (values["prefetch-stream"] !== "own" && values["prefetch-stream"] !== "shared") throw new Error("--prefetch-stream is own or shared");
+if (values["prefetch-stream"] !== "own" && values["prefetch-stream"] !== "shared")
+  throw new Error("--prefetch-stream is own or shared");
 backend.prefetchStream = values["prefetch-stream"];
 if (values.links) {
   const { files: shards } = await findShards(dir);
   const cold = await dropCaches();
   const disk = await measureDisk(backend, shards, 2 ** 33);
   const h2d = await measureHostToDevice(backend, 256 << 20, 8);
-  console.log(`links first: disk ${disk.gbps.toFixed(2)} GB/s (${disk.method}${cold ? ", page cache dropped" : ""}), host->GPU ${h2d.gbps.toFixed(1)} GB/s`);
+  console.log(
+    `links first: disk ${disk.gbps.toFixed(2)} GB/s (${disk.method}${cold ? ", page cache dropped" : ""}), host->GPU ${h2d.gbps.toFixed(1)} GB/s`,
+  );
 }
 const model = await LayerwiseModel.load(dir, {
   backend,
@@ -75,23 +92,60 @@ async function profileRun(run: number): Promise<void> {
     arena: backend.allocatorStats.arena ?? null,
     host_time: runnerTimes.times.take().map((t) => ({ label: t.what, count: t.count, s: t.ms / 1000 })),
     host_waits: report.hostWaits.map((w) => ({ what: w.what, count: w.count, s: w.ms / 1000 })),
-    idle_between: report.gaps.slice(0, 12).map((g) => ({ between: g.between, count: g.count, s: g.ms / 1000, device_wait_s: g.deviceWaitMs / 1000 })),
-    worst_gaps: report.worstGaps.map((g) => ({ op: g.index, ops: g.ops, between: g.between, ms: g.ms, device_wait: g.deviceWait, host_between_enqueues_ms: g.enqueuedMs - g.previousEnqueuedMs, host_doing: hostDoing(hostIntervals, g.previousEnqueuedMs, g.enqueuedMs) })),
-    by_name: report.byName.map((k) => ({ name: k.name, count: k.count, s: k.ms / 1000, idle_before_s: k.idleBeforeMs / 1000 })),
+    idle_between: report.gaps
+      .slice(0, 12)
+      .map((g) => ({ between: g.between, count: g.count, s: g.ms / 1000, device_wait_s: g.deviceWaitMs / 1000 })),
+    worst_gaps: report.worstGaps.map((g) => ({
+      op: g.index,
+      ops: g.ops,
+      between: g.between,
+      ms: g.ms,
+      device_wait: g.deviceWait,
+      host_between_enqueues_ms: g.enqueuedMs - g.previousEnqueuedMs,
+      host_doing: hostDoing(hostIntervals, g.previousEnqueuedMs, g.enqueuedMs),
+    })),
+    by_name: report.byName.map((k) => ({
+      name: k.name,
+      count: k.count,
+      s: k.ms / 1000,
+      idle_before_s: k.idleBeforeMs / 1000,
+    })),
   };
-  if (values.out) writeFileSync(run === 1 ? values.out : values.out.replace(/(\.json)?$/, `-${run}$1`), JSON.stringify(summary, null, 2) + "\n");
-  console.log(`run ${run}: prefill chunk ${summary.chunk}, small uploads by ${backend.smallUploads}, prefetch stream ${backend.prefetchStream}`);
-  console.log(`first token ${result.ttftS.toFixed(3)} s, peak VRAM ${stats.peakVramBytes} bytes; compute stream span ${(report.spanMs / 1000).toFixed(3)} s, busy ${(report.busyMs / 1000).toFixed(3)} s, idle ${((report.spanMs - report.busyMs) / 1000).toFixed(3)} s; ${summary.driver_allocs} cuMemAlloc, ${summary.driver_frees} cuMemFree, ${summary.pool_copy_waits} waits for a copy to the host before reusing memory (${summary.pool_copy_wait_s.toFixed(3)} s)`);
+  if (values.out)
+    writeFileSync(
+      run === 1 ? values.out : values.out.replace(/(\.json)?$/, `-${run}$1`),
+      JSON.stringify(summary, null, 2) + "\n",
+    );
+  console.log(
+    `run ${run}: prefill chunk ${summary.chunk}, small uploads by ${backend.smallUploads}, prefetch stream ${backend.prefetchStream}`,
+  );
+  console.log(
+    `first token ${result.ttftS.toFixed(3)} s, peak VRAM ${stats.peakVramBytes} bytes; compute stream span ${(report.spanMs / 1000).toFixed(3)} s, busy ${(report.busyMs / 1000).toFixed(3)} s, idle ${((report.spanMs - report.busyMs) / 1000).toFixed(3)} s; ${summary.driver_allocs} cuMemAlloc, ${summary.driver_frees} cuMemFree, ${summary.pool_copy_waits} waits for a copy to the host before reusing memory (${summary.pool_copy_wait_s.toFixed(3)} s)`,
+  );
   console.log(`arena (virtual memory): ${JSON.stringify(summary.arena)}`);
-  if (summary.pool_overrun) console.log(`device pool over its limit by ${summary.pool_overrun.bytes} bytes at most: ${JSON.stringify(summary.pool_overrun)}`);
+  if (summary.pool_overrun)
+    console.log(
+      `device pool over its limit by ${summary.pool_overrun.bytes} bytes at most: ${JSON.stringify(summary.pool_overrun)}`,
+    );
   for (const t of summary.host_time) console.log(`host time in ${t.label}: ${t.count} times, ${t.s.toFixed(3)} s`);
-  for (const w of report.hostWaits) console.log(`host waited for ${w.what}: ${w.count} times, ${(w.ms / 1000).toFixed(3)} s`);
-  for (const g of report.gaps.slice(0, 8)) console.log(`idle ${g.between}: ${g.count} times, ${(g.ms / 1000).toFixed(3)} s (${(g.deviceWaitMs / 1000).toFixed(3)} s of it waiting on another stream)`);
+  for (const w of report.hostWaits)
+    console.log(`host waited for ${w.what}: ${w.count} times, ${(w.ms / 1000).toFixed(3)} s`);
+  for (const g of report.gaps.slice(0, 8))
+    console.log(
+      `idle ${g.between}: ${g.count} times, ${(g.ms / 1000).toFixed(3)} s (${(g.deviceWaitMs / 1000).toFixed(3)} s of it waiting on another stream)`,
+    );
   for (const g of summary.worst_gaps) {
-    const doing = Object.entries(g.host_doing).map(([what, ms]) => `${what} ${ms.toFixed(1)} ms`).join(", ");
-    console.log(`gap of ${g.ms.toFixed(2)} ms before op ${g.op}/${g.ops} (${g.between}${g.device_wait ? ", waiting on another stream" : ""}); ${g.host_between_enqueues_ms.toFixed(1)} ms between the two enqueues, host in: ${doing || "nothing timed"}`);
+    const doing = Object.entries(g.host_doing)
+      .map(([what, ms]) => `${what} ${ms.toFixed(1)} ms`)
+      .join(", ");
+    console.log(
+      `gap of ${g.ms.toFixed(2)} ms before op ${g.op}/${g.ops} (${g.between}${g.device_wait ? ", waiting on another stream" : ""}); ${g.host_between_enqueues_ms.toFixed(1)} ms between the two enqueues, host in: ${doing || "nothing timed"}`,
+    );
   }
-  for (const k of report.byName.slice(0, 30)) console.log(`${k.name.padEnd(36)} ${String(k.count).padStart(7)} ${(k.ms / 1000).toFixed(3).padStart(8)} s ${((1000 * k.ms) / k.count).toFixed(1).padStart(9)} us each, idle before ${(k.idleBeforeMs / 1000).toFixed(3)} s`);
+  for (const k of report.byName.slice(0, 30))
+    console.log(
+      `${k.name.padEnd(36)} ${String(k.count).padStart(7)} ${(k.ms / 1000).toFixed(3).padStart(8)} s ${((1000 * k.ms) / k.count).toFixed(1).padStart(9)} us each, idle before ${(k.idleBeforeMs / 1000).toFixed(3)} s`,
+    );
 }
 
 /**

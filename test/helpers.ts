@@ -49,9 +49,14 @@ export interface CliResult {
 
 export function runCli(args: string[], o: { input?: string; env?: Record<string, string> } = {}): Promise<CliResult> {
   return new Promise((resolve) => {
-    const child = execFile(process.execPath, [cliPath, ...args], { env: { ...process.env, ...o.env }, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
-      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
-    });
+    const child = execFile(
+      process.execPath,
+      [cliPath, ...args],
+      { env: { ...process.env, ...o.env }, maxBuffer: 64 << 20 },
+      (err, stdout, stderr) => {
+        resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
+      },
+    );
     if (o.input !== undefined) child.stdin!.end(o.input);
   });
 }
@@ -72,7 +77,9 @@ export interface BackendCase {
 }
 
 /** The CPU backend always; CUDA too when LAYERWISE_TEST_CUDA is set (npm run test:cuda on a GPU machine). */
-export const backendCases: BackendCase[] = [{ name: "cpu", create: async () => new CpuBackend(), tolF32: 1e-6, tol16: 1e-6 }];
+export const backendCases: BackendCase[] = [
+  { name: "cpu", create: async () => new CpuBackend(), tolF32: 1e-6, tol16: 1e-6 },
+];
 if (process.env.LAYERWISE_TEST_CUDA) {
   const { createCudaBackend } = await import("../src/backend/cuda/index.js");
   backendCases.push({ name: "cuda", create: createCudaBackend, tolF32: 2e-3, tol16: 1.5e-2 });
@@ -87,7 +94,12 @@ export function deviceBudget(backend: Backend, bytes: number): number {
 }
 
 /** A new tensor of `dtype` holding `values` (rounded to it). */
-export async function uploadValues(b: Backend, shape: number[], values: Float32Array, dtype: FloatDType = "f32"): Promise<Tensor> {
+export async function uploadValues(
+  b: Backend,
+  shape: number[],
+  values: Float32Array,
+  dtype: FloatDType = "f32",
+): Promise<Tensor> {
   const t = b.alloc(shape, dtype);
   await b.upload(t, fromF32(values, dtype));
   return t;
@@ -107,14 +119,17 @@ export function relErr(got: Float32Array, want: ArrayLike<number>): number {
 }
 
 /** A FileIo whose file handles read through `read(original, args)`: to delay or fail the engine's reads in a test. */
-export function fileIoWithRead(read: (original: (...args: unknown[]) => Promise<unknown>, args: unknown[]) => Promise<unknown>): FileIo {
+export function fileIoWithRead(
+  read: (original: (...args: unknown[]) => Promise<unknown>, args: unknown[]) => Promise<unknown>,
+): FileIo {
   return {
     async open(path) {
       const fh = await fsOpen(path, "r");
       return new Proxy(fh, {
         get(target, prop) {
           const v = Reflect.get(target, prop);
-          if (prop === "read") return (...args: unknown[]) => read((v as (...a: unknown[]) => Promise<unknown>).bind(target), args);
+          if (prop === "read")
+            return (...args: unknown[]) => read((v as (...a: unknown[]) => Promise<unknown>).bind(target), args);
           return typeof v === "function" ? v.bind(target) : v;
         },
       });
@@ -123,7 +138,12 @@ export function fileIoWithRead(read: (original: (...args: unknown[]) => Promise<
 }
 
 /** Asserts that `p` rejects with a LayerwiseError of class `kind` whose code is `code` and message matches `message`. */
-export async function rejectsWith(p: Promise<unknown>, code: string, message: RegExp, kind: abstract new (...args: never[]) => LayerwiseError = LayerwiseError): Promise<void> {
+export async function rejectsWith(
+  p: Promise<unknown>,
+  code: string,
+  message: RegExp,
+  kind: abstract new (...args: never[]) => LayerwiseError = LayerwiseError,
+): Promise<void> {
   await assert.rejects(p, (e: unknown) => {
     assert.ok(e instanceof kind, `not a ${kind.name}: ${(e as Error)?.stack ?? e}`);
     assert.equal(e.code, code, e.message);

@@ -44,17 +44,40 @@ export type Gemma3TextConfig = z.infer<typeof Gemma3TextConfigFields>;
 /** Layer i's kind: config.layer_types, else every `sliding_window_pattern`-th layer is global. */
 function layerTypes(c: Gemma3TextConfig): z.infer<typeof LayerType>[] {
   if (c.layer_types) return c.layer_types;
-  return Array.from({ length: c.num_hidden_layers }, (_, i) => ((i + 1) % c.sliding_window_pattern === 0 ? "full_attention" : "sliding_attention"));
+  return Array.from({ length: c.num_hidden_layers }, (_, i) =>
+    (i + 1) % c.sliding_window_pattern === 0 ? "full_attention" : "sliding_attention",
+  );
 }
 
 function createGemma3(c: Gemma3TextConfig, prefix: string): ArchModel {
-  const { hidden_size: h, intermediate_size: inter, num_attention_heads: heads, num_key_value_heads: kvHeads, head_dim: headDim } = c;
+  const {
+    hidden_size: h,
+    intermediate_size: inter,
+    num_attention_heads: heads,
+    num_key_value_heads: kvHeads,
+    head_dim: headDim,
+  } = c;
   const eps = c.rms_norm_eps;
   const norm = { eps, offset: 1 };
   const types = layerTypes(c);
   const ropes: Record<string, RopeTable> = {
-    full_attention: ropeTable({ rope_theta: c.rope_theta, rope_scaling: c.rope_scaling, rope_parameters: c.rope_parameters?.full_attention, max_position_embeddings: c.max_position_embeddings }, headDim),
-    sliding_attention: ropeTable({ rope_theta: c.rope_local_base_freq, rope_parameters: c.rope_parameters?.sliding_attention, max_position_embeddings: c.max_position_embeddings }, headDim),
+    full_attention: ropeTable(
+      {
+        rope_theta: c.rope_theta,
+        rope_scaling: c.rope_scaling,
+        rope_parameters: c.rope_parameters?.full_attention,
+        max_position_embeddings: c.max_position_embeddings,
+      },
+      headDim,
+    ),
+    sliding_attention: ropeTable(
+      {
+        rope_theta: c.rope_local_base_freq,
+        rope_parameters: c.rope_parameters?.sliding_attention,
+        max_position_embeddings: c.max_position_embeddings,
+      },
+      headDim,
+    ),
   };
   const embedScale = Math.fround(Math.sqrt(h));
   const layerWeights = (i: number) => {
@@ -82,21 +105,38 @@ function createGemma3(c: Gemma3TextConfig, prefix: string): ArchModel {
       hiddenSize: h,
       vocabSize: c.vocab_size,
       maxPositions: c.max_position_embeddings,
-      kvLayers: types.map((t) => ({ kvHeads, headDim, ...(t === "sliding_attention" ? { slidingWindow: c.sliding_window } : {}) })),
+      kvLayers: types.map((t) => ({
+        kvHeads,
+        headDim,
+        ...(t === "sliding_attention" ? { slidingWindow: c.sliding_window } : {}),
+      })),
       // Attention block as Llama's plus its post-norm; MLP block plus pre- and post-norms; a 16-bit matmul input copy.
-      activationsPerRow: Math.max(4 * h + 5 * heads * headDim + 4 * kvHeads * headDim, 7 * h + 3 * inter) + Math.max(h, inter) / 2,
+      activationsPerRow:
+        Math.max(4 * h + 5 * heads * headDim + 4 * kvHeads * headDim, 7 * h + 3 * inter) + Math.max(h, inter) / 2,
     },
     globalWeights: {
       embed: { name: `${prefix}embed_tokens.weight`, shape: [c.vocab_size, h] },
       norm: { name: `${prefix}norm.weight`, shape: [h] },
-      lmHead: { name: c.tie_word_embeddings ? `${prefix}embed_tokens.weight` : `${prefix.replace(/model\.$/, "")}lm_head.weight`, shape: [c.vocab_size, h] },
+      lmHead: {
+        name: c.tie_word_embeddings
+          ? `${prefix}embed_tokens.weight`
+          : `${prefix.replace(/model\.$/, "")}lm_head.weight`,
+        shape: [c.vocab_size, h],
+      },
     },
     layerWeights,
     embed: (ops, g, ids) => ops.scoped(() => ops.scale(ops.embed(g.embed!, ids), embedScale)),
-    async forwardLayer(ops: Ops, layer: number, w: Weights<Gemma3LayerWeight>, x: Tensor, run: LayerRun): Promise<Tensor> {
+    async forwardLayer(
+      ops: Ops,
+      layer: number,
+      w: Weights<Gemma3LayerWeight>,
+      x: Tensor,
+      run: LayerRun,
+    ): Promise<Tensor> {
       const type = types[layer]!;
       const rope = ropes[type]!;
-      const ropeAt = (t: Tensor) => ops.rope(t, { positions: run.positions, invFreq: rope.invFreq, headDim, scale: rope.scale });
+      const ropeAt = (t: Tensor) =>
+        ops.rope(t, { positions: run.positions, invFreq: rope.invFreq, headDim, scale: rope.scale });
       const attention = await ops.scoped(async () => {
         const a = ops.rmsNorm(x, w.attnNorm!, norm);
         const q = ops.rmsNorm(ops.matmul(a, w.q!), w.qNorm!, norm);
@@ -113,7 +153,9 @@ function createGemma3(c: Gemma3TextConfig, prefix: string): ArchModel {
         return ops.rmsNorm(ops.matmul(o, w.o!), w.postAttnNorm!, norm);
       });
       const hidden = ops.add(x, attention);
-      const mlp = ops.scoped(() => ops.rmsNorm(gatedMlp(ops, ops.rmsNorm(hidden, w.mlpNorm!, norm), w, "gelu_tanh"), w.postMlpNorm!, norm));
+      const mlp = ops.scoped(() =>
+        ops.rmsNorm(gatedMlp(ops, ops.rmsNorm(hidden, w.mlpNorm!, norm), w, "gelu_tanh"), w.postMlpNorm!, norm),
+      );
       return ops.add(hidden, mlp);
     },
     head(ops, g, x) {

@@ -3,7 +3,16 @@
 import { z } from "zod";
 import type { Ops, Tensor } from "../backend/ops.js";
 import { routedExperts, softmaxOfTopK } from "./moe.js";
-import { checkAttention, checkExpertsPerToken, checkLayerTypes, expertCount, headCount, layerCount, positionCount, sizeCount } from "./limits.js";
+import {
+  checkAttention,
+  checkExpertsPerToken,
+  checkLayerTypes,
+  expertCount,
+  headCount,
+  layerCount,
+  positionCount,
+  sizeCount,
+} from "./limits.js";
 import { RopeScaling, ropeTable } from "./rope.js";
 import type { ArchModel, Architecture, LayerRun, WeightNames, Weights } from "./types.js";
 
@@ -31,8 +40,15 @@ const GptOssConfigFields = z.object({
   attention_bias: z.literal(true).default(true),
   tie_word_embeddings: z.boolean().default(false),
   quantization_config: z.looseObject(
-    { quant_method: z.literal("mxfp4", { message: 'layerwise reads gpt-oss experts as MXFP4 (quant_method "mxfp4", the official release)' }) },
-    { error: 'missing: layerwise reads gpt-oss experts as MXFP4, as released (quant_method "mxfp4"); bf16 re-releases are not supported' },
+    {
+      quant_method: z.literal("mxfp4", {
+        message: 'layerwise reads gpt-oss experts as MXFP4 (quant_method "mxfp4", the official release)',
+      }),
+    },
+    {
+      error:
+        'missing: layerwise reads gpt-oss experts as MXFP4, as released (quant_method "mxfp4"); bf16 re-releases are not supported',
+    },
   ),
 });
 export const GptOssConfig = GptOssConfigFields.superRefine((c, ctx) => {
@@ -46,11 +62,19 @@ export type GptOssConfig = z.infer<typeof GptOssConfigFields>;
 const swigluAlpha = 1.702;
 
 function createGptOss(c: GptOssConfig): ArchModel {
-  const { hidden_size: h, intermediate_size: inter, num_attention_heads: heads, num_key_value_heads: kvHeads, head_dim: headDim } = c;
+  const {
+    hidden_size: h,
+    intermediate_size: inter,
+    num_attention_heads: heads,
+    num_key_value_heads: kvHeads,
+    head_dim: headDim,
+  } = c;
   const experts = c.num_local_experts;
   const topK = c.num_experts_per_tok;
   const norm = { eps: c.rms_norm_eps };
-  const types = c.layer_types ?? Array.from({ length: c.num_hidden_layers }, (_, i) => (i % 2 === 0 ? "sliding_attention" : "full_attention"));
+  const types =
+    c.layer_types ??
+    Array.from({ length: c.num_hidden_layers }, (_, i) => (i % 2 === 0 ? "sliding_attention" : "full_attention"));
   const rope = ropeTable(c, headDim);
   const layerWeights = (i: number) => {
     const p = `model.layers.${i}`;
@@ -83,29 +107,51 @@ function createGptOss(c: GptOssConfig): ArchModel {
   type GptOssExpertWeight = WeightNames<typeof expertWeights>;
   // gate_up's rows interleave gate and up (row 2j is gate j, 2j + 1 is up j).
   const expert = (ops: Ops) => (w: Weights<GptOssExpertWeight>, x: Tensor) =>
-    ops.scoped(() => ops.matmul(ops.clampedSwiglu(ops.matmul(x, w.gateUp!, w.gateUpBias), { alpha: swigluAlpha, limit: c.swiglu_limit }), w.down!, w.downBias));
+    ops.scoped(() =>
+      ops.matmul(
+        ops.clampedSwiglu(ops.matmul(x, w.gateUp!, w.gateUpBias), { alpha: swigluAlpha, limit: c.swiglu_limit }),
+        w.down!,
+        w.downBias,
+      ),
+    );
   return {
     shape: {
       numLayers: c.num_hidden_layers,
       hiddenSize: h,
       vocabSize: c.vocab_size,
       maxPositions: c.max_position_embeddings,
-      kvLayers: types.map((t) => ({ kvHeads, headDim, ...(t === "sliding_attention" ? { slidingWindow: c.sliding_window } : {}) })),
+      kvLayers: types.map((t) => ({
+        kvHeads,
+        headDim,
+        ...(t === "sliding_attention" ? { slidingWindow: c.sliding_window } : {}),
+      })),
       // Attention: x, its norm, q/k/v with biases and their roped copies, merged parts, the projection.
       // Experts: x, h, its norm, the sum, one expert's gathered rows, gate_up, the activation, its output; a 16-bit matmul input.
-      activationsPerRow: Math.max(3 * h + 5 * heads * headDim + 4 * kvHeads * headDim, 6 * h + 3 * inter + experts) + Math.max(h, 2 * inter) / 2,
+      activationsPerRow:
+        Math.max(3 * h + 5 * heads * headDim + 4 * kvHeads * headDim, 6 * h + 3 * inter + experts) +
+        Math.max(h, 2 * inter) / 2,
       moe: { experts, topK },
     },
     globalWeights: {
       embed: { name: "model.embed_tokens.weight", shape: [c.vocab_size, h] },
       norm: { name: "model.norm.weight", shape: [h] },
-      lmHead: { name: c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight", shape: [c.vocab_size, h] },
+      lmHead: {
+        name: c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight",
+        shape: [c.vocab_size, h],
+      },
     },
     layerWeights,
     expertWeights,
     embed: (ops, g, ids) => ops.embed(g.embed!, ids),
-    async forwardLayer(ops: Ops, layer: number, w: Weights<GptOssLayerWeight>, x: Tensor, run: LayerRun<GptOssExpertWeight>): Promise<Tensor> {
-      const ropeAt = (t: Tensor) => ops.rope(t, { positions: run.positions, invFreq: rope.invFreq, headDim, scale: rope.scale });
+    async forwardLayer(
+      ops: Ops,
+      layer: number,
+      w: Weights<GptOssLayerWeight>,
+      x: Tensor,
+      run: LayerRun<GptOssExpertWeight>,
+    ): Promise<Tensor> {
+      const ropeAt = (t: Tensor) =>
+        ops.rope(t, { positions: run.positions, invFreq: rope.invFreq, headDim, scale: rope.scale });
       const attention = await ops.scoped(async () => {
         const a = ops.rmsNorm(x, w.attnNorm!, norm);
         const q = ops.matmul(a, w.q!, w.qBias);

@@ -3,7 +3,16 @@ import { z } from "zod";
 import type { Ops, Tensor } from "../backend/ops.js";
 import { checkAttention, headCount, layerCount, positionCount, sizeCount } from "./limits.js";
 import { RopeScaling, ropeTable } from "./rope.js";
-import { gatedMlp, type ArchModel, type Architecture, type LayerRun, type MlpWeight, type Weights, type WeightSpec, type WeightSpecs } from "./types.js";
+import {
+  gatedMlp,
+  type ArchModel,
+  type Architecture,
+  type LayerRun,
+  type MlpWeight,
+  type Weights,
+  type WeightSpec,
+  type WeightSpecs,
+} from "./types.js";
 
 /** The fields, before the checks across them (Qwen3 extends these). */
 export const LlamaConfigFields = z.object({
@@ -28,7 +37,20 @@ export const LlamaConfig = LlamaConfigFields.superRefine(checkAttention);
 export type LlamaConfig = z.infer<typeof LlamaConfigFields>;
 
 /** A decoder layer's weights: biases where the config has them, and Qwen3's per-head q/k norms. */
-export type LlamaLayerWeight = "attnNorm" | "q" | "k" | "v" | "o" | "mlpNorm" | MlpWeight | "qBias" | "kBias" | "vBias" | "oBias" | "qNorm" | "kNorm";
+export type LlamaLayerWeight =
+  | "attnNorm"
+  | "q"
+  | "k"
+  | "v"
+  | "o"
+  | "mlpNorm"
+  | MlpWeight
+  | "qBias"
+  | "kBias"
+  | "vBias"
+  | "oBias"
+  | "qNorm"
+  | "kNorm";
 
 /** Weight names of one decoder layer; `qk norm` adds Qwen3's per-head norms. */
 export function llamaLayerWeights(c: LlamaConfig, i: number, qkNorm: boolean): WeightSpecs<LlamaLayerWeight> {
@@ -75,7 +97,8 @@ export function createLlamaFamily(c: LlamaConfig, qkNorm: boolean): ArchModel<Ll
   const rope = ropeTable(c, headDim);
   const eps = c.rms_norm_eps;
   const attn = { heads, kvHeads, headDim, scale: 1 / Math.sqrt(headDim) };
-  const ropeAt = (ops: Ops, x: Tensor, run: LayerRun) => ops.rope(x, { positions: run.positions, invFreq: rope.invFreq, headDim, scale: rope.scale });
+  const ropeAt = (ops: Ops, x: Tensor, run: LayerRun) =>
+    ops.rope(x, { positions: run.positions, invFreq: rope.invFreq, headDim, scale: rope.scale });
 
   return {
     shape: {
@@ -88,16 +111,29 @@ export function createLlamaFamily(c: LlamaConfig, qkNorm: boolean): ArchModel<Ll
       // MLP block: x, attention output, h, its norm, gate, up, their product, the projection, then y.
       // Plus a 16-bit copy of one matmul's input (tensor-core backends), half an f32 per element.
       activationsPerRow:
-        Math.max(3 * c.hidden_size + 5 * heads * headDim + 4 * kvHeads * headDim, 6 * c.hidden_size + 3 * c.intermediate_size) + Math.max(c.hidden_size, c.intermediate_size) / 2,
+        Math.max(
+          3 * c.hidden_size + 5 * heads * headDim + 4 * kvHeads * headDim,
+          6 * c.hidden_size + 3 * c.intermediate_size,
+        ) +
+        Math.max(c.hidden_size, c.intermediate_size) / 2,
     },
     globalWeights: {
       embed: { name: "model.embed_tokens.weight", shape: [c.vocab_size, c.hidden_size] },
       norm: { name: "model.norm.weight", shape: [c.hidden_size] },
-      lmHead: { name: c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight", shape: [c.vocab_size, c.hidden_size] },
+      lmHead: {
+        name: c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight",
+        shape: [c.vocab_size, c.hidden_size],
+      },
     },
     layerWeights: (i) => llamaLayerWeights(c, i, qkNorm),
     embed: (ops, g, ids) => ops.embed(g.embed!, ids),
-    async forwardLayer(ops: Ops, _layer: number, w: Weights<LlamaLayerWeight>, x: Tensor, run: LayerRun): Promise<Tensor> {
+    async forwardLayer(
+      ops: Ops,
+      _layer: number,
+      w: Weights<LlamaLayerWeight>,
+      x: Tensor,
+      run: LayerRun,
+    ): Promise<Tensor> {
       const attention = await ops.scoped(async () => {
         const a = ops.rmsNorm(x, w.attnNorm!, { eps });
         let q = ops.matmul(a, w.q!, w.qBias);

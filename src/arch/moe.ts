@@ -10,7 +10,13 @@ export interface Routes {
 }
 
 /** Routes of every row of logits (rows of `stride` values, the first `experts` of them): `weigh` gives a row's top k weights. */
-function route(logits: Float32Array, stride: number, experts: number, k: number, weigh: (row: Float32Array, top: number[]) => number[]): Routes {
+function route(
+  logits: Float32Array,
+  stride: number,
+  experts: number,
+  k: number,
+  weigh: (row: Float32Array, top: number[]) => number[],
+): Routes {
   const rows = logits.length / stride;
   const ids = new Int32Array(rows * k);
   const weights = new Float32Array(rows * k);
@@ -33,7 +39,13 @@ export function softmaxOfTopK(logits: Float32Array, experts: number, k: number):
 }
 
 /** Qwen MoE: a softmax over every expert's logit, then the top k, renormalized to sum to 1 when `normalize`. */
-export function softmaxThenTopK(logits: Float32Array, stride: number, experts: number, k: number, normalize: boolean): Routes {
+export function softmaxThenTopK(
+  logits: Float32Array,
+  stride: number,
+  experts: number,
+  k: number,
+  normalize: boolean,
+): Routes {
   return route(logits, stride, experts, k, (row, top) => {
     const max = row[top[0]!]!;
     const exps = top.map((e) => Math.exp(row[e]! - max));
@@ -49,7 +61,13 @@ export function softmaxThenTopK(logits: Float32Array, stride: number, experts: n
  * Runs the routed experts over x [rows, hidden] and sums their outputs weighted by the routes. Every needed expert is
  * asked for at once, so the engine can read them in parallel, then each is computed as it arrives.
  */
-export async function routedExperts<E extends string>(ops: Ops, run: LayerRun<E>, x: Tensor, routes: Routes, expert: (w: Weights<E>, xe: Tensor) => Tensor): Promise<Tensor> {
+export async function routedExperts<E extends string>(
+  ops: Ops,
+  run: LayerRun<E>,
+  x: Tensor,
+  routes: Routes,
+  expert: (w: Weights<E>, xe: Tensor) => Tensor,
+): Promise<Tensor> {
   const rows = x.shape[0]!;
   const k = routes.experts.length / rows;
   const byExpert = new Map<number, { rows: number[]; scales: number[] }>();

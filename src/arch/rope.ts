@@ -41,7 +41,11 @@ export const supportedRopeTypes = ["default", "linear", "llama3", "yarn"] as con
 export function ropeTable(c: RopeInput, rotaryDim: number): RopeTable {
   // The configs' checks keep this true; a table of any other size would be garbage (or a huge allocation).
   if (!Number.isInteger(rotaryDim) || rotaryDim < 2 || rotaryDim % 2 !== 0 || rotaryDim > configLimits.heads) {
-    throw new CheckpointError("CONFIG_INVALID", `RoPE over ${rotaryDim} dimensions of a head: it needs an even number, from 2 to ${configLimits.heads}`, "compare config.json with the model's original");
+    throw new CheckpointError(
+      "CONFIG_INVALID",
+      `RoPE over ${rotaryDim} dimensions of a head: it needs an even number, from 2 to ${configLimits.heads}`,
+      "compare config.json with the model's original",
+    );
   }
   const p = c.rope_parameters ?? c.rope_scaling ?? {};
   const theta = p.rope_theta ?? c.rope_theta ?? 10000;
@@ -71,7 +75,10 @@ export function ropeTable(c: RopeInput, rotaryDim: number): RopeTable {
     case "yarn":
       return yarn(p, theta, rotaryDim, c.max_position_embeddings);
     default:
-      throw new CheckpointError("ROPE_UNSUPPORTED", `rope type "${type}" is not supported; supported: ${supportedRopeTypes.join(", ")}`);
+      throw new CheckpointError(
+        "ROPE_UNSUPPORTED",
+        `rope type "${type}" is not supported; supported: ${supportedRopeTypes.join(", ")}`,
+      );
   }
 }
 
@@ -81,7 +88,8 @@ function yarn(p: NonNullable<RopeScaling>, theta: number, dim: number, maxPositi
   const scale = p.attention_factor ?? 0.1 * Math.log(factor) + 1;
   const betaFast = p.beta_fast ?? 32;
   const betaSlow = p.beta_slow ?? 1;
-  const correctionDim = (rotations: number) => (dim * Math.log(original / (rotations * 2 * Math.PI))) / (2 * Math.log(theta));
+  const correctionDim = (rotations: number) =>
+    (dim * Math.log(original / (rotations * 2 * Math.PI))) / (2 * Math.log(theta));
   let low = correctionDim(betaFast);
   let high = correctionDim(betaSlow);
   if (p.truncate !== false) {

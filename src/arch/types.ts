@@ -12,7 +12,12 @@ export interface ModelShape {
    * Per layer: the KV it stores per token, and the window bounding it (undefined = full attention); a recurrent layer
    * (linear attention) stores none (kvHeads 0) and keeps `stateFloats` f32 per sequence instead.
    */
-  readonly kvLayers: readonly { readonly kvHeads: number; readonly headDim: number; readonly slidingWindow?: number; readonly stateFloats?: number }[];
+  readonly kvLayers: readonly {
+    readonly kvHeads: number;
+    readonly headDim: number;
+    readonly slidingWindow?: number;
+    readonly stateFloats?: number;
+  }[];
   /** Most f32 activations per row alive at once inside a layer (what the planner reserves per prefill row). */
   readonly activationsPerRow: number;
   /**
@@ -88,7 +93,11 @@ export interface LayerRun<E extends string = string> {
    * For a recurrent layer: each sequence's rows and its state tensors of the given shapes (f32, zeros at the sequence's
    * start), which the layer's ops update in place. Call once per layer pass.
    */
-  recurrent(shapes: Readonly<Record<string, readonly number[]>>): Promise<readonly { readonly row: number; readonly rows: number; readonly state: Readonly<Record<string, Tensor>> }[]>;
+  recurrent(
+    shapes: Readonly<Record<string, readonly number[]>>,
+  ): Promise<
+    readonly { readonly row: number; readonly rows: number; readonly state: Readonly<Record<string, Tensor>> }[]
+  >;
   /** Values of a small tensor (router logits) on the host. */
   read(t: Tensor): Promise<Float32Array>;
   /** Expert `expert` of this layer on the compute tier, loaded if it is not cached; hold it until `releaseExpert`. */

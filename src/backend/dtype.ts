@@ -111,7 +111,10 @@ export function toF32(bytes: Uint8Array, dtype: FloatDType): Float32Array {
   }
   const table = dtype === "bf16" ? bf16ToF32Table() : f16ToF32Table();
   const n = bytes.byteLength / 2;
-  const src = bytes.byteOffset % 2 === 0 ? new Uint16Array(bytes.buffer, bytes.byteOffset, n) : new Uint16Array(bytes.slice().buffer);
+  const src =
+    bytes.byteOffset % 2 === 0
+      ? new Uint16Array(bytes.buffer, bytes.byteOffset, n)
+      : new Uint16Array(bytes.slice().buffer);
   const out = new Float32Array(n);
   for (let i = 0; i < n; i++) out[i] = table[src[i]!]!;
   return out;
@@ -119,7 +122,8 @@ export function toF32(bytes: Uint8Array, dtype: FloatDType): Float32Array {
 
 /** Converts f32 values to raw bytes of the given dtype. */
 export function fromF32(values: Float32Array, dtype: FloatDType): Uint8Array {
-  if (dtype === "f32") return new Uint8Array(values.buffer.slice(values.byteOffset, values.byteOffset + values.byteLength));
+  if (dtype === "f32")
+    return new Uint8Array(values.buffer.slice(values.byteOffset, values.byteOffset + values.byteLength));
   const out = new Uint16Array(values.length);
   const convert = dtype === "bf16" ? f32ToBf16 : f32ToF16;
   for (let i = 0; i < values.length; i++) out[i] = convert(values[i]!);
@@ -136,6 +140,12 @@ export const f32MatmulRows = { mxfp4: 16, other: 4 } as const;
  * backend can apply the same rounding, so GPU results can be checked against it exactly.
  */
 export function tensorCoreInput(rows: number, k: number, n: number, dtype: DType): "bf16" | "f16" | undefined {
-  if (rows <= (dtype === "mxfp4" ? f32MatmulRows.mxfp4 : f32MatmulRows.other) || k % 8 !== 0 || n < 128 || dtype === "f32") return undefined;
+  if (
+    rows <= (dtype === "mxfp4" ? f32MatmulRows.mxfp4 : f32MatmulRows.other) ||
+    k % 8 !== 0 ||
+    n < 128 ||
+    dtype === "f32"
+  )
+    return undefined;
   return dtype === "mxfp4" ? "bf16" : dtype;
 }

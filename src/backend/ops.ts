@@ -197,7 +197,15 @@ export interface Backend extends Ops {
    * `src` may be reused by the host. Copies that read ahead (weights for later layers) say "prefetch": a backend may
    * queue them apart from the copies compute needs next (hidden states, KV blocks), so those need not wait behind them.
    */
-  copyToDevice(dst: Tensor, dstOffset: number, src: HostBuffer, srcOffset: number, length: number, after?: Fence, queue?: CopyQueue): Promise<void>;
+  copyToDevice(
+    dst: Tensor,
+    dstOffset: number,
+    src: HostBuffer,
+    srcOffset: number,
+    length: number,
+    after?: Fence,
+    queue?: CopyQueue,
+  ): Promise<void>;
   /**
    * Enqueues a copy of bytes of `src` to host memory after the compute enqueued so far, in order with it: `src` may be
    * freed at once, and a later copyToDevice from `dst` (without `after`) reads what it wrote. Resolves when the host

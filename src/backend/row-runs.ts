@@ -19,9 +19,12 @@ export function rowsOf(t: Tensor): number {
 export function rowRuns(dst: Tensor | readonly Tensor[], dstRow: number, count: number): RowRun[] {
   const run: readonly Tensor[] = Array.isArray(dst) ? dst : [dst as Tensor];
   const rowsEach = rowsOf(run[0]!);
-  if (dstRow < 0 || dstRow + count > rowsEach * run.length) throw new RangeError(`writeRows: rows ${dstRow}..${dstRow + count} do not fit ${run.length} x [${run[0]!.shape.join(", ")}]`);
+  if (dstRow < 0 || dstRow + count > rowsEach * run.length)
+    throw new RangeError(
+      `writeRows: rows ${dstRow}..${dstRow + count} do not fit ${run.length} x [${run[0]!.shape.join(", ")}]`,
+    );
   const parts: RowRun[] = [];
-  for (let done = 0; done < count; ) {
+  for (let done = 0; done < count;) {
     const index = Math.floor((dstRow + done) / rowsEach);
     const row = (dstRow + done) % rowsEach;
     const rows = Math.min(count - done, rowsEach - row);

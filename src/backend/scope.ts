@@ -2,7 +2,10 @@
 import type { Backend, Tensor } from "./ops.js";
 
 /** `scoped` for any backend with push/popScope: sync or async bodies. */
-export function runScoped<T extends Tensor | Promise<Tensor>>(b: Pick<Backend, "pushScope" | "popScope">, fn: () => T): T {
+export function runScoped<T extends Tensor | Promise<Tensor>>(
+  b: Pick<Backend, "pushScope" | "popScope">,
+  fn: () => T,
+): T {
   b.pushScope();
   let result: T;
   try {
@@ -23,7 +26,6 @@ export function runScoped<T extends Tensor | Promise<Tensor>>(b: Pick<Backend, "
   b.popScope([result as Tensor]);
   return result;
 }
-
 
 /** The tensors ops made in each open scope; a backend frees them when the scope closes. */
 export class ScopeStack<T extends Tensor> {

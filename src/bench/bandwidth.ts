@@ -17,7 +17,12 @@ export interface LinkSpeed {
  * what it reaches at its best; a floor measured at a queue depth it does not like would come out below what streaming
  * reaches).
  */
-export async function measureDisk(backend: Backend, files: readonly string[], maxBytes = 1 << 30, depths: readonly number[] = [8, 32]): Promise<LinkSpeed & { depth: number }> {
+export async function measureDisk(
+  backend: Backend,
+  files: readonly string[],
+  maxBytes = 1 << 30,
+  depths: readonly number[] = [8, 32],
+): Promise<LinkSpeed & { depth: number }> {
   const step = 256 << 20;
   const reads: { file: string; offset: number; bytes: number }[] = [];
   let bytes = 0;
@@ -62,7 +67,12 @@ export async function measureDisk(backend: Backend, files: readonly string[], ma
  * Copies from host buffers (pinned where the backend can) to the device: `repeats` copies a round, the best of `rounds`
  * (a round now and then comes out 10-15% slow on the GPU machine, where decode itself then moves bytes faster).
  */
-export async function measureHostToDevice(backend: Backend, bytes = 256 << 20, repeats = 4, rounds = 3): Promise<LinkSpeed> {
+export async function measureHostToDevice(
+  backend: Backend,
+  bytes = 256 << 20,
+  repeats = 4,
+  rounds = 3,
+): Promise<LinkSpeed> {
   const host = backend.allocHost(bytes);
   host.bytes.fill(1);
   const device = backend.alloc([bytes / 4], "f32");
@@ -74,7 +84,12 @@ export async function measureHostToDevice(backend: Backend, bytes = 256 << 20, r
       for (let i = 0; i < repeats; i++) await backend.copyToDevice(device, 0, host, 0, bytes);
       seconds = Math.min(seconds, (performance.now() - t0) / 1000);
     }
-    return { gbps: (bytes * repeats) / seconds / 1e9, bytes: bytes * repeats, seconds, method: backend.name === "cuda" ? "pinned cuMemcpyHtoDAsync" : "memcpy (CPU backend)" };
+    return {
+      gbps: (bytes * repeats) / seconds / 1e9,
+      bytes: bytes * repeats,
+      seconds,
+      method: backend.name === "cuda" ? "pinned cuMemcpyHtoDAsync" : "memcpy (CPU backend)",
+    };
   } finally {
     backend.free(device);
     backend.freeHost(host);

@@ -4,9 +4,17 @@ import { join } from "node:path";
 import { makeTestModel, testModelMarker } from "../testmodel/write.js";
 
 /** The checkpoint of `preset` (cut to `layers` where given) under `dir`: the one there if complete, else written now. */
-export async function ensureCheckpoint(preset: string, dir: string, log: (l: string) => void, layers?: number): Promise<string> {
+export async function ensureCheckpoint(
+  preset: string,
+  dir: string,
+  log: (l: string) => void,
+  layers?: number,
+): Promise<string> {
   const out = join(dir, layers ? `${preset}-${layers}l` : preset);
-  const marker = await readFile(join(out, testModelMarker), "utf8").then((t) => JSON.parse(t) as { preset: string; dtype: string; complete?: boolean }, () => undefined);
+  const marker = await readFile(join(out, testModelMarker), "utf8").then(
+    (t) => JSON.parse(t) as { preset: string; dtype: string; complete?: boolean },
+    () => undefined,
+  );
   if (marker?.preset === preset && marker.dtype === "bf16" && marker.complete !== false) return out;
   const t0 = performance.now();
   await makeTestModel({ preset, dtype: "bf16", out, ...(layers ? { layers } : {}) });
@@ -20,7 +28,10 @@ export async function ensureCheckpoint(preset: string, dir: string, log: (l: str
  */
 export async function removeCheckpoint(dir: string, main: string): Promise<void> {
   if (dir === main) return;
-  const ours = await readFile(join(dir, testModelMarker), "utf8").then(() => true, () => false);
+  const ours = await readFile(join(dir, testModelMarker), "utf8").then(
+    () => true,
+    () => false,
+  );
   if (ours) await rm(dir, { recursive: true, force: true });
 }
 

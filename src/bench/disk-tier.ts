@@ -27,7 +27,12 @@ export async function diskTier(bench: BenchSetup, results: Pick<BenchResults, "d
     };
     const beforePrefill = await readDisk();
     const aroundDecode: number[] = [];
-    const f = await measureGeneration(m, promptIds(ctx, main.vocab, 7), diskDecodeTokens, async () => void aroundDecode.push(await readDisk()));
+    const f = await measureGeneration(
+      m,
+      promptIds(ctx, main.vocab, 7),
+      diskDecodeTokens,
+      async () => void aroundDecode.push(await readDisk()),
+    );
     const cachedAfter = await pageCacheBytes();
     aroundDecode.push(await readDisk());
     const prefillDiskGbps = Math.max(beforePrefill, aroundDecode[0]!);
@@ -38,8 +43,24 @@ export async function diskTier(bench: BenchSetup, results: Pick<BenchResults, "d
     const pageCacheGrowth = cachedBefore !== undefined && cachedAfter !== undefined ? cachedAfter - cachedBefore : null;
     const kvFromPageCache = pageCacheGrowth !== null && bytes.kvDiskBytes > 0 && pageCacheGrowth >= bytes.kvDiskBytes;
     const diskFloorBytes = bytes.diskBytes - (kvFromPageCache ? bytes.kvDiskBytes : 0);
-    const run: RunFigures = { context: ctx, ...f, floorDecodeS: Math.max(transferS(diskFloorBytes, decodeDiskGbps), transferS(bytes.h2dBytes, links.h2dGbps)), floorPrefillS: mainPrefillFloorS(bench, m.layout, ctx, prefillDiskGbps) };
-    results.disk_tier = { ...run, disk_gbps_before_prefill: beforePrefill, disk_gbps_around_decode: aroundDecode, page_cache_dropped: dropped, page_cache_growth_bytes: pageCacheGrowth, kv_spill_bytes_per_token: bytes.kvDiskBytes, kv_spill_from_page_cache: kvFromPageCache, disk_read_bytes: m.stats().diskReadBytes };
-    bench.log(`--ram 0 ${ctx} tokens: first token ${f.ttftS.toFixed(2)} s (cold; floor ${run.floorPrefillS!.toFixed(2)} at ${prefillDiskGbps.toFixed(2)} GB/s), decode ${f.decodeSPerToken.toFixed(2)} s/token (floor ${run.floorDecodeS!.toFixed(2)} at ${decodeDiskGbps.toFixed(2)} GB/s, the better of ${aroundDecode.map((g) => g.toFixed(2)).join(" and ")}), ${(f.decodeDiskBytesPerToken! / f.decodeSPerToken / 1e9).toFixed(2)} GB/s from disk, reading ${((100 * f.decodeDiskBusySPerToken!) / f.decodeSPerToken).toFixed(0)}% of the time, page cache grew ${pageCacheGrowth === null ? "?" : (pageCacheGrowth / 1e9).toFixed(2)} GB`);
+    const run: RunFigures = {
+      context: ctx,
+      ...f,
+      floorDecodeS: Math.max(transferS(diskFloorBytes, decodeDiskGbps), transferS(bytes.h2dBytes, links.h2dGbps)),
+      floorPrefillS: mainPrefillFloorS(bench, m.layout, ctx, prefillDiskGbps),
+    };
+    results.disk_tier = {
+      ...run,
+      disk_gbps_before_prefill: beforePrefill,
+      disk_gbps_around_decode: aroundDecode,
+      page_cache_dropped: dropped,
+      page_cache_growth_bytes: pageCacheGrowth,
+      kv_spill_bytes_per_token: bytes.kvDiskBytes,
+      kv_spill_from_page_cache: kvFromPageCache,
+      disk_read_bytes: m.stats().diskReadBytes,
+    };
+    bench.log(
+      `--ram 0 ${ctx} tokens: first token ${f.ttftS.toFixed(2)} s (cold; floor ${run.floorPrefillS!.toFixed(2)} at ${prefillDiskGbps.toFixed(2)} GB/s), decode ${f.decodeSPerToken.toFixed(2)} s/token (floor ${run.floorDecodeS!.toFixed(2)} at ${decodeDiskGbps.toFixed(2)} GB/s, the better of ${aroundDecode.map((g) => g.toFixed(2)).join(" and ")}), ${(f.decodeDiskBytesPerToken! / f.decodeSPerToken / 1e9).toFixed(2)} GB/s from disk, reading ${((100 * f.decodeDiskBusySPerToken!) / f.decodeSPerToken).toFixed(0)}% of the time, page cache grew ${pageCacheGrowth === null ? "?" : (pageCacheGrowth / 1e9).toFixed(2)} GB`,
+    );
   });
 }

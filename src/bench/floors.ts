@@ -12,13 +12,24 @@ export interface Links {
 }
 
 /** FLOPs of a prefill of `ctx` tokens: every layer's matmuls (2 per weight) and causal attention. */
-export function prefillFlops(layout: ModelLayout, model: ArchModel, ctx: number, heads: number, headDim: number): { matmul: number; attention: number } {
+export function prefillFlops(
+  layout: ModelLayout,
+  model: ArchModel,
+  ctx: number,
+  heads: number,
+  headDim: number,
+): { matmul: number; attention: number } {
   const params = layout.layers.reduce((n, l) => n + l.dataBytes / 2, 0);
   const attention = model.shape.numLayers * 4 * ((ctx * ctx) / 2) * heads * headDim;
   return { matmul: 2 * params * ctx, attention };
 }
 
-export function prefillFloorS(flops: { matmul: number; attention: number }, weightBytes: number, linkGbps: number, links: Links): number {
+export function prefillFloorS(
+  flops: { matmul: number; attention: number },
+  weightBytes: number,
+  linkGbps: number,
+  links: Links,
+): number {
   const compute = flops.matmul / (links.matmulTflops * 1e12) + flops.attention / (links.attentionTflops * 1e12);
   return Math.max(compute, weightBytes / (linkGbps * 1e9));
 }

@@ -12,8 +12,15 @@ export function promptIds(n: number, vocab: number, seed: number): number[] {
 }
 
 /** Feeds each sequence its ids and picks each one's greedy next token as generation does (the backend ranks the logits). */
-export async function greedyStep(m: LayerwiseModel, seqs: readonly Sequence[], ids: readonly (readonly number[])[]): Promise<number[][]> {
-  const out = await m.forwardBatch(seqs.map((seq, i) => ({ seq, ids: ids[i]! })), seqs.map(() => ({ top: 1 })));
+export async function greedyStep(
+  m: LayerwiseModel,
+  seqs: readonly Sequence[],
+  ids: readonly (readonly number[])[],
+): Promise<number[][]> {
+  const out = await m.forwardBatch(
+    seqs.map((seq, i) => ({ seq, ids: ids[i]! })),
+    seqs.map(() => ({ top: 1 })),
+  );
   return out.map((l) => [l instanceof Float32Array ? argmax(l) : l.ids[0]!]);
 }
 
@@ -21,7 +28,12 @@ export async function greedyStep(m: LayerwiseModel, seqs: readonly Sequence[], i
  * Prefill `ids` on a fresh sequence, then greedy decode; times, tokens/s and the peak device memory of this run.
  * `betweenPhases` runs after the prefill and before the decode, outside both timings.
  */
-export async function measureGeneration(m: LayerwiseModel, ids: number[], decodeTokens: number, betweenPhases?: () => Promise<void>): Promise<GenerationFigures> {
+export async function measureGeneration(
+  m: LayerwiseModel,
+  ids: number[],
+  decodeTokens: number,
+  betweenPhases?: () => Promise<void>,
+): Promise<GenerationFigures> {
   const s = m.createSequence();
   m.backend.resetPeaks();
   try {
@@ -40,7 +52,9 @@ export async function measureGeneration(m: LayerwiseModel, ids: number[], decode
     }
     const decodeSPerToken = decodeTokens ? (performance.now() - t1) / 1000 / decodeTokens : 0;
     const after = m.stats();
-    const perToken = (k: "diskReadBytes" | "h2dBytes" | "expertLoads" | "expertHits" | "ioWaitS" | "computeS" | "diskBusyS") => (decodeTokens ? (after[k] - before[k]) / decodeTokens : 0);
+    const perToken = (
+      k: "diskReadBytes" | "h2dBytes" | "expertLoads" | "expertHits" | "ioWaitS" | "computeS" | "diskBusyS",
+    ) => (decodeTokens ? (after[k] - before[k]) / decodeTokens : 0);
     return {
       ttftS,
       prefillTokensPerS: ids.length / ttftS,
@@ -55,7 +69,9 @@ export async function measureGeneration(m: LayerwiseModel, ids: number[], decode
       decodeDiskBusySPerToken: perToken("diskBusyS"),
       decodeDiskBytesPerToken: perToken("diskReadBytes"),
       decodeH2dBytesPerToken: perToken("h2dBytes"),
-      ...(m.arch.shape.moe ? { decodeExpertLoadsPerToken: perToken("expertLoads"), decodeExpertHitsPerToken: perToken("expertHits") } : {}),
+      ...(m.arch.shape.moe
+        ? { decodeExpertLoadsPerToken: perToken("expertLoads"), decodeExpertHitsPerToken: perToken("expertHits") }
+        : {}),
     };
   } finally {
     s.dispose();

@@ -16,13 +16,55 @@ export interface Goal {
 }
 
 export const benchGoals: readonly Goal[] = [
-  { name: "decode at 32k, RAM tier, vs host->GPU floor", target: ">= 0.8", key: "decode_ram_floor_ratio_32k", met: (v) => v >= 0.8, phase: { run: "warm", part: "decode" } },
-  { name: "decode at 32k, --ram 0, vs disk floor", target: ">= 0.85", key: "decode_disk_floor_ratio_32k", met: (v) => v >= 0.85, phase: { run: "disk", part: "decode" } },
-  { name: "decode speed-up vs accelerate at 32k", target: ">= 3", key: "decode_speedup_vs_accelerate_32k", met: (v) => v >= 3, phase: { run: "warm", part: "decode" } },
-  { name: "prefill at 32k vs floor, warm", target: ">= 0.5", key: "prefill_floor_ratio_32k_warm", met: (v) => v >= 0.5, phase: { run: "warm", part: "prefill" } },
-  { name: "prefill at 32k vs floor, cold", target: ">= 0.8", key: "prefill_floor_ratio_32k_cold", met: (v) => v >= 0.8, phase: { run: "disk", part: "prefill" } },
-  { name: "peak VRAM / budget, worst context", target: "<= 1", key: "peak_vram_over_budget_max", met: (v) => v <= 1, memory: true },
-  { name: "peak VRAM 100k / 8k", target: "within 5%", key: "vram_growth_8k_to_100k", met: (v) => Math.abs(v - 1) <= 0.05, memory: true },
+  {
+    name: "decode at 32k, RAM tier, vs host->GPU floor",
+    target: ">= 0.8",
+    key: "decode_ram_floor_ratio_32k",
+    met: (v) => v >= 0.8,
+    phase: { run: "warm", part: "decode" },
+  },
+  {
+    name: "decode at 32k, --ram 0, vs disk floor",
+    target: ">= 0.85",
+    key: "decode_disk_floor_ratio_32k",
+    met: (v) => v >= 0.85,
+    phase: { run: "disk", part: "decode" },
+  },
+  {
+    name: "decode speed-up vs accelerate at 32k",
+    target: ">= 3",
+    key: "decode_speedup_vs_accelerate_32k",
+    met: (v) => v >= 3,
+    phase: { run: "warm", part: "decode" },
+  },
+  {
+    name: "prefill at 32k vs floor, warm",
+    target: ">= 0.5",
+    key: "prefill_floor_ratio_32k_warm",
+    met: (v) => v >= 0.5,
+    phase: { run: "warm", part: "prefill" },
+  },
+  {
+    name: "prefill at 32k vs floor, cold",
+    target: ">= 0.8",
+    key: "prefill_floor_ratio_32k_cold",
+    met: (v) => v >= 0.8,
+    phase: { run: "disk", part: "prefill" },
+  },
+  {
+    name: "peak VRAM / budget, worst context",
+    target: "<= 1",
+    key: "peak_vram_over_budget_max",
+    met: (v) => v <= 1,
+    memory: true,
+  },
+  {
+    name: "peak VRAM 100k / 8k",
+    target: "within 5%",
+    key: "vram_growth_8k_to_100k",
+    met: (v) => Math.abs(v - 1) <= 0.05,
+    memory: true,
+  },
   { name: "batch 16 / batch 1 decode throughput", target: ">= 10", key: "batch16_over_batch1", met: (v) => v >= 10 },
 ];
 
@@ -53,11 +95,19 @@ function peaks(r: BenchResults): string {
 
 function profile(f: RunFigures, part: "prefill" | "decode"): string {
   const [total, wait, compute, unit] =
-    part === "prefill" ? [f.ttftS, f.prefillIoWaitS, f.prefillComputeS, "s"] : [f.decodeSPerToken, f.decodeIoWaitSPerToken, f.decodeComputeSPerToken, "s a token"];
-  if (wait === undefined || compute === undefined) return `${part} ${total.toFixed(3)} ${unit} (this run recorded no I/O wait / compute split).`;
-  const bound = wait > compute ? "I/O-bound: waiting for weights or KV to arrive" : "compute-bound: kernels and the host's work between them, not the links";
+    part === "prefill"
+      ? [f.ttftS, f.prefillIoWaitS, f.prefillComputeS, "s"]
+      : [f.decodeSPerToken, f.decodeIoWaitSPerToken, f.decodeComputeSPerToken, "s a token"];
+  if (wait === undefined || compute === undefined)
+    return `${part} ${total.toFixed(3)} ${unit} (this run recorded no I/O wait / compute split).`;
+  const bound =
+    wait > compute
+      ? "I/O-bound: waiting for weights or KV to arrive"
+      : "compute-bound: kernels and the host's work between them, not the links";
   // How long the weight reader was busy tells a disk left idle between reads from a slow one.
   const busy = part === "prefill" ? f.prefillDiskBusyS : f.decodeDiskBusySPerToken;
-  const disk = busy ? ` The disk was reading for ${busy.toFixed(3)} ${unit} of it (${((100 * busy) / total).toFixed(0)}%).` : "";
+  const disk = busy
+    ? ` The disk was reading for ${busy.toFixed(3)} ${unit} of it (${((100 * busy) / total).toFixed(0)}%).`
+    : "";
   return `${part === "prefill" ? "First token" : "Decode"} ${total.toFixed(3)} ${unit} at ${f.context} tokens: I/O wait ${wait.toFixed(3)}, compute ${compute.toFixed(3)} (${bound}).${disk}`;
 }

@@ -7,7 +7,12 @@ import { dropCaches, runPythonTool } from "./machine.js";
 import type { LinkLimits, TorchLimits } from "./results.js";
 
 /** The speeds for the floors (`links`), and as the results show them (`limits`); without torch its speeds are NaN. */
-export async function measureLinks(backend: Backend, shards: readonly string[], withTorch: boolean, log: (l: string) => void): Promise<{ links: Links; limits: LinkLimits }> {
+export async function measureLinks(
+  backend: Backend,
+  shards: readonly string[],
+  withTorch: boolean,
+  log: (l: string) => void,
+): Promise<{ links: Links; limits: LinkLimits }> {
   const cold = await dropCaches();
   const disk = await measureDisk(backend, shards, 2 ** 33);
   const h2d = await measureHostToDevice(backend, 256 << 20, 8);
@@ -19,7 +24,15 @@ export async function measureLinks(backend: Backend, shards: readonly string[], 
     matmulTflops: torchLimits?.matmul_bf16_tflops ?? NaN,
     attentionTflops: torchLimits?.sdpa_32k_tflops ?? NaN,
   };
-  const limits: LinkLimits = { disk_gbps: disk.gbps, disk_method: cold ? `${disk.method}, page cache dropped` : disk.method, disk_queue_depth: disk.depth, h2d_pinned_gbps: h2d.gbps, torch: torchLimits ?? null };
-  log(`links: disk ${disk.gbps.toFixed(2)} GB/s (${disk.method}, ${disk.depth} reads in flight), host->GPU ${h2d.gbps.toFixed(1)} GB/s, torch matmul ${links.matmulTflops.toFixed(0)} TFLOP/s, SDPA ${links.attentionTflops.toFixed(0)} TFLOP/s`);
+  const limits: LinkLimits = {
+    disk_gbps: disk.gbps,
+    disk_method: cold ? `${disk.method}, page cache dropped` : disk.method,
+    disk_queue_depth: disk.depth,
+    h2d_pinned_gbps: h2d.gbps,
+    torch: torchLimits ?? null,
+  };
+  log(
+    `links: disk ${disk.gbps.toFixed(2)} GB/s (${disk.method}, ${disk.depth} reads in flight), host->GPU ${h2d.gbps.toFixed(1)} GB/s, torch matmul ${links.matmulTflops.toFixed(0)} TFLOP/s, SDPA ${links.attentionTflops.toFixed(0)} TFLOP/s`,
+  );
   return { links, limits };
 }

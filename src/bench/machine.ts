@@ -23,7 +23,8 @@ export async function dropCaches(): Promise<boolean> {
 
 export async function dirBytes(dir: string): Promise<number> {
   let n = 0;
-  for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) if (e.isFile()) n += (await stat(join(e.parentPath ?? (e as unknown as { path: string }).path, e.name))).size;
+  for (const e of await readdir(dir, { withFileTypes: true, recursive: true }))
+    if (e.isFile()) n += (await stat(join(e.parentPath ?? (e as unknown as { path: string }).path, e.name))).size;
   return n;
 }
 
@@ -32,7 +33,11 @@ const tool = (name: string) => new URL(`../../../tools/bench/${name}`, import.me
 /** Runs tools/bench/`script` with python3 and returns what it printed, or undefined where it failed (no torch, say). */
 export function runPythonTool(script: string, args: string[]): string | undefined {
   try {
-    return execFileSync("python3", [tool(script), ...args], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], maxBuffer: 16 << 20 });
+    return execFileSync("python3", [tool(script), ...args], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "pipe"],
+      maxBuffer: 16 << 20,
+    });
   } catch {
     return undefined;
   }

@@ -15,7 +15,8 @@ export function mergeResults(runs: readonly BenchResults[]): BenchResults & Goal
       if (key === "ram_tier") merged.ram_tier = byContext([...(merged.ram_tier ?? []), ...run.ram_tier!]);
       else if (key === "long_context") merged.long_context = [...(merged.long_context ?? []), ...run.long_context!];
       else if (key === "other_models") merged.other_models = [...(merged.other_models ?? []), ...run.other_models!];
-      else if (key === "contexts") merged.contexts = [...new Set([...(merged.contexts ?? []), ...run.contexts!])].sort((a, b) => a - b);
+      else if (key === "contexts")
+        merged.contexts = [...new Set([...(merged.contexts ?? []), ...run.contexts!])].sort((a, b) => a - b);
       else if (key === "date") {
         merged.date ??= run.date;
         merged.run_dates = [...(merged.run_dates ?? []), run.date];

@@ -9,7 +9,12 @@ import type { FullModelPrediction } from "./results.js";
  * The planner's plan for the real depth of a model benchmarked with fewer layers: its layer (and expert) layouts repeat
  * the measured ones, the budgets stay; per-token bytes over the links measured in this run give the floor.
  */
-export function predictFullModel(m: LayerwiseModel, realConfig: Record<string, unknown>, context: number, links: Links): FullModelPrediction {
+export function predictFullModel(
+  m: LayerwiseModel,
+  realConfig: Record<string, unknown>,
+  context: number,
+  links: Links,
+): FullModelPrediction {
   const { model: real } = createArchModel({ ...realConfig, num_hidden_layers: realConfig.num_hidden_layers });
   const layers = real.shape.numLayers;
   const measured = m.layout.layers.length;
@@ -20,7 +25,8 @@ export function predictFullModel(m: LayerwiseModel, realConfig: Record<string, u
   };
   const p = plan({ ...m.plan.input, layout, shape: real.shape, contextTokens: context });
   const bytes = decodeBytesAt(p, context);
-  const weights = layout.globals.dataBytes + layerWeightBytes(layout) + layout.experts.flat().reduce((n, g) => n + g.dataBytes, 0);
+  const weights =
+    layout.globals.dataBytes + layerWeightBytes(layout) + layout.experts.flat().reduce((n, g) => n + g.dataBytes, 0);
   return {
     layers,
     context,

@@ -6,13 +6,17 @@ import { Random } from "../util/random.js";
 
 export async function promptOfTokens(dir: string, tokens: number, seed = 1): Promise<string> {
   const t = await TextTokenizer.load(dir);
-  const words = "the a model reads long document and answers question about report results system memory faster same reference".split(" ");
+  const words =
+    "the a model reads long document and answers question about report results system memory faster same reference".split(
+      " ",
+    );
   const r = new Random(seed);
   const parts: string[] = [];
   let text = "";
   // Grow in batches, then trim by whole words until the count fits.
   while (t.encode(text).length < tokens) {
-    for (let i = 0; i < Math.max(64, (tokens - t.encode(text).length) / 2); i++) parts.push(words[Math.floor(r.next() * words.length)]!);
+    for (let i = 0; i < Math.max(64, (tokens - t.encode(text).length) / 2); i++)
+      parts.push(words[Math.floor(r.next() * words.length)]!);
     text = parts.join(" ");
   }
   let lo = 0;

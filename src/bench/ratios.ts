@@ -24,7 +24,8 @@ export function ratios(r: BenchResults): GoalRatios {
     prefill_floor_ratio_32k_warm: w32 ? w32.floorPrefillS! / w32.ttftS : null,
     prefill_floor_ratio_32k_cold: disk ? disk.floorPrefillS! / disk.ttftS : null,
     peak_vram_over_budget_max: warm.length ? Math.max(...warm.map((w) => w.peakVramBytes)) / r.vram_budget_bytes : null,
-    vram_growth_8k_to_100k: warm.length > 1 ? at(Math.max(...contexts))!.peakVramBytes / at(Math.min(...contexts))!.peakVramBytes : null,
+    vram_growth_8k_to_100k:
+      warm.length > 1 ? at(Math.max(...contexts))!.peakVramBytes / at(Math.min(...contexts))!.peakVramBytes : null,
     decode_speedup_vs_accelerate_32k: w32 && b32 ? b32.decode_s_per_token / w32.decodeSPerToken : null,
     batch16_over_batch1: tokens(16) && tokens(1) ? tokens(16)! / tokens(1)! : null,
   };

@@ -30,12 +30,42 @@ export function writeReport(docs: string, r: BenchResults, preset: string, jsonF
   const num = (v: unknown) => (typeof v === "number" ? v : NaN);
   const svgFile = docs.replace(/\.md$/, ".svg");
   const series = [
-    { name: "layerwise, RAM tier", color: "#1f77b4", points: ram.map((w) => ({ context: w.context, sPerToken: w.decodeSPerToken })) },
-    { name: "host->GPU floor", color: "#1f77b4", dashed: true, points: ram.map((w) => ({ context: w.context, sPerToken: w.floorDecodeS ?? 0 })) },
-    { name: "accelerate offload", color: "#d62728", points: base.map((b) => ({ context: b.context, sPerToken: b.decode_s_per_token })) },
-    ...(disk ? [{ name: "layerwise, --ram 0", color: "#2ca02c", points: [{ context: disk.context, sPerToken: disk.decodeSPerToken }] }, { name: "disk floor", color: "#2ca02c", dashed: true, points: [{ context: disk.context, sPerToken: disk.floorDecodeS ?? 0 }] }] : []),
+    {
+      name: "layerwise, RAM tier",
+      color: "#1f77b4",
+      points: ram.map((w) => ({ context: w.context, sPerToken: w.decodeSPerToken })),
+    },
+    {
+      name: "host->GPU floor",
+      color: "#1f77b4",
+      dashed: true,
+      points: ram.map((w) => ({ context: w.context, sPerToken: w.floorDecodeS ?? 0 })),
+    },
+    {
+      name: "accelerate offload",
+      color: "#d62728",
+      points: base.map((b) => ({ context: b.context, sPerToken: b.decode_s_per_token })),
+    },
+    ...(disk
+      ? [
+          {
+            name: "layerwise, --ram 0",
+            color: "#2ca02c",
+            points: [{ context: disk.context, sPerToken: disk.decodeSPerToken }],
+          },
+          {
+            name: "disk floor",
+            color: "#2ca02c",
+            dashed: true,
+            points: [{ context: disk.context, sPerToken: disk.floorDecodeS ?? 0 }],
+          },
+        ]
+      : []),
   ];
-  writeFileMkdir(svgFile, chartSvg(series, `${preset}, decode s/token, VRAM budget ${gb(num(r.vram_budget_bytes))} GB`));
+  writeFileMkdir(
+    svgFile,
+    chartSvg(series, `${preset}, decode s/token, VRAM budget ${gb(num(r.vram_budget_bytes))} GB`),
+  );
   const missed = missedGoals(r);
   const md = [
     "# Benchmarks",
@@ -48,10 +78,13 @@ export function writeReport(docs: string, r: BenchResults, preset: string, jsonF
     "",
     "## Goals",
     "",
-    markdownTable([["goal", "target", "measured", "met"], ...benchGoals.map((g) => {
-      const v = measured(r, g);
-      return [g.name, g.target, v ?? "not run", v === undefined ? "-" : g.met(v) ? "yes" : "no"];
-    })]),
+    markdownTable([
+      ["goal", "target", "measured", "met"],
+      ...benchGoals.map((g) => {
+        const v = measured(r, g);
+        return [g.name, g.target, v ?? "not run", v === undefined ? "-" : g.met(v) ? "yes" : "no"];
+      }),
+    ]),
     ...(missed.length ? ["Missed, by how much and where the time went:", "", ...missed, ""] : []),
     "## Limits measured in this run",
     "",
@@ -67,15 +100,97 @@ export function writeReport(docs: string, r: BenchResults, preset: string, jsonF
     "![decode s/token vs context](" + svgFile.split("/").pop() + ")",
     "",
     markdownTable([
-      ["context", "first token s", "prefill tok/s", "prefill floor s", "decode s/token", "decode floor s", "floor ratio", "peak VRAM GB"],
-      ...ram.map((w) => [w.context, w.ttftS, w.prefillTokensPerS, w.floorPrefillS ?? NaN, w.decodeSPerToken, w.floorDecodeS ?? NaN, (w.floorDecodeS ?? NaN) / w.decodeSPerToken, gb(w.peakVramBytes)]),
+      [
+        "context",
+        "first token s",
+        "prefill tok/s",
+        "prefill floor s",
+        "decode s/token",
+        "decode floor s",
+        "floor ratio",
+        "peak VRAM GB",
+      ],
+      ...ram.map((w) => [
+        w.context,
+        w.ttftS,
+        w.prefillTokensPerS,
+        w.floorPrefillS ?? NaN,
+        w.decodeSPerToken,
+        w.floorDecodeS ?? NaN,
+        (w.floorDecodeS ?? NaN) / w.decodeSPerToken,
+        gb(w.peakVramBytes),
+      ]),
     ]),
-    ...(disk ? ["## Weights from disk every token (`--ram 0`, page cache dropped first)", "", markdownTable([["context", "first token s (cold)", "prefill floor s", "decode s/token", "decode floor s", "disk GB/s before prefill, before and after decode", "disk reading, % of prefill / decode", "peak VRAM GB"], [disk.context, disk.ttftS, disk.floorPrefillS ?? NaN, disk.decodeSPerToken, disk.floorDecodeS ?? NaN, diskReadings(disk), busyShare(disk), gb(disk.peakVramBytes)]]), "Each floor takes the better disk reading just before and after its phase, where the run took them (the disk's speed drifts; \"-\": the start-of-run reading above).", ""] : []),
-    ...(base.length ? ["## Baseline: transformers + accelerate, `device_map=\"auto\"`, same VRAM cap", "", markdownTable([["context", "first token s", "decode s/token", "peak VRAM GB"], ...base.map((b) => [b.context, b.ttft_s, b.decode_s_per_token, gb(b.peak_vram_bytes)])])] : []),
-    ...(r.batch ? ["## Batched decode", "", markdownTable([["batch", "tokens/s"], ...r.batch.map((b) => [b.batch, b.tokensPerS])])] : []),
-    ...(r.kv_cache ? ["## Second question on the same document (`--kv-cache`)", "", "```json", JSON.stringify(r.kv_cache, null, 2), "```", ""] : []),
-    ...(r.no_limit ? ["## No VRAM limit (everything resident), for contrast", "", "```json", JSON.stringify(r.no_limit, null, 2), "```", ""] : []),
-    ...(r.other_models?.length ? ["## Other models, RAM tier", "", "```json", JSON.stringify(r.other_models, null, 2), "```", ""] : []),
+    ...(disk
+      ? [
+          "## Weights from disk every token (`--ram 0`, page cache dropped first)",
+          "",
+          markdownTable([
+            [
+              "context",
+              "first token s (cold)",
+              "prefill floor s",
+              "decode s/token",
+              "decode floor s",
+              "disk GB/s before prefill, before and after decode",
+              "disk reading, % of prefill / decode",
+              "peak VRAM GB",
+            ],
+            [
+              disk.context,
+              disk.ttftS,
+              disk.floorPrefillS ?? NaN,
+              disk.decodeSPerToken,
+              disk.floorDecodeS ?? NaN,
+              diskReadings(disk),
+              busyShare(disk),
+              gb(disk.peakVramBytes),
+            ],
+          ]),
+          'Each floor takes the better disk reading just before and after its phase, where the run took them (the disk\'s speed drifts; "-": the start-of-run reading above).',
+          "",
+        ]
+      : []),
+    ...(base.length
+      ? [
+          '## Baseline: transformers + accelerate, `device_map="auto"`, same VRAM cap',
+          "",
+          markdownTable([
+            ["context", "first token s", "decode s/token", "peak VRAM GB"],
+            ...base.map((b) => [b.context, b.ttft_s, b.decode_s_per_token, gb(b.peak_vram_bytes)]),
+          ]),
+        ]
+      : []),
+    ...(r.batch
+      ? [
+          "## Batched decode",
+          "",
+          markdownTable([["batch", "tokens/s"], ...r.batch.map((b) => [b.batch, b.tokensPerS])]),
+        ]
+      : []),
+    ...(r.kv_cache
+      ? [
+          "## Second question on the same document (`--kv-cache`)",
+          "",
+          "```json",
+          JSON.stringify(r.kv_cache, null, 2),
+          "```",
+          "",
+        ]
+      : []),
+    ...(r.no_limit
+      ? [
+          "## No VRAM limit (everything resident), for contrast",
+          "",
+          "```json",
+          JSON.stringify(r.no_limit, null, 2),
+          "```",
+          "",
+        ]
+      : []),
+    ...(r.other_models?.length
+      ? ["## Other models, RAM tier", "", "```json", JSON.stringify(r.other_models, null, 2), "```", ""]
+      : []),
     ...longContextSection(r, gb),
   ].join("\n");
   writeFileMkdir(docs, withKeptText(md, existsSync(docs) ? readFileSync(docs, "utf8") : undefined));
@@ -96,7 +211,9 @@ function longContextSection(r: BenchResults, gb: (b: number) => string): string[
     gb(f.peakVramBytes),
     mb(f.decodeH2dBytesPerToken),
     mb(f.decodeDiskBytesPerToken),
-    f.decodeExpertLoadsPerToken === undefined ? "-" : `${f.decodeExpertLoadsPerToken.toFixed(1)} / ${(f.decodeExpertHitsPerToken ?? 0).toFixed(1)}`,
+    f.decodeExpertLoadsPerToken === undefined
+      ? "-"
+      : `${f.decodeExpertLoadsPerToken.toFixed(1)} / ${(f.decodeExpertHitsPerToken ?? 0).toFixed(1)}`,
   ];
   const predictions = rows.flatMap((x) => {
     const p = x.prediction;
@@ -113,15 +230,30 @@ function longContextSection(r: BenchResults, gb: (b: number) => string): string[
     "Floors count routed experts as if routing spread evenly over the experts (random weights route about so).",
     "",
     markdownTable([
-      ["model", "weights", "context", "first token s", "decode s/token", "decode floor s", "peak VRAM GB", "host->GPU MB/token", "disk MB/token", "experts loaded / hit per token"],
-      ...rows.flatMap((x) => [...(x.ram_tier ? [line(x.preset, "RAM tier", { ...x.ram_tier, context: x.context })] : []), ...(x.disk_tier ? [line(x.preset, "--ram 0", x.disk_tier)] : [])]),
+      [
+        "model",
+        "weights",
+        "context",
+        "first token s",
+        "decode s/token",
+        "decode floor s",
+        "peak VRAM GB",
+        "host->GPU MB/token",
+        "disk MB/token",
+        "experts loaded / hit per token",
+      ],
+      ...rows.flatMap((x) => [
+        ...(x.ram_tier ? [line(x.preset, "RAM tier", { ...x.ram_tier, context: x.context })] : []),
+        ...(x.disk_tier ? [line(x.preset, "--ram 0", x.disk_tier)] : []),
+      ]),
     ]),
     ...(predictions.length ? [...predictions, ""] : []),
   ];
 }
 
 /** The line after which a report keeps what people wrote (other runs, profiles): the bench regenerates only what is above it. */
-export const keptMarker = "<!-- Below this line the bench keeps the text as it is: sections written by hand from other runs. -->";
+export const keptMarker =
+  "<!-- Below this line the bench keeps the text as it is: sections written by hand from other runs. -->";
 
 /** The new report, followed by the old one's text from the kept marker on (if it has one). */
 export function withKeptText(generated: string, previous: string | undefined): string {
@@ -135,7 +267,14 @@ export function writeFileMkdir(file: string, text: string): void {
 }
 
 export function markdownTable(rows: readonly (readonly (string | number)[])[]): string {
-  const fmt = (v: string | number) => (typeof v === "number" ? (Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 1 ? v.toFixed(2) : v.toFixed(3)) : v);
+  const fmt = (v: string | number) =>
+    typeof v === "number" ? (Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 1 ? v.toFixed(2) : v.toFixed(3)) : v;
   const [head, ...body] = rows;
-  return [`| ${head!.map(fmt).join(" | ")} |`, `|${head!.map(() => "---").join("|")}|`, ...body.map((r) => `| ${r.map(fmt).join(" | ")} |`)].join("\n") + "\n";
+  return (
+    [
+      `| ${head!.map(fmt).join(" | ")} |`,
+      `|${head!.map(() => "---").join("|")}|`,
+      ...body.map((r) => `| ${r.map(fmt).join(" | ")} |`),
+    ].join("\n") + "\n"
+  );
 }

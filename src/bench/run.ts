@@ -44,8 +44,24 @@ export async function runBench(o: BenchOptions): Promise<BenchResults & GoalRati
   const date = new Date().toISOString();
   const main = await mainCheckpoint(o.presets[0]!, o.dir, log);
   const { links, limits } = await measureLinks(backend, main.shards, !o.skip.has("torch"), log);
-  const results: BenchResults = { date, backend: backend.name, main_preset: o.presets[0], vram_budget_bytes: o.vramBytes, contexts: o.contexts, limits };
-  const bench: BenchSetup = { backend, vramBytes: o.vramBytes, decodeTokens: o.decodeTokens, dir: o.dir, main, links, goalContext: goalContext(o.contexts), log };
+  const results: BenchResults = {
+    date,
+    backend: backend.name,
+    main_preset: o.presets[0],
+    vram_budget_bytes: o.vramBytes,
+    contexts: o.contexts,
+    limits,
+  };
+  const bench: BenchSetup = {
+    backend,
+    vramBytes: o.vramBytes,
+    decodeTokens: o.decodeTokens,
+    dir: o.dir,
+    main,
+    links,
+    goalContext: goalContext(o.contexts),
+    log,
+  };
   const skip = new Set([...o.skip, ...(o.skip.has("main") ? mainWorkloads : [])]);
   const saveSoFar = () => o.onResults?.(results);
   /**

@@ -38,7 +38,12 @@ export const withinBudget = (bench: BenchSetup) => ({ backend: bench.backend, vr
 /** The main model's prefill floor at `context`, its layers' weights coming over a link of `linkGbps` GB/s. */
 export function mainPrefillFloorS(bench: BenchSetup, layout: ModelLayout, context: number, linkGbps: number): number {
   const { main } = bench;
-  return prefillFloorS(prefillFlops(layout, main.arch, context, main.heads, main.headDim), layerWeightBytes(layout), linkGbps, bench.links);
+  return prefillFloorS(
+    prefillFlops(layout, main.arch, context, main.heads, main.headDim),
+    layerWeightBytes(layout),
+    linkGbps,
+    bench.links,
+  );
 }
 
 export function goalContext(contexts: readonly number[]): number {

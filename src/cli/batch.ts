@@ -16,7 +16,10 @@ import { makeScratchDir, removeScratchDir } from "./scratch.js";
 const JobLine = z.strictObject({
   id: z.union([z.string(), z.number()]).transform(String),
   prompt: z.string().optional(),
-  messages: z.array(z.strictObject({ role: z.enum(["system", "developer", "user", "assistant", "tool"]), content: z.string() })).min(1).optional(),
+  messages: z
+    .array(z.strictObject({ role: z.enum(["system", "developer", "user", "assistant", "tool"]), content: z.string() }))
+    .min(1)
+    .optional(),
   max_tokens: z.number().int().positive().optional(),
   temperature: z.number().min(0).optional(),
   top_p: z.number().gt(0).max(1).optional(),
@@ -40,7 +43,13 @@ const recordStart = '{"id":';
 function isResult(line: string): boolean {
   try {
     const r = JSON.parse(line) as Record<string, unknown> | null;
-    return typeof r === "object" && r !== null && typeof r.id === "string" && typeof r.text === "string" && "finish_reason" in r;
+    return (
+      typeof r === "object" &&
+      r !== null &&
+      typeof r.id === "string" &&
+      typeof r.text === "string" &&
+      "finish_reason" in r
+    );
   } catch {
     return false;
   }
@@ -57,10 +66,19 @@ async function finishedIds(file: string): Promise<Set<string>> {
     throw new UsageError("OUT_UNREADABLE", `--out ${file} cannot be read: ${e.message}`);
   });
   const end = text.lastIndexOf("\n") + 1;
-  const lines = text.slice(0, end).split("\n").filter((l) => l.trim());
-  const notResult = lines.find((l) => !isResult(l)) ?? (end < text.length && !text.slice(end).startsWith(recordStart) ? text.slice(end) : undefined);
+  const lines = text
+    .slice(0, end)
+    .split("\n")
+    .filter((l) => l.trim());
+  const notResult =
+    lines.find((l) => !isResult(l)) ??
+    (end < text.length && !text.slice(end).startsWith(recordStart) ? text.slice(end) : undefined);
   if (notResult !== undefined) {
-    throw new UsageError("OUT_NOT_RESULTS", `--out ${file} has a line that is not a result of layerwise batch: ${notResult.slice(0, 80)}`, "give a new file or the output of an earlier batch run; the file was left as it is");
+    throw new UsageError(
+      "OUT_NOT_RESULTS",
+      `--out ${file} has a line that is not a result of layerwise batch: ${notResult.slice(0, 80)}`,
+      "give a new file or the output of an earlier batch run; the file was left as it is",
+    );
   }
   if (end < text.length) await truncate(file, Buffer.byteLength(text.slice(0, end)));
   return new Set(lines.map((l) => (JSON.parse(l) as { id: string }).id));
@@ -75,7 +93,9 @@ export function registerBatch(program: Command): void {
   addModelFlags(
     program
       .command("batch")
-      .description("run every job of a JSONL file ({id, prompt | messages, max_tokens, temperature, ...} per line); rerun to resume")
+      .description(
+        "run every job of a JSONL file ({id, prompt | messages, max_tokens, temperature, ...} per line); rerun to resume",
+      )
       .argument("<model>", "Hugging Face model folder")
       .requiredOption("--in <file>", "input JSONL, one job per line")
       .requiredOption("--out <file>", "output JSONL; results are appended as they finish")
@@ -99,20 +119,41 @@ export function registerBatch(program: Command): void {
         throw new UsageError("BAD_JOB", `${flags.in}:${lineNo}: not valid JSON`);
       }
       const parsed = JobLine.safeParse(json);
-      if (!parsed.success) throw new UsageError("BAD_JOB", `${flags.in}:${lineNo}: ${parsed.error.issues.map((i) => `${i.path.join(".") || "job"}: ${i.message}`).join("; ")}`);
-      if ((parsed.data.prompt === undefined) === (parsed.data.messages === undefined)) throw new UsageError("BAD_JOB", `${flags.in}:${lineNo}: give "prompt" or "messages", not both or neither`);
-      if (seen.has(parsed.data.id)) throw new UsageError("BAD_JOB", `${flags.in}:${lineNo}: id ${parsed.data.id} appears twice`, "ids must be unique: the output is keyed by them");
+      if (!parsed.success)
+        throw new UsageError(
+          "BAD_JOB",
+          `${flags.in}:${lineNo}: ${parsed.error.issues.map((i) => `${i.path.join(".") || "job"}: ${i.message}`).join("; ")}`,
+        );
+      if ((parsed.data.prompt === undefined) === (parsed.data.messages === undefined))
+        throw new UsageError("BAD_JOB", `${flags.in}:${lineNo}: give "prompt" or "messages", not both or neither`);
+      if (seen.has(parsed.data.id))
+        throw new UsageError(
+          "BAD_JOB",
+          `${flags.in}:${lineNo}: id ${parsed.data.id} appears twice`,
+          "ids must be unique: the output is keyed by them",
+        );
       seen.add(parsed.data.id);
       jobs.push(parsed.data);
     }
-    if (await sameFile(flags.in, flags.out)) throw new UsageError("OUT_IS_IN", `--out ${flags.out} is the input file`, "give a separate file for the results");
+    if (await sameFile(flags.in, flags.out))
+      throw new UsageError("OUT_IS_IN", `--out ${flags.out} is the input file`, "give a separate file for the results");
     const done = await finishedIds(flags.out);
     const todo = jobs.filter((j) => !done.has(j.id));
-    process.stderr.write(`${jobs.length} jobs, ${jobs.length - todo.length} already in ${flags.out}, ${todo.length} to run\n`);
+    process.stderr.write(
+      `${jobs.length} jobs, ${jobs.length - todo.length} already in ${flags.out}, ${todo.length} to run\n`,
+    );
     if (todo.length === 0) return;
 
     // The prefix cache is a best effort: without room for its folder the jobs run without it.
-    const scratch = !flags.kvCache && flags.prefixCache ? await makeScratchDir("layerwise-batch-").catch((e: Error) => void process.stderr.write(`warning [KV_CACHE_DISABLED]: no temporary folder for the prefix cache (${e.message}); shared prefixes are computed again\n`)) : undefined;
+    const scratch =
+      !flags.kvCache && flags.prefixCache
+        ? await makeScratchDir("layerwise-batch-").catch(
+            (e: Error) =>
+              void process.stderr.write(
+                `warning [KV_CACHE_DISABLED]: no temporary folder for the prefix cache (${e.message}); shared prefixes are computed again\n`,
+              ),
+          )
+        : undefined;
     try {
       await runJobs(dir, flags, todo, scratch);
     } finally {
@@ -121,9 +162,19 @@ export function registerBatch(program: Command): void {
   });
 }
 
-async function runJobs(dir: string, flags: BatchFlags, todo: z.infer<typeof JobLine>[], scratch: string | undefined): Promise<void> {
+async function runJobs(
+  dir: string,
+  flags: BatchFlags,
+  todo: z.infer<typeof JobLine>[],
+  scratch: string | undefined,
+): Promise<void> {
   const maxBatch = numberFlag(flags.batch, "--batch", { integer: true })!;
-  const model = await LayerwiseModel.load(dir, { ...loadOptions(flags), kvCache: flags.kvCache ?? (scratch && join(scratch, "kv")), batch: maxBatch, onWarning: (code, message) => process.stderr.write(`warning [${code}]: ${message}\n`) });
+  const model = await LayerwiseModel.load(dir, {
+    ...loadOptions(flags),
+    kvCache: flags.kvCache ?? (scratch && join(scratch, "kv")),
+    batch: maxBatch,
+    onWarning: (code, message) => process.stderr.write(`warning [${code}]: ${message}\n`),
+  });
   const out = await open(flags.out, "a").catch(async (e: unknown) => {
     await model.close();
     throw e;
@@ -134,7 +185,13 @@ async function runJobs(dir: string, flags: BatchFlags, todo: z.infer<typeof JobL
     process.once("SIGINT", () => process.exit(130));
     stopAll.abort();
   });
-  const bar = process.stderr.isTTY ? new SingleBar({ format: "batch |{bar}| {value}/{total} jobs | {rate} tokens/s | ETA {eta_formatted}", stream: process.stderr, hideCursor: true }) : undefined;
+  const bar = process.stderr.isTTY
+    ? new SingleBar({
+        format: "batch |{bar}| {value}/{total} jobs | {rate} tokens/s | ETA {eta_formatted}",
+        stream: process.stderr,
+        hideCursor: true,
+      })
+    : undefined;
   bar?.start(todo.length, 0, { rate: "-" });
   const scheduler = new Scheduler(model, { maxBatch });
   const start = performance.now();
@@ -159,7 +216,15 @@ async function runJobs(dir: string, flags: BatchFlags, todo: z.infer<typeof JobL
         });
         if (r.finishReason === "abort") return;
         tokens += r.tokens.length;
-        const line = JSON.stringify({ id: job.id, text: r.text, finish_reason: r.finishReason, prompt_tokens: r.promptTokens, completion_tokens: r.tokens.length, kv_cache_hit_tokens: r.kvCacheHitTokens ?? 0 }) + "\n";
+        const line =
+          JSON.stringify({
+            id: job.id,
+            text: r.text,
+            finish_reason: r.finishReason,
+            prompt_tokens: r.promptTokens,
+            completion_tokens: r.tokens.length,
+            kv_cache_hit_tokens: r.kvCacheHitTokens ?? 0,
+          }) + "\n";
         // One write per record, synced, in completion order: a crash can cut only the record being written.
         writes = writes.then(async () => {
           await out.write(line);
@@ -177,6 +242,8 @@ async function runJobs(dir: string, flags: BatchFlags, todo: z.infer<typeof JobL
     await model.close();
   }
   await writes;
-  process.stderr.write(`${stopAll.signal.aborted ? "stopped" : "done"}: ${tokens} tokens in ${((performance.now() - start) / 1000).toFixed(1)} s\n`);
+  process.stderr.write(
+    `${stopAll.signal.aborted ? "stopped" : "done"}: ${tokens} tokens in ${((performance.now() - start) / 1000).toFixed(1)} s\n`,
+  );
   if (stopAll.signal.aborted) process.exitCode = 130;
 }

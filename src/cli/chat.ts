@@ -18,7 +18,10 @@ export function registerChat(program: Command): void {
       .option("--system <text>", "system message"),
   ).action(async (dir: string, flags: ChatFlags) => {
     const gen = generateOptions(flags);
-    const model = await LayerwiseModel.load(dir, { ...loadOptions(flags), onWarning: (code, message) => process.stderr.write(`warning [${code}]: ${message}\n`) });
+    const model = await LayerwiseModel.load(dir, {
+      ...loadOptions(flags),
+      onWarning: (code, message) => process.stderr.write(`warning [${code}]: ${message}\n`),
+    });
     if (model.backendNote) process.stderr.write(`${model.backendNote}\n`);
     const seq = model.createSequence();
     const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY });
@@ -63,7 +66,11 @@ export function registerChat(program: Command): void {
         while (shared < seq.length && shared < ids.length - 1 && seq.tokens[shared] === ids[shared]) shared++;
         shared = await seq.rewind(shared);
         turn = new AbortController();
-        const result = await model.complete({ ids: ids.slice(shared) }, { ...gen, signal: turn.signal, onText: (p) => process.stdout.write(p) }, seq);
+        const result = await model.complete(
+          { ids: ids.slice(shared) },
+          { ...gen, signal: turn.signal, onText: (p) => process.stdout.write(p) },
+          seq,
+        );
         turn = undefined;
         process.stdout.write("\n");
         messages.push({ role: "assistant", content: result.text });

@@ -28,7 +28,9 @@ const layersInRam = 3;
 export function registerDemo(program: Command): void {
   program
     .command("demo")
-    .description("run the bundled stories260K model (a real 260K-parameter Llama) with its layers streaming through a tiny VRAM budget; no download")
+    .description(
+      "run the bundled stories260K model (a real 260K-parameter Llama) with its layers streaming through a tiny VRAM budget; no download",
+    )
     .option("--backend <name>", "compute backend: cpu, cuda or auto", "auto")
     .option("--prompt <text>", "the start of the story", "Once upon a time, there was a little dog")
     .option("--max-tokens <n>", "most new tokens", "120")
@@ -45,7 +47,13 @@ export function registerDemo(program: Command): void {
     });
 }
 
-async function runDemo(backend: Backend, backendNote: string | undefined, prompt: string, maxTokens: number, json: boolean): Promise<void> {
+async function runDemo(
+  backend: Backend,
+  backendNote: string | undefined,
+  prompt: string,
+  maxTokens: number,
+  json: boolean,
+): Promise<void> {
   const say = (line = "") => json || process.stdout.write(`${line}\n`);
   const base: LoadOptions = { backend, prefillChunk: demoChunk, kvBlockTokens: demoKvBlock };
   // The unlimited plan tells the smallest budget the model streams in, and the context the prompt needs.
@@ -59,7 +67,8 @@ async function runDemo(backend: Backend, backendNote: string | undefined, prompt
 
   // Room for one more layer slot than the least, and RAM for the KV and the first layers: the rest stays on disk.
   const vram = minDeviceBytes + 2 * roomy.layout.maxLayerDeviceBytes;
-  const ram = kvBytesAt(input.shape, input.kvDtype, context) + layers.slice(0, layersInRam).reduce((n, l) => n + l.hostBytes, 0);
+  const ram =
+    kvBytesAt(input.shape, input.kvDtype, context) + layers.slice(0, layersInRam).reduce((n, l) => n + l.hostBytes, 0);
   const tight = { ...base, context, vram, ram };
   const signal = interruptSignal();
 
@@ -68,7 +77,12 @@ async function runDemo(backend: Backend, backendNote: string | undefined, prompt
   const streamed = await generate(tight, { prompt, maxTokens, signal, quiet: json }, (model) => {
     say();
     const overhead = backend.deviceOverheadBytes;
-    const note = backend.name === "cpu" ? " (the CPU backend keeps to it as a GPU would)" : overhead ? ` (the CUDA context's ${formatBytes(overhead)} and ${formatBytes(vram - overhead)} for layerwise)` : "";
+    const note =
+      backend.name === "cpu"
+        ? " (the CPU backend keeps to it as a GPU would)"
+        : overhead
+          ? ` (the CUDA context's ${formatBytes(overhead)} and ${formatBytes(vram - overhead)} for layerwise)`
+          : "";
     say(`The plan for a VRAM budget of ${formatBytes(vram)}${note}, for ${formatBytes(weightBytes)} of weights:`);
     for (const line of planLines(model.plan)) say(`  ${line}`);
     say();
@@ -105,15 +119,21 @@ async function runDemo(backend: Backend, backendNote: string | undefined, prompt
     return;
   }
   say("\n");
-  say(`${streamed.promptTokens} prompt tokens, ${streamed.tokens} new: first token in ${streamed.ttftS.toFixed(3)} s, then ${rate(streamed.decodeSPerToken)}`);
-  say(`measured: each token copied ${formatBytes(perToken(streamed.decodeH2dBytes))} to the device and read ${formatBytes(perToken(streamed.decodeDiskBytes))} from disk; peak device memory ${formatBytes(streamed.peakVramBytes)} of the ${formatBytes(vram)} budget`);
+  say(
+    `${streamed.promptTokens} prompt tokens, ${streamed.tokens} new: first token in ${streamed.ttftS.toFixed(3)} s, then ${rate(streamed.decodeSPerToken)}`,
+  );
+  say(
+    `measured: each token copied ${formatBytes(perToken(streamed.decodeH2dBytes))} to the device and read ${formatBytes(perToken(streamed.decodeDiskBytes))} from disk; peak device memory ${formatBytes(streamed.peakVramBytes)} of the ${formatBytes(vram)} budget`,
+  );
   say(
     same
       ? `check: with every layer resident (no budget) the model wrote the same ${resident.tokens} tokens, at ${rate(resident.decodeSPerToken)}`
       : `check: with every layer resident the text differs (${JSON.stringify(resident.text.slice(0, 60))}...): please report this`,
   );
   say();
-  say(`next: layerwise run <model folder> --prompt "..."   (a Hugging Face folder: config.json, *.safetensors, tokenizer.json)`);
+  say(
+    `next: layerwise run <model folder> --prompt "..."   (a Hugging Face folder: config.json, *.safetensors, tokenizer.json)`,
+  );
   say(`      layerwise plan <model folder> --context 100k --vram 8GB`);
 }
 
@@ -130,7 +150,11 @@ interface DemoRun {
 }
 
 /** Loads the bundled model with `o`, greedily continues the prompt (streaming the text unless quiet), and closes it. */
-async function generate(o: LoadOptions, g: { prompt: string; maxTokens: number; signal: AbortSignal; quiet: boolean }, onLoaded: (m: LayerwiseModel) => void): Promise<DemoRun> {
+async function generate(
+  o: LoadOptions,
+  g: { prompt: string; maxTokens: number; signal: AbortSignal; quiet: boolean },
+  onLoaded: (m: LayerwiseModel) => void,
+): Promise<DemoRun> {
   const model = await LayerwiseModel.load(bundledModelDir, o);
   try {
     onLoaded(model);
@@ -171,7 +195,9 @@ function planLines(p: Plan): string[] {
   const disk = layersIn("disk");
   return [
     `device  embeddings and head ${formatBytes(d.globals)}${resident.length ? `, ${list(resident)} ${formatBytes(d.residentLayers)}` : ""}, ${p.slots} slots the other layers take turns in ${formatBytes(d.slots)}, prefill workspace ${formatBytes(d.workspace + d.kvHeadroom)}, KV ${formatBytes(d.kv + d.kvStaging)}`,
-    ...(ram.length ? [`RAM     ${list(ram)} (pinned, ${formatBytes(p.hostBytes.ramLayers)}) and the KV beyond the device's share`] : []),
+    ...(ram.length
+      ? [`RAM     ${list(ram)} (pinned, ${formatBytes(p.hostBytes.ramLayers)}) and the KV beyond the device's share`]
+      : []),
     ...(disk.length ? [`disk    ${list(disk)}, read again for every token`] : []),
     `each token copies ${formatBytes(p.perToken.h2dBytes)} to the device (a layer alone in its slot stays) and reads ${formatBytes(p.perToken.diskBytes)} from disk, each layer's copy running while the one before it computes`,
   ];

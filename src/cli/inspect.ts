@@ -70,7 +70,10 @@ export async function inspectModel(dir: string): Promise<ModelReport> {
 
     const bytesGlobal = bytesOf([...new Map(specList(model.globalWeights).map((s) => [s.name, s])).values()]);
     const perLayer = Array.from({ length: model.shape.numLayers }, (_, i) =>
-      bytesOf([...specList(model.layerWeights(i)), ...Array.from({ length: expertsIn(model.shape, i) }, (_, e) => specList(model.expertWeights!(i, e))).flat()]),
+      bytesOf([
+        ...specList(model.layerWeights(i)),
+        ...Array.from({ length: expertsIn(model.shape, i) }, (_, e) => specList(model.expertWeights!(i, e))).flat(),
+      ]),
     );
     const kvElements = model.shape.kvLayers.reduce((n, l) => n + 2 * l.kvHeads * l.headDim, 0);
     const tokenizer = await settle(() => TextTokenizer.load(dir, { vocabSize: model.shape.vocabSize }));
@@ -94,7 +97,9 @@ export async function inspectModel(dir: string): Promise<ModelReport> {
       ...(tokenizer.value ? { tokenizer_vocab: tokenizer.value.vocabSize } : {}),
       ...(tokenizerError ? { tokenizer_error: { code: tokenizerError.code, message: tokenizerError.message } } : {}),
       chat_template: template.value !== undefined,
-      ...(template.error ? { chat_template_error: { code: template.error.code, message: template.error.message } } : {}),
+      ...(template.error
+        ? { chat_template_error: { code: template.error.code, message: template.error.message } }
+        : {}),
       eos_token_ids: defaults.eosTokenIds,
       warnings,
     };
@@ -120,17 +125,48 @@ export function registerInspect(program: Command): void {
       const layerMax = Math.max(...r.bytes_per_layer);
       const lines = [
         ["architecture", r.model_type],
-        ["parameters", r.parameters >= 1e9 ? `${(r.parameters / 1e9).toFixed(2)} B` : `${(r.parameters / 1e6).toFixed(2)} M`],
-        ["dtypes", Object.entries(r.dtypes).map(([d, n]) => `${d} ${((100 * n) / r.parameters).toFixed(1)}%`).join(", ")],
+        [
+          "parameters",
+          r.parameters >= 1e9 ? `${(r.parameters / 1e9).toFixed(2)} B` : `${(r.parameters / 1e6).toFixed(2)} M`,
+        ],
+        [
+          "dtypes",
+          Object.entries(r.dtypes)
+            .map(([d, n]) => `${d} ${((100 * n) / r.parameters).toFixed(1)}%`)
+            .join(", "),
+        ],
         ["layers", `${r.layers}, hidden ${r.hidden_size}, vocab ${r.vocab_size}`],
         ["context", `${r.max_positions} tokens`],
         ["weights", `${formatBytes(r.bytes_total)} in ${r.files.length} file(s)`],
         ["embeddings+head", formatBytes(r.bytes_global)],
-        ["bytes per layer", layerMin === layerMax ? formatBytes(layerMin) : `${formatBytes(layerMin)} .. ${formatBytes(layerMax)}`],
-        ["KV per token", `${formatBytes(r.kv_bytes_per_token.bf16)} (bf16), ${formatBytes(r.kv_bytes_per_token.f32)} (f32)`],
-        ["KV at full context", `${formatBytes(r.kv_bytes_full_context_bf16)} (bf16; sliding-window layers hold only their window)`],
-        ["tokenizer", r.tokenizer_vocab !== undefined ? `${r.tokenizer_vocab} tokens` : r.tokenizer_error ? `unusable: [${r.tokenizer_error.code}] ${r.tokenizer_error.message}` : "missing (tokenizer.json)"],
-        ["chat template", r.chat_template ? "yes" : r.chat_template_error ? `unusable: [${r.chat_template_error.code}] ${r.chat_template_error.message}` : "no"],
+        [
+          "bytes per layer",
+          layerMin === layerMax ? formatBytes(layerMin) : `${formatBytes(layerMin)} .. ${formatBytes(layerMax)}`,
+        ],
+        [
+          "KV per token",
+          `${formatBytes(r.kv_bytes_per_token.bf16)} (bf16), ${formatBytes(r.kv_bytes_per_token.f32)} (f32)`,
+        ],
+        [
+          "KV at full context",
+          `${formatBytes(r.kv_bytes_full_context_bf16)} (bf16; sliding-window layers hold only their window)`,
+        ],
+        [
+          "tokenizer",
+          r.tokenizer_vocab !== undefined
+            ? `${r.tokenizer_vocab} tokens`
+            : r.tokenizer_error
+              ? `unusable: [${r.tokenizer_error.code}] ${r.tokenizer_error.message}`
+              : "missing (tokenizer.json)",
+        ],
+        [
+          "chat template",
+          r.chat_template
+            ? "yes"
+            : r.chat_template_error
+              ? `unusable: [${r.chat_template_error.code}] ${r.chat_template_error.message}`
+              : "no",
+        ],
         ["eos ids", r.eos_token_ids.join(", ") || "none"],
         ...r.warnings.map((w) => ["warning", `[${w.code}] ${w.message}`]),
       ];

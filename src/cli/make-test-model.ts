@@ -23,7 +23,10 @@ export function registerMakeTestModel(program: Command): void {
   program
     .command("make-test-model")
     .description("write a random-weight checkpoint with the exact shapes of a real model")
-    .option("--arch <arch>", "architecture (llama, qwen3, gemma3, gpt-oss, qwen3-next); picks tiny-<arch> when no preset is given")
+    .option(
+      "--arch <arch>",
+      "architecture (llama, qwen3, gemma3, gpt-oss, qwen3-next); picks tiny-<arch> when no preset is given",
+    )
     .option("--preset <name>", `shapes to copy: ${Object.keys(presets).join(", ")}`)
     .option("--dtype <dtype>", "bf16, f16 or f32", "bf16")
     .option("--layers <n>", "fewer decoder layers than the real model")
@@ -34,10 +37,13 @@ export function registerMakeTestModel(program: Command): void {
     .option("--json", "print what was written as JSON")
     .action(async (flags: Flags) => {
       const dtype = flags.dtype as FloatDType;
-      if (!["bf16", "f16", "f32"].includes(dtype)) throw new UsageError("BAD_FLAG", `--dtype ${flags.dtype} is not bf16, f16 or f32`);
-      if (flags.mergeFormat !== "arrays" && flags.mergeFormat !== "strings") throw new UsageError("BAD_FLAG", `--merge-format ${flags.mergeFormat} is not arrays or strings`);
+      if (!["bf16", "f16", "f32"].includes(dtype))
+        throw new UsageError("BAD_FLAG", `--dtype ${flags.dtype} is not bf16, f16 or f32`);
+      if (flags.mergeFormat !== "arrays" && flags.mergeFormat !== "strings")
+        throw new UsageError("BAD_FLAG", `--merge-format ${flags.mergeFormat} is not arrays or strings`);
       const preset = flags.preset ?? (flags.arch ? `tiny-${flags.arch}` : undefined);
-      if (!preset) throw new UsageError("NO_PRESET", "give --preset or --arch", `presets: ${Object.keys(presets).join(", ")}`);
+      if (!preset)
+        throw new UsageError("NO_PRESET", "give --preset or --arch", `presets: ${Object.keys(presets).join(", ")}`);
       const info = await makeTestModel({
         preset,
         arch: flags.arch,
@@ -49,6 +55,9 @@ export function registerMakeTestModel(program: Command): void {
         mergeFormat: flags.mergeFormat,
       });
       if (flags.json) process.stdout.write(JSON.stringify(info) + "\n");
-      else process.stdout.write(`wrote ${info.dir}: ${preset}, ${(info.parameterCount / 1e6).toFixed(1)}M parameters, ${formatBytes(info.bytes)} (${info.files.join(", ")})\n`);
+      else
+        process.stdout.write(
+          `wrote ${info.dir}: ${preset}, ${(info.parameterCount / 1e6).toFixed(1)}M parameters, ${formatBytes(info.bytes)} (${info.files.join(", ")})\n`,
+        );
     });
 }

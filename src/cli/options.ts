@@ -37,20 +37,39 @@ export function addModelFlags(cmd: Command): Command {
   return cmd
     .addOption(new Option("--backend <name>", "compute backend: cpu, cuda or auto").default("auto"))
     .option("--vram <size>", "GPU memory layerwise may use, e.g. 8GB (default: free memory less a margin)")
-    .option("--ram <size>", "RAM for caching weights and KV, e.g. 32GB, 0 to read weights from disk every token (default: half the free RAM)")
+    .option(
+      "--ram <size>",
+      "RAM for caching weights and KV, e.g. 32GB, 0 to read weights from disk every token (default: half the free RAM)",
+    )
     .option("--context <tokens>", "tokens to plan memory for, e.g. 100k (default: the model's context)")
-    .option("--prefill-chunk <tokens>", "rows per layer pass during prefill, bounding activations (default: 8192, 4096 or 2048, the largest whose plan decodes as fast as 2048's)")
-    .option("--prefill-span <tokens>", "tokens taken through all layers before the next ones (each layer's weights are read once per span; default: the whole context if it fits, else 32768)")
+    .option(
+      "--prefill-chunk <tokens>",
+      "rows per layer pass during prefill, bounding activations (default: 8192, 4096 or 2048, the largest whose plan decodes as fast as 2048's)",
+    )
+    .option(
+      "--prefill-span <tokens>",
+      "tokens taken through all layers before the next ones (each layer's weights are read once per span; default: the whole context if it fits, else 32768)",
+    )
     .option("--kv-block <tokens>", "tokens per KV cache block", "256")
-    .option("--kv-cache <dir>", "persistent KV cache folder: a prompt that starts with a cached prefix skips its prefill")
-    .option("--kv-cache-max <size>", "largest size of the KV cache folder; least recently used blocks are deleted first")
-    .option("--expert-slots <n>", "most experts cached on the GPU (mixture-of-experts models; default: what --vram leaves room for)")
+    .option(
+      "--kv-cache <dir>",
+      "persistent KV cache folder: a prompt that starts with a cached prefix skips its prefill",
+    )
+    .option(
+      "--kv-cache-max <size>",
+      "largest size of the KV cache folder; least recently used blocks are deleted first",
+    )
+    .option(
+      "--expert-slots <n>",
+      "most experts cached on the GPU (mixture-of-experts models; default: what --vram leaves room for)",
+    )
     .option("--json", "print one JSON line at the end instead of streaming text")
     .option("--debug", "print stack traces of errors");
 }
 
 export function loadOptions(flags: ModelFlags): LoadOptions {
-  const count = (v: string | undefined, flag: string) => (v === undefined ? undefined : positive(parseCount(v, flag), flag));
+  const count = (v: string | undefined, flag: string) =>
+    v === undefined ? undefined : positive(parseCount(v, flag), flag);
   const o: LoadOptions = {
     backend: backendName(flags),
     vram: flags.vram === undefined ? undefined : parseBytes(flags.vram, "--vram"),
@@ -84,7 +103,8 @@ export function addGenerateFlags(cmd: Command): Command {
 }
 
 export function backendName(flags: ModelFlags): BackendName {
-  if (!isBackendName(flags.backend)) throw new UsageError("BAD_BACKEND", `--backend ${flags.backend} is not one of cpu, cuda, auto`);
+  if (!isBackendName(flags.backend))
+    throw new UsageError("BAD_BACKEND", `--backend ${flags.backend} is not one of cpu, cuda, auto`);
   return flags.backend;
 }
 
@@ -112,14 +132,19 @@ export function generateOptions(flags: GenerateFlags): GenerateOptions {
 }
 
 export async function promptText(flags: { prompt?: string; promptFile?: string }): Promise<string> {
-  if (flags.prompt !== undefined && flags.promptFile !== undefined) throw new UsageError("BAD_FLAG", "give --prompt or --prompt-file, not both");
+  if (flags.prompt !== undefined && flags.promptFile !== undefined)
+    throw new UsageError("BAD_FLAG", "give --prompt or --prompt-file, not both");
   if (flags.promptFile !== undefined) {
     try {
       return await readFile(flags.promptFile, "utf8");
     } catch (e) {
-      throw new UsageError("PROMPT_FILE_UNREADABLE", `--prompt-file ${flags.promptFile} cannot be read: ${(e as Error).message}`);
+      throw new UsageError(
+        "PROMPT_FILE_UNREADABLE",
+        `--prompt-file ${flags.promptFile} cannot be read: ${(e as Error).message}`,
+      );
     }
   }
-  if (flags.prompt === undefined) throw new UsageError("NO_PROMPT", "no prompt given", "pass --prompt TEXT or --prompt-file FILE");
+  if (flags.prompt === undefined)
+    throw new UsageError("NO_PROMPT", "no prompt given", "pass --prompt TEXT or --prompt-file FILE");
   return flags.prompt;
 }

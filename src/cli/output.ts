@@ -14,7 +14,11 @@ export function printError(e: unknown, o: { json?: boolean; debug?: boolean }): 
   const err =
     e instanceof LayerwiseError
       ? e.toJSON()
-      : { code: code ?? "INTERNAL", message: (e as Error)?.message ?? String(e), hint: (code && systemHints[code]) || "this looks like a bug in layerwise; rerun with --debug and report it" };
+      : {
+          code: code ?? "INTERNAL",
+          message: (e as Error)?.message ?? String(e),
+          hint: (code && systemHints[code]) || "this looks like a bug in layerwise; rerun with --debug and report it",
+        };
   if (o.json) process.stdout.write(JSON.stringify({ error: err }) + "\n");
   else process.stderr.write(`error [${err.code}]: ${err.message}\n${err.hint ? `  hint: ${err.hint}\n` : ""}`);
   if (o.debug && e instanceof Error) process.stderr.write(`${e.stack}\n`);

@@ -16,7 +16,9 @@ const pkg = JSON.parse(readFileSync(new URL("../../../package.json", import.meta
 
 const program = new Command()
   .name("layerwise")
-  .description("Run large Hugging Face language models with long contexts on small GPUs, streaming weights layer by layer.")
+  .description(
+    "Run large Hugging Face language models with long contexts on small GPUs, streaming weights layer by layer.",
+  )
   .version(pkg.version)
   .showHelpAfterError()
   .exitOverride();

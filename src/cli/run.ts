@@ -39,19 +39,22 @@ export function registerRun(program: Command): void {
       const progress = prefillProgress(ids.length, !flags.json);
       let first = true;
       let afterPrefill = model.stats();
-      const result = await model.complete({ ids }, {
-        ...gen,
-        signal: interrupted,
-        onPrefillProgress: (done) => {
-          progress.onProgress?.(done);
-          if (done >= 1) afterPrefill = model.stats();
+      const result = await model.complete(
+        { ids },
+        {
+          ...gen,
+          signal: interrupted,
+          onPrefillProgress: (done) => {
+            progress.onProgress?.(done);
+            if (done >= 1) afterPrefill = model.stats();
+          },
+          onText: (piece) => {
+            if (first) progress.stop();
+            first = false;
+            if (!flags.json) process.stdout.write(piece);
+          },
         },
-        onText: (piece) => {
-          if (first) progress.stop();
-          first = false;
-          if (!flags.json) process.stdout.write(piece);
-        },
-      });
+      );
       progress.stop();
       const s = model.stats();
       // Decode steps are the forwards after the prompt's: one per new token but the last.

@@ -28,11 +28,14 @@ async function removeAbandoned(prefix: string): Promise<void> {
   const names = await readdir(tmpdir()).catch(() => [] as string[]);
   for (const name of names.filter((n) => n.startsWith(prefix))) {
     const dir = join(tmpdir(), name);
-    const owner = await readFile(join(dir, ownerFile), "utf8").then(
-      (t) => (JSON.parse(t) as { pid?: unknown }).pid,
-      () => undefined,
-    ).catch(() => undefined);
-    if (typeof owner === "number" && Number.isInteger(owner) && owner > 0 && !isRunning(owner)) await removeScratchDir(dir).catch(() => {});
+    const owner = await readFile(join(dir, ownerFile), "utf8")
+      .then(
+        (t) => (JSON.parse(t) as { pid?: unknown }).pid,
+        () => undefined,
+      )
+      .catch(() => undefined);
+    if (typeof owner === "number" && Number.isInteger(owner) && owner > 0 && !isRunning(owner))
+      await removeScratchDir(dir).catch(() => {});
   }
 }
 

@@ -32,15 +32,28 @@ export function registerServe(program: Command): void {
       .option("--max-batch <n>", "requests decoded together", "16")
       .option("--max-body <size>", "largest request body", "4MB")
       .option("--request-timeout <seconds>", "longest a request may run", "600")
-      .option("--max-connections <n>", "most connections open at once; more are closed unanswered", String(serveDefaults.maxConnections))
-      .option("--drain-timeout <seconds>", "on Ctrl-C, how long requests in flight may finish before they are cancelled", String(serveDefaults.drainTimeoutMs / 1000)),
+      .option(
+        "--max-connections <n>",
+        "most connections open at once; more are closed unanswered",
+        String(serveDefaults.maxConnections),
+      )
+      .option(
+        "--drain-timeout <seconds>",
+        "on Ctrl-C, how long requests in flight may finish before they are cancelled",
+        String(serveDefaults.drainTimeoutMs / 1000),
+      ),
   ).action(async (dir: string, flags: ServeFlags) => {
     const maxBatch = numberFlag(flags.maxBatch, "--max-batch", { integer: true })!;
     const maxConnections = numberFlag(flags.maxConnections, "--max-connections", { integer: true })!;
     const drainTimeoutMs = numberFlag(flags.drainTimeout, "--drain-timeout")! * 1000;
-    if (maxConnections < 1) throw new UsageError("BAD_FLAG", `--max-connections ${flags.maxConnections} is not 1 or more`);
+    if (maxConnections < 1)
+      throw new UsageError("BAD_FLAG", `--max-connections ${flags.maxConnections} is not 1 or more`);
     if (drainTimeoutMs < 0) throw new UsageError("BAD_FLAG", `--drain-timeout ${flags.drainTimeout} is negative`);
-    const model = await LayerwiseModel.load(dir, { ...loadOptions(flags), batch: maxBatch, onWarning: (code, message) => process.stderr.write(`warning [${code}]: ${message}\n`) });
+    const model = await LayerwiseModel.load(dir, {
+      ...loadOptions(flags),
+      batch: maxBatch,
+      onWarning: (code, message) => process.stderr.write(`warning [${code}]: ${message}\n`),
+    });
     if (model.backendNote) process.stderr.write(`${model.backendNote}\n`);
     const server = await startServer(model, {
       host: flags.host,
@@ -57,7 +70,9 @@ export function registerServe(program: Command): void {
     await new Promise<void>((resolve) => {
       const drain = (signal: NodeJS.Signals) => {
         const active = server.scheduler.stats().active + server.scheduler.stats().queued;
-        process.stderr.write(`${signal}: draining; ${active} generation(s) in flight get ${drainTimeoutMs / 1000} s to finish (Ctrl-C again quits at once)\n`);
+        process.stderr.write(
+          `${signal}: draining; ${active} generation(s) in flight get ${drainTimeoutMs / 1000} s to finish (Ctrl-C again quits at once)\n`,
+        );
         process.once("SIGINT", () => process.exit(130));
         void server.stop().then(resolve);
       };

@@ -85,7 +85,9 @@ export async function assembleEngine(dir: string, o: LoadOptions): Promise<Engin
     encoderStarted.catch(() => {}); // awaited below
     const defaults = await readGenerationDefaults(dir, checkpoint.rawConfig);
     const shared = typeof o.backend === "object" ? o.backend : undefined;
-    const { backend, note } = shared ? { backend: shared, note: undefined } : await createBackend((o.backend as BackendName | undefined) ?? "auto");
+    const { backend, note } = shared
+      ? { backend: shared, note: undefined }
+      : await createBackend((o.backend as BackendName | undefined) ?? "auto");
     if (!shared) cleanup.push(() => backend.dispose());
 
     const plan = await planForLoad(checkpoint, arch, backend, o);
@@ -97,13 +99,20 @@ export async function assembleEngine(dir: string, o: LoadOptions): Promise<Engin
     // The plan's device share for KV is taken now (below), so device memory is the same at any context length.
     const blocks = new KvBlockPool(backend, kvBlockTokens, kvDtype);
     cleanup.push(() => blocks.dispose());
-    const streamer = await LayerStreamer.create(backend, plan.input.layout, plan, reader, () => blocks.extraDeviceBytes());
+    const streamer = await LayerStreamer.create(backend, plan.input.layout, plan, reader, () =>
+      blocks.extraDeviceBytes(),
+    );
     cleanup.push(() => streamer.dispose());
-    const kvBlockBytes = Math.max(...arch.shape.kvLayers.map((l) => l.kvHeads * l.headDim)) * kvBlockTokens * dtypeBytes[kvDtype];
+    const kvBlockBytes =
+      Math.max(...arch.shape.kvLayers.map((l) => l.kvHeads * l.headDim)) * kvBlockTokens * dtypeBytes[kvDtype];
     const stager = new KvStager(backend, kvBlockBytes, Math.max(2, plan.kvStagingBlocks), kvDtype);
     cleanup.push(() => stager.dispose());
     // With a persistent cache, recurrent state is kept at chunk ends too, so a cached prefix can resume near its end.
-    const runner = new Runner(backend, arch, streamer, stager, { prefillChunk, prefillSpan, ...(o.kvCache && hasRecurrentLayers(arch.shape) ? { stateSnapshotTokens: prefillChunk } : {}) });
+    const runner = new Runner(backend, arch, streamer, stager, {
+      prefillChunk,
+      prefillSpan,
+      ...(o.kvCache && hasRecurrentLayers(arch.shape) ? { stateSnapshotTokens: prefillChunk } : {}),
+    });
     cleanup.push(() => runner.dispose());
     runner.reserveHostStates(plan.hiddenHostBuffers.count, plan.hiddenHostBuffers.rows);
     const policy: KvPolicy = {
@@ -120,11 +129,15 @@ export async function assembleEngine(dir: string, o: LoadOptions): Promise<Engin
       // The RAM tier's pinned buffers, one per block; a sliding-window layer that frees what its window passed holds
       // at most its window's blocks, in either tier.
       for (const l of kvLayersOf(plan.input)) {
-        const count = plan.input.batch * Math.min(policy.hostBlocks, Math.max(0, windowBlocks(plan.input, l) - policy.deviceBlocks));
+        const count =
+          plan.input.batch *
+          Math.min(policy.hostBlocks, Math.max(0, windowBlocks(plan.input, l) - policy.deviceBlocks));
         blocks.reserveHost(2 * kvBlockTokens * l.kvHeads * l.headDim * dtypeBytes[kvDtype], count);
       }
     }
-    const prefixCache = o.kvCache ? await openPrefixCache(o.kvCache, o, checkpoint, arch, plan, () => streamer.useShare("prefill")) : undefined;
+    const prefixCache = o.kvCache
+      ? await openPrefixCache(o.kvCache, o, checkpoint, arch, plan, () => streamer.useShare("prefill"))
+      : undefined;
     const spill = new KvSpill(o.kvSpillDir);
     cleanup.push(() => spill.dispose());
     const ranges = new FileRanges();
@@ -168,9 +181,20 @@ export async function assembleEngine(dir: string, o: LoadOptions): Promise<Engin
   }
 }
 
-async function openPrefixCache(dir: string, o: LoadOptions, checkpoint: Checkpoint, arch: ArchModel, plan: Plan, beforeAdopt: () => Promise<void>): Promise<PrefixCache> {
+async function openPrefixCache(
+  dir: string,
+  o: LoadOptions,
+  checkpoint: Checkpoint,
+  arch: ArchModel,
+  plan: Plan,
+  beforeAdopt: () => Promise<void>,
+): Promise<PrefixCache> {
   const { kvDtype, kvBlockTokens } = plan.input;
-  const store = await KvStore.open(dir, { maxBytes: o.kvCacheMax, io: o.storeIo, events: { warn: o.onWarning ?? (() => {}) } });
+  const store = await KvStore.open(dir, {
+    maxBytes: o.kvCacheMax,
+    io: o.storeIo,
+    events: { warn: o.onWarning ?? (() => {}) },
+  });
   const fingerprint = await modelFingerprint(checkpoint, `kv:${kvDtype}:${kvBlockTokens}`);
   const kvLayers = arch.shape.kvLayers;
   const layout = {

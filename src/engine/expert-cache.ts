@@ -58,10 +58,15 @@ export class ExpertCache {
   /** Allocates the plan's slots and RAM images; with a slot for every expert, loads them all now. */
   static async create(backend: Backend, layout: ModelLayout, plan: Plan, reader: DiskReader): Promise<ExpertCache> {
     const { deviceSlots, ram, stagingBuffers, total } = plan.experts;
-    const staging = new BufferPool(backend, Math.max(stagingBuffers, deviceSlots === total ? 1 : 0), layout.maxExpertHostBytes);
+    const staging = new BufferPool(
+      backend,
+      Math.max(stagingBuffers, deviceSlots === total ? 1 : 0),
+      layout.maxExpertHostBytes,
+    );
     const c = new ExpertCache(backend, layout.experts, reader, staging);
     try {
-      for (let i = 0; i < deviceSlots; i++) c.slots.push({ buffer: deviceBytes(backend, layout.maxExpertDeviceBytes), pins: 0, lastUse: 0 });
+      for (let i = 0; i < deviceSlots; i++)
+        c.slots.push({ buffer: deviceBytes(backend, layout.maxExpertDeviceBytes), pins: 0, lastUse: 0 });
       for (let key = 0; key < ram; key++) {
         const image = backend.allocHost(c.group(key).hostBytes);
         c.ramImages.set(key, image);
@@ -121,7 +126,10 @@ export class ExpertCache {
   async reset(): Promise<void> {
     this.slotWaiters.splice(0);
     for (const slot of this.slots) {
-      const ok = await slot.weights?.then(() => true, () => false);
+      const ok = await slot.weights?.then(
+        () => true,
+        () => false,
+      );
       if (ok === false) this.evict(slot);
       if (slot.pins > 0) slot.freeAfter = this.backend.fence();
       slot.pins = 0;
@@ -148,7 +156,16 @@ export class ExpertCache {
     slot.weights = (async () => {
       try {
         // A chunk's routed experts are needed by its own pass.
-        const w = await fetchGroup(this.backend, this.reader, group, this.ramImages.get(key), this.staging, slot.buffer, slot.freeAfter, "needed");
+        const w = await fetchGroup(
+          this.backend,
+          this.reader,
+          group,
+          this.ramImages.get(key),
+          this.staging,
+          slot.buffer,
+          slot.freeAfter,
+          "needed",
+        );
         this.stats.loads++;
         this.stats.loadBytes += group.dataBytes;
         return w;

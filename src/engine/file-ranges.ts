@@ -18,10 +18,19 @@ export class FileRanges {
       fh = await h;
     } catch (e) {
       this.handles.delete(place.file);
-      throw new CacheError("KV_READ_FAILED", `${place.file} cannot be read: ${(e as Error).message}`, "the KV cache folder changed while running; run again");
+      throw new CacheError(
+        "KV_READ_FAILED",
+        `${place.file} cannot be read: ${(e as Error).message}`,
+        "the KV cache folder changed while running; run again",
+      );
     }
     const { bytesRead } = await fh.read(into, 0, into.byteLength, place.offset);
-    if (bytesRead !== into.byteLength) throw new CacheError("KV_READ_SHORT", `${place.file}: read ${bytesRead} of ${into.byteLength} bytes at ${place.offset}`, "the KV cache file is truncated; it will be recomputed");
+    if (bytesRead !== into.byteLength)
+      throw new CacheError(
+        "KV_READ_SHORT",
+        `${place.file}: read ${bytesRead} of ${into.byteLength} bytes at ${place.offset}`,
+        "the KV cache file is truncated; it will be recomputed",
+      );
     this.bytesRead += bytesRead;
   }
 

@@ -59,10 +59,20 @@ export class Generation {
     readonly kvCacheHitTokens = 0,
   ) {
     const maxTokens = o.maxTokens ?? 256;
-    if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new UsageError("BAD_MAX_TOKENS", `max tokens ${maxTokens} is not a whole number >= 0`);
-    if (promptIds.length === 0) throw new UsageError("EMPTY_PROMPT", "the prompt has no tokens", "give a prompt, or a model whose tokenizer adds a BOS token");
+    if (!Number.isInteger(maxTokens) || maxTokens < 0)
+      throw new UsageError("BAD_MAX_TOKENS", `max tokens ${maxTokens} is not a whole number >= 0`);
+    if (promptIds.length === 0)
+      throw new UsageError(
+        "EMPTY_PROMPT",
+        "the prompt has no tokens",
+        "give a prompt, or a model whose tokenizer adds a BOS token",
+      );
     if (contextLeft <= 0) {
-      throw new UsageError("PROMPT_TOO_LONG", `the prompt has ${promptIds.length} tokens; the model's context is ${promptIds.length + contextLeft}`, "shorten the prompt or pick a model with a longer context");
+      throw new UsageError(
+        "PROMPT_TOO_LONG",
+        `the prompt has ${promptIds.length} tokens; the model's context is ${promptIds.length + contextLeft}`,
+        "shorten the prompt or pick a model with a longer context",
+      );
     }
     this.sampler = new Sampler(o);
     this.stopIds = new Set([...(o.ignoreEos ? [] : eosTokenIds), ...(o.stopTokenIds ?? [])]);
@@ -167,7 +177,13 @@ export interface TokenStepper {
  * Yields generated ids for one sequence. `promptIds` is the whole prompt; only its last `fresh` ids are fed (the rest
  * came from the KV cache). Calling next(false) ends generation with finish reason "stop".
  */
-export async function* generateTokens(model: TokenStepper, promptIds: readonly number[], fresh: number, o: GenerateOptions, kvCacheHitTokens = 0): AsyncGenerator<number, TokenStats, boolean | undefined> {
+export async function* generateTokens(
+  model: TokenStepper,
+  promptIds: readonly number[],
+  fresh: number,
+  o: GenerateOptions,
+  kvCacheHitTokens = 0,
+): AsyncGenerator<number, TokenStats, boolean | undefined> {
   const gen = new Generation(promptIds, o, model.eosTokenIds, model.room - fresh, kvCacheHitTokens);
   // A cancel during a step ends the run as "abort" (the engine rolled the step back); other errors propagate.
   const step = (ids: readonly number[]) =>
@@ -190,7 +206,12 @@ export async function* generateTokens(model: TokenStepper, promptIds: readonly n
 }
 
 /** Streams text pieces of generated tokens, cut at the first stop string; returns the whole result. */
-export async function* generateText(tokenizer: TextTokenizer, promptIds: readonly number[], tokens: AsyncGenerator<number, TokenStats, boolean | undefined>, o: GenerateOptions): AsyncGenerator<string, GenerationResult> {
+export async function* generateText(
+  tokenizer: TextTokenizer,
+  promptIds: readonly number[],
+  tokens: AsyncGenerator<number, TokenStats, boolean | undefined>,
+  o: GenerateOptions,
+): AsyncGenerator<string, GenerationResult> {
   const text = new TextStream(tokenizer, o.stop, promptIds);
   let next = await tokens.next();
   while (!next.done) {

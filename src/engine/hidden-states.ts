@@ -22,12 +22,18 @@ export interface Chunk {
 }
 
 /** The span's rows [s0, s1) in chunks of at most `chunkRows`, each split into its items' segments. */
-export function spanChunks(s0: number, s1: number, chunkRows: number, itemOfRow: readonly number[], positionOf: (row: number) => number): Chunk[] {
+export function spanChunks(
+  s0: number,
+  s1: number,
+  chunkRows: number,
+  itemOfRow: readonly number[],
+  positionOf: (row: number) => number,
+): Chunk[] {
   const chunks: Chunk[] = [];
   for (let c0 = s0; c0 < s1; c0 += chunkRows) {
     const c1 = Math.min(s1, c0 + chunkRows);
     const segments: Segment[] = [];
-    for (let r = c0; r < c1; ) {
+    for (let r = c0; r < c1;) {
       let e = r;
       while (e < c1 && itemOfRow[e] === itemOfRow[r]) e++;
       segments.push({ item: itemOfRow[r]!, row: r, rows: e - r, pos: positionOf(r) });
@@ -149,7 +155,8 @@ export class SpanHiddenStates {
 
   /** Frees every device buffer and returns the host buffers, once every copy has settled (on any path). */
   async release(): Promise<void> {
-    for (const t of new Set([this.current, this.next, ...this.chunks.map((c) => c.hidden), ...this.spare])) if (t) this.backend.free(t);
+    for (const t of new Set([this.current, this.next, ...this.chunks.map((c) => c.hidden), ...this.spare]))
+      if (t) this.backend.free(t);
     await this.copies.settleAll();
     for (const c of this.chunks) if (c.host) this.hostBuffers.put(c.host);
   }
@@ -176,7 +183,12 @@ class HostCopies {
   private previous: Promise<unknown>[] = [];
 
   add(copy: Promise<void>): void {
-    this.current.push(copy.then(() => undefined, (e: unknown) => e ?? new Error("a copy failed")));
+    this.current.push(
+      copy.then(
+        () => undefined,
+        (e: unknown) => e ?? new Error("a copy failed"),
+      ),
+    );
   }
 
   /** Waits for the copies added before the last check (long done, as the device works in order) and rethrows a failure. */

@@ -41,7 +41,11 @@ export class KvStager {
 
   private addSlot(): void {
     const elements = [this.blockBytes / dtypeBytes[this.dtype]];
-    this.slots.push({ k: this.backend.alloc(elements, this.dtype), v: this.backend.alloc(elements, this.dtype), host: this.backend.allocHost(2 * this.blockBytes) });
+    this.slots.push({
+      k: this.backend.alloc(elements, this.dtype),
+      v: this.backend.alloc(elements, this.dtype),
+      host: this.backend.allocHost(2 * this.blockBytes),
+    });
   }
 
   /**
@@ -74,7 +78,10 @@ export class KvStager {
     }
     const k = this.backend.view(slot.k, 0, shape, this.dtype);
     const v = this.backend.view(slot.v, 0, shape, this.dtype);
-    const copies = [this.backend.copyToDevice(k, 0, src, 0, bytes, slot.lastUse), this.backend.copyToDevice(v, 0, src, bytes, bytes, slot.lastUse)];
+    const copies = [
+      this.backend.copyToDevice(k, 0, src, 0, bytes, slot.lastUse),
+      this.backend.copyToDevice(v, 0, src, bytes, bytes, slot.lastUse),
+    ];
     this.stats.h2dBytes += 2 * bytes;
     // A disk block's pinned buffer is reused by this slot's next block: its copy must be done by then.
     if (b.tier === "disk") await Promise.all(copies);
@@ -104,16 +111,36 @@ export class KvStager {
 }
 
 /** Attention of q over every item's KV, wherever its blocks live. */
-export async function attendTiered(backend: Backend, stager: KvStager | undefined, layer: number, q: Tensor, items: readonly AttendItem[], o: AttentionCall): Promise<Tensor> {
+export async function attendTiered(
+  backend: Backend,
+  stager: KvStager | undefined,
+  layer: number,
+  q: Tensor,
+  items: readonly AttendItem[],
+  o: AttentionCall,
+): Promise<Tensor> {
   const onDevice = (b: KvBlockState): b is KvBlockState & KvBlock => b.tier === "device";
-  const deviceSeqs: AttentionSeq[] = items.map((it) => ({ qRow: it.qRow, qRows: it.qRows, qPos: it.qPos, blocks: it.cache.blocks(layer).filter(onDevice) }));
-  const off = items.flatMap((it) => it.cache.blocks(layer).filter((b) => !onDevice(b)).map((b) => ({ it, b })));
+  const deviceSeqs: AttentionSeq[] = items.map((it) => ({
+    qRow: it.qRow,
+    qRows: it.qRows,
+    qPos: it.qPos,
+    blocks: it.cache.blocks(layer).filter(onDevice),
+  }));
+  const off = items.flatMap((it) =>
+    it.cache
+      .blocks(layer)
+      .filter((b) => !onDevice(b))
+      .map((b) => ({ it, b })),
+  );
   if (off.length === 0) return backend.attention(q, { ...o, seqs: deviceSeqs });
   if (!stager) throw new Error("attendTiered: KV blocks off the device but no stager");
   let acc: AttentionPart = backend.attentionPart(q, { ...o, seqs: deviceSeqs });
   for (let g = 0; g < off.length; g += stager.capacity) {
     const group = off.slice(g, g + stager.capacity);
-    const blocks = await stager.stageGroup(group.map(({ it, b }) => ({ cache: it.cache, b })), layer);
+    const blocks = await stager.stageGroup(
+      group.map(({ it, b }) => ({ cache: it.cache, b })),
+      layer,
+    );
     const staged = new Map<AttendItem, KvBlock[]>();
     group.forEach(({ it }, i) => staged.set(it, [...(staged.get(it) ?? []), blocks[i]!]));
     const seqs = [...staged].map(([it, blocks]) => ({ qRow: it.qRow, qRows: it.qRows, qPos: it.qPos, blocks }));

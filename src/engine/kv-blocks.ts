@@ -30,7 +30,11 @@ export class KvBlockPool {
 
   /** Device bytes of the blocks that exist beyond the reserve (decode's larger share), as the planner counts them (decodeExtraKvBytesAt). */
   extraDeviceBytes(): number {
-    return kvBytesBeyondReserve({ kvBlockTokens: this.blockTokens, kvDtype: this.dtype, deviceBytesFor: (n) => this.backend.deviceBytesFor(n) }, this.made, this.reserved);
+    return kvBytesBeyondReserve(
+      { kvBlockTokens: this.blockTokens, kvDtype: this.dtype, deviceBytesFor: (n) => this.backend.deviceBytesFor(n) },
+      this.made,
+      this.reserved,
+    );
   }
 
   take(kvCols: number): DeviceBlock {
@@ -69,7 +73,8 @@ export class KvBlockPool {
   }
 
   dispose(): void {
-    for (const list of this.free.values()) for (const b of list.splice(0)) this.backend.free(b.k), this.backend.free(b.v);
+    for (const list of this.free.values())
+      for (const b of list.splice(0)) (this.backend.free(b.k), this.backend.free(b.v));
     for (const list of this.freeHost.values()) for (const b of list.splice(0)) this.backend.freeHost(b);
   }
 

@@ -67,7 +67,10 @@ export class KvCache {
   ) {
     this.layers = shape.kvLayers.map(() => []);
     this.share = policy.deviceBlocks;
-    this.lengthLayer = Math.max(0, shape.kvLayers.findIndex((l) => l.kvHeads > 0));
+    this.lengthLayer = Math.max(
+      0,
+      shape.kvLayers.findIndex((l) => l.kvHeads > 0),
+    );
   }
 
   /** Tokens stored in `layer` (every layer holds the same count between forwards). */
@@ -99,18 +102,36 @@ export class KvCache {
     const block = this.policy.blockTokens;
     const tail = blocks[blocks.length - 1];
     const partial = tail && tail.length < block ? tail : undefined;
-    if (partial && partial.tier !== "device") throw new Error("KvCache: the tail block is not on the device (truncate promotes it)");
+    if (partial && partial.tier !== "device")
+      throw new Error("KvCache: the tail block is not on the device (truncate promotes it)");
     const targets = partial ? [partial] : [];
     for (let room = partial ? block - partial.length : 0; room < count; room += block) {
       // Every block before a new one is full once this write is done.
       const before = blocks[blocks.length - 1];
-      const added: KvBlockState = { start: before ? before.start + block : 0, length: 0, tier: "device", ...this.deviceBlock(layer) };
+      const added: KvBlockState = {
+        start: before ? before.start + block : 0,
+        length: 0,
+        tier: "device",
+        ...this.deviceBlock(layer),
+      };
       blocks.push(added);
       targets.push(added);
     }
     const firstRow = partial?.length ?? 0;
-    this.backend.writeRows(targets.map((b) => b.k!), firstRow, k, srcRow, count);
-    this.backend.writeRows(targets.map((b) => b.v!), firstRow, v, srcRow, count);
+    this.backend.writeRows(
+      targets.map((b) => b.k!),
+      firstRow,
+      k,
+      srcRow,
+      count,
+    );
+    this.backend.writeRows(
+      targets.map((b) => b.v!),
+      firstRow,
+      v,
+      srcRow,
+      count,
+    );
     let left = count;
     for (const b of targets) {
       const n = Math.min(left, block - b.length);
@@ -185,7 +206,10 @@ export class KvCache {
       const toDisk = onHost >= this.policy.hostBlocks;
       if (!toDisk) onHost++;
       const host = this.pool.takeHost(2 * bytes);
-      const copies = [this.backend.copyToHost(b.k!, 0, host, 0, bytes), this.backend.copyToHost(b.v!, 0, host, bytes, bytes)];
+      const copies = [
+        this.backend.copyToHost(b.k!, 0, host, 0, bytes),
+        this.backend.copyToHost(b.v!, 0, host, bytes, bytes),
+      ];
       this.moves.push({ b, host, toDisk, copies, bytes });
     }
   }
@@ -269,7 +293,10 @@ export class KvCache {
         if (onDevice >= share) break;
         if (b.tier !== "host") continue;
         const { k, v } = this.deviceBlock(layer);
-        copies.push(this.backend.copyToDevice(k, 0, b.host!, 0, bytes, after), this.backend.copyToDevice(v, 0, b.host!, bytes, bytes, after));
+        copies.push(
+          this.backend.copyToDevice(k, 0, b.host!, 0, bytes, after),
+          this.backend.copyToDevice(v, 0, b.host!, bytes, bytes, after),
+        );
         // The RAM copy stays: full blocks do not change, so the next prompt sends the block out again without a copy.
         Object.assign(b, { tier: "device", k, v });
         landed.push(b);
@@ -308,7 +335,11 @@ export class KvCache {
    * Layer `layer`'s recurrent state for this sequence, f32 tensors of `shapes` (zeros at first use), about to see `rows`
    * more tokens.
    */
-  async recurrentState(layer: number, shapes: Readonly<Record<string, readonly number[]>>, rows: number): Promise<Readonly<Record<string, Tensor>>> {
+  async recurrentState(
+    layer: number,
+    shapes: Readonly<Record<string, readonly number[]>>,
+    rows: number,
+  ): Promise<Readonly<Record<string, Tensor>>> {
     let state = this.states.get(layer);
     if (!state) {
       // A state adopted from the persistent cache waits here, as bytes, until the layer says its shapes.
@@ -323,7 +354,10 @@ export class KvCache {
         offset += bytes;
         tensors[key] = t;
       }
-      if (adopted && offset !== adopted.bytes.byteLength) throw new Error(`KvCache: layer ${layer}'s cached state has ${adopted.bytes.byteLength} bytes, its shapes ${offset}`);
+      if (adopted && offset !== adopted.bytes.byteLength)
+        throw new Error(
+          `KvCache: layer ${layer}'s cached state has ${adopted.bytes.byteLength} bytes, its shapes ${offset}`,
+        );
       state = { tensors, tokens: adopted?.tokens ?? 0 };
       this.states.set(layer, state);
     }
@@ -378,7 +412,8 @@ export class KvCache {
    * and recurrent state is at `length` (it cannot go back).
    */
   canTruncate(length: number): boolean {
-    if (length > 0 && [...this.states.values(), ...this.adoptedStates.values()].some((s) => s.tokens !== length)) return false;
+    if (length > 0 && [...this.states.values(), ...this.adoptedStates.values()].some((s) => s.tokens !== length))
+      return false;
     return this.layers.every((blocks, layer) => {
       const window = this.shape.kvLayers[layer]!.slidingWindow;
       const first = blocks[0]?.start ?? 0;
@@ -388,7 +423,10 @@ export class KvCache {
 
   /** Drops every token from position `length` on; a partial last block comes back to the device so it can grow. */
   async truncate(length: number): Promise<void> {
-    if (!this.canTruncate(length)) throw new Error(`KvCache: keys before ${length} were freed (sliding window) or recurrent state passed it; rewind to 0 instead`);
+    if (!this.canTruncate(length))
+      throw new Error(
+        `KvCache: keys before ${length} were freed (sliding window) or recurrent state passed it; rewind to 0 instead`,
+      );
     // Moves still pending belong to a forward that failed (a forward lands its moves before it returns): that forward's
     // error is the one to report, and a move that fails leaves its blocks on the device, whole.
     await this.finishMoves().catch(() => {});

@@ -113,7 +113,13 @@ export type EntryKind = "missing" | "file" | "folder" | "a symbolic link" | "not
 export async function entryKind(path: string): Promise<EntryKind> {
   try {
     const st = await lstat(path);
-    return st.isSymbolicLink() ? "a symbolic link" : st.isFile() ? "file" : st.isDirectory() ? "folder" : "not a regular file";
+    return st.isSymbolicLink()
+      ? "a symbolic link"
+      : st.isFile()
+        ? "file"
+        : st.isDirectory()
+          ? "folder"
+          : "not a regular file";
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === "ENOENT") return "missing";
     throw e;

@@ -5,7 +5,12 @@ import { z } from "zod";
 export const format = 1;
 export const markerName = "layerwise-kv-cache.json";
 export const markerMaxBytes = 4096;
-export const markerText = JSON.stringify({ tool: "layerwise", format, note: "layerwise KV cache: every file below was written by layerwise and may be deleted by it" }) + "\n";
+export const markerText =
+  JSON.stringify({
+    tool: "layerwise",
+    format,
+    note: "layerwise KV cache: every file below was written by layerwise and may be deleted by it",
+  }) + "\n";
 
 const Marker = z.object({ tool: z.literal("layerwise"), format: z.literal(format) });
 
@@ -19,7 +24,13 @@ const Manifest = z.strictObject({
   block_tokens: Uint,
   index: Uint,
   parent: Hash.nullable(),
-  token_ids: z.array(z.number().int().min(0).max(2 ** 31 - 1)),
+  token_ids: z.array(
+    z
+      .number()
+      .int()
+      .min(0)
+      .max(2 ** 31 - 1),
+  ),
   layers: z.array(z.strictObject({ offset: Uint, bytes: Uint, crc32: Uint.max(0xffffffff) })),
 });
 export type Manifest = z.infer<typeof Manifest>;
@@ -46,18 +57,33 @@ export function markerProblem(text: string): string | undefined {
 }
 
 /** The manifest named after block `index` (following `parent`, holding `ids`) or the reason it cannot be that block's. */
-export function parseManifest(text: string, layout: BlockLayout, parent: string | null, index: number, ids: readonly number[]): Manifest | string {
+export function parseManifest(
+  text: string,
+  layout: BlockLayout,
+  parent: string | null,
+  index: number,
+  ids: readonly number[],
+): Manifest | string {
   const r = validate(Manifest, text);
   if ("why" in r) return r.why;
   const m = r.ok;
   if (m.fingerprint !== layout.fingerprint) return "it is another model's";
-  if (m.dtype !== layout.dtype || m.block_tokens !== layout.blockTokens) return `it holds ${m.block_tokens} tokens of ${m.dtype}, not ${layout.blockTokens} of ${layout.dtype}`;
-  if (m.index !== index || m.parent !== parent || m.token_ids.length !== ids.length || m.token_ids.some((id, i) => id !== ids[i])) return "its token ids are not the ones its name stands for";
-  if (m.layers.length !== layout.layerBytes.length) return `it has ${m.layers.length} layers, the model ${layout.layerBytes.length}`;
+  if (m.dtype !== layout.dtype || m.block_tokens !== layout.blockTokens)
+    return `it holds ${m.block_tokens} tokens of ${m.dtype}, not ${layout.blockTokens} of ${layout.dtype}`;
+  if (
+    m.index !== index ||
+    m.parent !== parent ||
+    m.token_ids.length !== ids.length ||
+    m.token_ids.some((id, i) => id !== ids[i])
+  )
+    return "its token ids are not the ones its name stands for";
+  if (m.layers.length !== layout.layerBytes.length)
+    return `it has ${m.layers.length} layers, the model ${layout.layerBytes.length}`;
   let offset = 0;
   for (const [l, layer] of m.layers.entries()) {
     const want = layout.stateBytes[l]! > 0 ? [0, layout.stateBytes[l]!] : [layout.layerBytes[l]!];
-    if (layer.offset !== offset || !want.includes(layer.bytes)) return `its layer ${l} is ${layer.bytes} bytes at ${layer.offset}, expected ${want.join(" or ")} at ${offset}`;
+    if (layer.offset !== offset || !want.includes(layer.bytes))
+      return `its layer ${l} is ${layer.bytes} bytes at ${layer.offset}, expected ${want.join(" or ")} at ${offset}`;
     offset += layer.bytes;
   }
   return m;

@@ -23,7 +23,7 @@ export class KvSpill {
     this.size += bytes.byteLength;
     try {
       // A disk that fills up mid-write first writes short, then fails: the loop reaches the failure.
-      for (let done = 0; done < bytes.byteLength; ) {
+      for (let done = 0; done < bytes.byteLength;) {
         const { bytesWritten } = await fh.write(bytes, done, bytes.byteLength - done, offset + done);
         if (bytesWritten === 0) throw Object.assign(new Error("ENOSPC: no progress writing"), { code: "ENOSPC" });
         done += bytesWritten;
@@ -67,10 +67,21 @@ export class KvSpill {
  * when the disk or quota ran out. The message names the spill file and the error's code, nothing more of the system.
  */
 export function diskWriteError(file: string, bytes: number, e: unknown): CacheError {
-  const what = bytes > 0 ? `writing ${bytes} bytes of KV that did not fit in memory` : "making the scratch file for KV that does not fit in memory";
+  const what =
+    bytes > 0
+      ? `writing ${bytes} bytes of KV that did not fit in memory`
+      : "making the scratch file for KV that does not fit in memory";
   if (isDiskFull(e)) {
-    return new CacheError("DISK_FULL", `${file}: no space left on the device ${what}`, "free disk space there, or give more --ram so less KV goes to disk");
+    return new CacheError(
+      "DISK_FULL",
+      `${file}: no space left on the device ${what}`,
+      "free disk space there, or give more --ram so less KV goes to disk",
+    );
   }
   const code = (e as NodeJS.ErrnoException)?.code ?? "unknown error";
-  return new CacheError("KV_WRITE_FAILED", `${file}: ${what} failed (${code})`, "check that the temp folder is writable, or give more --ram so less KV goes to disk");
+  return new CacheError(
+    "KV_WRITE_FAILED",
+    `${file}: ${what} failed (${code})`,
+    "check that the temp folder is writable, or give more --ram so less KV goes to disk",
+  );
 }

@@ -17,8 +17,32 @@ import { lstat, lutimes, mkdir, readdir } from "node:fs/promises";
 import { join } from "node:path";
 import * as zlib from "node:zlib";
 import { CacheError } from "../errors.js";
-import { entryKind, ioCause, leftoverAgeMs, names, nodeStoreIo, openOwnFile, ownFolder, readFully, readOwnFile, removeOwnFile, writeOwnFile, type StoreIo } from "./kv-files.js";
-import { dataBytes, format, manifestMaxBytes, markerMaxBytes, markerName, markerProblem, markerText, parseManifest, type BlockLayout, type Manifest } from "./kv-manifest.js";
+import {
+  entryKind,
+  ioCause,
+  leftoverAgeMs,
+  names,
+  nodeStoreIo,
+  openOwnFile,
+  ownFolder,
+  readFully,
+  readOwnFile,
+  removeOwnFile,
+  writeOwnFile,
+  type StoreIo,
+} from "./kv-files.js";
+import {
+  dataBytes,
+  format,
+  manifestMaxBytes,
+  markerMaxBytes,
+  markerName,
+  markerProblem,
+  markerText,
+  parseManifest,
+  type BlockLayout,
+  type Manifest,
+} from "./kv-manifest.js";
 
 export type { BlockLayout, StoreIo };
 
@@ -57,7 +81,10 @@ export class KvStore {
    * Opens (or creates) a cache folder, removes leftovers of killed runs and evicts down to `maxBytes`. A non-empty
    * folder without this tool's marker is refused, never touched; any other failure turns the cache off with a warning.
    */
-  static async open(dir: string, o: { maxBytes?: number; io?: StoreIo; events?: KvStoreEvents } = {}): Promise<KvStore> {
+  static async open(
+    dir: string,
+    o: { maxBytes?: number; io?: StoreIo; events?: KvStoreEvents } = {},
+  ): Promise<KvStore> {
     const store = new KvStore(dir, o.maxBytes ?? Infinity, o.io ?? nodeStoreIo, o.events ?? { warn: () => {} });
     try {
       await store.claim();
@@ -100,7 +127,12 @@ export class KvStore {
     if (this.state === "off" || !(await this.usableModelDir(layout, false))) return found;
     let parent: string | null = null;
     for (let b = 0; (b + 1) * layout.blockTokens <= ids.length; b++) {
-      const block = await this.readBlock(layout, parent, b, ids.slice(b * layout.blockTokens, (b + 1) * layout.blockTokens));
+      const block = await this.readBlock(
+        layout,
+        parent,
+        b,
+        ids.slice(b * layout.blockTokens, (b + 1) * layout.blockTokens),
+      );
       if (!block) break;
       found.push(block);
       parent = block.hash;
@@ -124,10 +156,19 @@ export class KvStore {
         await fh.close();
       }
       this.stats.bytesRead += n;
-      if (n !== l.bytes || zlib.crc32(buf) !== l.crc32) return (await this.corrupt(block.file.slice(0, -3), `${block.file}: layer ${layer} of a cached block failed its checksum`)) ?? null;
+      if (n !== l.bytes || zlib.crc32(buf) !== l.crc32)
+        return (
+          (await this.corrupt(
+            block.file.slice(0, -3),
+            `${block.file}: layer ${layer} of a cached block failed its checksum`,
+          )) ?? null
+        );
       return buf;
     } catch (e) {
-      this.events.warn("KV_CACHE_READ_FAILED", `${block.file}: reading layer ${layer} of a cached block failed (${ioCause(e)}); it is recomputed`);
+      this.events.warn(
+        "KV_CACHE_READ_FAILED",
+        `${block.file}: reading layer ${layer} of a cached block failed (${ioCause(e)}); it is recomputed`,
+      );
       return null;
     }
   }
@@ -142,7 +183,13 @@ export class KvStore {
    * Writes one complete block, data first, then its manifest; returns its hash (the next block's parent) whether or not
    * it could be written. `layerBytes` is called only when the block is written.
    */
-  async save(layout: BlockLayout, parent: string | null, index: number, ids: readonly number[], layerBytes: (layer: number) => Promise<Uint8Array>): Promise<string> {
+  async save(
+    layout: BlockLayout,
+    parent: string | null,
+    index: number,
+    ids: readonly number[],
+    layerBytes: (layer: number) => Promise<Uint8Array>,
+  ): Promise<string> {
     const hash = KvStore.blockHash(parent, ids, layout);
     if (this.state !== "on" || !(await this.usableModelDir(layout, true))) return hash;
     const base = join(this.modelDir(layout), hash);
@@ -165,7 +212,17 @@ export class KvStore {
     if (offset > this.maxBytes) return hash; // it would only evict everything, then itself
     const data = new Uint8Array(offset);
     parts.reduce((o, p) => (data.set(p, o), o + p.byteLength), 0);
-    const manifest: Manifest = { format, tool: "layerwise", fingerprint: layout.fingerprint, dtype: layout.dtype, block_tokens: layout.blockTokens, index, parent, token_ids: [...ids], layers };
+    const manifest: Manifest = {
+      format,
+      tool: "layerwise",
+      fingerprint: layout.fingerprint,
+      dtype: layout.dtype,
+      block_tokens: layout.blockTokens,
+      index,
+      parent,
+      token_ids: [...ids],
+      layers,
+    };
     let wroteData = false;
     try {
       await this.evict(offset);
@@ -206,7 +263,11 @@ export class KvStore {
   private async claim(): Promise<void> {
     const entries = await readdir(this.dir).catch(async (e: NodeJS.ErrnoException) => {
       if (e.code === "ENOTDIR" && (await entryKind(this.dir).catch(() => "missing")) !== "missing") {
-        throw new CacheError("KV_CACHE_DIR_FOREIGN", `${this.dir} is a file, not a folder`, "give an empty or new folder to --kv-cache");
+        throw new CacheError(
+          "KV_CACHE_DIR_FOREIGN",
+          `${this.dir} is a file, not a folder`,
+          "give an empty or new folder to --kv-cache",
+        );
       }
       if (e.code !== "ENOENT") throw e;
       await mkdir(this.dir, { recursive: true });
@@ -215,12 +276,27 @@ export class KvStore {
     const marker = join(this.dir, markerName);
     if (entries.includes(markerName)) {
       const r = await readOwnFile(this.io, marker, markerMaxBytes);
-      const why = r.kind === "missing" ? "it vanished" : r.kind === "not ours" ? `it is ${r.what}` : r.value === null ? `it is over ${markerMaxBytes} bytes` : markerProblem(r.value.toString("utf8"));
-      if (why) this.turnOff("off", `its marker ${markerName} is not layerwise's (${why}); delete the folder to start a new cache there`);
+      const why =
+        r.kind === "missing"
+          ? "it vanished"
+          : r.kind === "not ours"
+            ? `it is ${r.what}`
+            : r.value === null
+              ? `it is over ${markerMaxBytes} bytes`
+              : markerProblem(r.value.toString("utf8"));
+      if (why)
+        this.turnOff(
+          "off",
+          `its marker ${markerName} is not layerwise's (${why}); delete the folder to start a new cache there`,
+        );
       return;
     }
     if (entries.some((n) => !names.markerTemp.test(n))) {
-      throw new CacheError("KV_CACHE_DIR_FOREIGN", `${this.dir} is not empty and is not a layerwise KV cache (no ${markerName})`, "give an empty or new folder to --kv-cache");
+      throw new CacheError(
+        "KV_CACHE_DIR_FOREIGN",
+        `${this.dir} is not empty and is not a layerwise KV cache (no ${markerName})`,
+        "give an empty or new folder to --kv-cache",
+      );
     }
     const there = await writeOwnFile(this.io, marker, markerText);
     if (there) this.turnOff("off", `its marker ${markerName} is ${there}`);
@@ -235,29 +311,49 @@ export class KvStore {
       if (kind !== "missing") this.turnOff("off", `${dir} is ${kind}, not a folder layerwise made: it is left alone`);
     } catch (e) {
       if (create) this.turnOff("read-only", `${dir} cannot be made: ${ioCause(e)}`);
-      else this.events.warn("KV_CACHE_READ_FAILED", `${dir} cannot be read (${ioCause(e)}); the prompt is computed without the cache`);
+      else
+        this.events.warn(
+          "KV_CACHE_READ_FAILED",
+          `${dir} cannot be read (${ioCause(e)}); the prompt is computed without the cache`,
+        );
     }
     return false;
   }
 
   /** Block `index` if it is stored whole and valid; a malformed one is removed, a read failure reported. */
-  private async readBlock(layout: BlockLayout, parent: string | null, index: number, ids: readonly number[]): Promise<StoredBlock | undefined> {
+  private async readBlock(
+    layout: BlockLayout,
+    parent: string | null,
+    index: number,
+    ids: readonly number[],
+  ): Promise<StoredBlock | undefined> {
     const hash = KvStore.blockHash(parent, ids, layout);
     const base = join(this.modelDir(layout), hash);
     try {
       const r = await readOwnFile(this.io, `${base}.json`, manifestMaxBytes(layout));
       if (r.kind === "missing") return undefined;
       if (r.kind === "not ours") return this.notOurs(`${base}.json`, r.what);
-      const m = r.value === null ? `it is over ${manifestMaxBytes(layout)} bytes` : parseManifest(r.value.toString("utf8"), layout, parent, index, ids);
-      if (typeof m === "string") return this.corrupt(base, `${base}.json: the manifest of a cached block is not valid: ${m}`);
+      const m =
+        r.value === null
+          ? `it is over ${manifestMaxBytes(layout)} bytes`
+          : parseManifest(r.value.toString("utf8"), layout, parent, index, ids);
+      if (typeof m === "string")
+        return this.corrupt(base, `${base}.json: the manifest of a cached block is not valid: ${m}`);
       const kind = await entryKind(`${base}.kv`);
       if (kind === "missing") return undefined; // an eviction under way (manifest first, then data), or deleted by hand
       if (kind !== "file") return this.notOurs(`${base}.kv`, kind);
       const bytes = (await lstat(`${base}.kv`)).size;
-      if (bytes !== dataBytes(m)) return this.corrupt(base, `${base}.kv: a cached block's data is ${bytes} bytes, its manifest says ${dataBytes(m)}`);
+      if (bytes !== dataBytes(m))
+        return this.corrupt(
+          base,
+          `${base}.kv: a cached block's data is ${bytes} bytes, its manifest says ${dataBytes(m)}`,
+        );
       return { hash, file: `${base}.kv`, manifest: m };
     } catch (e) {
-      this.events.warn("KV_CACHE_READ_FAILED", `${base}.json: reading a cached block failed (${ioCause(e)}); it is recomputed`);
+      this.events.warn(
+        "KV_CACHE_READ_FAILED",
+        `${base}.json: reading a cached block failed (${ioCause(e)}); it is recomputed`,
+      );
       return undefined;
     }
   }
@@ -267,12 +363,20 @@ export class KvStore {
     const oldBefore = Date.now() - leftoverAgeMs;
     const blocks: BlockFiles[] = [];
     const leftovers: string[] = [];
-    const regular = async (path: string) => lstat(path).then((st) => (st.isFile() ? st : undefined), () => undefined);
+    const regular = async (path: string) =>
+      lstat(path).then(
+        (st) => (st.isFile() ? st : undefined),
+        () => undefined,
+      );
     for (const top of await readdir(this.dir, { withFileTypes: true })) {
       const path = join(this.dir, top.name);
-      if (top.isFile() && names.markerTemp.test(top.name) && ((await regular(path))?.mtimeMs ?? Infinity) < oldBefore) leftovers.push(path);
+      if (top.isFile() && names.markerTemp.test(top.name) && ((await regular(path))?.mtimeMs ?? Infinity) < oldBefore)
+        leftovers.push(path);
       if (!top.isDirectory() || !names.modelDir.test(top.name)) continue; // a link to a folder is a link, not a folder
-      const found = new Map<string, { kv?: { size: number; mtimeMs: number }; json?: { size: number; mtimeMs: number } }>();
+      const found = new Map<
+        string,
+        { kv?: { size: number; mtimeMs: number }; json?: { size: number; mtimeMs: number } }
+      >();
       for (const e of await readdir(path, { withFileTypes: true })) {
         if (!e.isFile()) continue;
         const st = await regular(join(path, e.name));
@@ -295,7 +399,10 @@ export class KvStore {
     if (this.state === "off" || this.state === to) return;
     this.state = to;
     const what = to === "off" ? "not used" : "not written";
-    this.events.warn("KV_CACHE_DISABLED", `${this.dir}: ${cause}; the KV cache is ${what} for the rest of this run (answers are not affected)`);
+    this.events.warn(
+      "KV_CACHE_DISABLED",
+      `${this.dir}: ${cause}; the KV cache is ${what} for the rest of this run (answers are not affected)`,
+    );
   }
 
   private async corrupt(base: string, message: string): Promise<undefined> {
@@ -308,7 +415,10 @@ export class KvStore {
   private notOurs(path: string, what: string): undefined {
     if (this.warnedNotOurs.has(path)) return undefined;
     this.warnedNotOurs.add(path);
-    this.events.warn("KV_CACHE_NOT_OURS", `${path} is ${what}, not a file layerwise wrote: it is left alone, and its block is not cached`);
+    this.events.warn(
+      "KV_CACHE_NOT_OURS",
+      `${path} is ${what}, not a file layerwise wrote: it is left alone, and its block is not cached`,
+    );
     return undefined;
   }
 

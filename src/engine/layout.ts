@@ -26,7 +26,11 @@ export interface PlacedTensor {
   /** Offset in the layer's device slot. */
   readonly deviceOffset: number;
   /** Its file ranges' places in the host image and in the device slot (back to back from `deviceOffset`). */
-  readonly pieces: readonly { readonly hostOffset: number; readonly deviceOffset: number; readonly byteLength: number }[];
+  readonly pieces: readonly {
+    readonly hostOffset: number;
+    readonly deviceOffset: number;
+    readonly byteLength: number;
+  }[];
 }
 
 /** One read of a file range, aligned for O_DIRECT, landing at `hostOffset` of the staging image. */
@@ -63,7 +67,11 @@ export interface ModelLayout {
 const alignUp = (n: number, a: number) => Math.ceil(n / a) * a;
 const alignDown = (n: number, a: number) => Math.floor(n / a) * a;
 
-export function tensorGroup(ckpt: Checkpoint, specs: WeightSpecs, io: ReadShape = { align: ioAlign, gap: coalesceGap }): TensorGroup {
+export function tensorGroup(
+  ckpt: Checkpoint,
+  specs: WeightSpecs,
+  io: ReadShape = { align: ioAlign, gap: coalesceGap },
+): TensorGroup {
   const byWeight = new Map<string, { keys: string[]; weight: ResolvedWeight }>();
   for (const [key, spec] of specEntries(specs)) {
     const id = `${spec.name}|${spec.index ?? ""}|${spec.scales ?? ""}|${JSON.stringify(spec.rowRanges ?? [])}`;
@@ -81,7 +89,13 @@ export function tensorGroup(ckpt: Checkpoint, specs: WeightSpecs, io: ReadShape 
   const flush = () => {
     if (!current) return;
     const length = alignUp(current.end, io.align) - current.start;
-    reads.push({ file: current.file, start: current.start, length, dataLength: current.end - current.start, hostOffset: current.hostOffset });
+    reads.push({
+      file: current.file,
+      start: current.start,
+      length,
+      dataLength: current.end - current.start,
+      hostOffset: current.hostOffset,
+    });
     hostBytes = current.hostOffset + length;
     current = undefined;
   };
@@ -114,8 +128,14 @@ export function tensorGroup(ckpt: Checkpoint, specs: WeightSpecs, io: ReadShape 
 export function modelLayout(ckpt: Checkpoint, model: ArchModel, directIo = true): ModelLayout {
   const align = directIo ? ioAlign : 1;
   const dense = { align, gap: coalesceGap };
-  const layers = Array.from({ length: model.shape.numLayers }, (_, i) => tensorGroup(ckpt, model.layerWeights(i), dense));
-  const experts = Array.from({ length: model.shape.numLayers }, (_, i) => Array.from({ length: expertsIn(model.shape, i) }, (_, e) => tensorGroup(ckpt, model.expertWeights!(i, e), { align, gap: 0 })));
+  const layers = Array.from({ length: model.shape.numLayers }, (_, i) =>
+    tensorGroup(ckpt, model.layerWeights(i), dense),
+  );
+  const experts = Array.from({ length: model.shape.numLayers }, (_, i) =>
+    Array.from({ length: expertsIn(model.shape, i) }, (_, e) =>
+      tensorGroup(ckpt, model.expertWeights!(i, e), { align, gap: 0 }),
+    ),
+  );
   const flat = experts.flat();
   return {
     globals: tensorGroup(ckpt, model.globalWeights, dense),

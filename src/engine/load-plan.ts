@@ -35,7 +35,12 @@ export interface PlanOptions {
   kvCache?: string;
 }
 
-export async function planForLoad(checkpoint: Checkpoint, arch: ArchModel, backend: Backend, o: PlanOptions): Promise<Plan> {
+export async function planForLoad(
+  checkpoint: Checkpoint,
+  arch: ArchModel,
+  backend: Backend,
+  o: PlanOptions,
+): Promise<Plan> {
   return planPrefill({
     layout: modelLayout(checkpoint, arch, backend.caps.directIo),
     shape: arch.shape,
@@ -59,7 +64,12 @@ export async function planForLoad(checkpoint: Checkpoint, arch: ArchModel, backe
 async function deviceBudget(backend: Backend, vram: number | undefined): Promise<number> {
   if (vram === undefined) return backend.defaultDeviceBudget();
   const overhead = backend.deviceOverheadBytes;
-  if (vram <= overhead) throw new UsageError("VRAM_TOO_SMALL", `a VRAM budget of ${formatBytes(vram)} does not even hold the CUDA context (${formatBytes(overhead)})`, "give more --vram");
+  if (vram <= overhead)
+    throw new UsageError(
+      "VRAM_TOO_SMALL",
+      `a VRAM budget of ${formatBytes(vram)} does not even hold the CUDA context (${formatBytes(overhead)})`,
+      "give more --vram",
+    );
   return vram - overhead;
 }
 

@@ -9,7 +9,13 @@ import type { GenerationDefaults } from "../model/generation-config.js";
 import { checkTokenIds, promptTooLong, type EncodeOptions } from "../model/prompt-encoder.js";
 import type { TextTokenizer } from "../model/tokenizer.js";
 import { assembleEngine, type Engine, type LoadOptions } from "./assemble.js";
-import { generateText, generateTokens, type GenerateOptions, type GenerationResult, type TokenStats } from "./generate.js";
+import {
+  generateText,
+  generateTokens,
+  type GenerateOptions,
+  type GenerationResult,
+  type TokenStats,
+} from "./generate.js";
 import { KvCache, type KvPolicy } from "./kv-cache.js";
 import type { BlockLayout } from "./kv-store.js";
 import type { ModelLayout } from "./layout.js";
@@ -73,7 +79,16 @@ export class LayerwiseModel {
     readonly dir: string,
     private readonly engine: Engine,
   ) {
-    ({ arch: this.arch, checkpoint: this.checkpoint, tokenizer: this.tokenizer, chatTemplate: this.chatTemplate, defaults: this.defaults, backend: this.backend, plan: this.plan, backendNote: this.backendNote } = engine);
+    ({
+      arch: this.arch,
+      checkpoint: this.checkpoint,
+      tokenizer: this.tokenizer,
+      chatTemplate: this.chatTemplate,
+      defaults: this.defaults,
+      backend: this.backend,
+      plan: this.plan,
+      backendNote: this.backendNote,
+    } = engine);
   }
 
   static async load(dir: string, o: LoadOptions = {}): Promise<LayerwiseModel> {
@@ -101,7 +116,12 @@ export class LayerwiseModel {
 
   layerTraffic(): LayerTraffic {
     const { streamer, reader, blocks } = this.engine;
-    return { h2dBytes: streamer.stats.h2dBytes, diskReadBytes: reader.stats.diskReadBytes, keptLayers: streamer.keptLayers, kvBytesBeyondReserve: blocks.extraDeviceBytes() };
+    return {
+      h2dBytes: streamer.stats.h2dBytes,
+      diskReadBytes: reader.stats.diskReadBytes,
+      keptLayers: streamer.keptLayers,
+      kvBytesBeyondReserve: blocks.extraDeviceBytes(),
+    };
   }
 
   /** Waits for the reads ahead a forward leaves (the next token's first layers) to land. */
@@ -115,7 +135,12 @@ export class LayerwiseModel {
   }
 
   /** Feeds `ids` after what `seq` holds; logits [rows * vocab] of the last id, or of every id with `all`. */
-  async forward(seq: Sequence, ids: readonly number[], logits: "last" | "all" = "last", o: ForwardOptions = {}): Promise<Float32Array> {
+  async forward(
+    seq: Sequence,
+    ids: readonly number[],
+    logits: "last" | "all" = "last",
+    o: ForwardOptions = {},
+  ): Promise<Float32Array> {
     return (await this.forwardBatch([{ seq, ids }], logits, o))[0]!;
   }
 
@@ -123,20 +148,39 @@ export class LayerwiseModel {
    * Feeds new ids to several sequences in one pass (every layer's weights serve all of them): a batch of decode steps,
    * or prompts. Logits per sequence, as `forward` gives them.
    */
-  async forwardBatch(items: readonly { seq: Sequence; ids: readonly number[] }[], logits?: "last" | "all", o?: ForwardOptions): Promise<Float32Array[]>;
+  async forwardBatch(
+    items: readonly { seq: Sequence; ids: readonly number[] }[],
+    logits?: "last" | "all",
+    o?: ForwardOptions,
+  ): Promise<Float32Array[]>;
   /** With sampling requests (one per item): the last token's best ids where its request asks, ranked on the backend. */
-  async forwardBatch(items: readonly { seq: Sequence; ids: readonly number[] }[], logits: LogitsWanted, o?: ForwardOptions): Promise<(Float32Array | RankedLogits)[]>;
-  async forwardBatch(items: readonly { seq: Sequence; ids: readonly number[] }[], logits: LogitsWanted = "last", o: ForwardOptions = {}): Promise<(Float32Array | RankedLogits)[]> {
+  async forwardBatch(
+    items: readonly { seq: Sequence; ids: readonly number[] }[],
+    logits: LogitsWanted,
+    o?: ForwardOptions,
+  ): Promise<(Float32Array | RankedLogits)[]>;
+  async forwardBatch(
+    items: readonly { seq: Sequence; ids: readonly number[] }[],
+    logits: LogitsWanted = "last",
+    o: ForwardOptions = {},
+  ): Promise<(Float32Array | RankedLogits)[]> {
     for (const { seq, ids } of items) {
       if (seq.length + ids.length > this.maxPositions) {
-        throw new UsageError("CONTEXT_FULL", `${seq.length} + ${ids.length} tokens exceed the model's context of ${this.maxPositions}`);
+        throw new UsageError(
+          "CONTEXT_FULL",
+          `${seq.length} + ${ids.length} tokens exceed the model's context of ${this.maxPositions}`,
+        );
       }
     }
     const single = items.length === 1 ? items[0]! : undefined;
     // Recurrent state can be cached only where a block ends: run up to the prompt's last block boundary first.
     const cut = single ? (this.engine.prefixCache?.recurrentCut(single.seq.length, single.ids.length) ?? 0) : 0;
     if (single && cut > 0) {
-      const first = await this.forwardBatch([{ seq: single.seq, ids: single.ids.slice(0, cut) }], logits === "all" ? "all" : "last", o);
+      const first = await this.forwardBatch(
+        [{ seq: single.seq, ids: single.ids.slice(0, cut) }],
+        logits === "all" ? "all" : "last",
+        o,
+      );
       const rest = await this.forwardBatch([{ seq: single.seq, ids: single.ids.slice(cut) }], logits, o);
       return [logits === "all" ? Float32Array.from([...first[0]!, ...(rest[0] as Float32Array)]) : rest[0]!];
     }
@@ -195,12 +239,25 @@ export class LayerwiseModel {
       if (o.maxTokens !== undefined && ids.length > o.maxTokens) throw promptTooLong(ids.length, this.maxPositions);
       return ids;
     }
-    if (!this.chatTemplate) throw new UsageError("NO_CHAT_TEMPLATE", `${this.dir} has no chat template`, "use a plain prompt (layerwise run) or an instruct model");
-    return this.engine.encoder.encodeMessages(prompt.messages, { bos_token: this.tokenizer.specialToken("bos_token"), eos_token: this.tokenizer.specialToken("eos_token") }, o);
+    if (!this.chatTemplate)
+      throw new UsageError(
+        "NO_CHAT_TEMPLATE",
+        `${this.dir} has no chat template`,
+        "use a plain prompt (layerwise run) or an instruct model",
+      );
+    return this.engine.encoder.encodeMessages(
+      prompt.messages,
+      { bos_token: this.tokenizer.specialToken("bos_token"), eos_token: this.tokenizer.specialToken("eos_token") },
+      o,
+    );
   }
 
   /** Generated token ids, one at a time, on a fresh sequence (or `seq`, continuing it). */
-  generateTokens(promptIds: readonly number[], o: GenerateOptions & { onPrefillProgress?: (done: number) => void } = {}, seq?: Sequence): AsyncGenerator<number, TokenStats, boolean | undefined> {
+  generateTokens(
+    promptIds: readonly number[],
+    o: GenerateOptions & { onPrefillProgress?: (done: number) => void } = {},
+    seq?: Sequence,
+  ): AsyncGenerator<number, TokenStats, boolean | undefined> {
     const sequence = seq ?? this.createSequence();
     const model = this;
     return (async function* () {
@@ -213,7 +270,9 @@ export class LayerwiseModel {
           step: async (ids: readonly number[], request: LogitsRequest | undefined) => {
             const progress = first ? o.onPrefillProgress : undefined;
             first = false;
-            return (await model.forwardBatch([{ seq: sequence, ids }], [request], { onProgress: progress, signal: o.signal }))[0]!;
+            return (
+              await model.forwardBatch([{ seq: sequence, ids }], [request], { onProgress: progress, signal: o.signal })
+            )[0]!;
           },
         };
         const stats = yield* generateTokens(stepper, promptIds, promptIds.length - hit, model.withDefaults(o), hit);
@@ -226,7 +285,11 @@ export class LayerwiseModel {
   }
 
   /** Streams text pieces; `for await (const piece of model.generate(prompt))`. The generator's return value is the full result. */
-  generate(prompt: Prompt, o: GenerateOptions & { onPrefillProgress?: (done: number) => void } = {}, seq?: Sequence): AsyncGenerator<string, GenerationResult> {
+  generate(
+    prompt: Prompt,
+    o: GenerateOptions & { onPrefillProgress?: (done: number) => void } = {},
+    seq?: Sequence,
+  ): AsyncGenerator<string, GenerationResult> {
     const model = this;
     return (async function* () {
       const ids = await model.encodePrompt(prompt, { signal: o.signal });
@@ -235,7 +298,11 @@ export class LayerwiseModel {
   }
 
   /** Generates to the end and returns text, tokens and timings; `onText` sees each piece as it comes. */
-  async complete(prompt: Prompt, o: GenerateOptions & { onText?: (piece: string) => void; onPrefillProgress?: (done: number) => void } = {}, seq?: Sequence): Promise<GenerationResult> {
+  async complete(
+    prompt: Prompt,
+    o: GenerateOptions & { onText?: (piece: string) => void; onPrefillProgress?: (done: number) => void } = {},
+    seq?: Sequence,
+  ): Promise<GenerationResult> {
     const it = this.generate(prompt, o, seq);
     for (;;) {
       const r = await it.next();
@@ -271,7 +338,14 @@ export class LayerwiseModel {
   /** The request's options over the model's generation_config.json defaults. */
   withDefaults(o: GenerateOptions): GenerateOptions {
     const d = this.defaults;
-    return { temperature: d.temperature, topK: d.topK, topP: d.topP, minP: d.minP, repetitionPenalty: d.repetitionPenalty, ...stripUndefined(o) };
+    return {
+      temperature: d.temperature,
+      topK: d.topK,
+      topP: d.topP,
+      minP: d.minP,
+      repetitionPenalty: d.repetitionPenalty,
+      ...stripUndefined(o),
+    };
   }
 
   async close(): Promise<void> {

@@ -22,13 +22,17 @@ export class PrefixCache {
     const recurrent = layout.layerBytes.map((_, l) => seq.cache.isRecurrent(l));
     if (this.recurrent) {
       // Recurrent state resumes only at a block stored with its state, and must leave a prompt token to run.
-      const resumable = (i: number) => (i + 1) * layout.blockTokens < ids.length && recurrent.every((r, l) => !r || blocks[i]!.manifest.layers[l]!.bytes > 0);
+      const resumable = (i: number) =>
+        (i + 1) * layout.blockTokens < ids.length &&
+        recurrent.every((r, l) => !r || blocks[i]!.manifest.layers[l]!.bytes > 0);
       let last = blocks.length - 1;
       while (last >= 0 && !resumable(last)) last--;
       blocks = blocks.slice(0, last + 1);
     }
     if (blocks.length > 0) await this.beforeAdopt();
-    const buf = new Uint8Array(Math.max(...layout.layerBytes, ...blocks.flatMap((b) => b.manifest.layers.map((l) => l.bytes))));
+    const buf = new Uint8Array(
+      Math.max(...layout.layerBytes, ...blocks.flatMap((b) => b.manifest.layers.map((l) => l.bytes))),
+    );
     let loaded = 0;
     for (const [i, b] of blocks.entries()) {
       const layers: (Uint8Array | undefined)[] = [];
@@ -72,12 +76,18 @@ export class PrefixCache {
     for (let b = seq.savedBlocks; b < complete; b++) {
       const blocks = (l: number) => seq.cache.blocks(l)[b]!;
       const state = seq.cache.snapshotAt((b + 1) * block); // recurrent layers' state where this block ends, if kept
-      seq.lastHash = await store.save(layout, seq.lastHash, b, seq.tokens.slice(b * block, (b + 1) * block), async (l) => {
-        if (seq.cache.isRecurrent(l)) return state?.get(l) ?? new Uint8Array(0);
-        const bytes = new Uint8Array(layout.layerBytes[l]!);
-        await seq.cache.blockBytesOf(l, blocks(l), bytes);
-        return bytes;
-      });
+      seq.lastHash = await store.save(
+        layout,
+        seq.lastHash,
+        b,
+        seq.tokens.slice(b * block, (b + 1) * block),
+        async (l) => {
+          if (seq.cache.isRecurrent(l)) return state?.get(l) ?? new Uint8Array(0);
+          const bytes = new Uint8Array(layout.layerBytes[l]!);
+          await seq.cache.blockBytesOf(l, blocks(l), bytes);
+          return bytes;
+        },
+      );
       seq.savedBlocks = b + 1;
     }
     seq.cache.dropSnapshots((position) => position > complete * block);

@@ -101,8 +101,16 @@ export class Runner {
    * requests the last token's best ids where one was asked (ranked on the backend), else its whole row.
    */
   async forward(items: readonly ForwardItem[], logits: "last" | "all", hooks?: ForwardHooks): Promise<Float32Array[]>;
-  async forward(items: readonly ForwardItem[], logits: LogitsWanted, hooks?: ForwardHooks): Promise<(Float32Array | RankedLogits)[]>;
-  async forward(items: readonly ForwardItem[], logits: LogitsWanted, hooks: ForwardHooks = {}): Promise<(Float32Array | RankedLogits)[]> {
+  async forward(
+    items: readonly ForwardItem[],
+    logits: LogitsWanted,
+    hooks?: ForwardHooks,
+  ): Promise<(Float32Array | RankedLogits)[]>;
+  async forward(
+    items: readonly ForwardItem[],
+    logits: LogitsWanted,
+    hooks: ForwardHooks = {},
+  ): Promise<(Float32Array | RankedLogits)[]> {
     const rows = new ForwardRows(items);
     const out: ForwardLogits = { all: items.map(() => []), last: [] };
     const spanRows = Math.max(1, this.o.prefillSpan);
@@ -113,7 +121,9 @@ export class Runner {
       const spans = Math.ceil(rows.count / spanRows);
       for (let s0 = 0, span = 0; s0 < rows.count; s0 += spanRows, span++) {
         const s1 = Math.min(rows.count, s0 + spanRows);
-        await this.runSpan(items, rows, s0, s1, logits, out, hooks, (layersDone) => hooks.onProgress?.((span * this.model.shape.numLayers + layersDone) / (spans * this.model.shape.numLayers)));
+        await this.runSpan(items, rows, s0, s1, logits, out, hooks, (layersDone) =>
+          hooks.onProgress?.((span * this.model.shape.numLayers + layersDone) / (spans * this.model.shape.numLayers)),
+        );
         await hooks.afterSpan?.(s1);
       }
       // The last settles' moves off the device land now (the logits were read, so the GPU is done): a cache at rest has
@@ -138,7 +148,8 @@ export class Runner {
    * share; a decode step then keeps what layers fit beside them.
    */
   private async enterPhase(items: readonly ForwardItem[], prefill: boolean): Promise<void> {
-    if (prefill || items.some((it) => !it.cache.atShare("decode"))) await timeHost("layers kept", () => this.weights.useShare("prefill"));
+    if (prefill || items.some((it) => !it.cache.atShare("decode")))
+      await timeHost("layers kept", () => this.weights.useShare("prefill"));
     for (const it of items) await timeHost("KV share", () => it.cache.useShare(prefill ? "prefill" : "decode"));
     if (!prefill) await timeHost("layers kept", () => this.weights.useShare("decode"));
     // Blocks beyond the prefill share (decode's, or a disposed sequence's) went back to the backend: their memory goes
@@ -147,11 +158,21 @@ export class Runner {
   }
 
   /** Rows s0..s1 through every layer, chunk by chunk, then the logits they owe. */
-  private async runSpan(items: readonly ForwardItem[], rows: ForwardRows, s0: number, s1: number, logits: LogitsWanted, out: ForwardLogits, hooks: ForwardHooks, onLayer: (layersDone: number) => void): Promise<void> {
+  private async runSpan(
+    items: readonly ForwardItem[],
+    rows: ForwardRows,
+    s0: number,
+    s1: number,
+    logits: LogitsWanted,
+    out: ForwardLogits,
+    hooks: ForwardHooks,
+    onLayer: (layersDone: number) => void,
+  ): Promise<void> {
     const chunkRows = Math.max(items.length, this.o.prefillChunk);
     const chunks = spanChunks(s0, s1, chunkRows, rows.itemOfRow, (row) => rows.positionOf(row));
     const spanCaches = [...new Set(chunks.flatMap((c) => c.segments.map((seg) => items[seg.item]!.cache)))];
-    const embed = (c: Chunk) => this.model.embed(this.backend, this.weights.globals, Int32Array.from(rows.ids.slice(c.row, c.row + c.rows)));
+    const embed = (c: Chunk) =>
+      this.model.embed(this.backend, this.weights.globals, Int32Array.from(rows.ids.slice(c.row, c.row + c.rows)));
     const hidden = new SpanHiddenStates(this.backend, this.hostBuffers, this.model.shape.hiddenSize, chunks, embed);
     try {
       for (let layer = 0; layer < this.model.shape.numLayers; layer++) {
@@ -167,7 +188,14 @@ export class Runner {
   }
 
   /** One layer over every chunk of the span: its weights once, each chunk's pass, its KV settled. */
-  private async passLayer(layer: number, chunks: readonly Chunk[], hidden: SpanHiddenStates, spanCaches: readonly KvCache[], items: readonly ForwardItem[], rows: ForwardRows): Promise<void> {
+  private async passLayer(
+    layer: number,
+    chunks: readonly Chunk[],
+    hidden: SpanHiddenStates,
+    spanCaches: readonly KvCache[],
+    items: readonly ForwardItem[],
+    rows: ForwardRows,
+  ): Promise<void> {
     const layers = this.model.shape.numLayers;
     const w = await timeHost("layer weights", () => this.weights.layer(layer));
     for (let i = 0; i < chunks.length; i++) {
@@ -182,8 +210,10 @@ export class Runner {
       // it back from RAM (which holds the host to the GPU's pace). This layer's start leaving after its last chunk; they
       // land once the next layer's second chunk is enqueued: waiting for them after its first left the GPU with less
       // queued work than the copies took (planner kvTransitBlocks).
-      if (i === Math.min(1, chunks.length - 1)) for (const cache of spanCaches) await timeHost("KV moves landing", () => cache.finishMoves());
-      if (i === chunks.length - 1) for (const cache of spanCaches) await timeHost("KV settle", () => cache.settle(layer));
+      if (i === Math.min(1, chunks.length - 1))
+        for (const cache of spanCaches) await timeHost("KV moves landing", () => cache.finishMoves());
+      if (i === chunks.length - 1)
+        for (const cache of spanCaches) await timeHost("KV settle", () => cache.settle(layer));
       if (this.loopTurns.due) await timeHost("event loop turn", () => this.loopTurns.take());
     }
     this.weights.release(layer);
@@ -191,17 +221,30 @@ export class Runner {
   }
 
   /** Every row's logits ("all"), or the last row's of each item that ends in this span. */
-  private async collectLogits(chunks: readonly Chunk[], hidden: SpanHiddenStates, items: readonly ForwardItem[], rows: ForwardRows, logits: LogitsWanted, out: ForwardLogits): Promise<void> {
+  private async collectLogits(
+    chunks: readonly Chunk[],
+    hidden: SpanHiddenStates,
+    items: readonly ForwardItem[],
+    rows: ForwardRows,
+    logits: LogitsWanted,
+    out: ForwardLogits,
+  ): Promise<void> {
     for (const c of chunks) {
       if (logits === "all") {
         const x = hidden.final(c);
         for (const seg of c.segments) out.all[seg.item]!.push(await this.logits(x, seg.row - c.row, seg.rows));
         this.backend.free(x);
       } else {
-        const ending = c.segments.filter((seg) => seg.row + seg.rows === rows.firstRow[seg.item]! + items[seg.item]!.ids.length);
+        const ending = c.segments.filter(
+          (seg) => seg.row + seg.rows === rows.firstRow[seg.item]! + items[seg.item]!.ids.length,
+        );
         if (ending.length === 0) continue; // no last token here: its hidden states are not needed
         const x = hidden.final(c);
-        const got = await this.lastLogits(x, ending.map((seg) => seg.row - c.row + seg.rows - 1), ending.map((seg) => (logits === "last" ? undefined : logits[seg.item])));
+        const got = await this.lastLogits(
+          x,
+          ending.map((seg) => seg.row - c.row + seg.rows - 1),
+          ending.map((seg) => (logits === "last" ? undefined : logits[seg.item])),
+        );
         ending.forEach((seg, i) => (out.last[seg.item] = got[i]!));
         this.backend.free(x);
       }
@@ -209,7 +252,13 @@ export class Runner {
     }
   }
 
-  private async layerPass(layer: number, w: Awaited<ReturnType<WeightSource["layer"]>>, x: Tensor, c: Chunk, items: readonly ForwardItem[]): Promise<Tensor> {
+  private async layerPass(
+    layer: number,
+    w: Awaited<ReturnType<WeightSource["layer"]>>,
+    x: Tensor,
+    c: Chunk,
+    items: readonly ForwardItem[],
+  ): Promise<Tensor> {
     const backend = this.backend;
     const stager = this.stager;
     const weights = this.weights;
@@ -226,7 +275,13 @@ export class Runner {
         return attendTiered(backend, stager, layer, q, attend, o);
       },
       recurrent: (shapes) =>
-        Promise.all(c.segments.map(async (seg) => ({ row: seg.row - c.row, rows: seg.rows, state: await items[seg.item]!.cache.recurrentState(layer, shapes, seg.rows) }))),
+        Promise.all(
+          c.segments.map(async (seg) => ({
+            row: seg.row - c.row,
+            rows: seg.rows,
+            state: await items[seg.item]!.cache.recurrentState(layer, shapes, seg.rows),
+          })),
+        ),
       read: (t) => backend.read(t),
       expert: (e) => weights.expert(layer, e),
       releaseExpert: (e) => weights.releaseExpert(layer, e),
@@ -234,14 +289,20 @@ export class Runner {
     return this.backend.scoped(() => this.model.forwardLayer(this.backend, layer, w, x, run));
   }
 
-  private async snapshotStates(layer: number, c: Chunk, items: readonly ForwardItem[], starts: readonly number[]): Promise<void> {
+  private async snapshotStates(
+    layer: number,
+    c: Chunk,
+    items: readonly ForwardItem[],
+    starts: readonly number[],
+  ): Promise<void> {
     const every = this.o.stateSnapshotTokens;
     if (!every) return;
     for (const seg of c.segments) {
       const cache = items[seg.item]!.cache;
       const end = seg.pos + seg.rows;
       if (!cache.isRecurrent(layer) || end % cache.policy.blockTokens !== 0) continue;
-      if (end % every === 0 || end === starts[seg.item]! + items[seg.item]!.ids.length) await cache.snapshotState(layer, end);
+      if (end % every === 0 || end === starts[seg.item]! + items[seg.item]!.ids.length)
+        await cache.snapshotState(layer, end);
     }
   }
 
@@ -250,7 +311,9 @@ export class Runner {
     const parts: Float32Array[] = [];
     for (let r = row; r < row + rows; r += logitRows) {
       const n = Math.min(logitRows, row + rows - r);
-      const t = this.backend.scoped(() => this.model.head(this.backend, this.weights.globals, n === x.shape[0] ? x : this.backend.rows(x, r, n)));
+      const t = this.backend.scoped(() =>
+        this.model.head(this.backend, this.weights.globals, n === x.shape[0] ? x : this.backend.rows(x, r, n)),
+      );
       try {
         parts.push(await this.backend.read(t));
       } finally {
@@ -264,14 +327,20 @@ export class Runner {
    * Per row of x in `rows`: the best ids its request asks for, or (no request) its whole row of logits. The head runs on
    * a few rows at a time, so the workspace stays small and a decode batch reads the head's weights once a few rows.
    */
-  private async lastLogits(x: Tensor, rows: readonly number[], requests: readonly (LogitsRequest | undefined)[]): Promise<(Float32Array | RankedLogits)[]> {
+  private async lastLogits(
+    x: Tensor,
+    rows: readonly number[],
+    requests: readonly (LogitsRequest | undefined)[],
+  ): Promise<(Float32Array | RankedLogits)[]> {
     const backend = this.backend;
     const out: (Float32Array | RankedLogits)[] = [];
     for (let g = 0; g < rows.length; g += logitRows) {
       const group = rows.slice(g, g + logitRows);
       const asks = requests.slice(g, g + logitRows);
       const inOrder = group.length === x.shape[0] && group.every((r, i) => r === i);
-      const t = backend.scoped(() => this.model.head(backend, this.weights.globals, inOrder ? x : backend.gatherRows(x, Int32Array.from(group))));
+      const t = backend.scoped(() =>
+        this.model.head(backend, this.weights.globals, inOrder ? x : backend.gatherRows(x, Int32Array.from(group))),
+      );
       try {
         const vocab = t.shape[1]!;
         asks.forEach((a, i) => a?.penalty && backend.penalize(t, i, a.penalty.ids, a.penalty.factor));
@@ -281,7 +350,10 @@ export class Runner {
         asks.forEach((a, i) => {
           if (!a) return out.push(whole!.slice(i * vocab, (i + 1) * vocab));
           const n = Math.min(a.top, vocab);
-          out.push({ ids: ranked!.ids.slice(i * top, i * top + n), scores: ranked!.values.slice(i * top, i * top + n) });
+          out.push({
+            ids: ranked!.ids.slice(i * top, i * top + n),
+            scores: ranked!.values.slice(i * top, i * top + n),
+          });
         });
       } finally {
         backend.free(t);
@@ -289,7 +361,6 @@ export class Runner {
     }
     return out;
   }
-
 }
 
 function concat(parts: Float32Array[]): Float32Array {

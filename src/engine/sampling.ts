@@ -17,11 +17,18 @@ export function validateSampling(o: SamplingOptions): void {
   const check = (ok: boolean, what: string, hint: string) => {
     if (!ok) throw new UsageError("BAD_SAMPLING", what, hint);
   };
-  if (o.temperature !== undefined) check(Number.isFinite(o.temperature) && o.temperature >= 0, `temperature ${o.temperature} is not a number >= 0`, "use 0 for greedy decoding, about 0.7 for varied text");
-  if (o.topK !== undefined) check(Number.isInteger(o.topK) && o.topK >= 0, `top-k ${o.topK} is not a whole number >= 0`, "0 turns it off");
+  if (o.temperature !== undefined)
+    check(
+      Number.isFinite(o.temperature) && o.temperature >= 0,
+      `temperature ${o.temperature} is not a number >= 0`,
+      "use 0 for greedy decoding, about 0.7 for varied text",
+    );
+  if (o.topK !== undefined)
+    check(Number.isInteger(o.topK) && o.topK >= 0, `top-k ${o.topK} is not a whole number >= 0`, "0 turns it off");
   if (o.topP !== undefined) check(o.topP > 0 && o.topP <= 1, `top-p ${o.topP} is not in (0, 1]`, "1 turns it off");
   if (o.minP !== undefined) check(o.minP >= 0 && o.minP <= 1, `min-p ${o.minP} is not in [0, 1]`, "0 turns it off");
-  if (o.repetitionPenalty !== undefined) check(o.repetitionPenalty > 0, `repetition penalty ${o.repetitionPenalty} is not > 0`, "1 turns it off");
+  if (o.repetitionPenalty !== undefined)
+    check(o.repetitionPenalty > 0, `repetition penalty ${o.repetitionPenalty} is not > 0`, "1 turns it off");
 }
 
 /** The best ids of one row of logits (repetition penalty already applied) with their scores, best first. */
@@ -62,7 +69,9 @@ export class Sampler {
   request(seen: ReadonlySet<number>): LogitsRequest | undefined {
     const top = this.greedy ? 1 : this.o.topK;
     if (!top) return undefined;
-    return this.penalized && seen.size > 0 ? { top, penalty: { ids: Int32Array.from(seen), factor: this.o.repetitionPenalty! } } : { top };
+    return this.penalized && seen.size > 0
+      ? { top, penalty: { ids: Int32Array.from(seen), factor: this.o.repetitionPenalty! } }
+      : { top };
   }
 
   /**
@@ -76,7 +85,8 @@ export class Sampler {
       checkFinite(scores[best]!);
       return best;
     }
-    const ranked = logits instanceof Float32Array ? new LazyRanking(this.penalize(logits, seen)) : new GivenRanking(logits);
+    const ranked =
+      logits instanceof Float32Array ? new LazyRanking(this.penalize(logits, seen)) : new GivenRanking(logits);
     // NaN ranks last: a NaN best means every score is NaN.
     const top = ranked.score(0);
     checkFinite(top);

@@ -50,7 +50,10 @@ export class Scheduler {
 
   /** Queues a request; resolves with its result (finish reason "abort" when its signal fired). */
   submit(job: Job): Promise<GenerationResult> {
-    if (this.closed) return Promise.reject(new LayerwiseError("SHUTTING_DOWN", "the server is shutting down and takes no new requests"));
+    if (this.closed)
+      return Promise.reject(
+        new LayerwiseError("SHUTTING_DOWN", "the server is shutting down and takes no new requests"),
+      );
     return new Promise((resolve, reject) => {
       this.queue.push({ job, resolve, reject });
       this.running ??= this.loop().finally(() => (this.running = undefined));
@@ -92,23 +95,55 @@ export class Scheduler {
   /** Prefills a request's prompt (reusing a cached prefix) and samples its first token. */
   private async admit(w: Waiting): Promise<void> {
     if (w.job.options.signal?.aborted) {
-      w.resolve({ text: "", tokens: [], promptTokens: w.job.promptIds.length, finishReason: "abort", ttftS: 0, decodeSPerToken: 0 });
+      w.resolve({
+        text: "",
+        tokens: [],
+        promptTokens: w.job.promptIds.length,
+        finishReason: "abort",
+        ttftS: 0,
+        decodeSPerToken: 0,
+      });
       return;
     }
     const seq = this.model.createSequence();
     try {
       const options = this.model.withDefaults(w.job.options);
       const hit = await this.model.loadPrefix(seq, w.job.promptIds);
-      const gen = new Generation(w.job.promptIds, options, this.model.defaults.eosTokenIds, this.model.maxPositions - w.job.promptIds.length, hit);
-      const a: Active = { job: w.job, seq, gen, text: new TextStream(this.model.tokenizer, options.stop, w.job.promptIds), resolve: w.resolve, reject: w.reject };
+      const gen = new Generation(
+        w.job.promptIds,
+        options,
+        this.model.defaults.eosTokenIds,
+        this.model.maxPositions - w.job.promptIds.length,
+        hit,
+      );
+      const a: Active = {
+        job: w.job,
+        seq,
+        gen,
+        text: new TextStream(this.model.tokenizer, options.stop, w.job.promptIds),
+        resolve: w.resolve,
+        reject: w.reject,
+      };
       this.counters.promptTokens += w.job.promptIds.length;
       if (gen.done) return this.complete(a);
-      const [logits] = await this.model.forwardBatch([{ seq, ids: w.job.promptIds.slice(hit) }], [gen.logitsRequest()], { signal: w.job.options.signal });
+      const [logits] = await this.model.forwardBatch(
+        [{ seq, ids: w.job.promptIds.slice(hit) }],
+        [gen.logitsRequest()],
+        { signal: w.job.options.signal },
+      );
       this.active.push(a);
       this.advance(a, logits!);
     } catch (e) {
       seq.dispose();
-      if (w.job.options.signal?.aborted) w.resolve({ text: "", tokens: [], promptTokens: w.job.promptIds.length, finishReason: "abort", ttftS: 0, decodeSPerToken: 0 });
+      if (w.job.options.signal?.aborted)
+        w.resolve({
+          text: "",
+          tokens: [],
+          promptTokens: w.job.promptIds.length,
+          finishReason: "abort",
+          ttftS: 0,
+          decodeSPerToken: 0,
+        });
       else w.reject(e);
     }
   }
@@ -124,7 +159,7 @@ export class Scheduler {
   }
 
   private finishAborted(): void {
-    for (const a of [...this.active]) if (a.job.options.signal?.aborted) a.gen.finish("abort"), this.complete(a);
+    for (const a of [...this.active]) if (a.job.options.signal?.aborted) (a.gen.finish("abort"), this.complete(a));
   }
 
   private complete(a: Active): void {

@@ -11,15 +11,28 @@ export function deviceBytes(backend: Backend, bytes: number): Tensor {
 
 /** Reads every range of a group into its host image. */
 export async function readGroup(reader: DiskReader, group: TensorGroup, image: HostBuffer): Promise<void> {
-  await Promise.all(group.reads.map((r) => reader.read(r.file, r.start, r.length, image.bytes.subarray(r.hostOffset, r.hostOffset + r.length), r.dataLength)));
+  await Promise.all(
+    group.reads.map((r) =>
+      reader.read(r.file, r.start, r.length, image.bytes.subarray(r.hostOffset, r.hostOffset + r.length), r.dataLength),
+    ),
+  );
 }
 
 /** Enqueues the copies of a group's tensors from its host image into a device buffer; returns views on them. */
-export async function copyGroup(backend: Backend, group: TensorGroup, image: HostBuffer, buffer: Tensor, after: Fence | undefined, waitForCopies: boolean, queue: CopyQueue = "needed"): Promise<Weights> {
+export async function copyGroup(
+  backend: Backend,
+  group: TensorGroup,
+  image: HostBuffer,
+  buffer: Tensor,
+  after: Fence | undefined,
+  waitForCopies: boolean,
+  queue: CopyQueue = "needed",
+): Promise<Weights> {
   const copies: Promise<void>[] = [];
   const w: Record<string, Tensor> = {};
   for (const t of group.tensors) {
-    for (const p of t.pieces) copies.push(backend.copyToDevice(buffer, p.deviceOffset, image, p.hostOffset, p.byteLength, after, queue));
+    for (const p of t.pieces)
+      copies.push(backend.copyToDevice(buffer, p.deviceOffset, image, p.hostOffset, p.byteLength, after, queue));
     const view = backend.view(buffer, t.deviceOffset, t.shape, t.dtype);
     for (const key of t.keys) w[key] = view;
   }
@@ -28,7 +41,13 @@ export async function copyGroup(backend: Backend, group: TensorGroup, image: Hos
   return w;
 }
 
-export async function loadGroup(backend: Backend, reader: DiskReader, group: TensorGroup, image: HostBuffer, buffer: Tensor): Promise<Weights> {
+export async function loadGroup(
+  backend: Backend,
+  reader: DiskReader,
+  group: TensorGroup,
+  image: HostBuffer,
+  buffer: Tensor,
+): Promise<Weights> {
   await readGroup(reader, group, image);
   return copyGroup(backend, group, image, buffer, undefined, true);
 }
@@ -37,7 +56,16 @@ export async function loadGroup(backend: Backend, reader: DiskReader, group: Ten
  * A group's weights in a device buffer: copied from its RAM image when it has one, else read from disk into a staging
  * buffer first (given back once the copies are done). Copies wait for compute to reach `after`, on `queue`.
  */
-export async function fetchGroup(backend: Backend, reader: DiskReader, group: TensorGroup, ram: HostBuffer | undefined, staging: BufferPool, buffer: Tensor, after: Fence | undefined, queue: CopyQueue): Promise<Weights> {
+export async function fetchGroup(
+  backend: Backend,
+  reader: DiskReader,
+  group: TensorGroup,
+  ram: HostBuffer | undefined,
+  staging: BufferPool,
+  buffer: Tensor,
+  after: Fence | undefined,
+  queue: CopyQueue,
+): Promise<Weights> {
   const image = ram ?? (await staging.take());
   try {
     if (!ram) await readGroup(reader, group, image);

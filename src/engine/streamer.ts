@@ -51,10 +51,23 @@ export class LayerStreamer implements WeightSource {
   }
 
   /** Loads the globals and resident layers onto the device and the RAM tier into host memory. */
-  static async create(backend: Backend, layout: ModelLayout, plan: Plan, reader: DiskReader, extraKvBytes: () => number): Promise<LayerStreamer> {
+  static async create(
+    backend: Backend,
+    layout: ModelLayout,
+    plan: Plan,
+    reader: DiskReader,
+    extraKvBytes: () => number,
+  ): Promise<LayerStreamer> {
     const globalsBuffer = deviceBytes(backend, layout.globals.deviceBytes);
     const image = backend.allocHost(Math.max(layout.globals.hostBytes, layout.maxLayerHostBytes));
-    const s = new LayerStreamer(backend, layout, plan, reader, await loadGroup(backend, reader, layout.globals, image, globalsBuffer), extraKvBytes);
+    const s = new LayerStreamer(
+      backend,
+      layout,
+      plan,
+      reader,
+      await loadGroup(backend, reader, layout.globals, image, globalsBuffer),
+      extraKvBytes,
+    );
     s.buffers.push(globalsBuffer);
     try {
       for (let i = 0; i < layout.layers.length; i++) {
@@ -72,7 +85,8 @@ export class LayerStreamer implements WeightSource {
     } finally {
       backend.freeHost(image);
     }
-    for (let i = 0; i < plan.slots; i++) s.slots.push({ buffer: deviceBytes(backend, layout.maxLayerDeviceBytes), busy: false });
+    for (let i = 0; i < plan.slots; i++)
+      s.slots.push({ buffer: deviceBytes(backend, layout.maxLayerDeviceBytes), busy: false });
     s.staging = new BufferPool(backend, plan.stagingBuffers, layout.maxLayerHostBytes);
     if (plan.experts.total > 0) s.experts = await ExpertCache.create(backend, layout, plan, reader);
     return s;
@@ -97,7 +111,10 @@ export class LayerStreamer implements WeightSource {
     if (!slot) return;
     slot.freeAfter = this.backend.fence();
     slot.busy = false;
-    this.slotWaiters.get(slot)?.splice(0).forEach((wake) => wake());
+    this.slotWaiters
+      .get(slot)
+      ?.splice(0)
+      .forEach((wake) => wake());
   }
 
   /**
@@ -124,7 +141,19 @@ export class LayerStreamer implements WeightSource {
         const group = this.layout.layers[i]!;
         const buffer = deviceBytes(this.backend, group.deviceBytes);
         try {
-          this.kept.set(i, { buffer, weights: await fetchGroup(this.backend, this.reader, group, this.ramImages.get(i), this.staging!, buffer, after, "needed") });
+          this.kept.set(i, {
+            buffer,
+            weights: await fetchGroup(
+              this.backend,
+              this.reader,
+              group,
+              this.ramImages.get(i),
+              this.staging!,
+              buffer,
+              after,
+              "needed",
+            ),
+          });
         } catch (e) {
           this.backend.free(buffer);
           throw e;
@@ -153,7 +182,10 @@ export class LayerStreamer implements WeightSource {
     this.slotWaiters.clear();
     for (const slot of this.slots) {
       if (!slot.busy) continue;
-      const ok = await slot.loading?.then(() => true, () => false);
+      const ok = await slot.loading?.then(
+        () => true,
+        () => false,
+      );
       if (!ok) slot.layer = slot.loading = undefined; // a failed read leaves nothing usable in the slot
       slot.freeAfter = this.backend.fence();
       slot.busy = false;
@@ -170,7 +202,9 @@ export class LayerStreamer implements WeightSource {
     }
     if (slot.busy) {
       // The slot's occupant is still in use: queue behind it.
-      return new Promise<void>((resolve) => this.slotWaiters.set(slot, [...(this.slotWaiters.get(slot) ?? []), resolve])).then(() => this.startLoad(pos)!);
+      return new Promise<void>((resolve) =>
+        this.slotWaiters.set(slot, [...(this.slotWaiters.get(slot) ?? []), resolve]),
+      ).then(() => this.startLoad(pos)!);
     }
     return this.load(slot, layer);
   }
@@ -181,7 +215,16 @@ export class LayerStreamer implements WeightSource {
     const group = this.layout.layers[layer]!;
     slot.loading = (async () => {
       // Layers load ahead of the compute: a prefetch, which the backend may queue apart from the copies compute needs next.
-      const w = await fetchGroup(this.backend, this.reader, group, this.ramImages.get(layer), this.staging!, slot.buffer, slot.freeAfter, "prefetch");
+      const w = await fetchGroup(
+        this.backend,
+        this.reader,
+        group,
+        this.ramImages.get(layer),
+        this.staging!,
+        slot.buffer,
+        slot.freeAfter,
+        "prefetch",
+      );
       this.stats.h2dBytes += group.dataBytes;
       return w;
     })();

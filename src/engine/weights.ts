@@ -44,7 +44,12 @@ export interface ResolvedWeight {
 
 export function weightDType(t: TensorInfo): DType {
   const d = weightDTypes[t.dtype];
-  if (!d) throw new CheckpointError("DTYPE_UNSUPPORTED", `${t.file}: ${t.name} is ${t.dtype}; layerwise reads F32, F16 and BF16 weights (and MXFP4 experts)`, "use an unquantized (bf16/f16) release of the model");
+  if (!d)
+    throw new CheckpointError(
+      "DTYPE_UNSUPPORTED",
+      `${t.file}: ${t.name} is ${t.dtype}; layerwise reads F32, F16 and BF16 weights (and MXFP4 experts)`,
+      "use an unquantized (bf16/f16) release of the model",
+    );
   return d;
 }
 
@@ -58,14 +63,24 @@ function shapeError(t: TensorInfo, expected: readonly number[]): CheckpointError
 
 function tensorOf(ckpt: Checkpoint, name: string): TensorInfo {
   const t = ckpt.tensors.get(name);
-  if (!t) throw new CheckpointError("TENSOR_MISSING", `${ckpt.dir}: no tensor named ${name}`, "the weights do not match config.json, or a shard is missing");
+  if (!t)
+    throw new CheckpointError(
+      "TENSOR_MISSING",
+      `${ckpt.dir}: no tensor named ${name}`,
+      "the weights do not match config.json, or a shard is missing",
+    );
   return t;
 }
 
 /** The bytes of slice `index` of a stacked tensor whose slices have shape `inner` (the whole tensor without an index). */
 function slice(t: TensorInfo, inner: readonly number[], index: number | undefined): WeightRange {
   const expected = index === undefined ? inner : [t.shape[0]!, ...inner];
-  if (t.shape.length !== expected.length || t.shape.some((d, i) => d !== expected[i]) || (index !== undefined && index >= t.shape[0]!)) throw shapeError(t, expected);
+  if (
+    t.shape.length !== expected.length ||
+    t.shape.some((d, i) => d !== expected[i]) ||
+    (index !== undefined && index >= t.shape[0]!)
+  )
+    throw shapeError(t, expected);
   const bytes = t.byteLength / (index === undefined ? 1 : t.shape[0]!);
   return { file: t.file, start: t.start + (index ?? 0) * bytes, byteLength: bytes };
 }
@@ -77,7 +92,13 @@ export function resolveWeight(ckpt: Checkpoint, spec: WeightSpec): ResolvedWeigh
   if (spec.scales) {
     const [rows, cols] = spec.shape as [number, number];
     const s = tensorOf(ckpt, spec.scales);
-    for (const x of [t, s]) if (x.dtype !== "U8") throw new CheckpointError("DTYPE_UNSUPPORTED", `${x.file}: ${x.name} is ${x.dtype}; MXFP4 blocks and scales are U8`, "the checkpoint's MXFP4 tensors look damaged; download it again");
+    for (const x of [t, s])
+      if (x.dtype !== "U8")
+        throw new CheckpointError(
+          "DTYPE_UNSUPPORTED",
+          `${x.file}: ${x.name} is ${x.dtype}; MXFP4 blocks and scales are U8`,
+          "the checkpoint's MXFP4 tensors look damaged; download it again",
+        );
     const ranges = [slice(t, [rows, cols / 32, 16], spec.index), slice(s, [rows, cols / 32], spec.index)];
     return { shape: spec.shape, dtype: "mxfp4", ranges, byteLength: tensorBytes(spec.shape, "mxfp4") };
   }
@@ -91,15 +112,26 @@ function rowRanges(ckpt: Checkpoint, spec: WeightSpec, ranges: NonNullable<Weigh
   let dtype: DType | undefined;
   const out = ranges.map((r) => {
     const t = tensorOf(ckpt, r.name);
-    if (t.shape.length !== spec.shape.length || t.shape.slice(1).some((d, i) => d !== inner[i]) || r.start + r.count > t.shape[0]!) throw shapeError(t, [r.start + r.count, ...inner]);
+    if (
+      t.shape.length !== spec.shape.length ||
+      t.shape.slice(1).some((d, i) => d !== inner[i]) ||
+      r.start + r.count > t.shape[0]!
+    )
+      throw shapeError(t, [r.start + r.count, ...inner]);
     const d = weightDType(t);
-    if (dtype && d !== dtype) throw new CheckpointError("DTYPE_MIXED", `${t.file}: ${t.name} is ${t.dtype}, unlike the tensors it is used with`, "the checkpoint looks damaged; download it again");
+    if (dtype && d !== dtype)
+      throw new CheckpointError(
+        "DTYPE_MIXED",
+        `${t.file}: ${t.name} is ${t.dtype}, unlike the tensors it is used with`,
+        "the checkpoint looks damaged; download it again",
+      );
     dtype = d;
     const rowBytes = t.byteLength / t.shape[0]!;
     return { file: t.file, start: t.start + r.start * rowBytes, byteLength: r.count * rowBytes };
   });
   const rows = ranges.reduce((n, r) => n + r.count, 0);
-  if (rows !== spec.shape[0]) throw new Error(`${spec.name}: row ranges give ${rows} rows, the spec says ${spec.shape[0]}`);
+  if (rows !== spec.shape[0])
+    throw new Error(`${spec.name}: row ranges give ${rows} rows, the spec says ${spec.shape[0]}`);
   return { shape: spec.shape, dtype: dtype!, ranges: out, byteLength: out.reduce((n, r) => n + r.byteLength, 0) };
 }
 
@@ -120,11 +152,20 @@ export function* allWeightSpecs(model: ArchModel): Generator<WeightSpec> {
  * A checkpoint with more layers than config.json names is run with the first ones, as transformers does, with a warning
  * (the output is not the full model's): a deliberately truncated model is a real use, a silent one is a surprise.
  */
-export function validateWeights(ckpt: Checkpoint, model: ArchModel, warn?: (code: string, message: string) => void): void {
+export function validateWeights(
+  ckpt: Checkpoint,
+  model: ArchModel,
+  warn?: (code: string, message: string) => void,
+): void {
   for (const spec of allWeightSpecs(model)) resolveWeight(ckpt, spec);
   const n = model.shape.numLayers;
-  const extra = specList(model.layerWeights(n)).flatMap((s) => [s.name, ...(s.rowRanges ?? []).map((r) => r.name)]).find((name) => ckpt.has(name));
+  const extra = specList(model.layerWeights(n))
+    .flatMap((s) => [s.name, ...(s.rowRanges ?? []).map((r) => r.name)])
+    .find((name) => ckpt.has(name));
   if (extra) {
-    warn?.("LAYERS_UNUSED", `config.json's num_hidden_layers is ${n}, but the checkpoint has tensors of layer ${n} (${extra}): only the first ${n} layers run, and the output is not the full model's`);
+    warn?.(
+      "LAYERS_UNUSED",
+      `config.json's num_hidden_layers is ${n}, but the checkpoint has tensors of layer ${n} (${extra}): only the first ${n} layers run, and the output is not the full model's`,
+    );
   }
 }

@@ -32,12 +32,20 @@ export class ChatTemplate {
       return new ChatTemplate(new Template(text), source);
     } catch (e) {
       // Parsing is bounded by the file's size cap; a deeply nested template may still exhaust the stack, and says so here.
-      throw new CheckpointError("CHAT_TEMPLATE_INVALID", `${source}: the chat template does not parse: ${String((e as Error)?.message ?? e).slice(0, 300)}`, "download the model's tokenizer_config.json (or chat_template.jinja) again");
+      throw new CheckpointError(
+        "CHAT_TEMPLATE_INVALID",
+        `${source}: the chat template does not parse: ${String((e as Error)?.message ?? e).slice(0, 300)}`,
+        "download the model's tokenizer_config.json (or chat_template.jinja) again",
+      );
     }
   }
 
   /** The prompt text for `messages`, ending with the assistant's turn opener. */
-  render(messages: readonly ChatMessage[], specials: { bos_token?: string; eos_token?: string }, extra: Record<string, unknown> = {}): string {
+  render(
+    messages: readonly ChatMessage[],
+    specials: { bos_token?: string; eos_token?: string },
+    extra: Record<string, unknown> = {},
+  ): string {
     try {
       return this.template.render({
         messages,
@@ -47,7 +55,11 @@ export class ChatTemplate {
         ...extra,
       });
     } catch (e) {
-      throw new UsageError("CHAT_TEMPLATE_FAILED", `${this.source}: the chat template rejected the conversation: ${(e as Error).message}`, "check the roles and order of the messages");
+      throw new UsageError(
+        "CHAT_TEMPLATE_FAILED",
+        `${this.source}: the chat template rejected the conversation: ${(e as Error).message}`,
+        "check the roles and order of the messages",
+      );
     }
   }
 }
@@ -55,8 +67,17 @@ export class ChatTemplate {
 /** The template text of a tokenizer_config.json chat_template value (callers may pass a config that was never checked). */
 function templateOf(value: unknown, source: string): string | undefined {
   if (value === undefined || value === null || typeof value === "string") return value ?? undefined;
-  if (Array.isArray(value) && value.every((t) => typeof t === "object" && t !== null && typeof t.name === "string" && typeof t.template === "string")) {
+  if (
+    Array.isArray(value) &&
+    value.every(
+      (t) => typeof t === "object" && t !== null && typeof t.name === "string" && typeof t.template === "string",
+    )
+  ) {
     return (value as { name: string; template: string }[]).find((t) => t.name === "default")?.template;
   }
-  throw new CheckpointError("TOKENIZER_CONFIG_INVALID", `${source}: chat_template: must be a string or a list of {name, template}`, "compare it with the model's original tokenizer_config.json, or download it again");
+  throw new CheckpointError(
+    "TOKENIZER_CONFIG_INVALID",
+    `${source}: chat_template: must be a string or a list of {name, template}`,
+    "compare it with the model's original tokenizer_config.json, or download it again",
+  );
 }

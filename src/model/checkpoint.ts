@@ -24,22 +24,44 @@ export class Checkpoint {
       if (e.code === "ENOENT") return undefined;
       throw fileReadError(dir, e);
     });
-    if (!info) throw new CheckpointError("MODEL_DIR_MISSING", `${dir} does not exist`, "give the path of a model folder holding config.json, *.safetensors and tokenizer.json");
-    if (!info.isDirectory()) throw new CheckpointError("MODEL_DIR_MISSING", `${dir} is not a folder`, "give the model's folder, not one of its files");
-    const rawConfig = await readModelJson(join(dir, "config.json"), "config", { code: "CONFIG_MISSING", hint: "a Hugging Face model folder has config.json beside its *.safetensors files" });
+    if (!info)
+      throw new CheckpointError(
+        "MODEL_DIR_MISSING",
+        `${dir} does not exist`,
+        "give the path of a model folder holding config.json, *.safetensors and tokenizer.json",
+      );
+    if (!info.isDirectory())
+      throw new CheckpointError(
+        "MODEL_DIR_MISSING",
+        `${dir} is not a folder`,
+        "give the model's folder, not one of its files",
+      );
+    const rawConfig = await readModelJson(join(dir, "config.json"), "config", {
+      code: "CONFIG_MISSING",
+      hint: "a Hugging Face model folder has config.json beside its *.safetensors files",
+    });
     const { files, index } = await findShards(dir);
     const tensors = new Map<string, TensorInfo>();
     for (const file of files) {
       const header = await readSafetensorsHeader(file);
       for (const t of header.tensors) {
         const seen = tensors.get(t.name);
-        if (seen) throw new CheckpointError("TENSOR_DUPLICATE", `tensor ${t.name} is in both ${seen.file} and ${file}`, "the checkpoint's shards disagree; download it again");
+        if (seen)
+          throw new CheckpointError(
+            "TENSOR_DUPLICATE",
+            `tensor ${t.name} is in both ${seen.file} and ${file}`,
+            "the checkpoint's shards disagree; download it again",
+          );
         tensors.set(t.name, t);
       }
     }
     for (const [name, shard] of Object.entries(index ?? {})) {
       if (tensors.get(name)?.file !== join(dir, shard)) {
-        throw new CheckpointError("TENSOR_MISSING", `model.safetensors.index.json puts ${name} in ${shard}, but that shard has no such tensor`, "the shard looks incomplete; download it again");
+        throw new CheckpointError(
+          "TENSOR_MISSING",
+          `model.safetensors.index.json puts ${name} in ${shard}, but that shard has no such tensor`,
+          "the shard looks incomplete; download it again",
+        );
       }
     }
     return new Checkpoint(dir, rawConfig, tensors, files);
@@ -47,7 +69,12 @@ export class Checkpoint {
 
   tensor(name: string): TensorInfo {
     const t = this.tensors.get(name);
-    if (!t) throw new CheckpointError("TENSOR_MISSING", `${this.dir}: no tensor named ${name}`, "the checkpoint does not match its config.json, or a shard is missing");
+    if (!t)
+      throw new CheckpointError(
+        "TENSOR_MISSING",
+        `${this.dir}: no tensor named ${name}`,
+        "the checkpoint does not match its config.json, or a shard is missing",
+      );
     return t;
   }
 
@@ -79,7 +106,11 @@ export async function findShards(dir: string): Promise<{ files: string[]; index?
     const shards = [...new Set(Object.values(index))].sort();
     for (const s of shards) {
       if (!names.includes(s)) {
-        throw new CheckpointError("SHARD_MISSING", `${join(dir, s)} is listed in model.safetensors.index.json but does not exist`, "the download is incomplete; fetch the missing shard");
+        throw new CheckpointError(
+          "SHARD_MISSING",
+          `${join(dir, s)} is listed in model.safetensors.index.json but does not exist`,
+          "the download is incomplete; fetch the missing shard",
+        );
       }
     }
     return { files: shards.map((s) => join(dir, s)), index };
@@ -90,7 +121,9 @@ export async function findShards(dir: string): Promise<{ files: string[]; index?
     throw new CheckpointError(
       "WEIGHTS_MISSING",
       `${dir} has no *.safetensors files${pickled.length ? ` (found ${pickled.join(", ")})` : ""}`,
-      pickled.length ? "layerwise never unpickles .bin/.pt files; use the model's safetensors release" : "download the model's *.safetensors files into this folder",
+      pickled.length
+        ? "layerwise never unpickles .bin/.pt files; use the model's safetensors release"
+        : "download the model's *.safetensors files into this folder",
     );
   }
   return { files: shards.map((s) => join(dir, s)) };
@@ -98,10 +131,22 @@ export async function findShards(dir: string): Promise<{ files: string[]; index?
 
 async function readIndex(dir: string): Promise<Record<string, string>> {
   const file = join(dir, "model.safetensors.index.json");
-  const json = await readModelJson(file, "index", { code: "INDEX_MISSING", hint: "download model.safetensors.index.json again" });
+  const json = await readModelJson(file, "index", {
+    code: "INDEX_MISSING",
+    hint: "download model.safetensors.index.json again",
+  });
   const map = json.weight_map;
-  if (typeof map !== "object" || map === null || Array.isArray(map) || !Object.values(map).every((v) => typeof v === "string" && !v.includes("/") && !v.includes("\\"))) {
-    throw new CheckpointError("INDEX_INVALID", `${file}: weight_map must map tensor names to shard file names in this folder`, "download model.safetensors.index.json again");
+  if (
+    typeof map !== "object" ||
+    map === null ||
+    Array.isArray(map) ||
+    !Object.values(map).every((v) => typeof v === "string" && !v.includes("/") && !v.includes("\\"))
+  ) {
+    throw new CheckpointError(
+      "INDEX_INVALID",
+      `${file}: weight_map must map tensor names to shard file names in this folder`,
+      "download model.safetensors.index.json again",
+    );
   }
   return map as Record<string, string>;
 }

@@ -31,9 +31,7 @@ export class DiskReader {
   private readonly waiting: (() => void)[] = [];
   private readonly retired: Promise<{ fh: FileHandle; direct: boolean }>[] = [];
 
-  constructor(
-    private readonly o: { direct: boolean; maxInFlight?: number; io?: FileIo } = { direct: false },
-  ) {}
+  constructor(private readonly o: { direct: boolean; maxInFlight?: number; io?: FileIo } = { direct: false }) {}
 
   get stats(): ReadStats {
     // A reader kept busy throughout a pass would otherwise show no busy time until it next runs dry.
@@ -54,7 +52,13 @@ export class DiskReader {
     await Promise.all(pieces);
   }
 
-  private async readPiece(file: string, start: number, length: number, into: Uint8Array, mustHave: number): Promise<void> {
+  private async readPiece(
+    file: string,
+    start: number,
+    length: number,
+    into: Uint8Array,
+    mustHave: number,
+  ): Promise<void> {
     await this.slot();
     try {
       let { fh, direct } = await this.handle(file);
@@ -69,10 +73,19 @@ export class DiskReader {
             ({ fh, direct } = await this.reopenBuffered(file));
             continue;
           }
-          throw new CheckpointError("READ_FAILED", `${file}: read of ${length - done} bytes at ${start + done} failed: ${(e as Error).message}`, "the disk or file may be damaged, or the file was removed while running");
+          throw new CheckpointError(
+            "READ_FAILED",
+            `${file}: read of ${length - done} bytes at ${start + done} failed: ${(e as Error).message}`,
+            "the disk or file may be damaged, or the file was removed while running",
+          );
         }
         if (n === 0) {
-          if (done < mustHave) throw new CheckpointError("SAFETENSORS_TRUNCATED", `${file}: ended at byte ${start + done} while reading ${length} bytes at ${start}`, "the file shrank or is truncated; download it again");
+          if (done < mustHave)
+            throw new CheckpointError(
+              "SAFETENSORS_TRUNCATED",
+              `${file}: ended at byte ${start + done} while reading ${length} bytes at ${start}`,
+              "the file shrank or is truncated; download it again",
+            );
           into.fill(0, done, length); // aligned reads run past the end of the file
           break;
         }
@@ -92,7 +105,8 @@ export class DiskReader {
         .open(file, this.o.direct)
         .then((fh) => ({ fh, direct: this.o.direct }))
         .catch(async (e) => {
-          if (this.o.direct && (e as NodeJS.ErrnoException).code === "EINVAL") return { fh: await io.open(file, false), direct: false };
+          if (this.o.direct && (e as NodeJS.ErrnoException).code === "EINVAL")
+            return { fh: await io.open(file, false), direct: false };
           throw e;
         })
         .catch((e) => {

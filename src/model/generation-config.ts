@@ -30,16 +30,27 @@ export interface GenerationDefaults {
   repetitionPenalty?: number;
 }
 
-export async function readGenerationDefaults(dir: string, rawConfig: Record<string, unknown>): Promise<GenerationDefaults> {
+export async function readGenerationDefaults(
+  dir: string,
+  rawConfig: Record<string, unknown>,
+): Promise<GenerationDefaults> {
   const file = join(dir, "generation_config.json");
   const raw = (await readOptionalModelJson(file, "generation_config")) ?? {};
   const parsed = GenerationConfigSchema.safeParse(raw);
   if (!parsed.success) {
-    const problems = parsed.error.issues.slice(0, 5).map((i) => `${i.path.join(".")}: ${i.message}`).join("; ");
-    throw new CheckpointError("GENERATION_CONFIG_INVALID", `${file}: ${problems}`, "download generation_config.json again, or remove it to use plain defaults");
+    const problems = parsed.error.issues
+      .slice(0, 5)
+      .map((i) => `${i.path.join(".")}: ${i.message}`)
+      .join("; ");
+    throw new CheckpointError(
+      "GENERATION_CONFIG_INVALID",
+      `${file}: ${problems}`,
+      "download generation_config.json again, or remove it to use plain defaults",
+    );
   }
   const g = parsed.data;
-  const list = (v: number | number[] | null | undefined) => (v === null || v === undefined ? [] : Array.isArray(v) ? v : [v]);
+  const list = (v: number | number[] | null | undefined) =>
+    v === null || v === undefined ? [] : Array.isArray(v) ? v : [v];
   const fromConfig = GenerationConfigSchema.safeParse(rawConfig);
   const eos = list(g.eos_token_id ?? (fromConfig.success ? fromConfig.data.eos_token_id : undefined));
   const bos = list(g.bos_token_id ?? (fromConfig.success ? fromConfig.data.bos_token_id : undefined))[0];

@@ -15,7 +15,10 @@ const send = (m: EncoderReply) => new Promise<void>((resolve) => process.send!(m
 
 process.on("disconnect", () => process.exit(0)); // the parent is gone
 // The same when this thread is stuck in a template or regex that never yields: a thread of its own watches the parent.
-new Worker(`const parent = process.ppid; setInterval(() => process.ppid !== parent && process.kill(process.pid, "SIGKILL"), 500);`, { eval: true }).unref();
+new Worker(
+  `const parent = process.ppid; setInterval(() => process.ppid !== parent && process.kill(process.pid, "SIGKILL"), 500);`,
+  { eval: true },
+).unref();
 process.on("message", (m: EncoderRequest) => {
   void handle(m).catch((e: unknown) => send({ type: "error", error: serialize(e) }));
 });
@@ -37,7 +40,11 @@ async function handle(m: EncoderRequest): Promise<void> {
   } else text = m.text ?? "";
   const ids = tokenizer.encode(text, m.addSpecialTokens);
   // Past the limit only the count crosses back: the caller refuses the prompt anyway.
-  return send(ids.length > m.maxIds ? { type: "encoded", count: ids.length } : { type: "encoded", count: ids.length, ids: Uint32Array.from(ids) });
+  return send(
+    ids.length > m.maxIds
+      ? { type: "encoded", count: ids.length }
+      : { type: "encoded", count: ids.length, ids: Uint32Array.from(ids) },
+  );
 }
 
 function serialize(e: unknown): SerializedError {

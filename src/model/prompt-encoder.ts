@@ -26,7 +26,12 @@ export interface PromptLimits {
 }
 
 /** Far above what real models need (Llama 3's tokenizer: 100k tokens in under a second, 120 MB of heap). */
-export const defaultPromptLimits: PromptLimits = { timeMs: 10_000, timeMsPerMB: 30_000, memoryMb: 2048, loadTimeMs: 120_000 };
+export const defaultPromptLimits: PromptLimits = {
+  timeMs: 10_000,
+  timeMsPerMB: 30_000,
+  memoryMb: 2048,
+  loadTimeMs: 120_000,
+};
 
 /** A chat template's output may exceed its messages by this much (system preambles, turn markers), and no more. */
 const templateSlackBytes = 1 << 20;
@@ -35,7 +40,15 @@ const templateGrowth = 16;
 export type SerializedError = { name: string; code?: string; message: string; hint?: string };
 export type EncoderRequest =
   | { type: "load"; dir: string }
-  | { type: "encode"; text?: string; messages?: readonly ChatMessage[]; specials?: TemplateSpecials; addSpecialTokens: boolean; maxTextBytes: number; maxIds: number };
+  | {
+      type: "encode";
+      text?: string;
+      messages?: readonly ChatMessage[];
+      specials?: TemplateSpecials;
+      addSpecialTokens: boolean;
+      maxTextBytes: number;
+      maxIds: number;
+    };
 export type EncoderReply =
   | { type: "loaded"; maxTokenBytes: number | null }
   | { type: "phase"; phase: Phase }
@@ -58,7 +71,13 @@ export interface EncodeOptions {
 type Phase = "load" | "render" | "encode";
 type Outcome = { reply: EncoderReply } | { timedOut: true } | { exited: string };
 
-const errorClasses: Record<string, new (code: string, message: string, hint?: string) => LayerwiseError> = { UsageError, CheckpointError, BackendError, CacheError, DiskFullError };
+const errorClasses: Record<string, new (code: string, message: string, hint?: string) => LayerwiseError> = {
+  UsageError,
+  CheckpointError,
+  BackendError,
+  CacheError,
+  DiskFullError,
+};
 
 export class PromptEncoder {
   private process?: EncoderProcess;
@@ -89,7 +108,11 @@ export class PromptEncoder {
   }
 
   /** Token ids of a conversation through the model's chat template (which writes its own special tokens). */
-  async encodeMessages(messages: readonly ChatMessage[], specials: TemplateSpecials, o: EncodeOptions = {}): Promise<number[]> {
+  async encodeMessages(
+    messages: readonly ChatMessage[],
+    specials: TemplateSpecials,
+    o: EncodeOptions = {},
+  ): Promise<number[]> {
     const bytes = messages.reduce((sum, m) => sum + Buffer.byteLength(m.content), 0);
     return this.encode({ messages, specials, addSpecialTokens: false }, bytes, o);
   }
@@ -101,7 +124,11 @@ export class PromptEncoder {
     this.process = undefined;
   }
 
-  private async encode(job: { text?: string; messages?: readonly ChatMessage[]; specials?: TemplateSpecials; addSpecialTokens: boolean }, inputBytes: number, o: EncodeOptions): Promise<number[]> {
+  private async encode(
+    job: { text?: string; messages?: readonly ChatMessage[]; specials?: TemplateSpecials; addSpecialTokens: boolean },
+    inputBytes: number,
+    o: EncodeOptions,
+  ): Promise<number[]> {
     const { maxTokenBytes } = await this.load();
     // No token stands for more than maxTokenBytes bytes of text, so a longer text needs more tokens than the context holds.
     const maxTextBytes = maxTokenBytes === null ? Infinity : this.maxPositions * maxTokenBytes;
@@ -109,7 +136,13 @@ export class PromptEncoder {
     const maxIds = o.maxTokens ?? Number.MAX_SAFE_INTEGER;
     const templateBytes = Math.min(maxTextBytes, templateGrowth * inputBytes + templateSlackBytes);
     const timeMs = this.limits.timeMs + (this.limits.timeMsPerMB * inputBytes) / 1e6;
-    const outcome = await this.enqueue(o.signal, (p) => p.request({ type: "encode", ...job, maxTextBytes: templateBytes, maxIds }, timeMs, job.messages ? "render" : "encode"));
+    const outcome = await this.enqueue(o.signal, (p) =>
+      p.request(
+        { type: "encode", ...job, maxTextBytes: templateBytes, maxIds },
+        timeMs,
+        job.messages ? "render" : "encode",
+      ),
+    );
     if ("reply" in outcome) {
       const r = outcome.reply;
       if (r.type === "encoded") {
@@ -117,8 +150,13 @@ export class PromptEncoder {
         return Array.from(r.ids);
       }
       if (r.type === "text-too-long") {
-        if (r.bytes <= templateGrowth * inputBytes + templateSlackBytes) throw tooManyBytes(r.bytes, maxTextBytes, this.maxPositions, "the conversation through the chat template");
-        throw new CheckpointError("TEMPLATE_TOO_LARGE", `the chat template turned ${inputBytes} bytes of messages into more than ${templateBytes} bytes (at most ${templateGrowth}x + ${templateSlackBytes} allowed)`, templateHint);
+        if (r.bytes <= templateGrowth * inputBytes + templateSlackBytes)
+          throw tooManyBytes(r.bytes, maxTextBytes, this.maxPositions, "the conversation through the chat template");
+        throw new CheckpointError(
+          "TEMPLATE_TOO_LARGE",
+          `the chat template turned ${inputBytes} bytes of messages into more than ${templateBytes} bytes (at most ${templateGrowth}x + ${templateSlackBytes} allowed)`,
+          templateHint,
+        );
       }
       if (r.type === "error") throw revive(r.error, job.messages ? "render" : "encode");
       throw new Error(`unexpected encoder reply ${r.type}`);
@@ -128,11 +166,16 @@ export class PromptEncoder {
   }
 
   /** Runs `work` on the process once the jobs before it are done. */
-  private enqueue(signal: AbortSignal | undefined, work: (p: EncoderProcess) => Promise<Outcome & { phase?: Phase }>): Promise<Outcome & { phase?: Phase }> {
+  private enqueue(
+    signal: AbortSignal | undefined,
+    work: (p: EncoderProcess) => Promise<Outcome & { phase?: Phase }>,
+  ): Promise<Outcome & { phase?: Phase }> {
     return new Promise((resolve, reject) => {
       this.queue.push(async () => {
-        if (this.closed) return reject(new LayerwiseError("ENCODER_CLOSED", "the model was closed before the prompt was encoded"));
-        if (signal?.aborted) return reject(new LayerwiseError("CANCELLED", "the request was cancelled before its prompt was encoded"));
+        if (this.closed)
+          return reject(new LayerwiseError("ENCODER_CLOSED", "the model was closed before the prompt was encoded"));
+        if (signal?.aborted)
+          return reject(new LayerwiseError("CANCELLED", "the request was cancelled before its prompt was encoded"));
         try {
           await this.load();
           resolve(await work(this.process!));
@@ -156,7 +199,8 @@ export class PromptEncoder {
 
   /** The running process, started and loaded if needed; a failed start is retried with the next prompt. */
   private load(): Promise<{ maxTokenBytes: number | null }> {
-    if (this.closed) return Promise.reject(new LayerwiseError("ENCODER_CLOSED", "the model was closed before the prompt was encoded"));
+    if (this.closed)
+      return Promise.reject(new LayerwiseError("ENCODER_CLOSED", "the model was closed before the prompt was encoded"));
     if (this.process?.alive && this.loaded) return this.loaded;
     const p = new EncoderProcess(this.limits.memoryMb);
     this.process = p;
@@ -174,9 +218,17 @@ export class PromptEncoder {
   private breach(outcome: Outcome & { phase?: Phase }, timeMs: number, inputBytes: number): LayerwiseError {
     this.process?.kill();
     const phase = outcome.phase ?? "encode";
-    const what = phase === "render" ? "rendering the chat template" : phase === "load" ? "loading tokenizer.json" : `tokenizing ${inputBytes} bytes`;
+    const what =
+      phase === "render"
+        ? "rendering the chat template"
+        : phase === "load"
+          ? "loading tokenizer.json"
+          : `tokenizing ${inputBytes} bytes`;
     const code = `${phase === "render" ? "TEMPLATE" : "TOKENIZER"}_${"timedOut" in outcome ? "TOO_SLOW" : "TOO_LARGE"}`;
-    const why = "timedOut" in outcome ? `took more than ${Math.round(timeMs)} ms` : `ended the encoder process (${(outcome as { exited: string }).exited}; its heap is ${this.limits.memoryMb} MB)`;
+    const why =
+      "timedOut" in outcome
+        ? `took more than ${Math.round(timeMs)} ms`
+        : `ended the encoder process (${(outcome as { exited: string }).exited}; its heap is ${this.limits.memoryMb} MB)`;
     return new CheckpointError(code, `${what} ${why}`, phase === "render" ? templateHint : tokenizerHint);
   }
 }
@@ -187,22 +239,36 @@ export function checkTokenIds(ids: readonly number[], vocabSize: number): number
   for (let i = 0; i < ids.length; i++) {
     const id = ids[i]!;
     if (!Number.isInteger(id) || id < 0 || id >= vocabSize) {
-      throw new UsageError("TOKEN_ID_OUT_OF_RANGE", `prompt id ${String(id).slice(0, 32)} at position ${i} is outside the vocabulary of ${vocabSize} (ids 0 to ${vocabSize - 1})`, "send token ids of this model's tokenizer");
+      throw new UsageError(
+        "TOKEN_ID_OUT_OF_RANGE",
+        `prompt id ${String(id).slice(0, 32)} at position ${i} is outside the vocabulary of ${vocabSize} (ids 0 to ${vocabSize - 1})`,
+        "send token ids of this model's tokenizer",
+      );
     }
     out[i] = id;
   }
   return out;
 }
 
-const templateHint = "the model folder's chat template (chat_template.jinja or tokenizer_config.json) is at fault: fix or replace it";
-const tokenizerHint = "if short prompts fail too, the model folder's tokenizer.json is at fault: download it again or replace it";
+const templateHint =
+  "the model folder's chat template (chat_template.jinja or tokenizer_config.json) is at fault: fix or replace it";
+const tokenizerHint =
+  "if short prompts fail too, the model folder's tokenizer.json is at fault: download it again or replace it";
 
 export function promptTooLong(tokens: number, context: number): UsageError {
-  return new UsageError("PROMPT_TOO_LONG", `the prompt has ${tokens} tokens; the model's context is ${context}`, "shorten the prompt or pick a model with a longer context");
+  return new UsageError(
+    "PROMPT_TOO_LONG",
+    `the prompt has ${tokens} tokens; the model's context is ${context}`,
+    "shorten the prompt or pick a model with a longer context",
+  );
 }
 
 function tooManyBytes(bytes: number, max: number, context: number, what = "the prompt"): UsageError {
-  return new UsageError("PROMPT_TOO_LONG", `${what} has ${bytes} bytes; at most ${max} bytes can fit the model's context of ${context} tokens`, "shorten the prompt or pick a model with a longer context");
+  return new UsageError(
+    "PROMPT_TOO_LONG",
+    `${what} has ${bytes} bytes; at most ${max} bytes can fit the model's context of ${context} tokens`,
+    "shorten the prompt or pick a model with a longer context",
+  );
 }
 
 function revive(e: SerializedError, phase: Phase): LayerwiseError {
@@ -238,7 +304,9 @@ class EncoderProcess {
     this.child.on("error", (e) => this.settle({ exited: e.message }));
     this.child.on("exit", (code, signal) => {
       this.exited = true;
-      const oom = /heap out of memory|invalid (array|table|string) (length|size)|Allocation failed/i.test(this.stderrTail);
+      const oom = /heap out of memory|invalid (array|table|string) (length|size)|Allocation failed/i.test(
+        this.stderrTail,
+      );
       this.settle({ exited: oom ? "out of memory" : signal ? `signal ${signal}` : `exit code ${code}` });
     });
     this.setRef(false);
@@ -289,7 +357,9 @@ class EncoderProcess {
 
   /** Held only while a request is out: an idle encoder never keeps the program alive. */
   private setRef(on: boolean): void {
-    const handles = [this.child, this.child.channel, this.child.stderr] as ({ ref?: () => void; unref?: () => void } | null | undefined)[];
+    const handles = [this.child, this.child.channel, this.child.stderr] as (
+      { ref?: () => void; unref?: () => void } | null | undefined
+    )[];
     for (const h of handles) (on ? h?.ref : h?.unref)?.call(h);
   }
 }

@@ -5,7 +5,11 @@ import { z } from "zod";
 import { CheckpointError } from "../errors.js";
 import { readOptionalModelJson, readOptionalModelText, parseModelJson } from "./model-files.js";
 
-const SpecialToken = z.union([z.string(), z.looseObject({ content: z.string() }), z.null()], { error: "must be a string, {content: string} or null" }).optional();
+const SpecialToken = z
+  .union([z.string(), z.looseObject({ content: z.string() }), z.null()], {
+    error: "must be a string, {content: string} or null",
+  })
+  .optional();
 
 /** The keys of tokenizer_config.json that layerwise or the tokenizer library read; the rest pass through unchecked. */
 export const TokenizerConfigSchema = z.looseObject({
@@ -14,9 +18,13 @@ export const TokenizerConfigSchema = z.looseObject({
   add_bos_token: z.boolean().nullish(),
   // transformers allows one template, or named ones of which "default" is used.
   chat_template: z
-    .union([z.string(), z.array(z.object({ name: z.string(), template: z.string() }))], { error: "must be a string or a list of {name, template}" })
+    .union([z.string(), z.array(z.object({ name: z.string(), template: z.string() }))], {
+      error: "must be a string or a list of {name, template}",
+    })
     .nullish(),
-  additional_special_tokens: z.array(z.union([z.string(), z.looseObject({ content: z.string() })]), { error: "must be a list of tokens" }).nullish(),
+  additional_special_tokens: z
+    .array(z.union([z.string(), z.looseObject({ content: z.string() })]), { error: "must be a list of tokens" })
+    .nullish(),
   clean_up_tokenization_spaces: z.boolean().nullish(),
   remove_space: z.boolean().nullish(),
   do_lowercase_and_remove_accent: z.boolean().nullish(),
@@ -34,16 +42,32 @@ export interface TokenizerConfig {
 export function parseTokenizerConfig(raw: Record<string, unknown>, file: string): TokenizerConfig {
   const parsed = TokenizerConfigSchema.safeParse(raw);
   if (!parsed.success) {
-    const problems = parsed.error.issues.slice(0, 5).map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ");
-    throw new CheckpointError("TOKENIZER_CONFIG_INVALID", `${file}: ${problems}`, "compare it with the model's original tokenizer_config.json, or download it again");
+    const problems = parsed.error.issues
+      .slice(0, 5)
+      .map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`)
+      .join("; ");
+    throw new CheckpointError(
+      "TOKENIZER_CONFIG_INVALID",
+      `${file}: ${problems}`,
+      "compare it with the model's original tokenizer_config.json, or download it again",
+    );
   }
   return parsed.data as TokenizerConfig;
 }
 
 /** The parts of tokenizer.json read before the library sees it: every token id it can produce, with its text. */
 const TokenizerJsonSchema = z.looseObject({
-  model: z.looseObject({ vocab: z.union([z.record(z.string(), z.number().int().nonnegative()), z.array(z.tuple([z.string(), z.number()]).rest(z.unknown()))]).optional() }),
-  added_tokens: z.array(z.looseObject({ id: z.number().int().nonnegative(), content: z.string(), special: z.boolean().optional() })).default([]),
+  model: z.looseObject({
+    vocab: z
+      .union([
+        z.record(z.string(), z.number().int().nonnegative()),
+        z.array(z.tuple([z.string(), z.number()]).rest(z.unknown())),
+      ])
+      .optional(),
+  }),
+  added_tokens: z
+    .array(z.looseObject({ id: z.number().int().nonnegative(), content: z.string(), special: z.boolean().optional() }))
+    .default([]),
 });
 
 /** The largest token id of a checked tokenizer.json and its text. */
@@ -78,13 +102,24 @@ export class TextTokenizer {
     const file = join(dir, "tokenizer.json");
     const text = await readOptionalModelText(file, "tokenizer");
     if (text === undefined) {
-      throw new CheckpointError("TOKENIZER_MISSING", `${file} does not exist`, "layerwise needs the fast tokenizer file tokenizer.json; download it with the model (tokenizer.model alone is not enough)");
+      throw new CheckpointError(
+        "TOKENIZER_MISSING",
+        `${file} does not exist`,
+        "layerwise needs the fast tokenizer file tokenizer.json; download it with the model (tokenizer.model alone is not enough)",
+      );
     }
     const raw = parseModelJson(file, "tokenizer", text);
     const checked = TokenizerJsonSchema.safeParse(raw);
     if (!checked.success) {
-      const problems = checked.error.issues.slice(0, 3).map((i) => `${i.path.slice(0, 4).join(".") || "(root)"}: ${i.message}`).join("; ");
-      throw new CheckpointError("TOKENIZER_INVALID", `${file} is not a tokenizer: ${problems}`, "download tokenizer.json again");
+      const problems = checked.error.issues
+        .slice(0, 3)
+        .map((i) => `${i.path.slice(0, 4).join(".") || "(root)"}: ${i.message}`)
+        .join("; ");
+      throw new CheckpointError(
+        "TOKENIZER_INVALID",
+        `${file} is not a tokenizer: ${problems}`,
+        "download tokenizer.json again",
+      );
     }
     const largest = largestId(checked.data);
     if (o.vocabSize !== undefined && largest.id >= o.vocabSize) {
@@ -95,15 +130,28 @@ export class TextTokenizer {
       );
     }
     const configFile = join(dir, "tokenizer_config.json");
-    const config = parseTokenizerConfig((await readOptionalModelJson(configFile, "tokenizer_config")) ?? {}, configFile);
+    const config = parseTokenizerConfig(
+      (await readOptionalModelJson(configFile, "tokenizer_config")) ?? {},
+      configFile,
+    );
     let tokenizer: Tokenizer;
     try {
       tokenizer = new Tokenizer(raw, config);
     } catch (e) {
-      throw new CheckpointError("TOKENIZER_INVALID", `${file} could not be loaded: ${String((e as Error)?.message ?? e).slice(0, 300)}`, "download tokenizer.json again");
+      throw new CheckpointError(
+        "TOKENIZER_INVALID",
+        `${file} could not be loaded: ${String((e as Error)?.message ?? e).slice(0, 300)}`,
+        "download tokenizer.json again",
+      );
     }
     const special = new Set(checked.data.added_tokens.filter((t) => t.special).map((t) => t.id));
-    return new TextTokenizer(tokenizer, config, tokenizer.get_vocab(true).size, special, longestTokenBytes(raw as TokenizerJson));
+    return new TextTokenizer(
+      tokenizer,
+      config,
+      tokenizer.get_vocab(true).size,
+      special,
+      longestTokenBytes(raw as TokenizerJson),
+    );
   }
 
   /** Token ids of `text`; with `addSpecialTokens` the tokenizer's post-processor adds BOS (as HF does). */
@@ -177,7 +225,14 @@ export class StreamingDetokenizer {
 }
 
 interface TokenizerJson {
-  model?: { type?: string; vocab?: Record<string, number> | [string, number][]; unk_token?: string | null; unk_id?: number | null; fuse_unk?: boolean; byte_fallback?: boolean };
+  model?: {
+    type?: string;
+    vocab?: Record<string, number> | [string, number][];
+    unk_token?: string | null;
+    unk_id?: number | null;
+    fuse_unk?: boolean;
+    byte_fallback?: boolean;
+  };
   added_tokens?: { content?: string }[];
 }
 
@@ -189,7 +244,10 @@ interface TokenizerJson {
 function longestTokenBytes(json: TokenizerJson): number | null {
   const m = json.model ?? {};
   if (m.type === "WordPiece" || m.type === "WordLevel") return null;
-  const hasUnk = m.type === "Unigram" ? m.unk_id !== undefined && m.unk_id !== null : m.unk_token !== undefined && m.unk_token !== null;
+  const hasUnk =
+    m.type === "Unigram"
+      ? m.unk_id !== undefined && m.unk_id !== null
+      : m.unk_token !== undefined && m.unk_token !== null;
   if (hasUnk && !m.byte_fallback && (m.type === "Unigram" || m.fuse_unk)) return null;
   const tokens = Array.isArray(m.vocab) ? m.vocab.map(([t]) => t) : Object.keys(m.vocab ?? {});
   let longest = 4; // an unknown character (up to 4 bytes) may become one short unknown token

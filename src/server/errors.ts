@@ -3,7 +3,13 @@
 import { resolve } from "node:path";
 import { LayerwiseError, UsageError } from "../errors.js";
 
-export type ErrorType = "invalid_request_error" | "authentication_error" | "not_found_error" | "server_error" | "timeout_error" | "overloaded_error";
+export type ErrorType =
+  | "invalid_request_error"
+  | "authentication_error"
+  | "not_found_error"
+  | "server_error"
+  | "timeout_error"
+  | "overloaded_error";
 
 export function errorBody(message: string, type: ErrorType, code: string | null = null) {
   return { error: { message, type, param: null, code } };
@@ -20,7 +26,9 @@ export function cut(text: string, max = 100): string {
  */
 export function redactPaths(text: string, modelDir?: string): string {
   let out = text;
-  if (modelDir) for (const p of [resolve(modelDir), modelDir.replace(/\/+$/, "")].filter((p) => p.length > 1)) out = out.split(p).join("<model>");
+  if (modelDir)
+    for (const p of [resolve(modelDir), modelDir.replace(/\/+$/, "")].filter((p) => p.length > 1))
+      out = out.split(p).join("<model>");
   return out.replace(/(^|[\s'"`(=[])((?:[A-Za-z]:)?[\\/][^\s'"`()[\]<>]*)/g, (_, before: string, path: string) => {
     const [, body, trailing] = /^(.*?)([:;,.]*)$/.exec(path)!;
     const last = body!.split(/[\\/]/).filter(Boolean).pop();
@@ -37,12 +45,29 @@ export interface ErrorAnswer {
 
 /** What a request that threw `e` answers. */
 export function errorAnswer(e: unknown, modelDir?: string): ErrorAnswer {
-  if (e instanceof UsageError) return { status: 400, body: errorBody(cut(redactPaths(`${e.message}${e.hint ? ` (${e.hint})` : ""}`, modelDir), 2000), "invalid_request_error", e.code) };
+  if (e instanceof UsageError)
+    return {
+      status: 400,
+      body: errorBody(
+        cut(redactPaths(`${e.message}${e.hint ? ` (${e.hint})` : ""}`, modelDir), 2000),
+        "invalid_request_error",
+        e.code,
+      ),
+    };
   if (e instanceof LayerwiseError) {
     const log = `error [${e.code}]: ${e.message}${e.hint ? `\n  hint: ${e.hint}` : ""}`;
     // The request was cancelled (its client left, or the server is stopping) before it ran: nothing to log.
-    if (e.code === "SHUTTING_DOWN" || e.code === "CANCELLED" || e.code === "ENCODER_CLOSED") return { status: 503, body: errorBody("the server is shutting down", "overloaded_error", e.code) };
-    return { status: 500, body: errorBody(cut(`${e.code}: ${redactPaths(e.message, modelDir)}`, 2000), "server_error", e.code), log };
+    if (e.code === "SHUTTING_DOWN" || e.code === "CANCELLED" || e.code === "ENCODER_CLOSED")
+      return { status: 503, body: errorBody("the server is shutting down", "overloaded_error", e.code) };
+    return {
+      status: 500,
+      body: errorBody(cut(`${e.code}: ${redactPaths(e.message, modelDir)}`, 2000), "server_error", e.code),
+      log,
+    };
   }
-  return { status: 500, body: errorBody("internal error (the server's log has the details)", "server_error"), log: `error [INTERNAL]: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}` };
+  return {
+    status: 500,
+    body: errorBody("internal error (the server's log has the details)", "server_error"),
+    log: `error [INTERNAL]: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`,
+  };
 }

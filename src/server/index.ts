@@ -60,7 +60,17 @@ export async function startServer(model: LayerwiseModel, o: ServeOptions): Promi
   const scheduler = new Scheduler(model, { maxBatch: o.maxBatch });
   let accepting = true;
   const shutdown = new AbortController();
-  const { app } = createApp({ model, scheduler, modelName: o.modelName, apiKey: o.apiKey, maxBodyBytes: o.maxBodyBytes, requestTimeoutMs: o.requestTimeoutMs, accepting: () => accepting, shutdown: shutdown.signal, log: o.log });
+  const { app } = createApp({
+    model,
+    scheduler,
+    modelName: o.modelName,
+    apiKey: o.apiKey,
+    maxBodyBytes: o.maxBodyBytes,
+    requestTimeoutMs: o.requestTimeoutMs,
+    accepting: () => accepting,
+    shutdown: shutdown.signal,
+    log: o.log,
+  });
 
   // The request each connection is on, from its headers until its answer has gone out.
   const inFlight = new Map<Socket, { incoming: IncomingMessage; outgoing: ServerResponse }>();
@@ -79,9 +89,22 @@ export async function startServer(model: LayerwiseModel, o: ServeOptions): Promi
     return app.fetch(request, env);
   };
   const headersTimeout = Math.min(limits.headersTimeoutMs, limits.receiveTimeoutMs);
-  const serverOptions = { headersTimeout, requestTimeout: limits.receiveTimeoutMs, keepAliveTimeout: limits.keepAliveTimeoutMs, connectionsCheckingInterval: Math.min(1000, headersTimeout) };
+  const serverOptions = {
+    headersTimeout,
+    requestTimeout: limits.receiveTimeoutMs,
+    keepAliveTimeout: limits.keepAliveTimeoutMs,
+    connectionsCheckingInterval: Math.min(1000, headersTimeout),
+  };
   const server = await new Promise<Server>((resolve, reject) => {
-    const s = serve({ fetch: fetch as (r: Request, env: unknown) => Promise<Response>, hostname: o.host, port: o.port, serverOptions }, () => resolve(s as Server));
+    const s = serve(
+      {
+        fetch: fetch as (r: Request, env: unknown) => Promise<Response>,
+        hostname: o.host,
+        port: o.port,
+        serverOptions,
+      },
+      () => resolve(s as Server),
+    );
     s.once("error", reject);
   });
   server.maxConnections = limits.maxConnections;
@@ -111,7 +134,8 @@ export async function startServer(model: LayerwiseModel, o: ServeOptions): Promi
     server.close(); // no new connections; node also stops its header and body timeouts here, so the rest is ours
     for (const s of sockets) {
       const r = inFlight.get(s);
-      if (!r || !r.incoming.complete) s.destroy(); // idle, or a request not yet received: nothing is lost
+      if (!r || !r.incoming.complete)
+        s.destroy(); // idle, or a request not yet received: nothing is lost
       else r.outgoing.shouldKeepAlive = false;
     }
     await answered(limits.drainTimeoutMs);
@@ -130,7 +154,6 @@ export async function startServer(model: LayerwiseModel, o: ServeOptions): Promi
     stop: () => (stopping ??= drain()),
   };
 }
-
 
 function stripUndefined<T extends object>(o: T): Partial<T> {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;

@@ -20,9 +20,19 @@ export class Metrics {
       ...metric("layerwise_completed_requests_total", "counter", "Generations finished.", s.completed),
       ...metric("layerwise_queue_depth", "gauge", "Requests waiting to join the batch.", s.queued),
       ...metric("layerwise_active_sequences", "gauge", "Sequences in the running batch.", s.active),
-      ...metric("layerwise_h2d_bytes_total", "counter", "Bytes copied host to device (weights and KV streamed).", e.h2dBytes),
+      ...metric(
+        "layerwise_h2d_bytes_total",
+        "counter",
+        "Bytes copied host to device (weights and KV streamed).",
+        e.h2dBytes,
+      ),
       ...metric("layerwise_disk_read_bytes_total", "counter", "Bytes read from disk.", e.diskReadBytes),
-      ...metric("layerwise_kv_cache_hit_tokens_total", "counter", "Prompt tokens served from the persistent KV cache.", e.kvCacheHitTokens),
+      ...metric(
+        "layerwise_kv_cache_hit_tokens_total",
+        "counter",
+        "Prompt tokens served from the persistent KV cache.",
+        e.kvCacheHitTokens,
+      ),
       ...metric("layerwise_peak_vram_bytes", "gauge", "Peak device memory.", e.peakVramBytes),
     ];
     return lines.join("\n") + "\n";

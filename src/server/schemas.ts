@@ -5,7 +5,11 @@ import { z } from "zod";
 import { cut } from "./errors.js";
 
 const stop = z.union([z.string(), z.array(z.string()).max(16)]).nullish();
-const zeroOnly = (what: string) => z.number().refine((v) => v === 0, { message: `${what} is not supported (only 0)` }).nullish();
+const zeroOnly = (what: string) =>
+  z
+    .number()
+    .refine((v) => v === 0, { message: `${what} is not supported (only 0)` })
+    .nullish();
 
 const sampling = {
   model: z.string(),
@@ -46,7 +50,13 @@ export type ChatRequest = z.infer<typeof ChatRequest>;
 export const CompletionRequest = z.strictObject({
   ...sampling,
   // Token ids: numbers, checked in one loop; whole numbers inside the vocabulary is the model's check (encodePrompt).
-  prompt: z.union([z.string(), z.array(z.string()).length(1), z.custom<number[]>((v) => Array.isArray(v) && v.length > 0 && v.every((x) => typeof x === "number"), { message: "expected text, [text] or token ids (numbers)" })]),
+  prompt: z.union([
+    z.string(),
+    z.array(z.string()).length(1),
+    z.custom<number[]>((v) => Array.isArray(v) && v.length > 0 && v.every((x) => typeof x === "number"), {
+      message: "expected text, [text] or token ids (numbers)",
+    }),
+  ]),
   echo: z.literal(false).nullish(),
   logprobs: z.null().optional(),
 });
@@ -61,9 +71,13 @@ export function describe(error: z.ZodError, at: PropertyKey[] = []): string {
   const more = (n: number) => (n > 0 ? ` and ${n} more` : "");
   const issues = error.issues.slice(0, maxListed).map((i) => {
     const path = [...at, ...i.path].map(name).join(".") || "body";
-    return i.code === "unrecognized_keys" ? `${path}: unknown field(s) ${i.keys.slice(0, maxListed).map(name).join(", ")}${more(i.keys.length - maxListed)}` : `${path}: ${cut(i.message, 200)}`;
+    return i.code === "unrecognized_keys"
+      ? `${path}: unknown field(s) ${i.keys.slice(0, maxListed).map(name).join(", ")}${more(i.keys.length - maxListed)}`
+      : `${path}: ${cut(i.message, 200)}`;
   });
-  return issues.join("; ") + (error.issues.length > maxListed ? `; ${error.issues.length - maxListed} more problems` : "");
+  return (
+    issues.join("; ") + (error.issues.length > maxListed ? `; ${error.issues.length - maxListed} more problems` : "")
+  );
 }
 
 export type Parsed<T> = { ok: true; data: T } | { ok: false; message: string };
@@ -81,7 +95,8 @@ export function parseChatRequest(json: unknown): Parsed<ChatRequest> {
       const content = (m as { content?: unknown } | null)?.content;
       if (Array.isArray(content)) items += content.length;
     }
-    if (items > maxChatItems) return { ok: false, message: `messages: ${items} messages and content parts; at most ${maxChatItems}` };
+    if (items > maxChatItems)
+      return { ok: false, message: `messages: ${items} messages and content parts; at most ${maxChatItems}` };
     for (let i = 0; i < messages.length; i++) {
       const r = message.safeParse(messages[i]);
       if (!r.success) return { ok: false, message: describe(r.error, ["messages", i]) };

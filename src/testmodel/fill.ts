@@ -24,7 +24,10 @@ export const segmentValues = 1 << 22;
 
 /** The 65536 values a 16-bit random draw maps to, already in the output dtype. */
 function levels(dist: Distribution, dtype: FillDType): Float32Array | Uint16Array | Uint8Array {
-  const f32 = Float32Array.from({ length: 65536 }, (_, r) => dist.center + ((r + 0.5) / 65536 * 2 - 1) * dist.halfWidth);
+  const f32 = Float32Array.from(
+    { length: 65536 },
+    (_, r) => dist.center + (((r + 0.5) / 65536) * 2 - 1) * dist.halfWidth,
+  );
   if (dtype === "f32") return f32;
   if (dtype === "u8") return Uint8Array.from(f32, (v) => Math.min(255, Math.max(0, Math.floor(v))));
   const convert = dtype === "bf16" ? f32ToBf16 : f32ToF16;
@@ -33,7 +36,12 @@ function levels(dist: Distribution, dtype: FillDType): Float32Array | Uint16Arra
 
 export function fillSegment(job: SegmentJob): Uint8Array {
   const table = levels(job.dist, job.dtype);
-  const out = job.dtype === "f32" ? new Float32Array(job.count) : job.dtype === "u8" ? new Uint8Array(job.count) : new Uint16Array(job.count);
+  const out =
+    job.dtype === "f32"
+      ? new Float32Array(job.count)
+      : job.dtype === "u8"
+        ? new Uint8Array(job.count)
+        : new Uint16Array(job.count);
   const random = new Random(job.seed);
   let i = 0;
   for (; i + 1 < job.count; i += 2) {

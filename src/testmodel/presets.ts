@@ -74,12 +74,23 @@ const gptOssBase = {
   initializer_range: 0.02,
   tie_word_embeddings: false,
   use_cache: true,
-  quantization_config: { quant_method: "mxfp4", modules_to_not_convert: ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"] },
+  quantization_config: {
+    quant_method: "mxfp4",
+    modules_to_not_convert: ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"],
+  },
 };
 
 /** gpt-oss's YaRN: max_position_embeddings / original is the factor, as transformers derives it. */
-const gptOssRope = (factor: number, original: number) => ({ rope_type: "yarn", factor, beta_fast: 32.0, beta_slow: 1.0, original_max_position_embeddings: original, truncate: false });
-const alternating = (layers: number) => Array.from({ length: layers }, (_, i) => (i % 2 === 0 ? "sliding_attention" : "full_attention"));
+const gptOssRope = (factor: number, original: number) => ({
+  rope_type: "yarn",
+  factor,
+  beta_fast: 32.0,
+  beta_slow: 1.0,
+  original_max_position_embeddings: original,
+  truncate: false,
+});
+const alternating = (layers: number) =>
+  Array.from({ length: layers }, (_, i) => (i % 2 === 0 ? "sliding_attention" : "full_attention"));
 
 const qwen3NextBase = {
   architectures: ["Qwen3NextForCausalLM"],

@@ -41,7 +41,9 @@ function learnMerges(maxMerges: number, bytes: string[]): [string, string][] {
     }
     let best: string | undefined;
     let bestCount = 1;
-    for (const [key, count] of pairs) if (count > bestCount || (count === bestCount && best !== undefined && key < best)) [best, bestCount] = [key, count];
+    for (const [key, count] of pairs)
+      if (count > bestCount || (count === bestCount && best !== undefined && key < best))
+        [best, bestCount] = [key, count];
     if (!best) break;
     const [a, b] = best.split("\u0000") as [string, string];
     merges.push([a, b]);
@@ -69,13 +71,52 @@ export interface SpecialTokens {
 
 export function specialTokens(style: TokenizerStyle, count: number): SpecialTokens {
   const named = {
-    llama3: ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"],
-    chatml: ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>"],
+    llama3: [
+      "<|begin_of_text|>",
+      "<|end_of_text|>",
+      "<|reserved_special_token_0|>",
+      "<|reserved_special_token_1|>",
+      "<|finetune_right_pad_id|>",
+      "<|step_id|>",
+      "<|start_header_id|>",
+      "<|end_header_id|>",
+      "<|eom_id|>",
+      "<|eot_id|>",
+      "<|python_tag|>",
+    ],
+    chatml: [
+      "<|endoftext|>",
+      "<|im_start|>",
+      "<|im_end|>",
+      "<|object_ref_start|>",
+      "<|object_ref_end|>",
+      "<|box_start|>",
+      "<|box_end|>",
+      "<|quad_start|>",
+      "<|quad_end|>",
+    ],
     gemma: ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"],
-    harmony: ["<|startoftext|>", "<|endoftext|>", "<|return|>", "<|constrain|>", "<|channel|>", "<|start|>", "<|end|>", "<|message|>", "<|call|>"],
+    harmony: [
+      "<|startoftext|>",
+      "<|endoftext|>",
+      "<|return|>",
+      "<|constrain|>",
+      "<|channel|>",
+      "<|start|>",
+      "<|end|>",
+      "<|message|>",
+      "<|call|>",
+    ],
   }[style];
   const names = [...named];
-  for (let i = 0; names.length < count; i++) names.push(style === "llama3" ? `<|reserved_special_token_${i + 2}|>` : style === "gemma" ? `<unused${i}>` : `<|extra_${i}|>`);
+  for (let i = 0; names.length < count; i++)
+    names.push(
+      style === "llama3"
+        ? `<|reserved_special_token_${i + 2}|>`
+        : style === "gemma"
+          ? `<unused${i}>`
+          : `<|extra_${i}|>`,
+    );
   const special = {
     llama3: { bos: "<|begin_of_text|>", eos: ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"], eot: "<|eot_id|>" },
     chatml: { eos: ["<|endoftext|>", "<|im_end|>"], eot: "<|im_end|>" },
@@ -98,7 +139,12 @@ export const chatTemplates: Record<TokenizerStyle, string> = {
 };
 
 /** tokenizer.json with `vocabSize` ids: 256 byte tokens, merges (learned, then synthetic), then the special tokens. */
-export function makeTokenizerJson(style: TokenizerStyle, vocabSize: number, specials: SpecialTokens, mergeFormat: "arrays" | "strings" = "arrays"): object {
+export function makeTokenizerJson(
+  style: TokenizerStyle,
+  vocabSize: number,
+  specials: SpecialTokens,
+  mergeFormat: "arrays" | "strings" = "arrays",
+): object {
   const bytes = byteToUnicode();
   const regular = vocabSize - specials.names.length;
   const vocab = new Map<string, number>(bytes.map((b, i) => [b, i]));
@@ -122,7 +168,15 @@ export function makeTokenizerJson(style: TokenizerStyle, vocabSize: number, spec
     if (i >= tokens.length) collect();
     for (const b of printable) add(tokens[i]!, b);
   }
-  const addedTokens = specials.names.map((content, i) => ({ id: regular + i, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true }));
+  const addedTokens = specials.names.map((content, i) => ({
+    id: regular + i,
+    content,
+    single_word: false,
+    lstrip: false,
+    rstrip: false,
+    normalized: false,
+    special: true,
+  }));
   const byteLevel = { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true };
   const postProcessor =
     specials.bos === undefined
@@ -130,8 +184,19 @@ export function makeTokenizerJson(style: TokenizerStyle, vocabSize: number, spec
       : {
           type: "TemplateProcessing",
           single: [{ SpecialToken: { id: specials.bos, type_id: 0 } }, { Sequence: { id: "A", type_id: 0 } }],
-          pair: [{ SpecialToken: { id: specials.bos, type_id: 0 } }, { Sequence: { id: "A", type_id: 0 } }, { SpecialToken: { id: specials.bos, type_id: 1 } }, { Sequence: { id: "B", type_id: 1 } }],
-          special_tokens: { [specials.bos]: { id: specials.bos, ids: [regular + specials.names.indexOf(specials.bos)], tokens: [specials.bos] } },
+          pair: [
+            { SpecialToken: { id: specials.bos, type_id: 0 } },
+            { Sequence: { id: "A", type_id: 0 } },
+            { SpecialToken: { id: specials.bos, type_id: 1 } },
+            { Sequence: { id: "B", type_id: 1 } },
+          ],
+          special_tokens: {
+            [specials.bos]: {
+              id: specials.bos,
+              ids: [regular + specials.names.indexOf(specials.bos)],
+              tokens: [specials.bos],
+            },
+          },
         };
   return {
     version: "1.0",

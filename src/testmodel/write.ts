@@ -8,7 +8,12 @@ import { configLimits } from "../arch/limits.js";
 import { LayerwiseError, UsageError } from "../errors.js";
 import { readOptionalModelText } from "../model/model-files.js";
 import { checkDiskSpace, writeError } from "../util/disk-space.js";
-import { safetensorsDTypeBytes, writeSafetensors, type SafetensorsDType, type TensorToWrite } from "../model/safetensors.js";
+import {
+  safetensorsDTypeBytes,
+  writeSafetensors,
+  type SafetensorsDType,
+  type TensorToWrite,
+} from "../model/safetensors.js";
 import { FillPool, fillSegment, segmentValues, type Distribution, type FillDType, type SegmentJob } from "./fill.js";
 import { presets, type TestModelPreset } from "./presets.js";
 import { chatTemplates, makeTokenizerJson, specialTokens } from "./tokenizer.js";
@@ -41,15 +46,27 @@ export interface TestModelInfo {
 export const testModelMarker = ".layerwise-test-model.json";
 
 /** The only names this tool writes: a marker listing anything else is not trusted to delete it. */
-const ownFileName = /^(?:(?:config|generation_config|tokenizer|tokenizer_config)\.json|model\.safetensors(?:\.index\.json)?|model-\d{5}-of-\d{5}\.safetensors)$/;
+const ownFileName =
+  /^(?:(?:config|generation_config|tokenizer|tokenizer_config)\.json|model\.safetensors(?:\.index\.json)?|model-\d{5}-of-\d{5}\.safetensors)$/;
 
 const stDType: Record<FillDType, SafetensorsDType> = { f32: "F32", f16: "F16", bf16: "BF16", u8: "U8" };
 const torchDType: Record<FloatDType, string> = { f32: "float32", f16: "float16", bf16: "bfloat16" };
 
 export function presetFor(name: string, arch?: string): TestModelPreset {
   const preset = presets[name];
-  if (!preset) throw new UsageError("UNKNOWN_PRESET", `no preset "${name}"; presets: ${Object.keys(presets).join(", ")}`);
-  if (arch && preset.arch !== arch) throw new UsageError("PRESET_ARCH_MISMATCH", `preset ${name} is a ${preset.arch} model, not ${arch}`, `presets for ${arch}: ${Object.entries(presets).filter(([, p]) => p.arch === arch).map(([n]) => n).join(", ") || "none"}`);
+  if (!preset)
+    throw new UsageError("UNKNOWN_PRESET", `no preset "${name}"; presets: ${Object.keys(presets).join(", ")}`);
+  if (arch && preset.arch !== arch)
+    throw new UsageError(
+      "PRESET_ARCH_MISMATCH",
+      `preset ${name} is a ${preset.arch} model, not ${arch}`,
+      `presets for ${arch}: ${
+        Object.entries(presets)
+          .filter(([, p]) => p.arch === arch)
+          .map(([n]) => n)
+          .join(", ") || "none"
+      }`,
+    );
   return preset;
 }
 
@@ -57,7 +74,8 @@ export async function makeTestModel(o: MakeTestModelOptions): Promise<TestModelI
   const preset = presetFor(o.preset, o.arch);
   const seed = o.seed ?? 0;
   const numLayers = o.layers ?? (preset.config.num_hidden_layers as number);
-  if (!Number.isInteger(numLayers) || numLayers < 1 || numLayers > configLimits.layers) throw new UsageError("BAD_LAYERS", `--layers ${o.layers} is not a whole number from 1 to ${configLimits.layers}`);
+  if (!Number.isInteger(numLayers) || numLayers < 1 || numLayers > configLimits.layers)
+    throw new UsageError("BAD_LAYERS", `--layers ${o.layers} is not a whole number from 1 to ${configLimits.layers}`);
   const vocabSize = preset.config.vocab_size as number;
   const specials = specialTokens(preset.tokenizer, preset.specialTokens);
   const regular = vocabSize - specials.names.length;
@@ -79,14 +97,18 @@ export async function makeTestModel(o: MakeTestModelOptions): Promise<TestModelI
   specs.push(model.globalWeights.norm!);
   if (model.globalWeights.lmHead!.name !== model.globalWeights.embed!.name) specs.push(model.globalWeights.lmHead!);
   const stored = storedTensors(specs, o.dtype, preset);
-  const parameterCount = stored.reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1) * (t.dtype === "u8" ? 2 : 1), 0);
+  const parameterCount = stored.reduce(
+    (n, t) => n + t.shape.reduce((a, b) => a * b, 1) * (t.dtype === "u8" ? 2 : 1),
+    0,
+  );
   // Worker threads pay off for real-size presets; tiny ones are written inline.
   const pool = parameterCount > 50e6 ? new FillPool() : undefined;
   const segments = new SegmentStream(stored, seed, pool);
   const tensors = stored.map((t) => randomTensor(t, segments));
   const bytes = tensors.reduce((n, t) => n + byteSize(t), 0);
   const shards = planShards(tensors, o.shardBytes ?? 4e9);
-  const files = shards.length === 1 ? ["model.safetensors"] : [...shards.map((s) => s.name), "model.safetensors.index.json"];
+  const files =
+    shards.length === 1 ? ["model.safetensors"] : [...shards.map((s) => s.name), "model.safetensors.index.json"];
   const written = [...files, "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"];
 
   const hint = "free disk space, choose --out on a larger disk, or write fewer layers (--layers)";
@@ -106,9 +128,16 @@ export async function makeTestModel(o: MakeTestModelOptions): Promise<TestModelI
   await writeFile(join(o.out, "config.json"), json(config));
   await writeFile(
     join(o.out, "generation_config.json"),
-    json({ ...(specials.bos ? { bos_token_id: idOf(specials.bos) } : {}), eos_token_id: specials.eos.map(idOf), do_sample: false }),
+    json({
+      ...(specials.bos ? { bos_token_id: idOf(specials.bos) } : {}),
+      eos_token_id: specials.eos.map(idOf),
+      do_sample: false,
+    }),
   );
-  await writeFile(join(o.out, "tokenizer.json"), JSON.stringify(makeTokenizerJson(preset.tokenizer, vocabSize, specials, o.mergeFormat)));
+  await writeFile(
+    join(o.out, "tokenizer.json"),
+    JSON.stringify(makeTokenizerJson(preset.tokenizer, vocabSize, specials, o.mergeFormat)),
+  );
   await writeFile(
     join(o.out, "tokenizer_config.json"),
     json({
@@ -120,7 +149,10 @@ export async function makeTestModel(o: MakeTestModelOptions): Promise<TestModelI
       chat_template: chatTemplates[preset.tokenizer],
     }),
   );
-  await writeFile(join(o.out, testModelMarker), json({ preset: o.preset, dtype: o.dtype, layers: numLayers, seed, files: written, complete: true }));
+  await writeFile(
+    join(o.out, testModelMarker),
+    json({ preset: o.preset, dtype: o.dtype, layers: numLayers, seed, files: written, complete: true }),
+  );
   return { dir: o.out, files, parameterCount, bytes };
 }
 
@@ -138,15 +170,27 @@ async function prepareOutDir(dir: string): Promise<void> {
     return;
   }
   if (!info.isDirectory()) {
-    throw new UsageError("OUT_NOT_FOLDER", `--out ${dir} is ${info.isFile() ? "a file" : "something other than a folder"}, not a folder`, "give the path of a new folder; layerwise never replaces a file");
+    throw new UsageError(
+      "OUT_NOT_FOLDER",
+      `--out ${dir} is ${info.isFile() ? "a file" : "something other than a folder"}, not a folder`,
+      "give the path of a new folder; layerwise never replaces a file",
+    );
   }
   const entries = (await readdir(dir, { withFileTypes: true })).sort((a, b) => (a.name < b.name ? -1 : 1));
   if (entries.length === 0) return;
-  const notEmpty = (why: string) => new UsageError("OUT_NOT_EMPTY", `${dir} exists and is not empty: ${why}`, "give a new folder; layerwise only replaces files it wrote itself");
+  const notEmpty = (why: string) =>
+    new UsageError(
+      "OUT_NOT_EMPTY",
+      `${dir} exists and is not empty: ${why}`,
+      "give a new folder; layerwise only replaces files it wrote itself",
+    );
   const listed = await markerFiles(dir);
   if (!listed) throw notEmpty(`it has no ${testModelMarker} of make-test-model`);
   const bad = listed.find((n) => !ownFileName.test(n));
-  if (bad !== undefined) throw notEmpty(`its marker ${testModelMarker} lists ${JSON.stringify(bad).slice(1, -1).slice(0, 200)}, not a file make-test-model writes`);
+  if (bad !== undefined)
+    throw notEmpty(
+      `its marker ${testModelMarker} lists ${JSON.stringify(bad).slice(1, -1).slice(0, 200)}, not a file make-test-model writes`,
+    );
   const ours = new Set([testModelMarker, ...listed, ...listed.map((n) => `${n}.partial`)]);
   const foreign = entries.find((e) => !ours.has(e.name) || !(e.isFile() || e.isSymbolicLink()));
   if (foreign) throw notEmpty(`it holds ${foreign.name}, which make-test-model did not write`);
@@ -205,12 +249,16 @@ function planShards(tensors: readonly TensorToWrite[], shardBytes: number): Shar
 }
 
 async function writeShards(dir: string, shards: readonly Shard[], hint: string): Promise<void> {
-  for (const shard of shards) await writeAtomically(join(dir, shard.name), (tmp) => writeSafetensors(tmp, shard.tensors), hint);
+  for (const shard of shards)
+    await writeAtomically(join(dir, shard.name), (tmp) => writeSafetensors(tmp, shard.tensors), hint);
   if (shards.length === 1) return;
   const weightMap: Record<string, string> = {};
   for (const shard of shards) for (const t of shard.tensors) weightMap[t.name] = shard.name;
   const total = shards.reduce((n, s) => n + s.tensors.reduce((m, t) => m + byteSize(t), 0), 0);
-  await writeFile(join(dir, "model.safetensors.index.json"), JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + "\n");
+  await writeFile(
+    join(dir, "model.safetensors.index.json"),
+    JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + "\n",
+  );
 }
 
 /** Writes `file` through a temporary beside it; a failed write removes the temporary (a full disk says so). */
@@ -243,8 +291,16 @@ const fp4MeanSquare = 68.5 / 8;
 function storedTensors(weights: readonly WeightSpec[], dtype: FloatDType, preset: TestModelPreset): StoredTensor[] {
   // A weight made of row ranges stands for whole stored tensors: as many rows as its ranges reach.
   const rowsOf = new Map<string, number>();
-  for (const w of weights) for (const r of w.rowRanges ?? []) rowsOf.set(r.name, Math.max(rowsOf.get(r.name) ?? 0, r.start + r.count));
-  const specs = weights.flatMap((w): WeightSpec[] => (w.rowRanges ? [...new Set(w.rowRanges.map((r) => r.name))].map((name) => ({ name, shape: [rowsOf.get(name)!, ...w.shape.slice(1)] })) : [w]));
+  for (const w of weights)
+    for (const r of w.rowRanges ?? []) rowsOf.set(r.name, Math.max(rowsOf.get(r.name) ?? 0, r.start + r.count));
+  const specs = weights.flatMap((w): WeightSpec[] =>
+    w.rowRanges
+      ? [...new Set(w.rowRanges.map((r) => r.name))].map((name) => ({
+          name,
+          shape: [rowsOf.get(name)!, ...w.shape.slice(1)],
+        }))
+      : [w],
+  );
   const out: StoredTensor[] = [];
   const seen = new Set<string>();
   for (const spec of specs) {
@@ -252,12 +308,29 @@ function storedTensors(weights: readonly WeightSpec[], dtype: FloatDType, preset
     seen.add(spec.name);
     const stack = spec.index === undefined ? [] : [specs.filter((x) => x.name === spec.name).length];
     const cols = spec.shape[spec.shape.length - 1] ?? 0; // fan-in: the last dimension (a conv's taps)
-    const std = spec.shape.length === 1 ? 0.02 : preset.initStd === "fan-in" ? (spec.name.includes("embed") ? 0.1 : 1 / Math.sqrt(cols)) : preset.initStd;
+    const std =
+      spec.shape.length === 1
+        ? 0.02
+        : preset.initStd === "fan-in"
+          ? spec.name.includes("embed")
+            ? 0.1
+            : 1 / Math.sqrt(cols)
+          : preset.initStd;
     if (spec.scales) {
       const rows = spec.shape[0]!;
       const exponent = Math.round(Math.log2(std / Math.sqrt(fp4MeanSquare)));
-      out.push({ name: spec.name, shape: [...stack, rows, cols / 32, 16], dtype: "u8", dist: { center: 128, halfWidth: 128 } });
-      out.push({ name: spec.scales, shape: [...stack, rows, cols / 32], dtype: "u8", dist: { center: 127.5 + exponent, halfWidth: 1.5 } });
+      out.push({
+        name: spec.name,
+        shape: [...stack, rows, cols / 32, 16],
+        dtype: "u8",
+        dist: { center: 128, halfWidth: 128 },
+      });
+      out.push({
+        name: spec.scales,
+        shape: [...stack, rows, cols / 32],
+        dtype: "u8",
+        dist: { center: 127.5 + exponent, halfWidth: 1.5 },
+      });
       continue;
     }
     const isNorm = spec.shape.length === 1 && spec.name.includes("norm");
@@ -265,7 +338,12 @@ function storedTensors(weights: readonly WeightSpec[], dtype: FloatDType, preset
     const wide = preset.initStd === "fan-in" && /\.(sinks|A_log)$/.test(spec.name);
     const isDtBias = spec.name.endsWith(".dt_bias");
     const halfWidth = isNorm ? 0.1 : wide ? 2 : isDtBias ? 0.5 : std * Math.sqrt(3);
-    out.push({ name: spec.name, shape: [...stack, ...spec.shape], dtype, dist: { center: isNorm || isDtBias ? 1 : 0, halfWidth } });
+    out.push({
+      name: spec.name,
+      shape: [...stack, ...spec.shape],
+      dtype,
+      dist: { center: isNorm || isDtBias ? 1 : 0, halfWidth },
+    });
   }
   return out;
 }
@@ -277,7 +355,8 @@ function randomTensor(t: StoredTensor, segments: SegmentStream): TensorToWrite {
     dtype: stDType[t.dtype],
     shape: t.shape,
     fill: async (write) => {
-      for (let i = 0; i * segmentValues < t.shape.reduce((a, b) => a * b, 1); i++) await write(await segments.next(t.name, i));
+      for (let i = 0; i * segmentValues < t.shape.reduce((a, b) => a * b, 1); i++)
+        await write(await segments.next(t.name, i));
     },
   };
 }
@@ -298,7 +377,16 @@ class SegmentStream {
   ) {
     for (const t of tensors) {
       const n = t.shape.reduce((a, b) => a * b, 1);
-      for (let i = 0; i * segmentValues < n; i++) this.jobs.push({ key: `${t.name}:${i}`, job: { seed: hash(`${seed}:${t.name}:${i}`), count: Math.min(segmentValues, n - i * segmentValues), dist: t.dist, dtype: t.dtype } });
+      for (let i = 0; i * segmentValues < n; i++)
+        this.jobs.push({
+          key: `${t.name}:${i}`,
+          job: {
+            seed: hash(`${seed}:${t.name}:${i}`),
+            count: Math.min(segmentValues, n - i * segmentValues),
+            dist: t.dist,
+            dtype: t.dtype,
+          },
+        });
     }
   }
 

@@ -8,7 +8,12 @@ import { formatBytes } from "./bytes.js";
 export async function checkDiskSpace(dir: string, bytes: number, what: string, hint: string): Promise<void> {
   const s = await statfs(dir);
   const free = s.bavail * s.bsize;
-  if (bytes > free) throw new DiskFullError("DISK_FULL", `${what} needs ${formatBytes(bytes)} in ${dir}; its disk has ${formatBytes(free)} free`, hint);
+  if (bytes > free)
+    throw new DiskFullError(
+      "DISK_FULL",
+      `${what} needs ${formatBytes(bytes)} in ${dir}; its disk has ${formatBytes(free)} free`,
+      hint,
+    );
 }
 
 /** Whether a failed write failed because the disk or the user's quota ran out. */

@@ -12,7 +12,10 @@ export function topIndices(values: ArrayLike<number>, k: number): Int32Array {
   }
   if (k <= 16) return insertionTop(keys, k);
   const byRank = (a: number, b: number) => keys[b]! - keys[a]! || a - b;
-  if (k * 4 >= n) return Int32Array.from({ length: n }, (_, i) => i).sort(byRank).slice(0, k);
+  if (k * 4 >= n)
+    return Int32Array.from({ length: n }, (_, i) => i)
+      .sort(byRank)
+      .slice(0, k);
   const threshold = kthLargest(Float64Array.from(keys), k);
   const chosen = new Int32Array(k);
   let m = 0;
@@ -41,7 +44,12 @@ function insertionTop(keys: Float64Array, k: number): Int32Array {
 }
 
 /** topIndices of each row of `values` [rows, cols], and those values: [rows * k] each. */
-export function topKRows(values: Float32Array, rows: number, cols: number, k: number): { ids: Int32Array; values: Float32Array } {
+export function topKRows(
+  values: Float32Array,
+  rows: number,
+  cols: number,
+  k: number,
+): { ids: Int32Array; values: Float32Array } {
   const out = { ids: new Int32Array(rows * k), values: new Float32Array(rows * k) };
   for (let r = 0; r < rows; r++) {
     const row = values.subarray(r * cols, (r + 1) * cols);
@@ -59,7 +67,9 @@ function kthLargest(a: Float64Array, k: number): number {
   let hi = a.length - 1;
   while (lo < hi) {
     const mid = (lo + hi) >>> 1;
-    const x = a[lo]!, y = a[mid]!, z = a[hi]!;
+    const x = a[lo]!,
+      y = a[mid]!,
+      z = a[hi]!;
     const pivot = x > y ? (y > z ? y : x > z ? z : x) : x > z ? x : y > z ? z : y;
     let i = lo;
     let j = hi;

@@ -15,21 +15,53 @@ import { assertHeapBounded, awkwardJson, cleanOutcome, fuzz, real } from "../mod
 const schemaKeys = [
   ...new Set([
     ...Object.values(presets).flatMap((p) => Object.keys(p.config)),
-    ...["head_dim", "layer_types", "rope_parameters", "rope_scaling", "partial_rotary_factor", "mlp_only_layers", "sliding_window_pattern", "full_attention_interval", "decoder_sparse_step", "text_config", "model_type"],
+    ...[
+      "head_dim",
+      "layer_types",
+      "rope_parameters",
+      "rope_scaling",
+      "partial_rotary_factor",
+      "mlp_only_layers",
+      "sliding_window_pattern",
+      "full_attention_interval",
+      "decoder_sparse_step",
+      "text_config",
+      "model_type",
+    ],
   ]),
 ];
 
 /** Values for the keys that hold structure: layer kinds of any length, rope settings of any type. */
 const structured = fc.oneof(
-  fc.array(fc.constantFrom("sliding_attention", "full_attention", "linear_attention", "chunked_attention"), { maxLength: 70 }),
-  fc.record({ rope_type: fc.constantFrom("default", "linear", "llama3", "yarn", "dynamic", "constructor"), factor: awkwardJson, partial_rotary_factor: awkwardJson, original_max_position_embeddings: awkwardJson }, { requiredKeys: ["rope_type"] }),
-  fc.record({ full_attention: fc.record({ rope_type: fc.constantFrom("default", "linear") }), sliding_attention: awkwardJson }, { requiredKeys: [] }),
+  fc.array(fc.constantFrom("sliding_attention", "full_attention", "linear_attention", "chunked_attention"), {
+    maxLength: 70,
+  }),
+  fc.record(
+    {
+      rope_type: fc.constantFrom("default", "linear", "llama3", "yarn", "dynamic", "constructor"),
+      factor: awkwardJson,
+      partial_rotary_factor: awkwardJson,
+      original_max_position_embeddings: awkwardJson,
+    },
+    { requiredKeys: ["rope_type"] },
+  ),
+  fc.record(
+    { full_attention: fc.record({ rope_type: fc.constantFrom("default", "linear") }), sliding_attention: awkwardJson },
+    { requiredKeys: [] },
+  ),
   fc.constantFrom(...architectures.keys()),
 );
 
-const edit = fc.record({ key: fc.oneof(fc.constantFrom(...schemaKeys), fc.string({ maxLength: 8 })), value: fc.oneof(awkwardJson, structured), remove: fc.boolean() });
+const edit = fc.record({
+  key: fc.oneof(fc.constantFrom(...schemaKeys), fc.string({ maxLength: 8 })),
+  value: fc.oneof(awkwardJson, structured),
+  remove: fc.boolean(),
+});
 
-function applyEdits(base: Record<string, unknown>, edits: readonly { key: string; value: unknown; remove: boolean }[]): Record<string, unknown> {
+function applyEdits(
+  base: Record<string, unknown>,
+  edits: readonly { key: string; value: unknown; remove: boolean }[],
+): Record<string, unknown> {
   const config: Record<string, unknown> = structuredClone(base);
   for (const e of edits) {
     if (e.remove) delete config[e.key];
@@ -50,27 +82,37 @@ for (const preset of ["tiny-qwen3", "tiny-gemma3", "tiny-gpt-oss", "tiny-qwen3-n
   bases.push({ name: preset, config: ckpt.rawConfig });
 }
 // The real models' shapes too (no checkpoint: the schemas and bounds alone), and Gemma 3's multimodal wrapping.
-for (const [name, p] of Object.entries(presets)) if (!name.startsWith("tiny-")) bases.push({ name, config: { ...p.config } });
-bases.push({ name: "gemma3 multimodal", config: { model_type: "gemma3", text_config: { ...presets["gemma-3-12b"]!.config, model_type: "gemma3_text" } } });
+for (const [name, p] of Object.entries(presets))
+  if (!name.startsWith("tiny-")) bases.push({ name, config: { ...p.config } });
+bases.push({
+  name: "gemma3 multimodal",
+  config: { model_type: "gemma3", text_config: { ...presets["gemma-3-12b"]!.config, model_type: "gemma3_text" } },
+});
 
 describe("fuzz: config.json", () => {
   it("real configs with fields changed, removed or added", { timeout: 300_000 }, async () => {
     await fuzz(
-      fc.asyncProperty(fc.nat(), fc.array(edit, { minLength: 1, maxLength: 4 }), fc.boolean(), async (pick, edits, inText) => {
-        const base = bases[pick % bases.length]!;
-        const config = applyEdits(base.config, edits);
-        // Gemma 3's multimodal config keeps its numbers under text_config: edit those half the time.
-        if (inText && typeof config.text_config === "object" && config.text_config !== null) config.text_config = applyEdits(config.text_config as Record<string, unknown>, edits);
-        const built = await cleanOutcome(() => createArchModel(config, `${base.name} config.json`));
-        if (!built) return;
-        const shape = built.model.shape;
-        assert.ok(shape.numLayers >= 1 && shape.numLayers <= configLimits.layers, `numLayers ${shape.numLayers}`);
-        assert.equal(shape.kvLayers.length, shape.numLayers);
-        assert.ok(shape.maxPositions <= configLimits.positions);
-        if (shape.moe) assert.ok(shape.moe.topK <= shape.moe.experts && shape.moe.experts <= configLimits.experts);
-        const ckpt = checkpoints.get(config.model_type as string);
-        if (ckpt) await cleanOutcome(() => validateWeights(ckpt, built.model, () => {}));
-      }),
+      fc.asyncProperty(
+        fc.nat(),
+        fc.array(edit, { minLength: 1, maxLength: 4 }),
+        fc.boolean(),
+        async (pick, edits, inText) => {
+          const base = bases[pick % bases.length]!;
+          const config = applyEdits(base.config, edits);
+          // Gemma 3's multimodal config keeps its numbers under text_config: edit those half the time.
+          if (inText && typeof config.text_config === "object" && config.text_config !== null)
+            config.text_config = applyEdits(config.text_config as Record<string, unknown>, edits);
+          const built = await cleanOutcome(() => createArchModel(config, `${base.name} config.json`));
+          if (!built) return;
+          const shape = built.model.shape;
+          assert.ok(shape.numLayers >= 1 && shape.numLayers <= configLimits.layers, `numLayers ${shape.numLayers}`);
+          assert.equal(shape.kvLayers.length, shape.numLayers);
+          assert.ok(shape.maxPositions <= configLimits.positions);
+          if (shape.moe) assert.ok(shape.moe.topK <= shape.moe.experts && shape.moe.experts <= configLimits.experts);
+          const ckpt = checkpoints.get(config.model_type as string);
+          if (ckpt) await cleanOutcome(() => validateWeights(ckpt, built.model, () => {}));
+        },
+      ),
     );
     assertHeapBounded();
   });
@@ -78,13 +120,17 @@ describe("fuzz: config.json", () => {
   it("generated configs of random fields", { timeout: 300_000 }, async () => {
     const field = fc.tuple(fc.constantFrom(...schemaKeys), fc.oneof(awkwardJson, structured));
     await fuzz(
-      fc.asyncProperty(fc.constantFrom(...architectures.keys()), fc.array(field, { maxLength: 30 }), async (modelType, fields) => {
-        const config: Record<string, unknown> = Object.fromEntries(fields.map(([k, v]) => [k, real(v)]));
-        config.model_type = modelType;
-        const built = await cleanOutcome(() => createArchModel(config));
-        const ckpt = checkpoints.get(modelType);
-        if (built && ckpt) await cleanOutcome(() => validateWeights(ckpt, built.model, () => {}));
-      }),
+      fc.asyncProperty(
+        fc.constantFrom(...architectures.keys()),
+        fc.array(field, { maxLength: 30 }),
+        async (modelType, fields) => {
+          const config: Record<string, unknown> = Object.fromEntries(fields.map(([k, v]) => [k, real(v)]));
+          config.model_type = modelType;
+          const built = await cleanOutcome(() => createArchModel(config));
+          const ckpt = checkpoints.get(modelType);
+          if (built && ckpt) await cleanOutcome(() => validateWeights(ckpt, built.model, () => {}));
+        },
+      ),
     );
     assertHeapBounded();
   });

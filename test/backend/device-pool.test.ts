@@ -9,7 +9,6 @@ import { fakeArena, fakeDriver } from "./fake-driver.js";
 
 const MiB = 1 << 20;
 
-
 describe("device pool", () => {
   it("carves buffers of other sizes out of a freed one and merges them back when they are freed", () => {
     const { driver } = fakeDriver();
@@ -65,7 +64,11 @@ describe("device pool", () => {
     assert.equal(pool.cachedBytes(), 8 * MiB);
     pool.limit = 9 * MiB;
     assert.equal(pool.alloc(1000).bytes, 1024);
-    assert.equal(pool.reserved, 8 * MiB + 1024, "a small buffer near the budget takes a segment of its own size, not 2 MiB");
+    assert.equal(
+      pool.reserved,
+      8 * MiB + 1024,
+      "a small buffer near the budget takes a segment of its own size, not 2 MiB",
+    );
   });
 
   it("never hands out overlapping memory over a random run, and merges everything back", () => {
@@ -79,10 +82,15 @@ describe("device pool", () => {
         pool.release(live.splice(Math.floor(random.next() * live.length), 1)[0]!);
         continue;
       }
-      const bytes = random.next() < 0.5 ? 1 + Math.floor(random.next() * 300_000) : MiB + Math.floor(random.next() * 6 * MiB);
+      const bytes =
+        random.next() < 0.5 ? 1 + Math.floor(random.next() * 300_000) : MiB + Math.floor(random.next() * 6 * MiB);
       const b = pool.alloc(bytes);
       assert.ok(b.bytes >= bytes);
-      for (const other of live) assert.ok(b.ptr + BigInt(b.bytes) <= other.ptr || other.ptr + BigInt(other.bytes) <= b.ptr, `step ${step}: overlap`);
+      for (const other of live)
+        assert.ok(
+          b.ptr + BigInt(b.bytes) <= other.ptr || other.ptr + BigInt(other.bytes) <= b.ptr,
+          `step ${step}: overlap`,
+        );
       live.push(b);
     }
     for (const b of live.splice(0)) pool.release(b);
@@ -118,7 +126,6 @@ describe("device pool", () => {
     assert.throws(() => (pool.release(d), pool.release(d)), /released twice/);
   });
 });
-
 
 describe("device pool with a virtual memory arena", () => {
   it("gives back a free stretch that lies between buffers in use, so a larger buffer fits within the limit", () => {
@@ -245,8 +252,15 @@ describe("device pool with a virtual memory arena", () => {
       for (const b of again) pool.release(b);
       return { freedBefore, freedAfter: freed.length - freedBefore };
     };
-    assert.deepEqual(phases(true), { freedBefore: 24, freedAfter: 0 }, "all 24 small segments at once, none while the activations come");
-    assert.ok(phases(false).freedAfter > 1, "without it they go back one at a time, as the activations need the memory");
+    assert.deepEqual(
+      phases(true),
+      { freedBefore: 24, freedAfter: 0 },
+      "all 24 small segments at once, none while the activations come",
+    );
+    assert.ok(
+      phases(false).freedAfter > 1,
+      "without it they go back one at a time, as the activations need the memory",
+    );
   });
 
   it("never hands out overlapping or unmapped memory over a random run within its limit", () => {
@@ -258,15 +272,23 @@ describe("device pool with a virtual memory arena", () => {
     let inUse = 0;
     for (let step = 0; step < 3000; step++) {
       const bytes = MiB + Math.floor(random.next() * 12 * MiB);
-      if (live.length > 0 && (random.next() < 0.45 || inUse + blockBytes(bytes) + 2 * MiB * (live.length + 2) > pool.limit)) {
+      if (
+        live.length > 0 &&
+        (random.next() < 0.45 || inUse + blockBytes(bytes) + 2 * MiB * (live.length + 2) > pool.limit)
+      ) {
         const [b] = live.splice(Math.floor(random.next() * live.length), 1);
         inUse -= b!.bytes;
         pool.release(b!);
         continue;
       }
       const b = pool.alloc(bytes);
-      for (const other of live) assert.ok(b.ptr + BigInt(b.bytes) <= other.ptr || other.ptr + BigInt(other.bytes) <= b.ptr, `step ${step}: overlap`);
-      for (let off = 0; off < b.bytes; off += MiB) assert.ok(isMapped(b.ptr + BigInt(off)), `step ${step}: unmapped byte handed out`);
+      for (const other of live)
+        assert.ok(
+          b.ptr + BigInt(b.bytes) <= other.ptr || other.ptr + BigInt(other.bytes) <= b.ptr,
+          `step ${step}: overlap`,
+        );
+      for (let off = 0; off < b.bytes; off += MiB)
+        assert.ok(isMapped(b.ptr + BigInt(off)), `step ${step}: unmapped byte handed out`);
       assert.ok(pool.reserved <= pool.limit, `step ${step}: ${pool.reserved / MiB} MiB reserved`);
       live.push(b);
       inUse += b.bytes;

@@ -6,7 +6,14 @@ import assert from "node:assert/strict";
 import { readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { kernelSignatures, maxRowBlocks, orderedArgs, signatureOf, type KernelSignature, type ParamKind } from "../../src/backend/cuda/kernel-params.js";
+import {
+  kernelSignatures,
+  maxRowBlocks,
+  orderedArgs,
+  signatureOf,
+  type KernelSignature,
+  type ParamKind,
+} from "../../src/backend/cuda/kernel-params.js";
 import { repoRoot } from "../helpers.js";
 
 const kernelDir = join(repoRoot, "kernels");
@@ -24,7 +31,7 @@ interface Param {
 /** Source with line continuations joined and comments gone (string literals kept as they are). */
 function clean(source: string): string {
   let out = "";
-  for (let i = 0; i < source.length; ) {
+  for (let i = 0; i < source.length;) {
     const c = source[i]!;
     if (c === '"' || c === "'") {
       let j = i + 1;
@@ -45,7 +52,12 @@ function clean(source: string): string {
 }
 
 /** A file's text with its own and its includes' #defines collected (later files may not redefine a name differently). */
-function preprocess(file: string, macros = new Map<string, Macro>(), objects = new Map<string, string>(), seen = new Set<string>()): string {
+function preprocess(
+  file: string,
+  macros = new Map<string, Macro>(),
+  objects = new Map<string, string>(),
+  seen = new Set<string>(),
+): string {
   if (seen.has(file)) return "";
   seen.add(file);
   const lines: string[] = [];
@@ -82,7 +94,7 @@ function splitArgs(text: string): string[] {
   for (let i = 0; i < text.length; i++) {
     if (text[i] === "(") depth++;
     else if (text[i] === ")") depth--;
-    else if (text[i] === "," && depth === 0) args.push(text.slice(start, i).trim()), (start = i + 1);
+    else if (text[i] === "," && depth === 0) (args.push(text.slice(start, i).trim()), (start = i + 1));
   }
   return [...args, text.slice(start).trim()];
 }
@@ -90,12 +102,13 @@ function splitArgs(text: string): string[] {
 /** The macros that declare kernels: their body has `extern "C"`, calls such a macro, or calls one of its parameters. */
 function kernelMacros(macros: Map<string, Macro>): Set<string> {
   const set = new Set<string>();
-  for (let grew = true; grew; ) {
+  for (let grew = true; grew;) {
     grew = false;
     for (const [name, m] of macros) {
       if (set.has(name)) continue;
       const calls = [...m.body.matchAll(/\b(\w+)\s*\(/g)].map((c) => c[1]!);
-      if (m.body.includes('extern "C"') || calls.some((c) => set.has(c) || m.params.includes(c))) set.add(name), (grew = true);
+      if (m.body.includes('extern "C"') || calls.some((c) => set.has(c) || m.params.includes(c)))
+        (set.add(name), (grew = true));
     }
   }
   return set;
@@ -113,7 +126,9 @@ function expand(text: string, macros: Map<string, Macro>, names: Set<string>): s
     const args = splitArgs(text.slice(open + 1, close));
     assert.equal(args.length, macro.params.length, `${m[1]} takes ${macro.params.length} arguments`);
     const byParam = new Map(macro.params.map((p, i) => [p, args[i]!]));
-    const body = macro.body.replace(new RegExp(`\\b(${macro.params.join("|")})\\b`, "g"), (p) => byParam.get(p)!).replace(/\s*##\s*/g, "");
+    const body = macro.body
+      .replace(new RegExp(`\\b(${macro.params.join("|")})\\b`, "g"), (p) => byParam.get(p)!)
+      .replace(/\s*##\s*/g, "");
     out += text.slice(at, m.index) + expand(body, macros, names);
     at = close + 1;
     call.lastIndex = at;
@@ -125,7 +140,10 @@ function kindOf(type: string): ParamKind {
   if (/\bRowBlocks\b/.test(type)) return "ptrs";
   if (/\bTensorMap\b/.test(type)) return "tensorMap";
   if (type.includes("*")) return "ptr";
-  const bare = type.replace(/\bconst\b/g, "").replace(/\s+/g, " ").trim();
+  const bare = type
+    .replace(/\bconst\b/g, "")
+    .replace(/\s+/g, " ")
+    .trim();
   const kind = ({ int: "i32", "long long": "i64", float: "f32" } as Record<string, ParamKind>)[bare];
   if (!kind) throw new Error(`kernel parameter type ${type}: add its kind to ParamKind and to this test`);
   return kind;
@@ -139,7 +157,9 @@ function declaredKernels(file: string): Map<string, Param[]> {
   const objects = new Map<string, string>();
   const text = expand(preprocess(file, macros, objects), macros, kernelMacros(macros));
   const kernels = new Map<string, Param[]>();
-  for (const m of text.matchAll(/extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(([^)]*)\)/g)) {
+  for (const m of text.matchAll(
+    /extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(([^)]*)\)/g,
+  )) {
     const params = m[2]!.split(",").map((p) => {
       const [, type, name] = /^(.*?)(\w+)\s*$/s.exec(p.trim())!;
       return { name: camel(name!), kind: kindOf(type!) };
@@ -156,17 +176,29 @@ function ptxEntries(file: string): Map<string, string[]> {
   for (const m of readFileSync(join(kernelDir, file), "utf8").matchAll(/\.entry\s+(\w+)\s*\(([^)]*)\)/g)) {
     entries.set(
       m[1]!,
-      [...m[2]!.matchAll(/\.param\s+([^,]*?)\s*\w+_param_\d+(\[\d+\])?/g)].map((p) => `${p[1]}${p[2] ? ` ${p[2]}` : ""}`),
+      [...m[2]!.matchAll(/\.param\s+([^,]*?)\s*\w+_param_\d+(\[\d+\])?/g)].map(
+        (p) => `${p[1]}${p[2] ? ` ${p[2]}` : ""}`,
+      ),
     );
   }
   return entries;
 }
 
-const ptxDecl: Record<ParamKind, string> = { ptr: ".u64", i64: ".u64", i32: ".u32", f32: ".f32", ptrs: `.align 8 .b8 [${8 * maxRowBlocks}]`, tensorMap: ".align 64 .b8 [128]" };
+const ptxDecl: Record<ParamKind, string> = {
+  ptr: ".u64",
+  i64: ".u64",
+  i32: ".u32",
+  f32: ".f32",
+  ptrs: `.align 8 .b8 [${8 * maxRowBlocks}]`,
+  tensorMap: ".align 64 .b8 [128]",
+};
 
-const sources = readdirSync(kernelDir).filter((f) => f.endsWith(".cu")).sort();
+const sources = readdirSync(kernelDir)
+  .filter((f) => f.endsWith(".cu"))
+  .sort();
 const declared = new Map(sources.map((f) => [f, declaredKernels(f)]));
-const tableParams = (s: KernelSignature): Param[] => Object.entries(kernelSignatures[s].params).map(([name, kind]) => ({ name, kind: kind as ParamKind }));
+const tableParams = (s: KernelSignature): Param[] =>
+  Object.entries(kernelSignatures[s].params).map(([name, kind]) => ({ name, kind: kind as ParamKind }));
 
 describe("kernel parameter table", () => {
   it("finds the kernels of every .cu file, macro-instantiated ones included", () => {
@@ -182,16 +214,26 @@ describe("kernel parameter table", () => {
     for (const [file, kernels] of declared) {
       const entries = ptxEntries(file.replace(/\.cu$/, ".ptx"));
       assert.deepEqual([...kernels.keys()].sort(), [...entries.keys()].sort(), `${file} against its PTX`);
-      for (const [name, params] of kernels) assert.deepEqual(entries.get(name), params.map((p) => ptxDecl[p.kind]), `${name}: .cu against PTX`);
+      for (const [name, params] of kernels)
+        assert.deepEqual(
+          entries.get(name),
+          params.map((p) => ptxDecl[p.kind]),
+          `${name}: .cu against PTX`,
+        );
     }
   });
 
   it("lists every declared kernel once, with its parameters name for name and kind for kind", () => {
     const all = new Map([...declared.values()].flatMap((k) => [...k]));
     const listed = Object.values(kernelSignatures).flatMap((s) => [...s.kernels]);
-    assert.deepEqual([...listed].sort(), [...all.keys()].sort(), "kernels in the table against kernels in kernels/*.cu");
+    assert.deepEqual(
+      [...listed].sort(),
+      [...all.keys()].sort(),
+      "kernels in the table against kernels in kernels/*.cu",
+    );
     assert.equal(new Set(listed).size, listed.length, "a kernel listed under two signatures");
-    for (const [name, params] of all) assert.deepEqual(tableParams(signatureOf(name)!), params, `${name} (signature ${signatureOf(name)})`);
+    for (const [name, params] of all)
+      assert.deepEqual(tableParams(signatureOf(name)!), params, `${name} (signature ${signatureOf(name)})`);
   });
 
   it("sizes write_rows' block pointers as MAX_ROW_BLOCKS", () => {
@@ -203,19 +245,38 @@ describe("kernel parameter table", () => {
 
 describe("orderedArgs", () => {
   it("orders named arguments as the signature and tags each with its kind", () => {
-    assert.deepEqual(orderedArgs("add_f32", "add_f32", { n: 8, b: 3n, out: 1n, a: 2n }), [{ ptr: 1n }, { ptr: 2n }, { ptr: 3n }, { i64: 8 }]);
+    assert.deepEqual(orderedArgs("add_f32", "add_f32", { n: 8, b: 3n, out: 1n, a: 2n }), [
+      { ptr: 1n },
+      { ptr: 2n },
+      { ptr: 3n },
+      { i64: 8 },
+    ]);
     const xMap = { dtype: "bf16", ptr: 5n, rows: 1, cols: 64, boxRows: 128 } as const;
     const args = orderedArgs("gemm_tma", "gemm_tma_bf16", { y: 1n, xMap, wMap: xMap, bias: 0n, M: 1, N: 2, K: 64 });
     assert.deepEqual(args.slice(0, 2), [{ ptr: 1n }, { tensorMap: xMap }]);
   });
 
   it("throws on a missing or an extra name, and on a kernel of another signature", () => {
-    assert.throws(() => orderedArgs("add_f32", "add_f32", { out: 1n, a: 2n, n: 8 } as never), /no argument for parameter b/);
-    assert.throws(() => orderedArgs("add_f32", "add_f32", { out: 1n, a: 2n, b: 3n, n: 8, m: 1 } as never), /has no parameter m/);
-    assert.throws(() => orderedArgs("cast_f32", "cast_rows_bf16", { out: 1n, x: 2n, n: 8 }), /takes the cast_rows parameters/);
+    assert.throws(
+      () => orderedArgs("add_f32", "add_f32", { out: 1n, a: 2n, n: 8 } as never),
+      /no argument for parameter b/,
+    );
+    assert.throws(
+      () => orderedArgs("add_f32", "add_f32", { out: 1n, a: 2n, b: 3n, n: 8, m: 1 } as never),
+      /has no parameter m/,
+    );
+    assert.throws(
+      () => orderedArgs("cast_f32", "cast_rows_bf16", { out: 1n, x: 2n, n: 8 }),
+      /takes the cast_rows parameters/,
+    );
   });
 
   it("leaves a kernel no .cu declares to the launch, which reports it missing from the PTX", () => {
-    assert.deepEqual(orderedArgs("embed", "embed_mxfp4", { out: 1n, table: 2n, ids: 3n, hidden: 4 }), [{ ptr: 1n }, { ptr: 2n }, { ptr: 3n }, { i32: 4 }]);
+    assert.deepEqual(orderedArgs("embed", "embed_mxfp4", { out: 1n, table: 2n, ids: 3n, hidden: 4 }), [
+      { ptr: 1n },
+      { ptr: 2n },
+      { ptr: 3n },
+      { i32: 4 },
+    ]);
   });
 });

@@ -23,7 +23,13 @@ function sortedIds(row: Float32Array): number[] {
 
 for (const bc of backendCases) {
   describe(`sampling ops on ${bc.name}`, () => {
-    for (const [rows, cols, k] of [[1, 10, 10], [3, 5000, 1], [2, 32003, 50], [8, 32003, 2048], [2, 6000, 2500]] as const) {
+    for (const [rows, cols, k] of [
+      [1, 10, 10],
+      [3, 5000, 1],
+      [2, 32003, 50],
+      [8, 32003, 2048],
+      [2, 6000, 2500],
+    ] as const) {
       it(`top-k of ${rows} rows of ${cols}, k ${k}: a stable descending sort's first k, values exact`, async () => {
         const b = await bc.create();
         const values = logitRows(rows, cols);
@@ -33,7 +39,11 @@ for (const bc of backendCases) {
           const row = values.subarray(r * cols, (r + 1) * cols);
           const want = sortedIds(row).slice(0, k);
           assert.deepEqual(Array.from(got.ids.subarray(r * k, (r + 1) * k)), want, `row ${r}`);
-          assert.deepEqual(Array.from(got.values.subarray(r * k, (r + 1) * k)), want.map((id) => row[id]!), `row ${r}`);
+          assert.deepEqual(
+            Array.from(got.values.subarray(r * k, (r + 1) * k)),
+            want.map((id) => row[id]!),
+            `row ${r}`,
+          );
         }
         await b.dispose();
       });
@@ -49,7 +59,8 @@ for (const bc of backendCases) {
       const got = await b.read(x);
       const want = Float32Array.from(values);
       const factor = Math.fround(1.3); // kernels take f32 arguments
-      for (const id of ids) want[cols + id] = want[cols + id]! < 0 ? want[cols + id]! * factor : want[cols + id]! / factor;
+      for (const id of ids)
+        want[cols + id] = want[cols + id]! < 0 ? want[cols + id]! * factor : want[cols + id]! / factor;
       assert.deepEqual(Array.from(got), Array.from(want));
       await b.dispose();
     });

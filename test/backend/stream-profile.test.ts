@@ -32,7 +32,10 @@ describe("stream profile", () => {
     host += 10;
     op("copy to host", 1);
     await profile.hostWait("sync", async () => {});
-    await assert.rejects(profile.hostWait("copy to host", () => Promise.reject(new Error("copy failed"))), /copy failed/);
+    await assert.rejects(
+      profile.hostWait("copy to host", () => Promise.reject(new Error("copy failed"))),
+      /copy failed/,
+    );
     const report = await profile.report();
     assert.deepEqual(
       report.hostWaits.map((w) => [w.what, w.count]).sort(),
@@ -62,12 +65,28 @@ describe("stream profile", () => {
         { between: "norm -> gemm", count: 1, ms: 0, deviceWaitMs: 0 },
       ],
       worstGaps: [
-        { index: 3, ops: 4, between: "gemm -> copy to host", ms: 2, previousEnqueuedMs: 0, enqueuedMs: 10, deviceWait: false },
+        {
+          index: 3,
+          ops: 4,
+          between: "gemm -> copy to host",
+          ms: 2,
+          previousEnqueuedMs: 0,
+          enqueuedMs: 10,
+          deviceWait: false,
+        },
         { index: 1, ops: 4, between: "gemm -> norm", ms: 1, previousEnqueuedMs: 0, enqueuedMs: 0, deviceWait: true },
         { index: 2, ops: 4, between: "norm -> gemm", ms: 0, previousEnqueuedMs: 0, enqueuedMs: 0, deviceWait: true },
       ],
     });
     assert.equal(destroyed.size, created);
-    assert.deepEqual(await profile.report(), { spanMs: 0, busyMs: 0, byName: [], hostWaits: [], hostWaitIntervals: [], gaps: [], worstGaps: [] });
+    assert.deepEqual(await profile.report(), {
+      spanMs: 0,
+      busyMs: 0,
+      byName: [],
+      hostWaits: [],
+      hostWaitIntervals: [],
+      gaps: [],
+      worstGaps: [],
+    });
   });
 });

@@ -19,18 +19,28 @@ describe("saved bench results", () => {
     const jsonFile = /raw figures in `([^`]+\.json)`/.exec(docs)?.[1];
     assert.ok(jsonFile, "the page names its results file");
     const saved = reportedResults([await readRun(jsonFile)]);
-    assert.equal(asWritten(saved), await readFile(join(repoRoot, jsonFile), "utf8"), "--report writes the file back unchanged");
+    assert.equal(
+      asWritten(saved),
+      await readFile(join(repoRoot, jsonFile), "utf8"),
+      "--report writes the file back unchanged",
+    );
     const dir = await tempDir("lw-bench-report-");
     await copyFile(join(repoRoot, "docs", "benchmarks.md"), join(dir, "benchmarks.md")); // the text below the kept marker stays
     writeReport(join(dir, "benchmarks.md"), saved, String(saved.main_preset), jsonFile);
     assert.equal(await readFile(join(dir, "benchmarks.md"), "utf8"), docs);
-    assert.equal(await readFile(join(dir, "benchmarks.svg"), "utf8"), await readFile(join(repoRoot, "docs", "benchmarks.svg"), "utf8"));
+    assert.equal(
+      await readFile(join(dir, "benchmarks.svg"), "utf8"),
+      await readFile(join(repoRoot, "docs", "benchmarks.svg"), "utf8"),
+    );
   });
 
   it("merging the five runs of 2026-12-02 in the order docs/benchmarks.md gives reproduces their merged file", async () => {
     const parts = ["183cc37-part2", "183cc37-part3", "183cc37-part4", "183cc37-part1", "f639496-part1"];
     const runs = await Promise.all(parts.map((p) => readRun(`bench/results/2026-12-02-nvidia-h200-${p}.json`)));
-    assert.equal(asWritten(mergeResults(runs)), await readFile(join(resultsDir, "2026-12-02-nvidia-h200-f639496-merged.json"), "utf8"));
+    assert.equal(
+      asWritten(mergeResults(runs)),
+      await readFile(join(resultsDir, "2026-12-02-nvidia-h200-f639496-merged.json"), "utf8"),
+    );
   });
 
   it("every saved results file, older layouts included, still makes a report", async () => {
@@ -40,7 +50,11 @@ describe("saved bench results", () => {
     for (const f of files) {
       const saved = reportedResults([await readRun(join("bench", "results", f))]);
       writeReport(join(dir, `${f}.md`), saved, String(saved.main_preset ?? "llama-3.1-8b"), f);
-      assert.match(await readFile(join(dir, `${f}.md`), "utf8"), /^# Benchmarks\n[^]*## Limits measured in this run/, f);
+      assert.match(
+        await readFile(join(dir, `${f}.md`), "utf8"),
+        /^# Benchmarks\n[^]*## Limits measured in this run/,
+        f,
+      );
     }
   });
 });

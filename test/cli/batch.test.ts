@@ -23,7 +23,17 @@ describe("layerwise batch", () => {
     const dir = await tempDir();
     const jobs = join(dir, "jobs.jsonl");
     const n = 40;
-    await writeFile(jobs, Array.from({ length: n }, (_, i) => JSON.stringify({ id: `job-${i}`, prompt: `question ${i} about the long document`, max_tokens: 60, temperature: 0 })).join("\n") + "\n");
+    await writeFile(
+      jobs,
+      Array.from({ length: n }, (_, i) =>
+        JSON.stringify({
+          id: `job-${i}`,
+          prompt: `question ${i} about the long document`,
+          max_tokens: 60,
+          temperature: 0,
+        }),
+      ).join("\n") + "\n",
+    );
     const args = (out: string) => ["batch", model, "--in", jobs, "--out", out, "--batch", "4", "--backend", "cpu"];
     // The prefix cache's scratch folder goes here: a kill leaves it, the next run removes it.
     const tmp = join(dir, "tmp");
@@ -37,10 +47,16 @@ describe("layerwise batch", () => {
     assert.equal(reference.size, n);
 
     const out = join(dir, "out.jsonl");
-    const child = spawn(process.execPath, [cliPath, ...args(out)], { stdio: "ignore", env: { ...process.env, ...env } });
+    const child = spawn(process.execPath, [cliPath, ...args(out)], {
+      stdio: "ignore",
+      env: { ...process.env, ...env },
+    });
     const exited = new Promise<NodeJS.Signals | null>((resolve) => child.on("exit", (_c, signal) => resolve(signal)));
     for (;;) {
-      const done = await Promise.race([exited.then(() => true), new Promise<false>((r) => setTimeout(() => r(false), 10))]);
+      const done = await Promise.race([
+        exited.then(() => true),
+        new Promise<false>((r) => setTimeout(() => r(false), 10)),
+      ]);
       assert.ok(!done, "the batch finished before it could be killed");
       const lines = (await readFile(out, "utf8").catch(() => "")).split("\n").filter(Boolean).length;
       if (lines >= 5) break;
@@ -63,8 +79,13 @@ describe("layerwise batch", () => {
     const model = await tinyModel({ preset: "tiny-llama", layers: 1 });
     const dir = await tempDir();
     const jobs = join(dir, "jobs.jsonl");
-    await writeFile(jobs, '{"id": "a", "prompt": "first", "max_tokens": 3, "temperature": 0}\n{"id": "b", "prompt": "first too", "max_tokens": 3, "temperature": 0}\n');
-    const r = await runCli(["batch", model, "--in", jobs, "--out", join(dir, "out.jsonl"), "--backend", "cpu"], { env: { TMPDIR: join(dir, "no-such-folder") } });
+    await writeFile(
+      jobs,
+      '{"id": "a", "prompt": "first", "max_tokens": 3, "temperature": 0}\n{"id": "b", "prompt": "first too", "max_tokens": 3, "temperature": 0}\n',
+    );
+    const r = await runCli(["batch", model, "--in", jobs, "--out", join(dir, "out.jsonl"), "--backend", "cpu"], {
+      env: { TMPDIR: join(dir, "no-such-folder") },
+    });
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stderr, /warning \[KV_CACHE_DISABLED\]: no temporary folder for the prefix cache/);
     assert.equal((await results(join(dir, "out.jsonl"))).size, 2);
@@ -75,7 +96,12 @@ describe("layerwise batch", () => {
     const dir = await tempDir();
     const jobs = join(dir, "jobs.jsonl");
     await writeFile(jobs, '{"id": "a", "prompt": "first", "max_tokens": 3, "temperature": 0}\n');
-    const contents = ["my notes\nsecond line\nlast line without newline", "one line, no newline", '{"id": "a", "prompt": "a job, not a result"}\n', '{"id":"a","text":"x","finish_reason":"length"}\nnot json'];
+    const contents = [
+      "my notes\nsecond line\nlast line without newline",
+      "one line, no newline",
+      '{"id": "a", "prompt": "a job, not a result"}\n',
+      '{"id":"a","text":"x","finish_reason":"length"}\nnot json',
+    ];
     for (const [i, text] of contents.entries()) {
       const out = join(dir, `notes-${i}.txt`);
       await writeFile(out, text);
@@ -93,7 +119,13 @@ describe("layerwise batch", () => {
     const model = await tinyModel({ preset: "tiny-llama", layers: 2 });
     const dir = await tempDir();
     const jobs = join(dir, "jobs.jsonl");
-    await writeFile(jobs, ['{"id": "a", "prompt": "first", "max_tokens": 5, "temperature": 0}', '{"id": "b", "messages": [{"role": "user", "content": "second"}], "max_tokens": 5, "temperature": 0}'].join("\n") + "\n");
+    await writeFile(
+      jobs,
+      [
+        '{"id": "a", "prompt": "first", "max_tokens": 5, "temperature": 0}',
+        '{"id": "b", "messages": [{"role": "user", "content": "second"}], "max_tokens": 5, "temperature": 0}',
+      ].join("\n") + "\n",
+    );
     const out = join(dir, "out.jsonl");
     await writeFile(out, "");
     assert.equal((await runCli(["batch", model, "--in", jobs, "--out", out, "--backend", "cpu"])).code, 0);

@@ -8,9 +8,23 @@ import { runCli, storiesCopy, tempDir, tinyModel } from "../helpers.js";
 describe("layerwise CLI", () => {
   it("run prints a continuation of the prompt", async () => {
     const dir = await storiesCopy();
-    const r = await runCli(["run", dir, "--prompt", "Once upon a time", "--max-tokens", "30", "--temperature", "0", "--backend", "cpu"]);
+    const r = await runCli([
+      "run",
+      dir,
+      "--prompt",
+      "Once upon a time",
+      "--max-tokens",
+      "30",
+      "--temperature",
+      "0",
+      "--backend",
+      "cpu",
+    ]);
     assert.equal(r.code, 0, r.stderr);
-    assert.ok(r.stdout.startsWith(", there was a little girl named Lily. She loved to play outside in the park."), r.stdout);
+    assert.ok(
+      r.stdout.startsWith(", there was a little girl named Lily. She loved to play outside in the park."),
+      r.stdout,
+    );
     assert.match(r.stderr, /5 prompt tokens, 30 new, length/);
   });
 
@@ -18,12 +32,23 @@ describe("layerwise CLI", () => {
     const dir = await storiesCopy();
     const promptFile = join(await tempDir(), "prompt.txt");
     await writeFile(promptFile, "Once upon a time");
-    const r = await runCli(["run", dir, "--prompt-file", promptFile, "--max-tokens", "12", "--temperature", "0", "--json"]);
+    const r = await runCli([
+      "run",
+      dir,
+      "--prompt-file",
+      promptFile,
+      "--max-tokens",
+      "12",
+      "--temperature",
+      "0",
+      "--json",
+    ]);
     assert.equal(r.code, 0, r.stderr);
     const lines = r.stdout.trim().split("\n");
     assert.equal(lines.length, 1);
     const j = JSON.parse(lines[0]!);
-    for (const key of ["text", "tokens", "prompt_tokens", "ttft_s", "decode_s_per_token", "peak_ram_bytes"]) assert.ok(key in j, `missing ${key}`);
+    for (const key of ["text", "tokens", "prompt_tokens", "ttft_s", "decode_s_per_token", "peak_ram_bytes"])
+      assert.ok(key in j, `missing ${key}`);
     assert.equal(j.tokens, 12);
     assert.equal(j.prompt_tokens, 5);
     assert.ok(j.text.startsWith(", there was a little girl"));
@@ -70,9 +95,28 @@ describe("layerwise CLI", () => {
   it("make-test-model writes a loadable checkpoint and never overwrites a user's folder", async () => {
     const root = await tempDir();
     const out = join(root, "m");
-    const r = await runCli(["make-test-model", "--arch", "qwen3", "--preset", "tiny-qwen3", "--dtype", "bf16", "--layers", "2", "--out", out]);
+    const r = await runCli([
+      "make-test-model",
+      "--arch",
+      "qwen3",
+      "--preset",
+      "tiny-qwen3",
+      "--dtype",
+      "bf16",
+      "--layers",
+      "2",
+      "--out",
+      out,
+    ]);
     assert.equal(r.code, 0, r.stderr);
-    assert.deepEqual((await readdir(out)).sort(), [".layerwise-test-model.json", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]);
+    assert.deepEqual((await readdir(out)).sort(), [
+      ".layerwise-test-model.json",
+      "config.json",
+      "generation_config.json",
+      "model.safetensors",
+      "tokenizer.json",
+      "tokenizer_config.json",
+    ]);
     const again = await runCli(["make-test-model", "--preset", "tiny-qwen3", "--layers", "1", "--out", out]);
     assert.equal(again.code, 0, "a folder this tool wrote may be replaced");
     const user = join(root, "user");
@@ -82,29 +126,54 @@ describe("layerwise CLI", () => {
     assert.equal(refused.code, 1);
     assert.match(refused.stderr, /OUT_NOT_EMPTY/);
     assert.equal(await readFile(join(user, "notes.txt"), "utf8"), "mine");
-    const wrongArch = await runCli(["make-test-model", "--arch", "llama", "--preset", "tiny-qwen3", "--out", join(root, "w")]);
+    const wrongArch = await runCli([
+      "make-test-model",
+      "--arch",
+      "llama",
+      "--preset",
+      "tiny-qwen3",
+      "--out",
+      join(root, "w"),
+    ]);
     assert.match(wrongArch.stderr, /preset tiny-qwen3 is a qwen3 model, not llama/);
   });
 
   it("chat answers each line through the chat template", async () => {
     const dir = await tinyModel({ preset: "tiny-llama", layers: 2 });
-    const r = await runCli(["chat", dir, "--max-tokens", "5", "--temperature", "0", "--backend", "cpu"], { input: "Hello\nHow are you?\n/exit\n" });
+    const r = await runCli(["chat", dir, "--max-tokens", "5", "--temperature", "0", "--backend", "cpu"], {
+      input: "Hello\nHow are you?\n/exit\n",
+    });
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stdout.split("\n").filter((l) => l.length > 0).length, 2, JSON.stringify(r.stdout));
   });
 
   it("demo streams the bundled stories260K through a tiny budget and writes the story transformers writes", async () => {
-    const r = await runCli(["demo", "--backend", "cpu", "--prompt", "Once upon a time", "--max-tokens", "36", "--json"]);
+    const r = await runCli([
+      "demo",
+      "--backend",
+      "cpu",
+      "--prompt",
+      "Once upon a time",
+      "--max-tokens",
+      "36",
+      "--json",
+    ]);
     assert.equal(r.code, 0, r.stderr);
     const d = JSON.parse(r.stdout) as Record<string, unknown>;
     // The 40 greedy ids transformers gives from BOS start with "Once upon a time" (models/stories260K/README.md).
-    assert.equal(d.text, ", there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, r");
+    assert.equal(
+      d.text,
+      ", there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, r",
+    );
     assert.equal(d.resident_text_identical, true);
     const tiers = d.layer_tiers as string[];
     assert.ok(tiers.includes("ram") && tiers.includes("disk"), tiers.join());
     assert.ok((d.layer_slots as number) >= 2 && (d.layer_slots as number) < tiers.length);
     assert.ok((d.peak_vram_bytes as number) <= (d.vram_budget_bytes as number), "peak within the budget");
-    assert.ok((d.decode_h2d_bytes_per_token as number) > 0 && (d.decode_disk_read_bytes_per_token as number) > 0, "layers stream every token");
+    assert.ok(
+      (d.decode_h2d_bytes_per_token as number) > 0 && (d.decode_disk_read_bytes_per_token as number) > 0,
+      "layers stream every token",
+    );
 
     const text = await runCli(["demo", "--backend", "cpu"]);
     assert.equal(text.code, 0, text.stderr);

@@ -16,13 +16,23 @@ const smallHeap = { env: { NODE_OPTIONS: "--max-old-space-size=192" } };
 
 describe("inspect and run on hostile model folders", () => {
   for (const cmd of ["inspect", "run"]) {
-    it(`${cmd}: num_hidden_layers 1e9 is a clean CONFIG_INVALID, not an out-of-memory abort`, { timeout: 120_000 }, async () => {
-      const dir = await storiesCopy();
-      await editJson(join(dir, "config.json"), (j) => (j.num_hidden_layers = 1e9));
-      const r = await runCli(cmd === "run" ? ["run", dir, "--prompt", "hi", "--backend", "cpu"] : ["inspect", dir], smallHeap);
-      assert.equal(r.code, 1, r.stderr);
-      assert.match(r.stderr, /error \[CONFIG_INVALID\]: .*num_hidden_layers: 1000000000 is more than the 4096 layers layerwise reads/);
-    });
+    it(
+      `${cmd}: num_hidden_layers 1e9 is a clean CONFIG_INVALID, not an out-of-memory abort`,
+      { timeout: 120_000 },
+      async () => {
+        const dir = await storiesCopy();
+        await editJson(join(dir, "config.json"), (j) => (j.num_hidden_layers = 1e9));
+        const r = await runCli(
+          cmd === "run" ? ["run", dir, "--prompt", "hi", "--backend", "cpu"] : ["inspect", dir],
+          smallHeap,
+        );
+        assert.equal(r.code, 1, r.stderr);
+        assert.match(
+          r.stderr,
+          /error \[CONFIG_INVALID\]: .*num_hidden_layers: 1000000000 is more than the 4096 layers layerwise reads/,
+        );
+      },
+    );
   }
 
   it("inspect says what is wrong with a tokenizer instead of calling it missing", async () => {
@@ -37,7 +47,10 @@ describe("inspect and run on hostile model folders", () => {
 
     await rm(join(dir, "tokenizer.json"));
     await mkdir(join(dir, "tokenizer.json"));
-    assert.match((await runCli(["inspect", dir])).stdout, /tokenizer\s+unusable: .*tokenizer\.json is a directory, not a regular file/);
+    assert.match(
+      (await runCli(["inspect", dir])).stdout,
+      /tokenizer\s+unusable: .*tokenizer\.json is a directory, not a regular file/,
+    );
 
     await rm(join(dir, "tokenizer.json"), { recursive: true });
     assert.match((await runCli(["inspect", dir])).stdout, /tokenizer\s+missing \(tokenizer\.json\)/);
@@ -57,8 +70,14 @@ describe("inspect and run on hostile model folders", () => {
     await editJson(join(dir, "config.json"), (j) => (j.num_hidden_layers = 2));
     const r = await runCli(["inspect", dir]);
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stdout, /warning\s+\[LAYERS_UNUSED\] .*num_hidden_layers is 2, but the checkpoint has tensors of layer 2/);
+    assert.match(
+      r.stdout,
+      /warning\s+\[LAYERS_UNUSED\] .*num_hidden_layers is 2, but the checkpoint has tensors of layer 2/,
+    );
     const json = JSON.parse((await runCli(["inspect", dir, "--json"])).stdout);
-    assert.deepEqual(json.warnings.map((w: { code: string }) => w.code), ["LAYERS_UNUSED"]);
+    assert.deepEqual(
+      json.warnings.map((w: { code: string }) => w.code),
+      ["LAYERS_UNUSED"],
+    );
   });
 });

@@ -14,7 +14,11 @@ interface Exit {
 }
 
 /** Starts the CLI, sends SIGINT once `ready` sees its output, and resolves at exit (a hang fails the test at its timeout). */
-function interruptCli(args: string[], ready: (stdout: string) => boolean, o: { input?: string; then?: (stdin: NodeJS.WritableStream) => void } = {}): Promise<Exit> {
+function interruptCli(
+  args: string[],
+  ready: (stdout: string) => boolean,
+  o: { input?: string; then?: (stdin: NodeJS.WritableStream) => void } = {},
+): Promise<Exit> {
   const child = spawn(process.execPath, [cliPath, ...args], { stdio: ["pipe", "pipe", "pipe"] });
   let stdout = "";
   let stderr = "";
@@ -29,7 +33,9 @@ function interruptCli(args: string[], ready: (stdout: string) => boolean, o: { i
     }
   });
   if (o.input !== undefined) child.stdin.write(o.input);
-  return new Promise((resolve) => child.on("exit", (code) => resolve({ code, stdout, stderr, afterSignalMs: performance.now() - signalledAt })));
+  return new Promise((resolve) =>
+    child.on("exit", (code) => resolve({ code, stdout, stderr, afterSignalMs: performance.now() - signalledAt })),
+  );
 }
 
 for (const { name: backend } of backendCases) {
@@ -38,25 +44,51 @@ for (const { name: backend } of backendCases) {
       it(`run${kvCache ? " --kv-cache" : ""} stops generating, prints what it has, exits 130`, async () => {
         const model = await tinyModel({ preset: "tiny-llama", layers: 2 });
         const cache = kvCache ? ["--kv-cache", join(await tempDir(), "kv")] : [];
-        const r = await interruptCli(["run", model, "--prompt", "hello", "--max-tokens", "16000", "--temperature", "0", "--backend", backend, ...cache], (out) => out.length > 0);
+        const r = await interruptCli(
+          [
+            "run",
+            model,
+            "--prompt",
+            "hello",
+            "--max-tokens",
+            "16000",
+            "--temperature",
+            "0",
+            "--backend",
+            backend,
+            ...cache,
+          ],
+          (out) => out.length > 0,
+        );
         assert.equal(r.code, 130, r.stderr);
         const summary = /\[(\d+) prompt tokens(?:, \d+ from the KV cache)?, (\d+) new, abort;/.exec(r.stderr);
         assert.ok(summary, r.stderr);
         assert.ok(Number(summary[2]) < 16000, `stopped after ${summary[2]} tokens`);
-        process.stderr.write(`# ${backend} run${kvCache ? " --kv-cache" : ""}: exited ${r.afterSignalMs.toFixed(0)} ms after SIGINT\n`);
+        process.stderr.write(
+          `# ${backend} run${kvCache ? " --kv-cache" : ""}: exited ${r.afterSignalMs.toFixed(0)} ms after SIGINT\n`,
+        );
       });
     }
 
     it("chat stops the answer being written and goes on; at the prompt it quits with 130", async () => {
       const model = await tinyModel({ preset: "tiny-llama", layers: 2 });
       const args = ["chat", model, "--max-tokens", "16000", "--temperature", "0", "--backend", backend];
-      const turn = await interruptCli(args, (out) => out.length > 0, { input: "tell me a story\n", then: (stdin) => stdin.end("/exit\n") });
+      const turn = await interruptCli(args, (out) => out.length > 0, {
+        input: "tell me a story\n",
+        then: (stdin) => stdin.end("/exit\n"),
+      });
       assert.equal(turn.code, 0, turn.stderr);
       assert.match(turn.stderr, /interrupted/);
-      process.stderr.write(`# ${backend} chat: the turn ended and chat exited ${turn.afterSignalMs.toFixed(0)} ms after SIGINT\n`);
+      process.stderr.write(
+        `# ${backend} chat: the turn ended and chat exited ${turn.afterSignalMs.toFixed(0)} ms after SIGINT\n`,
+      );
 
       // At the prompt: the first turn ends by its token limit, then SIGINT while chat waits for the next line.
-      const idle = await interruptCli(["chat", model, "--max-tokens", "3", "--temperature", "0", "--backend", backend], (out) => out.includes("\n"), { input: "hi\n" });
+      const idle = await interruptCli(
+        ["chat", model, "--max-tokens", "3", "--temperature", "0", "--backend", backend],
+        (out) => out.includes("\n"),
+        { input: "hi\n" },
+      );
       assert.equal(idle.code, 130, idle.stderr);
     });
   });

@@ -74,19 +74,30 @@ describe("device memory between a prompt, decode and the next prompt", () => {
     const backend = new PooledCpu();
     // Chunks of 2048 rows make large (arena) buffers; the KV blocks are small. Most of the prompt's KV is in RAM while
     // it runs, and comes back to the device for decode, into the memory its activations used.
-    await withModel(dir, { backend, vram: 11.2e6, ram: 64e6, prefillChunk: 1024, kvBlockTokens: 64, context: 2048 }, async (m) => {
-      assert.ok(m.plan.kvDeviceTokens < 512 && m.plan.kvDeviceTokensDecode >= 2048, `shares ${m.plan.kvDeviceTokens} / ${m.plan.kvDeviceTokensDecode}`);
-      const first = m.createSequence();
-      await m.forward(first, randomIds(2000, 1));
-      await m.forward(first, [17]); // the decode share comes back
-      first.dispose();
-      const before = { ...backend.frees };
-      const second = m.createSequence();
-      await m.forward(second, randomIds(2000, 2));
-      second.dispose();
-      assert.ok(backend.frees.atRelease > before.atRelease, "decode's KV blocks left small segments to give back");
-      assert.equal(backend.frees.elsewhere, before.elsewhere, "segments given back while the second prompt's layers ran");
-      assert.equal(backend.pool.overrun, undefined, "the pool kept to the budget");
-    });
+    await withModel(
+      dir,
+      { backend, vram: 11.2e6, ram: 64e6, prefillChunk: 1024, kvBlockTokens: 64, context: 2048 },
+      async (m) => {
+        assert.ok(
+          m.plan.kvDeviceTokens < 512 && m.plan.kvDeviceTokensDecode >= 2048,
+          `shares ${m.plan.kvDeviceTokens} / ${m.plan.kvDeviceTokensDecode}`,
+        );
+        const first = m.createSequence();
+        await m.forward(first, randomIds(2000, 1));
+        await m.forward(first, [17]); // the decode share comes back
+        first.dispose();
+        const before = { ...backend.frees };
+        const second = m.createSequence();
+        await m.forward(second, randomIds(2000, 2));
+        second.dispose();
+        assert.ok(backend.frees.atRelease > before.atRelease, "decode's KV blocks left small segments to give back");
+        assert.equal(
+          backend.frees.elsewhere,
+          before.elsewhere,
+          "segments given back while the second prompt's layers ran",
+        );
+        assert.equal(backend.pool.overrun, undefined, "the pool kept to the budget");
+      },
+    );
   });
 });

@@ -18,7 +18,10 @@ describe("generation on stories260K", () => {
 
   it("stops at a stop string and leaves it out, even when it spans tokens", async () => {
     const pieces: string[] = [];
-    const r = await model.complete({ ids: [1] }, { maxTokens: 40, temperature: 0, stop: ["little girl"], onText: (p) => pieces.push(p) });
+    const r = await model.complete(
+      { ids: [1] },
+      { maxTokens: 40, temperature: 0, stop: ["little girl"], onText: (p) => pieces.push(p) },
+    );
     assert.equal(r.text, "Once upon a time, there was a ");
     assert.equal(pieces.join(""), r.text);
     assert.equal(r.finishReason, "stop");
@@ -52,7 +55,10 @@ describe("generation on stories260K", () => {
 
   it("an aborted signal stops with finish reason abort", async () => {
     const controller = new AbortController();
-    const r = await model.complete({ ids: [1] }, { maxTokens: 40, temperature: 0, signal: controller.signal, onText: () => controller.abort() });
+    const r = await model.complete(
+      { ids: [1] },
+      { maxTokens: 40, temperature: 0, signal: controller.signal, onText: () => controller.abort() },
+    );
     assert.equal(r.finishReason, "abort");
     assert.ok(r.tokens.length >= 1 && r.tokens.length < 5);
   });

@@ -23,7 +23,12 @@ export function faultyStoreIo(fail: (op: StoreOp, path: string) => string | unde
       const fh = await open(path, flags, mode);
       return new Proxy(fh, {
         get(target, prop) {
-          const failing = prop === "writeFile" || prop === "write" ? fail("write", path) : prop === "read" ? fail("read", path) : undefined;
+          const failing =
+            prop === "writeFile" || prop === "write"
+              ? fail("write", path)
+              : prop === "read"
+                ? fail("read", path)
+                : undefined;
           if (failing) return async () => Promise.reject(errno(failing, String(prop)));
           const v = Reflect.get(target, prop);
           return typeof v === "function" ? v.bind(target) : v;

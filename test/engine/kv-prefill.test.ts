@@ -14,7 +14,13 @@ class CountingCpu extends CpuBackend {
   kvCopiesIn = 0;
   blockBytes = 0;
 
-  override async copyToDevice(dst: Tensor, dstOffset: number, src: HostBuffer, srcOffset: number, length: number): Promise<void> {
+  override async copyToDevice(
+    dst: Tensor,
+    dstOffset: number,
+    src: HostBuffer,
+    srcOffset: number,
+    length: number,
+  ): Promise<void> {
     if (length === this.blockBytes) this.kvCopiesIn++;
     return super.copyToDevice(dst, dstOffset, src, srcOffset, length);
   }
@@ -29,13 +35,20 @@ describe("KV while a long prompt runs", () => {
       const backend = new CountingCpu();
       // tiny-llama: 2 KV heads x 16 dims, f32, 16-token blocks.
       backend.blockBytes = 16 * 2 * 16 * 4;
-      return withModel(dir, { backend, vram: 1.9e6, ram: 64e6, prefillChunk: 128, prefillSpan, kvBlockTokens: 16, context: 1024 }, async (m) => {
-        assert.ok(m.plan.kvDeviceTokens < 512, `device share ${m.plan.kvDeviceTokens}: the first span's KV must go partly to RAM`);
-        const seq = m.createSequence();
-        const logits = await m.forward(seq, ids);
-        seq.dispose();
-        return { logits, copies: backend.kvCopiesIn };
-      });
+      return withModel(
+        dir,
+        { backend, vram: 1.9e6, ram: 64e6, prefillChunk: 128, prefillSpan, kvBlockTokens: 16, context: 1024 },
+        async (m) => {
+          assert.ok(
+            m.plan.kvDeviceTokens < 512,
+            `device share ${m.plan.kvDeviceTokens}: the first span's KV must go partly to RAM`,
+          );
+          const seq = m.createSequence();
+          const logits = await m.forward(seq, ids);
+          seq.dispose();
+          return { logits, copies: backend.kvCopiesIn };
+        },
+      );
     };
     const oneSpan = await run(1024);
     const twoSpans = await run(512);

@@ -12,12 +12,26 @@ const errno = (code: string, message: string) => Object.assign(new Error(message
 
 describe("KV spill on a full or failing disk", () => {
   it("DISK_FULL names the spill file and nothing more of the system", () => {
-    const e = diskWriteError("/tmp/layerwise-kv-abc/spill.kv", 4096, errno("ENOSPC", "ENOSPC: no space left on device, write"));
+    const e = diskWriteError(
+      "/tmp/layerwise-kv-abc/spill.kv",
+      4096,
+      errno("ENOSPC", "ENOSPC: no space left on device, write"),
+    );
     assert.equal(e.code, "DISK_FULL");
-    assert.equal(e.message, "/tmp/layerwise-kv-abc/spill.kv: no space left on the device writing 4096 bytes of KV that did not fit in memory");
+    assert.equal(
+      e.message,
+      "/tmp/layerwise-kv-abc/spill.kv: no space left on the device writing 4096 bytes of KV that did not fit in memory",
+    );
     assert.doesNotMatch(e.hint!, /--kv-cache-max/, "the persistent cache's limit does not bound spilled KV");
-    const other = diskWriteError("/tmp/layerwise-kv-abc/spill.kv", 4096, errno("EIO", "EIO: i/o error, write '/home/someone/secret'"));
-    assert.equal(other.message, "/tmp/layerwise-kv-abc/spill.kv: writing 4096 bytes of KV that did not fit in memory failed (EIO)");
+    const other = diskWriteError(
+      "/tmp/layerwise-kv-abc/spill.kv",
+      4096,
+      errno("EIO", "EIO: i/o error, write '/home/someone/secret'"),
+    );
+    assert.equal(
+      other.message,
+      "/tmp/layerwise-kv-abc/spill.kv: writing 4096 bytes of KV that did not fit in memory failed (EIO)",
+    );
   });
 
   it("a spill folder that cannot be made is a clear error naming it, and disposing after it is fine", async () => {
@@ -27,7 +41,10 @@ describe("KV spill on a full or failing disk", () => {
     await assert.rejects(spill.write(new Uint8Array(16)), (e: CacheError) => {
       assert.ok(e instanceof CacheError);
       assert.equal(e.code, "KV_WRITE_FAILED");
-      assert.equal(e.message, `${join(work, "a-file", "layerwise-kv-*")}: making the scratch file for KV that does not fit in memory failed (ENOTDIR)`);
+      assert.equal(
+        e.message,
+        `${join(work, "a-file", "layerwise-kv-*")}: making the scratch file for KV that does not fit in memory failed (ENOTDIR)`,
+      );
       return true;
     });
     await spill.dispose();

@@ -24,8 +24,17 @@ interface Warning {
   message: string;
 }
 
-async function withModel<T>(dir: string, o: LoadOptions, fn: (m: LayerwiseModel) => Promise<T>, warnings: Warning[] = []): Promise<T> {
-  const m = await LayerwiseModel.load(dir, { ...base, ...o, onWarning: (code, message) => warnings.push({ code, message }) });
+async function withModel<T>(
+  dir: string,
+  o: LoadOptions,
+  fn: (m: LayerwiseModel) => Promise<T>,
+  warnings: Warning[] = [],
+): Promise<T> {
+  const m = await LayerwiseModel.load(dir, {
+    ...base,
+    ...o,
+    onWarning: (code, message) => warnings.push({ code, message }),
+  });
   try {
     return await fn(m);
   } finally {
@@ -34,16 +43,22 @@ async function withModel<T>(dir: string, o: LoadOptions, fn: (m: LayerwiseModel)
 }
 
 const greedy = { maxTokens: 8, temperature: 0 };
-const complete = (dir: string, prompt: number[], o: LoadOptions = {}, warnings: Warning[] = []) => withModel(dir, o, (m) => m.complete({ ids: prompt }, greedy), warnings);
+const complete = (dir: string, prompt: number[], o: LoadOptions = {}, warnings: Warning[] = []) =>
+  withModel(dir, o, (m) => m.complete({ ids: prompt }, greedy), warnings);
 
 /** Every file under the cache folder that is not a whole block or the marker. */
 async function strays(cache: string): Promise<string[]> {
   const all = (await readdir(cache, { recursive: true })).map(String);
-  return all.filter((n) => !/(^|\/)[0-9a-f]{16}$/.test(n) && !/\/[0-9a-f]{32}\.(kv|json)$/.test(n) && n !== "layerwise-kv-cache.json");
+  return all.filter(
+    (n) => !/(^|\/)[0-9a-f]{16}$/.test(n) && !/\/[0-9a-f]{32}\.(kv|json)$/.test(n) && n !== "layerwise-kv-cache.json",
+  );
 }
 
 function assertDisabled(warnings: Warning[], cache: string, cause: RegExp): void {
-  assert.deepEqual(warnings.map((w) => w.code), ["KV_CACHE_DISABLED"]);
+  assert.deepEqual(
+    warnings.map((w) => w.code),
+    ["KV_CACHE_DISABLED"],
+  );
   const message = warnings[0]!.message;
   assert.ok(message.startsWith(`${cache}: `), message);
   assert.match(message, cause);
@@ -60,7 +75,12 @@ describe("a failing cache disk never fails an answer", () => {
       const io = faultyStoreIo((op) => (op === "create" && creates++, op === "write" ? code : undefined));
       const warnings: Warning[] = [];
       const prompts = [ids(100, 2), ids(70, 3)];
-      const answers = await withModel(dir, { kvCache: cache, storeIo: io }, async (m) => [await m.complete({ ids: prompts[0]! }, greedy), await m.complete({ ids: prompts[1]! }, greedy)], warnings);
+      const answers = await withModel(
+        dir,
+        { kvCache: cache, storeIo: io },
+        async (m) => [await m.complete({ ids: prompts[0]! }, greedy), await m.complete({ ids: prompts[1]! }, greedy)],
+        warnings,
+      );
       for (const [i, p] of prompts.entries()) assert.deepEqual(answers[i]!.tokens, (await complete(dir, p)).tokens);
       assertDisabled(warnings, cache, new RegExp(code));
       assert.equal(creates, 1, "saving stopped at the first failure, for the rest of the model's life");
@@ -76,10 +96,15 @@ describe("a failing cache disk never fails an answer", () => {
     const shared = ids(60, 4);
     const prompts = [0, 1, 2, 3].map((i) => [...shared, ...ids(40 + 7 * i, 10 + i).slice(1)]);
     const warnings: Warning[] = [];
-    const results = await withModel(dir, { kvCache: cache, storeIo: io, batch: 2 }, (m) => {
-      const s = new Scheduler(m, { maxBatch: 2 });
-      return Promise.all(prompts.map((p) => s.submit({ promptIds: p, options: greedy })));
-    }, warnings);
+    const results = await withModel(
+      dir,
+      { kvCache: cache, storeIo: io, batch: 2 },
+      (m) => {
+        const s = new Scheduler(m, { maxBatch: 2 });
+        return Promise.all(prompts.map((p) => s.submit({ promptIds: p, options: greedy })));
+      },
+      warnings,
+    );
     for (const [i, p] of prompts.entries()) assert.deepEqual(results[i]!.tokens, (await complete(dir, p)).tokens);
     assertDisabled(warnings, cache, /no space left on the device \(ENOSPC\)/);
     assert.deepEqual(await strays(cache), []);
@@ -92,10 +117,15 @@ describe("a failing cache disk never fails an answer", () => {
     const shared = ids(50, 5);
     const prompts = Array.from({ length: 6 }, (_, i) => [...shared, ...ids(20 + i, 20 + i).slice(1)]);
     const warnings: Warning[] = [];
-    const results = await withModel(dir, { kvCache: cache, storeIo: io, batch: 3 }, (m) => {
-      const s = new Scheduler(m, { maxBatch: 3 });
-      return Promise.all(prompts.map((p) => s.submit({ promptIds: p, options: greedy })));
-    }, warnings);
+    const results = await withModel(
+      dir,
+      { kvCache: cache, storeIo: io, batch: 3 },
+      (m) => {
+        const s = new Scheduler(m, { maxBatch: 3 });
+        return Promise.all(prompts.map((p) => s.submit({ promptIds: p, options: greedy })));
+      },
+      warnings,
+    );
     assert.equal(results.length, 6);
     for (const [i, p] of prompts.entries()) assert.deepEqual(results[i]!.tokens, (await complete(dir, p)).tokens);
     assertDisabled(warnings, cache, /ENOSPC/);
@@ -127,9 +157,16 @@ describe("a failing cache disk never fails an answer", () => {
       const r = await complete(dir, prompt, { kvCache: cache, storeIo: io }, warnings);
       assert.deepEqual(r.tokens, (await complete(dir, prompt)).tokens);
       assert.equal(r.kvCacheHitTokens, 0);
-      assert.deepEqual(warnings.map((w) => w.code), ["KV_CACHE_READ_FAILED"]);
+      assert.deepEqual(
+        warnings.map((w) => w.code),
+        ["KV_CACHE_READ_FAILED"],
+      );
       assert.match(warnings[0]!.message, /EIO/);
-      assert.equal((await complete(dir, prompt, { kvCache: cache })).kvCacheHitTokens, 48, "an unreadable block is not a corrupt one: it stays");
+      assert.equal(
+        (await complete(dir, prompt, { kvCache: cache })).kvCacheHitTokens,
+        48,
+        "an unreadable block is not a corrupt one: it stays",
+      );
     });
   }
 });

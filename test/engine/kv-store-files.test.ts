@@ -30,7 +30,10 @@ async function firstBlock(dir: string, cache: string, prompt: number[]): Promise
   const m = await LayerwiseModel.load(dir, { ...base, kvCache: cache });
   try {
     const layout = m.kvBlockLayout!;
-    return { sub: join(cache, layout.fingerprint.slice(0, 16)), hash: KvStore.blockHash(null, prompt.slice(0, 16), layout) };
+    return {
+      sub: join(cache, layout.fingerprint.slice(0, 16)),
+      hash: KvStore.blockHash(null, prompt.slice(0, 16), layout),
+    };
   } finally {
     await m.close();
   }
@@ -92,7 +95,10 @@ describe("KV cache manifests: a malformed one is a corrupt block", () => {
     ["layers empty", (m: Record<string, unknown>) => (m.layers = [])],
     ["layers of the wrong shape", (m: Record<string, unknown>) => (m.layers = [{ offset: "0" }])],
     ["token_ids not a list", (m: Record<string, unknown>) => (m.token_ids = 7)],
-    ["a layer far past the file's end", (m: Record<string, unknown>) => ((m.layers as { bytes: number }[])[0]!.bytes = 2 ** 40)],
+    [
+      "a layer far past the file's end",
+      (m: Record<string, unknown>) => ((m.layers as { bytes: number }[])[0]!.bytes = 2 ** 40),
+    ],
     ["not an object", (m: Record<string, unknown>) => Object.keys(m).forEach((k) => delete m[k])],
   ] as const) {
     it(`${what}: warned, recomputed, removed and stored again`, async () => {
@@ -110,7 +116,11 @@ describe("KV cache manifests: a malformed one is a corrupt block", () => {
       assert.deepEqual(warnings, ["KV_CACHE_CORRUPT"]);
       assert.equal(r.kvCacheHitTokens, 0);
       assert.deepEqual(r.tokens, (await generate(dir, prompt)).tokens);
-      assert.equal((await generate(dir, prompt, { kvCache: cache })).kvCacheHitTokens, 32, "the block was stored again");
+      assert.equal(
+        (await generate(dir, prompt, { kvCache: cache })).kvCacheHitTokens,
+        32,
+        "the block was stored again",
+      );
     });
   }
 
@@ -120,7 +130,13 @@ describe("KV cache manifests: a malformed one is a corrupt block", () => {
     const prompt = ids(40, 4);
     await generate(dir, prompt, { kvCache: cache });
     const before = await readdir(cache, { recursive: true });
-    for (const marker of ['{"tool":"layerwise","format":"1"}', "[1,2", "null", JSON.stringify({ tool: "other", format: 1 }), "x".repeat(1 << 20)]) {
+    for (const marker of [
+      '{"tool":"layerwise","format":"1"}',
+      "[1,2",
+      "null",
+      JSON.stringify({ tool: "other", format: 1 }),
+      "x".repeat(1 << 20),
+    ]) {
       await writeFile(join(cache, "layerwise-kv-cache.json"), marker);
       const warnings: string[] = [];
       const r = await generate(dir, prompt, { kvCache: cache, kvCacheMax: 1 }, warnings);
@@ -147,9 +163,18 @@ describe("KV cache upkeep when opened", () => {
     const dir = await storiesCopy();
     const cache = join(await tempDir(), "kv");
     await generate(dir, ids(40, 6), { kvCache: cache });
-    const sub = join(cache, (await readdir(cache)).find((n) => !n.endsWith(".json"))!);
+    const sub = join(
+      cache,
+      (await readdir(cache)).find((n) => !n.endsWith(".json"))!,
+    );
     const hex = (c: string) => c.repeat(32);
-    const stale = [`${hex("a")}.kv.partial`, `${hex("b")}.json.partial`, `${hex("c")}.kv`, `${hex("d")}.kv.4242-0123abcd.tmp`, `${hex("e")}.json`];
+    const stale = [
+      `${hex("a")}.kv.partial`,
+      `${hex("b")}.json.partial`,
+      `${hex("c")}.kv`,
+      `${hex("d")}.kv.4242-0123abcd.tmp`,
+      `${hex("e")}.json`,
+    ];
     const fresh = [`${hex("f")}.kv.4243-89abcdef.tmp`];
     const foreign = ["notes.txt", `${hex("1")}.kv.bak`];
     for (const name of [...stale, ...fresh, ...foreign]) await writeFile(join(sub, name), "x");

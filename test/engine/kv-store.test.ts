@@ -16,7 +16,13 @@ function ids(n: number, seed: number): number[] {
 }
 
 async function generate(dir: string, prompt: number[], o: LoadOptions = {}, warnings: string[] = []) {
-  const m = await LayerwiseModel.load(dir, { backend: "cpu", kvBlockTokens: 16, prefillChunk: 16, ...o, onWarning: (code) => warnings.push(code) });
+  const m = await LayerwiseModel.load(dir, {
+    backend: "cpu",
+    kvBlockTokens: 16,
+    prefillChunk: 16,
+    ...o,
+    onWarning: (code) => warnings.push(code),
+  });
   try {
     return await m.complete({ ids: prompt }, { maxTokens: 8, temperature: 0 });
   } finally {
@@ -29,7 +35,11 @@ async function manifests(cache: string): Promise<{ file: string; index: number }
   for (const sub of await readdir(cache, { withFileTypes: true })) {
     if (!sub.isDirectory()) continue;
     for (const name of await readdir(join(cache, sub.name))) {
-      if (name.endsWith(".json")) out.push({ file: join(cache, sub.name, name), index: JSON.parse(await readFile(join(cache, sub.name, name), "utf8")).index });
+      if (name.endsWith(".json"))
+        out.push({
+          file: join(cache, sub.name, name),
+          index: JSON.parse(await readFile(join(cache, sub.name, name), "utf8")).index,
+        });
     }
   }
   return out.sort((a, b) => a.index - b.index);
@@ -65,7 +75,10 @@ describe("persistent KV cache", () => {
   it("a non-empty folder that is not a layerwise cache is refused and left alone", async () => {
     const folder = await tempDir();
     await writeFile(join(folder, "thesis.tex"), "mine");
-    await assert.rejects(generate(await storiesCopy(), ids(20, 1), { kvCache: folder }), (e: CacheError) => e.code === "KV_CACHE_DIR_FOREIGN");
+    await assert.rejects(
+      generate(await storiesCopy(), ids(20, 1), { kvCache: folder }),
+      (e: CacheError) => e.code === "KV_CACHE_DIR_FOREIGN",
+    );
     assert.deepEqual(await readdir(folder), ["thesis.tex"]);
   });
 
@@ -77,8 +90,16 @@ describe("persistent KV cache", () => {
     await generate(dir, ids(80, 2), { kvCache: cache, kvCacheMax: 6 * (blockFile + 1000) });
     const left = await manifests(cache);
     assert.ok(left.length <= 6, `${left.length} blocks left`);
-    assert.equal((await generate(dir, ids(80, 2), { kvCache: cache })).kvCacheHitTokens, 79, "the newest prompt's blocks survive");
-    assert.equal((await generate(dir, ids(80, 1), { kvCache: cache })).kvCacheHitTokens, 0, "the oldest prompt's first block went first");
+    assert.equal(
+      (await generate(dir, ids(80, 2), { kvCache: cache })).kvCacheHitTokens,
+      79,
+      "the newest prompt's blocks survive",
+    );
+    assert.equal(
+      (await generate(dir, ids(80, 1), { kvCache: cache })).kvCacheHitTokens,
+      0,
+      "the oldest prompt's first block went first",
+    );
   });
 
   it("a flipped byte is detected by its checksum, recomputed and reported", async () => {
@@ -99,7 +120,11 @@ describe("persistent KV cache", () => {
     assert.deepEqual(warnings, ["KV_CACHE_CORRUPT"]);
     assert.equal(r.kvCacheHitTokens, 32, "blocks before the corrupt one are used");
     assert.deepEqual(r.tokens, (await generate(dir, prompt)).tokens);
-    assert.equal((await generate(dir, prompt, { kvCache: cache })).kvCacheHitTokens, 96, "the recomputed block was stored again");
+    assert.equal(
+      (await generate(dir, prompt, { kvCache: cache })).kvCacheHitTokens,
+      96,
+      "the recomputed block was stored again",
+    );
   });
 
   it("a full disk turns the cache off with a warning: the answer is the cold run's and the earlier cache stays intact", async () => {
@@ -118,8 +143,21 @@ describe("persistent KV cache", () => {
     assert.deepEqual(warnings, ["KV_CACHE_DISABLED"]);
     assert.equal(writes, 2, "no write is tried after the disk was found full");
     const after = await manifests(cache);
-    assert.deepEqual(after.map((m) => m.file), before.map((m) => m.file));
-    assert.ok(!(await readdir(join(cache, (await readdir(cache)).find((n) => !n.endsWith(".json"))!))).some((n) => n.endsWith(".partial") || n.endsWith(".tmp")), "no partial files left");
+    assert.deepEqual(
+      after.map((m) => m.file),
+      before.map((m) => m.file),
+    );
+    assert.ok(
+      !(
+        await readdir(
+          join(
+            cache,
+            (await readdir(cache)).find((n) => !n.endsWith(".json"))!,
+          ),
+        )
+      ).some((n) => n.endsWith(".partial") || n.endsWith(".tmp")),
+      "no partial files left",
+    );
     assert.equal((await generate(dir, p1, { kvCache: cache })).kvCacheHitTokens, 32);
   });
 
@@ -129,12 +167,41 @@ describe("persistent KV cache", () => {
     const cache = join(work, "kv");
     const promptFile = join(work, "prompt.txt");
     const words = new Random(9);
-    await writeFile(promptFile, Array.from({ length: 1200 }, () => ["the", "model", "reads", "a", "long", "document", "and", "answers"][Math.floor(words.next() * 8)]).join(" "));
-    const args = ["run", dir, "--prompt-file", promptFile, "--max-tokens", "4", "--temperature", "0", "--backend", "cpu", "--kv-block", "64", "--prefill-chunk", "128", "--prefill-span", "512", "--json"];
+    await writeFile(
+      promptFile,
+      Array.from(
+        { length: 1200 },
+        () => ["the", "model", "reads", "a", "long", "document", "and", "answers"][Math.floor(words.next() * 8)],
+      ).join(" "),
+    );
+    const args = [
+      "run",
+      dir,
+      "--prompt-file",
+      promptFile,
+      "--max-tokens",
+      "4",
+      "--temperature",
+      "0",
+      "--backend",
+      "cpu",
+      "--kv-block",
+      "64",
+      "--prefill-chunk",
+      "128",
+      "--prefill-span",
+      "512",
+      "--json",
+    ];
     const child = spawn(process.execPath, [cliPath, ...args, "--kv-cache", cache], { stdio: "ignore" });
-    const exited = new Promise<NodeJS.Signals | null>((resolve) => child.on("exit", (_code, signal) => resolve(signal)));
+    const exited = new Promise<NodeJS.Signals | null>((resolve) =>
+      child.on("exit", (_code, signal) => resolve(signal)),
+    );
     for (;;) {
-      const done = await Promise.race([exited.then(() => true), new Promise<false>((r) => setTimeout(() => r(false), 20))]);
+      const done = await Promise.race([
+        exited.then(() => true),
+        new Promise<false>((r) => setTimeout(() => r(false), 20)),
+      ]);
       assert.ok(!done, "the run finished before it could be killed: make the prompt longer");
       if ((await manifests(cache).catch(() => [])).length > 0) break;
     }
@@ -146,14 +213,24 @@ describe("persistent KV cache", () => {
     assert.equal(warm.code, 0, warm.stderr);
     const w = JSON.parse(warm.stdout);
     const c = JSON.parse(cold.stdout);
-    assert.ok(w.kv_cache_hit_tokens >= kept * 64 && w.kv_cache_hit_tokens < w.prompt_tokens, `hit ${w.kv_cache_hit_tokens} of ${w.prompt_tokens}, ${kept} blocks kept`);
+    assert.ok(
+      w.kv_cache_hit_tokens >= kept * 64 && w.kv_cache_hit_tokens < w.prompt_tokens,
+      `hit ${w.kv_cache_hit_tokens} of ${w.prompt_tokens}, ${kept} blocks kept`,
+    );
     assert.equal(w.text, c.text);
     assert.equal(c.kv_cache_hit_tokens, 0);
   });
 });
 
 describe("weight files failing while streaming", () => {
-  const streamFromDisk = { backend: "cpu" as const, vram: 1.5e6, ram: 0, prefillChunk: 64, prefillSpan: 128, kvBlockTokens: 64 };
+  const streamFromDisk = {
+    backend: "cpu" as const,
+    vram: 1.5e6,
+    ram: 0,
+    prefillChunk: 64,
+    prefillSpan: 128,
+    kvBlockTokens: 64,
+  };
 
   it("a shard deleted after loading is named in the error", async () => {
     const dir = await tinyModel({ preset: "tiny-llama", layers: 2, shardBytes: 200_000 });
@@ -162,7 +239,10 @@ describe("weight files failing while streaming", () => {
       assert.ok(m.plan.layerTier.every((t) => t === "disk"));
       const shard = (await readdir(dir)).filter((n) => n.startsWith("model-0000")).sort()[1]!;
       await (await import("node:fs/promises")).rm(join(dir, shard));
-      await assert.rejects(m.complete("hello", { maxTokens: 2 }), (e: Error & { code: string }) => e.code === "FILE_MISSING" && e.message.includes(shard));
+      await assert.rejects(
+        m.complete("hello", { maxTokens: 2 }),
+        (e: Error & { code: string }) => e.code === "FILE_MISSING" && e.message.includes(shard),
+      );
     } finally {
       await m.close();
     }
@@ -180,7 +260,11 @@ describe("weight files failing while streaming", () => {
     });
     try {
       armed = true;
-      await assert.rejects(m.complete("hello", { maxTokens: 2 }), (e: Error & { code: string }) => e.code === "READ_FAILED" && /model\.safetensors: read of \d+ bytes at \d+ failed: EIO/.test(e.message));
+      await assert.rejects(
+        m.complete("hello", { maxTokens: 2 }),
+        (e: Error & { code: string }) =>
+          e.code === "READ_FAILED" && /model\.safetensors: read of \d+ bytes at \d+ failed: EIO/.test(e.message),
+      );
     } finally {
       await m.close();
     }

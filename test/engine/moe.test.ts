@@ -25,8 +25,14 @@ describe("gpt-oss experts out of core, cpu", () => {
     const dir = await tinyModel({ preset: "tiny-gpt-oss" });
     const runs: { o: LoadOptions; check: (m: LayerwiseModel) => void }[] = [
       { o: {}, check: (m) => assert.equal(m.plan.experts.deviceSlots, m.plan.experts.total) },
-      { o: { expertSlots: 3, prefillChunk: 7 }, check: (m) => assert.deepEqual([m.plan.experts.deviceSlots, m.plan.experts.ram], [3, 32]) },
-      { o: { expertSlots: 2, ram: 0 }, check: (m) => assert.deepEqual([m.plan.experts.deviceSlots, m.plan.experts.ram], [2, 0]) },
+      {
+        o: { expertSlots: 3, prefillChunk: 7 },
+        check: (m) => assert.deepEqual([m.plan.experts.deviceSlots, m.plan.experts.ram], [3, 32]),
+      },
+      {
+        o: { expertSlots: 2, ram: 0 },
+        check: (m) => assert.deepEqual([m.plan.experts.deviceSlots, m.plan.experts.ram], [2, 0]),
+      },
     ];
     const results: { logits: Float32Array; tokens: number[]; loads: number }[] = [];
     for (const run of runs) {
@@ -67,10 +73,33 @@ describe("gpt-oss experts out of core, cpu", () => {
 
   it("run --json reports the disk bytes of a decode step: the routed experts' and no more", async () => {
     const dir = await tinyModel({ preset: "tiny-gpt-oss" });
-    const r = await runCli(["run", dir, "--backend", "cpu", "--prompt", "The quick brown fox", "--max-tokens", "6", "--temperature", "0", "--ram", "0", "--expert-slots", "2", "--json"]);
+    const r = await runCli([
+      "run",
+      dir,
+      "--backend",
+      "cpu",
+      "--prompt",
+      "The quick brown fox",
+      "--max-tokens",
+      "6",
+      "--temperature",
+      "0",
+      "--ram",
+      "0",
+      "--expert-slots",
+      "2",
+      "--json",
+    ]);
     assert.equal(r.code, 0, r.stderr);
-    const out = JSON.parse(r.stdout) as { decode_disk_read_bytes_per_token: number; decode_h2d_bytes_per_token: number };
-    const want = await withModel(dir, { backend: "cpu" }, async (m) => m.arch.shape.numLayers * m.arch.shape.moe!.topK * expertBytes(m));
+    const out = JSON.parse(r.stdout) as {
+      decode_disk_read_bytes_per_token: number;
+      decode_h2d_bytes_per_token: number;
+    };
+    const want = await withModel(
+      dir,
+      { backend: "cpu" },
+      async (m) => m.arch.shape.numLayers * m.arch.shape.moe!.topK * expertBytes(m),
+    );
     assert.equal(out.decode_disk_read_bytes_per_token, want, JSON.stringify(out));
     assert.equal(out.decode_h2d_bytes_per_token, want);
   });
@@ -80,7 +109,11 @@ describe("gpt-oss experts out of core, cpu", () => {
     const config = JSON.parse(await readFile(join(dir, "config.json"), "utf8")) as Record<string, unknown>;
     delete config.quantization_config;
     await writeFile(join(dir, "config.json"), JSON.stringify(config));
-    await assert.rejects(LayerwiseModel.load(dir, { backend: "cpu" }), (e: Error & { code: string }) => e.code === "CONFIG_INVALID" && /quantization_config: missing: .*MXFP4/.test(e.message));
+    await assert.rejects(
+      LayerwiseModel.load(dir, { backend: "cpu" }),
+      (e: Error & { code: string }) =>
+        e.code === "CONFIG_INVALID" && /quantization_config: missing: .*MXFP4/.test(e.message),
+    );
   });
 
   it("a failed expert read fails the step, and the next step recomputes it with the same result", async () => {

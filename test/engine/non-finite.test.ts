@@ -29,8 +29,16 @@ for (const bc of backendCases) {
         await fillTensor(dir, "model.norm.weight", value);
         const m = await LayerwiseModel.load(dir, { backend: await bc.create(), context: 64 });
         try {
-          for (const o of [{ temperature: 0 }, { temperature: 0.8, topK: 5, seed: 1 }, { temperature: 0.8, topP: 0.9, seed: 1 }]) {
-            await assert.rejects(m.complete("hello", { ...o, maxTokens: 4 }), (e: LayerwiseError) => e.code === "NON_FINITE_LOGITS", JSON.stringify(o));
+          for (const o of [
+            { temperature: 0 },
+            { temperature: 0.8, topK: 5, seed: 1 },
+            { temperature: 0.8, topP: 0.9, seed: 1 },
+          ]) {
+            await assert.rejects(
+              m.complete("hello", { ...o, maxTokens: 4 }),
+              (e: LayerwiseError) => e.code === "NON_FINITE_LOGITS",
+              JSON.stringify(o),
+            );
           }
         } finally {
           await m.close();

@@ -13,16 +13,20 @@ const ids = (n: number, seed: number) => {
 };
 
 async function greedy(dir: string, prompt: number[], o: LoadOptions = {}) {
-  return withModel(dir, { backend: "cpu", kvDtype: "f32", kvBlockTokens: 16, ...o }, (m) => m.complete({ ids: prompt }, { maxTokens: 8, temperature: 0, ignoreEos: true }));
+  return withModel(dir, { backend: "cpu", kvDtype: "f32", kvBlockTokens: 16, ...o }, (m) =>
+    m.complete({ ids: prompt }, { maxTokens: 8, temperature: 0, ignoreEos: true }),
+  );
 }
 
 describe("Qwen3-Next recurrent state, cpu", () => {
   it("one pass, 5-row chunks, streamed experts and token-by-token feeding give the same logits", async () => {
     const dir = await tinyModel({ preset: "tiny-qwen3-next" });
     const prompt = ids(40, 1);
-    const all = (o: LoadOptions) => withModel(dir, { backend: "cpu", kvDtype: "f32", ...o }, (m) => m.forward(m.createSequence(), prompt, "all"));
+    const all = (o: LoadOptions) =>
+      withModel(dir, { backend: "cpu", kvDtype: "f32", ...o }, (m) => m.forward(m.createSequence(), prompt, "all"));
     const want = await all({});
-    for (const o of [{ prefillChunk: 5 }, { expertSlots: 2, ram: 0 }, { prefillChunk: 7, prefillSpan: 14 }]) assert.deepEqual(await all(o), want, JSON.stringify(o));
+    for (const o of [{ prefillChunk: 5 }, { expertSlots: 2, ram: 0 }, { prefillChunk: 7, prefillSpan: 14 }])
+      assert.deepEqual(await all(o), want, JSON.stringify(o));
     const stepwise = await withModel(dir, { backend: "cpu", kvDtype: "f32" }, async (m) => {
       const seq = m.createSequence();
       const out: number[] = [];
@@ -39,7 +43,10 @@ describe("Qwen3-Next recurrent state, cpu", () => {
       const [a, b] = [ids(20, 2), ids(33, 3)];
       const solo = async (p: number[]) => m.forward(m.createSequence(), p);
       const [sa, sb] = [m.createSequence(), m.createSequence()];
-      const both = await m.forwardBatch([{ seq: sa, ids: a }, { seq: sb, ids: b }]);
+      const both = await m.forwardBatch([
+        { seq: sa, ids: a },
+        { seq: sb, ids: b },
+      ]);
       assert.deepEqual(both[0], await solo(a));
       assert.deepEqual(both[1], await solo(b));
     });

@@ -22,7 +22,14 @@ describe("sampling", () => {
   });
 
   it("the same seed gives the same tokens; another seed gives others", () => {
-    const run = (seed: number) => Array.from({ length: 50 }, ((s) => () => s.sample(logits, none))(new Sampler({ temperature: 1, seed })));
+    const run = (seed: number) =>
+      Array.from(
+        { length: 50 },
+        (
+          (s) => () =>
+            s.sample(logits, none)
+        )(new Sampler({ temperature: 1, seed })),
+      );
     assert.deepEqual(run(7), run(7));
     assert.notDeepEqual(run(7), run(8));
   });
@@ -36,19 +43,28 @@ describe("sampling", () => {
 
   it("top-k keeps only the k best", () => {
     const c = counts(new Sampler({ temperature: 1, topK: 2, seed: 2 }), 2000);
-    assert.deepEqual(c.map((n) => n > 0), [false, true, false, false, false, true]);
+    assert.deepEqual(
+      c.map((n) => n > 0),
+      [false, true, false, false, false, true],
+    );
   });
 
   it("top-p keeps the smallest set reaching p", () => {
     // softmax mass: token 1 ~0.35, token 5 ~0.32, token 2 ~0.21: p = 0.6 needs tokens 1 and 5.
     const c = counts(new Sampler({ temperature: 1, topP: 0.6, seed: 3 }), 2000);
-    assert.deepEqual(c.map((n) => n > 0), [false, true, false, false, false, true]);
+    assert.deepEqual(
+      c.map((n) => n > 0),
+      [false, true, false, false, false, true],
+    );
   });
 
   it("min-p drops tokens below p times the best", () => {
     // exp(2.5 - 3) = 0.61, exp(1 - 3) = 0.14: min-p 0.5 keeps 1, 5, 2.
     const c = counts(new Sampler({ temperature: 1, minP: 0.5, seed: 4 }), 3000);
-    assert.deepEqual(c.map((n) => n > 0), [false, true, true, false, false, true]);
+    assert.deepEqual(
+      c.map((n) => n > 0),
+      [false, true, true, false, false, true],
+    );
   });
 
   it("repetition penalty divides positive and multiplies negative logits of seen tokens", () => {
@@ -62,7 +78,9 @@ describe("sampling", () => {
   // The definition the sampler must keep: a full stable sort of the penalized row, then each filter on that list.
   function referenceSample(o: SamplingOptions, random: Random, row: Float32Array, seen: ReadonlySet<number>): number {
     const scores = Float64Array.from(row);
-    for (const id of seen) scores[id] = scores[id]! < 0 ? scores[id]! * (o.repetitionPenalty ?? 1) : scores[id]! / (o.repetitionPenalty ?? 1);
+    for (const id of seen)
+      scores[id] =
+        scores[id]! < 0 ? scores[id]! * (o.repetitionPenalty ?? 1) : scores[id]! / (o.repetitionPenalty ?? 1);
     let order = Array.from(scores.keys()).sort((a, b) => scores[b]! - scores[a]!);
     if (!o.temperature) return order[0]!;
     if (o.topK) order = order.slice(0, o.topK);
@@ -114,9 +132,15 @@ describe("sampling", () => {
         }
         // What a backend gives for a request: the penalized row's best ids (ranked as topIndices ranks them).
         const penalized = Float32Array.from(row);
-        for (const id of request.penalty?.ids ?? []) penalized[id] = penalized[id]! < 0 ? penalized[id]! * request.penalty!.factor : penalized[id]! / request.penalty!.factor;
+        for (const id of request.penalty?.ids ?? [])
+          penalized[id] =
+            penalized[id]! < 0 ? penalized[id]! * request.penalty!.factor : penalized[id]! / request.penalty!.factor;
         const ids = topIndices(penalized, request.top);
-        assert.equal(sampler.sample({ ids, scores: Float32Array.from(ids, (id) => penalized[id]!) }, seen), want, `step ${step}`);
+        assert.equal(
+          sampler.sample({ ids, scores: Float32Array.from(ids, (id) => penalized[id]!) }, seen),
+          want,
+          `step ${step}`,
+        );
       }
     });
   }
@@ -126,8 +150,13 @@ describe("sampling", () => {
     for (const n of [1, 7, 100, 4000]) {
       const values = Float32Array.from({ length: n }, () => Math.floor(rng.next() * 20));
       if (n > 10) values[3] = NaN;
-      const sorted = Array.from(values.keys()).sort((a, b) => (Number.isNaN(values[b]!) ? -Infinity : values[b]!) - (Number.isNaN(values[a]!) ? -Infinity : values[a]!) || a - b);
-      for (const k of [0, 1, 5, 64, n, n + 3]) assert.deepEqual(Array.from(topIndices(values, k)), sorted.slice(0, k), `n ${n}, k ${k}`);
+      const sorted = Array.from(values.keys()).sort(
+        (a, b) =>
+          (Number.isNaN(values[b]!) ? -Infinity : values[b]!) - (Number.isNaN(values[a]!) ? -Infinity : values[a]!) ||
+          a - b,
+      );
+      for (const k of [0, 1, 5, 64, n, n + 3])
+        assert.deepEqual(Array.from(topIndices(values, k)), sorted.slice(0, k), `n ${n}, k ${k}`);
     }
   });
 
@@ -135,7 +164,13 @@ describe("sampling", () => {
     for (const temperature of [1e-320, 1e-30, 1e-8]) {
       const sampler = new Sampler({ temperature, seed: 1 });
       for (let i = 0; i < 20; i++) assert.equal(sampler.sample(logits, none), 1, `temperature ${temperature}`);
-      assert.equal(new Sampler({ temperature, topK: 3, seed: 1 }).sample({ ids: Int32Array.from([1, 5, 2]), scores: Float32Array.from([3, 2.9, 2.5]) }, none), 1);
+      assert.equal(
+        new Sampler({ temperature, topK: 3, seed: 1 }).sample(
+          { ids: Int32Array.from([1, 5, 2]), scores: Float32Array.from([3, 2.9, 2.5]) },
+          none,
+        ),
+        1,
+      );
     }
   });
 
@@ -146,15 +181,28 @@ describe("sampling", () => {
     for (const o of [{ temperature: 0 }, { temperature: 0.8, seed: 1 }, { temperature: 0.8, topP: 0.9, seed: 1 }]) {
       assert.throws(() => new Sampler(o).sample(nan, none), broken, JSON.stringify(o));
       assert.throws(() => new Sampler(o).sample(inf, none), broken, JSON.stringify(o));
-      assert.throws(() => new Sampler(o).sample({ ids: Int32Array.from([2, 0]), scores: Float32Array.from([NaN, NaN]) }, none), broken, JSON.stringify(o));
+      assert.throws(
+        () => new Sampler(o).sample({ ids: Int32Array.from([2, 0]), scores: Float32Array.from([NaN, NaN]) }, none),
+        broken,
+        JSON.stringify(o),
+      );
     }
     const oneNan = Float32Array.from([1, 3, NaN, 0, 0, 0]);
     assert.equal(new Sampler({ temperature: 0 }).sample(oneNan, none), 1, "a NaN beside finite logits ranks last");
   });
 
   it("rejects impossible settings", () => {
-    assert.throws(() => new Sampler({ temperature: -1 }), (e: UsageError) => e.code === "BAD_SAMPLING" && /temperature -1/.test(e.message));
-    assert.throws(() => new Sampler({ topP: 0 }), (e: UsageError) => e.code === "BAD_SAMPLING");
-    assert.throws(() => new Sampler({ topK: 1.5 }), (e: UsageError) => e.code === "BAD_SAMPLING");
+    assert.throws(
+      () => new Sampler({ temperature: -1 }),
+      (e: UsageError) => e.code === "BAD_SAMPLING" && /temperature -1/.test(e.message),
+    );
+    assert.throws(
+      () => new Sampler({ topP: 0 }),
+      (e: UsageError) => e.code === "BAD_SAMPLING",
+    );
+    assert.throws(
+      () => new Sampler({ topK: 1.5 }),
+      (e: UsageError) => e.code === "BAD_SAMPLING",
+    );
   });
 });

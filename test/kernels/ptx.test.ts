@@ -16,12 +16,27 @@ const nvcc = (() => {
 })();
 
 describe("kernels/*.ptx", () => {
-  it("match a fresh nvcc build of kernels/*.cu", { skip: nvcc ? false : "nvcc is not installed here, so the PTX cannot be rebuilt" }, async () => {
-    const dir = join(repoRoot, "kernels");
-    const out = await tempDir("lw-ptx-");
-    execFileSync("bash", [join(dir, "build.sh"), out], { stdio: "pipe" });
-    const built = (await readdir(out)).filter((f) => f.endsWith(".ptx"));
-    assert.deepEqual(built.sort(), (await readdir(dir)).filter((f) => f.endsWith(".cu")).map((f) => f.replace(/\.cu$/, ".ptx")).sort());
-    for (const ptx of built) assert.equal(await readFile(join(out, ptx), "utf8"), await readFile(join(dir, ptx), "utf8"), `${ptx} is stale: run npm run build:kernels`);
-  });
+  it(
+    "match a fresh nvcc build of kernels/*.cu",
+    { skip: nvcc ? false : "nvcc is not installed here, so the PTX cannot be rebuilt" },
+    async () => {
+      const dir = join(repoRoot, "kernels");
+      const out = await tempDir("lw-ptx-");
+      execFileSync("bash", [join(dir, "build.sh"), out], { stdio: "pipe" });
+      const built = (await readdir(out)).filter((f) => f.endsWith(".ptx"));
+      assert.deepEqual(
+        built.sort(),
+        (await readdir(dir))
+          .filter((f) => f.endsWith(".cu"))
+          .map((f) => f.replace(/\.cu$/, ".ptx"))
+          .sort(),
+      );
+      for (const ptx of built)
+        assert.equal(
+          await readFile(join(out, ptx), "utf8"),
+          await readFile(join(dir, ptx), "utf8"),
+          `${ptx} is stale: run npm run build:kernels`,
+        );
+    },
+  );
 });

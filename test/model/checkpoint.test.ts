@@ -91,7 +91,11 @@ describe("checkpoint errors", () => {
   it("tensor shape not matching the config", async () => {
     const dir = await storiesCopy();
     await editJson(join(dir, "config.json"), (j) => (j.intermediate_size = 128));
-    await rejects(load(dir), "TENSOR_SHAPE_MISMATCH", /model\.layers\.0\.mlp\.gate_proj\.weight has shape \[172, 64\], config\.json implies \[128, 64\]/);
+    await rejects(
+      load(dir),
+      "TENSOR_SHAPE_MISMATCH",
+      /model\.layers\.0\.mlp\.gate_proj\.weight has shape \[172, 64\], config\.json implies \[128, 64\]/,
+    );
   });
 
   it("a tensor missing from the weights", async () => {
@@ -104,10 +108,19 @@ describe("checkpoint errors", () => {
     const dir = await tinyModel({ preset: "tiny-llama", layers: 3 });
     await editJson(join(dir, "config.json"), (j) => (j.num_hidden_layers = 2));
     const warnings: [string, string][] = [];
-    const model = await LayerwiseModel.load(dir, { backend: "cpu", onWarning: (code, message) => warnings.push([code, message]) });
+    const model = await LayerwiseModel.load(dir, {
+      backend: "cpu",
+      onWarning: (code, message) => warnings.push([code, message]),
+    });
     await model.close();
-    assert.deepEqual(warnings.map(([c]) => c), ["LAYERS_UNUSED"]);
-    assert.match(warnings[0]![1], /config\.json's num_hidden_layers is 2, but the checkpoint has tensors of layer 2 \(model\.layers\.2\.input_layernorm\.weight\): only the first 2 layers run/);
+    assert.deepEqual(
+      warnings.map(([c]) => c),
+      ["LAYERS_UNUSED"],
+    );
+    assert.match(
+      warnings[0]![1],
+      /config\.json's num_hidden_layers is 2, but the checkpoint has tensors of layer 2 \(model\.layers\.2\.input_layernorm\.weight\): only the first 2 layers run/,
+    );
   });
 
   it("num_hidden_layers far beyond the checkpoint fails at the first missing layer", async () => {
@@ -134,7 +147,8 @@ describe("checkpoint errors", () => {
     try {
       await assert.rejects(
         model.complete({ ids: new Array(600).fill(403) }, { maxTokens: 5 }),
-        (e: UsageError) => e.code === "PROMPT_TOO_LONG" && /the prompt has 600 tokens; the model's context is 512/.test(e.message),
+        (e: UsageError) =>
+          e.code === "PROMPT_TOO_LONG" && /the prompt has 600 tokens; the model's context is 512/.test(e.message),
       );
     } finally {
       await model.close();
@@ -161,7 +175,11 @@ describe("sharded checkpoints", () => {
   it("a shard listed in the index but missing is named", async () => {
     const dir = await tinyModel({ preset: "tiny-llama", layers: 2, shardBytes: 200_000 });
     await rm(join(dir, "model-00002-of-00004.safetensors"));
-    await rejects(load(dir), "SHARD_MISSING", /model-00002-of-00004\.safetensors is listed in model\.safetensors\.index\.json but does not exist/);
+    await rejects(
+      load(dir),
+      "SHARD_MISSING",
+      /model-00002-of-00004\.safetensors is listed in model\.safetensors\.index\.json but does not exist/,
+    );
   });
 
   it("an unreadable shard is named", async () => {
@@ -169,6 +187,10 @@ describe("sharded checkpoints", () => {
     // Permissions do not stop root (tests may run as root), but a folder in the shard's place cannot be read by anyone.
     await rm(join(dir, "model-00001-of-00004.safetensors"));
     await mkdir(join(dir, "model-00001-of-00004.safetensors"));
-    await rejects(load(dir), "FILE_NOT_REGULAR", /model-00001-of-00004\.safetensors is a directory, not a regular file/);
+    await rejects(
+      load(dir),
+      "FILE_NOT_REGULAR",
+      /model-00001-of-00004\.safetensors is a directory, not a regular file/,
+    );
   });
 });

@@ -15,7 +15,10 @@ describe("disk reader stats", () => {
     await writeFile(file, new Uint8Array(4096).fill(7));
     let letGo!: () => void;
     const held = new Promise<void>((resolve) => (letGo = resolve));
-    const reader = new DiskReader({ direct: false, io: fileIoWithRead(async (read, args) => (await held, read(...args))) });
+    const reader = new DiskReader({
+      direct: false,
+      io: fileIoWithRead(async (read, args) => (await held, read(...args))),
+    });
     try {
       assert.deepEqual(reader.stats, { diskReadBytes: 0, readBusyS: 0 }, "idle: nothing yet");
       const into = new Uint8Array(4096);

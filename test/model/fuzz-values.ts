@@ -12,19 +12,52 @@ export async function fuzz<T>(property: fc.IAsyncPropertyWithHooks<T> | fc.IAsyn
     await fc.assert(property, fuzzRuns);
   } catch (e) {
     const cause = (e as { cause?: unknown }).cause;
-    throw new Error(`${(e as Error).message}\ncaused by: ${cause instanceof Error ? (cause.stack ?? cause.message) : String(cause)}`.slice(0, 4000));
+    throw new Error(
+      `${(e as Error).message}\ncaused by: ${cause instanceof Error ? (cause.stack ?? cause.message) : String(cause)}`.slice(
+        0,
+        4000,
+      ),
+    );
   }
 }
 
 /** Numbers a config or header has no business holding, beside plain ones. */
 export const awkwardNumber: fc.Arbitrary<number> = fc.oneof(
   fc.integer({ min: -4, max: 70 }),
-  fc.constantFrom(0, -0, 1, 2, 3, 32, 4096, 2 ** 24, 2 ** 24 + 1, 2 ** 31, 2 ** 32, 2 ** 53 - 1, 2 ** 53, 2 ** 64, 1e9, 1e300, -1, -1e9, 0.5, 1e-300),
+  fc.constantFrom(
+    0,
+    -0,
+    1,
+    2,
+    3,
+    32,
+    4096,
+    2 ** 24,
+    2 ** 24 + 1,
+    2 ** 31,
+    2 ** 32,
+    2 ** 53 - 1,
+    2 ** 53,
+    2 ** 64,
+    1e9,
+    1e300,
+    -1,
+    -1e9,
+    0.5,
+    1e-300,
+  ),
   fc.double({ noNaN: true, noDefaultInfinity: true }),
 );
 
 /** Keys that reach the prototype chain when looked up carelessly. */
-export const prototypeKey = fc.constantFrom("constructor", "__proto__", "toString", "hasOwnProperty", "valueOf", "prototype");
+export const prototypeKey = fc.constantFrom(
+  "constructor",
+  "__proto__",
+  "toString",
+  "hasOwnProperty",
+  "valueOf",
+  "prototype",
+);
 
 /**
  * A value too big to print (fast-check prints counterexamples, and recursion through a 200k-deep array overflows):
@@ -60,8 +93,18 @@ export const awkwardJson: fc.Arbitrary<unknown> = fc.oneof(
   { weight: 1, arbitrary: fc.string({ maxLength: 20 }) },
   { weight: 1, arbitrary: fc.constantFrom(null, true, false, [], {}, "") },
   { weight: 1, arbitrary: fc.array(awkwardNumber, { maxLength: 8 }) },
-  { weight: 1, arbitrary: fc.integer({ min: 1000, max: 200_000 }).map((n) => new Huge(`${n}-deep array`, () => "[".repeat(n) + "]".repeat(n))) },
-  { weight: 1, arbitrary: fc.integer({ min: 1000, max: 100_000 }).map((n) => new Huge(`${n} ones`, () => `[${new Array<number>(n).fill(1).join(",")}]`)) },
+  {
+    weight: 1,
+    arbitrary: fc
+      .integer({ min: 1000, max: 200_000 })
+      .map((n) => new Huge(`${n}-deep array`, () => "[".repeat(n) + "]".repeat(n))),
+  },
+  {
+    weight: 1,
+    arbitrary: fc
+      .integer({ min: 1000, max: 100_000 })
+      .map((n) => new Huge(`${n} ones`, () => `[${new Array<number>(n).fill(1).join(",")}]`)),
+  },
 );
 
 /** Runs `f`: success, or a LayerwiseError with a code and a message of sane length; anything else fails the property. */

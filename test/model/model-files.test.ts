@@ -41,7 +41,11 @@ describe("model folder files", () => {
     it(`${name} as a FIFO is refused at once, not waited on`, { timeout: 30_000 }, async () => {
       const dir = await storiesCopy();
       await fifoInPlaceOf(join(dir, name));
-      await rejects(read(dir), "FILE_NOT_REGULAR", new RegExp(`${name.replace(".", "\\.")} is a FIFO \\(named pipe\\), not a regular file`));
+      await rejects(
+        read(dir),
+        "FILE_NOT_REGULAR",
+        new RegExp(`${name.replace(".", "\\.")} is a FIFO \\(named pipe\\), not a regular file`),
+      );
     });
 
     it(`${name} as a directory is refused, naming what it is`, async () => {
@@ -72,10 +76,18 @@ describe("model folder files", () => {
   it("a huge file is refused by its size, before it is read", async () => {
     const dir = await storiesCopy();
     await truncate(join(dir, "config.json"), 2 ** 31); // sparse: no disk used
-    await rejects(Checkpoint.open(dir), "FILE_TOO_LARGE", /config\.json is 2\.00 GiB; layerwise reads a config\.json of at most 16\.0 MiB/);
+    await rejects(
+      Checkpoint.open(dir),
+      "FILE_TOO_LARGE",
+      /config\.json is 2\.00 GiB; layerwise reads a config\.json of at most 16\.0 MiB/,
+    );
     const tok = await storiesCopy();
     await truncate(join(tok, "tokenizer.json"), 2 ** 31);
-    await rejects(TextTokenizer.load(tok), "FILE_TOO_LARGE", /tokenizer\.json is 2\.00 GiB; layerwise reads a tokenizer\.json of at most 256 MiB/);
+    await rejects(
+      TextTokenizer.load(tok),
+      "FILE_TOO_LARGE",
+      /tokenizer\.json is 2\.00 GiB; layerwise reads a tokenizer\.json of at most 256 MiB/,
+    );
   });
 
   it("says what is wrong with a file that is not JSON, per file", async () => {
@@ -97,9 +109,19 @@ describe("model folder files", () => {
   it("refuses JSON nested absurdly deep, even in a key nothing reads (the KV cache's fingerprint serializes config.json)", async () => {
     const dir = await storiesCopy();
     const config = await readFile(join(dir, "config.json"), "utf8");
-    await writeFile(join(dir, "config.json"), config.replace(/\}\s*$/, `, "notes": ${"[".repeat(100_000)}${"]".repeat(100_000)}}`));
-    await rejects(LayerwiseModel.load(dir, { backend: "cpu", kvCache: join(dir, "..", "kv") }), "CONFIG_INVALID", /config\.json nests lists or objects more than 256 levels deep/);
-    await writeFile(join(dir, "config.json"), config.replace(/\}\s*$/, `, "notes": ${"[".repeat(200)}"[[[[{{{{"${"]".repeat(200)}}`));
+    await writeFile(
+      join(dir, "config.json"),
+      config.replace(/\}\s*$/, `, "notes": ${"[".repeat(100_000)}${"]".repeat(100_000)}}`),
+    );
+    await rejects(
+      LayerwiseModel.load(dir, { backend: "cpu", kvCache: join(dir, "..", "kv") }),
+      "CONFIG_INVALID",
+      /config\.json nests lists or objects more than 256 levels deep/,
+    );
+    await writeFile(
+      join(dir, "config.json"),
+      config.replace(/\}\s*$/, `, "notes": ${"[".repeat(200)}"[[[[{{{{"${"]".repeat(200)}}`),
+    );
     const ckpt = await Checkpoint.open(dir); // 200 levels, and brackets inside a string do not count
     await ckpt.close();
   });

@@ -4,9 +4,22 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import fc from "fast-check";
-import { parseSafetensorsHeader, safetensorsHeaderLength, safetensorsDTypeBytes, type SafetensorsHeader } from "../../src/model/safetensors.js";
+import {
+  parseSafetensorsHeader,
+  safetensorsHeaderLength,
+  safetensorsDTypeBytes,
+  type SafetensorsHeader,
+} from "../../src/model/safetensors.js";
 import { storiesDir, tinyModel } from "../helpers.js";
-import { assertHeapBounded, awkwardJson, awkwardNumber, cleanOutcome, fuzz, jsonText, prototypeKey } from "./fuzz-values.js";
+import {
+  assertHeapBounded,
+  awkwardJson,
+  awkwardNumber,
+  cleanOutcome,
+  fuzz,
+  jsonText,
+  prototypeKey,
+} from "./fuzz-values.js";
 
 /** A file as its first bytes (length field and header) and its full size: the tensor data itself is never read. */
 interface FileImage {
@@ -45,12 +58,18 @@ function image(header: unknown, dataBytes: number, lengthDelta = 0): FileImage {
 }
 
 async function realHeaders(): Promise<{ header: Record<string, unknown>; dataBytes: number }[]> {
-  const files = [join(storiesDir, "model.safetensors"), join(await tinyModel({ preset: "tiny-gpt-oss", layers: 1 }), "model.safetensors")];
+  const files = [
+    join(storiesDir, "model.safetensors"),
+    join(await tinyModel({ preset: "tiny-gpt-oss", layers: 1 }), "model.safetensors"),
+  ];
   return Promise.all(
     files.map(async (file) => {
       const bytes = await readFile(file);
       const len = Number(bytes.readBigUInt64LE(0));
-      return { header: JSON.parse(bytes.subarray(8, 8 + len).toString("utf8")) as Record<string, unknown>, dataBytes: bytes.length - 8 - len };
+      return {
+        header: JSON.parse(bytes.subarray(8, 8 + len).toString("utf8")) as Record<string, unknown>,
+        dataBytes: bytes.length - 8 - len,
+      };
     }),
   );
 }
@@ -58,13 +77,19 @@ async function realHeaders(): Promise<{ header: Record<string, unknown>; dataByt
 describe("fuzz: safetensors header", () => {
   it("random bytes", { timeout: 120_000 }, async () => {
     await fuzz(
-      fc.asyncProperty(fc.uint8Array({ maxLength: 600 }), fc.nat({ max: 4096 }), fc.boolean(), async (bytes, extra, lengthFits) => {
-        // Half the time the length field agrees with the bytes, so the parser gets past it.
-        if (lengthFits && bytes.length >= 8) Buffer.from(bytes.buffer, bytes.byteOffset, 8).writeBigUInt64LE(BigInt(bytes.length - 8));
-        const f = { prefix: bytes, size: bytes.length + extra };
-        const h = await cleanOutcome(() => parse(f));
-        if (h) checkAccepted(h, f);
-      }),
+      fc.asyncProperty(
+        fc.uint8Array({ maxLength: 600 }),
+        fc.nat({ max: 4096 }),
+        fc.boolean(),
+        async (bytes, extra, lengthFits) => {
+          // Half the time the length field agrees with the bytes, so the parser gets past it.
+          if (lengthFits && bytes.length >= 8)
+            Buffer.from(bytes.buffer, bytes.byteOffset, 8).writeBigUInt64LE(BigInt(bytes.length - 8));
+          const f = { prefix: bytes, size: bytes.length + extra };
+          const h = await cleanOutcome(() => parse(f));
+          if (h) checkAccepted(h, f);
+        },
+      ),
     );
     assertHeapBounded();
   });
@@ -99,23 +124,30 @@ describe("fuzz: safetensors header", () => {
     const field = fc.constantFrom("dtype", "shape", "data_offsets", "entry", "name", "__metadata__");
     const dtype = fc.oneof(fc.constantFrom(...Object.keys(safetensorsDTypeBytes)), prototypeKey, awkwardJson);
     await fuzz(
-      fc.asyncProperty(fc.nat({ max: reals.length - 1 }), fc.nat(), field, dtype, awkwardJson, async (which, pick, key, newDtype, value) => {
-        const { header, dataBytes } = reals[which]!;
-        const copy = structuredClone(header);
-        const names = Object.keys(copy).filter((n) => n !== "__metadata__");
-        const name = names[pick % names.length]!;
-        const entry = copy[name] as Record<string, unknown>;
-        if (key === "dtype") entry.dtype = newDtype;
-        else if (key === "entry") copy[name] = value;
-        else if (key === "name") {
-          delete copy[name];
-          copy[typeof value === "string" ? value : String(newDtype)] = entry;
-        } else if (key === "__metadata__") copy.__metadata__ = value;
-        else entry[key] = value;
-        const f = image(copy, dataBytes);
-        const h = await cleanOutcome(() => parse(f));
-        if (h) checkAccepted(h, f);
-      }),
+      fc.asyncProperty(
+        fc.nat({ max: reals.length - 1 }),
+        fc.nat(),
+        field,
+        dtype,
+        awkwardJson,
+        async (which, pick, key, newDtype, value) => {
+          const { header, dataBytes } = reals[which]!;
+          const copy = structuredClone(header);
+          const names = Object.keys(copy).filter((n) => n !== "__metadata__");
+          const name = names[pick % names.length]!;
+          const entry = copy[name] as Record<string, unknown>;
+          if (key === "dtype") entry.dtype = newDtype;
+          else if (key === "entry") copy[name] = value;
+          else if (key === "name") {
+            delete copy[name];
+            copy[typeof value === "string" ? value : String(newDtype)] = entry;
+          } else if (key === "__metadata__") copy.__metadata__ = value;
+          else entry[key] = value;
+          const f = image(copy, dataBytes);
+          const h = await cleanOutcome(() => parse(f));
+          if (h) checkAccepted(h, f);
+        },
+      ),
     );
     assertHeapBounded();
   });
@@ -127,21 +159,28 @@ describe("fuzz: safetensors header", () => {
       size: fc.oneof(fc.constant(-1), fc.nat({ max: 64 })),
     });
     await fuzz(
-      fc.asyncProperty(fc.dictionary(fc.oneof(fc.string({ maxLength: 12 }), prototypeKey), tensor, { maxKeys: 8 }), fc.integer({ min: -2, max: 2 }), async (tensors, slack) => {
-        // Offsets laid end to end from the declared shapes (or a random size), as a writer would, then the data size off by `slack`.
-        const header: Record<string, unknown> = {};
-        let offset = 0;
-        for (const [name, t] of Object.entries(tensors)) {
-          const elementBytes = Object.hasOwn(safetensorsDTypeBytes, t.dtype) ? safetensorsDTypeBytes[t.dtype as keyof typeof safetensorsDTypeBytes] : 1;
-          const declared = t.shape.reduce((a, b) => a * b, 1) * elementBytes;
-          const size = t.size >= 0 ? t.size : Number.isSafeInteger(declared) && declared >= 0 && declared < 1e6 ? declared : 0;
-          header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + size] };
-          offset += size;
-        }
-        const f = image(header, Math.max(0, offset + slack));
-        const h = await cleanOutcome(() => parse(f));
-        if (h) checkAccepted(h, f);
-      }),
+      fc.asyncProperty(
+        fc.dictionary(fc.oneof(fc.string({ maxLength: 12 }), prototypeKey), tensor, { maxKeys: 8 }),
+        fc.integer({ min: -2, max: 2 }),
+        async (tensors, slack) => {
+          // Offsets laid end to end from the declared shapes (or a random size), as a writer would, then the data size off by `slack`.
+          const header: Record<string, unknown> = {};
+          let offset = 0;
+          for (const [name, t] of Object.entries(tensors)) {
+            const elementBytes = Object.hasOwn(safetensorsDTypeBytes, t.dtype)
+              ? safetensorsDTypeBytes[t.dtype as keyof typeof safetensorsDTypeBytes]
+              : 1;
+            const declared = t.shape.reduce((a, b) => a * b, 1) * elementBytes;
+            const size =
+              t.size >= 0 ? t.size : Number.isSafeInteger(declared) && declared >= 0 && declared < 1e6 ? declared : 0;
+            header[name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + size] };
+            offset += size;
+          }
+          const f = image(header, Math.max(0, offset + slack));
+          const h = await cleanOutcome(() => parse(f));
+          if (h) checkAccepted(h, f);
+        },
+      ),
     );
     assertHeapBounded();
   });

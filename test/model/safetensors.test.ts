@@ -43,7 +43,11 @@ describe("safetensors header", () => {
 
   it("refuses a header length one short (every tensor would be read a byte early)", async () => {
     // stories260K's header ends in a padding space, so one byte shorter is still valid JSON.
-    await rejects(readSafetensorsHeader(await storiesWithHeaderLength(-1)), "SAFETENSORS_LAYOUT_INVALID", /tensors end at byte 1040128 of the data, but the file has 1040129 bytes after the header/);
+    await rejects(
+      readSafetensorsHeader(await storiesWithHeaderLength(-1)),
+      "SAFETENSORS_LAYOUT_INVALID",
+      /tensors end at byte 1040128 of the data, but the file has 1040129 bytes after the header/,
+    );
   });
 
   it("refuses a header length one long", async () => {
@@ -56,10 +60,21 @@ describe("safetensors header", () => {
   });
 
   it("refuses a hole between tensors and bytes after the last one", async () => {
-    const hole = { a: { dtype: "F32", shape: [2], data_offsets: [0, 8] }, b: { dtype: "F32", shape: [2], data_offsets: [12, 20] } };
-    await rejects(readSafetensorsHeader(await writeTemp(safetensorsBytes(hole, 20))), "SAFETENSORS_LAYOUT_INVALID", /no tensor holds bytes 8 to 12 of the data \(before b\)/);
+    const hole = {
+      a: { dtype: "F32", shape: [2], data_offsets: [0, 8] },
+      b: { dtype: "F32", shape: [2], data_offsets: [12, 20] },
+    };
+    await rejects(
+      readSafetensorsHeader(await writeTemp(safetensorsBytes(hole, 20))),
+      "SAFETENSORS_LAYOUT_INVALID",
+      /no tensor holds bytes 8 to 12 of the data \(before b\)/,
+    );
     const trailing = { a: { dtype: "F32", shape: [2], data_offsets: [0, 8] } };
-    await rejects(readSafetensorsHeader(await writeTemp(safetensorsBytes(trailing, 9))), "SAFETENSORS_LAYOUT_INVALID", /tensors end at byte 8 of the data, but the file has 9 bytes after the header/);
+    await rejects(
+      readSafetensorsHeader(await writeTemp(safetensorsBytes(trailing, 9))),
+      "SAFETENSORS_LAYOUT_INVALID",
+      /tensors end at byte 8 of the data, but the file has 9 bytes after the header/,
+    );
   });
 
   it("accepts zero-size tensors beside others (they overlap nothing)", async () => {
@@ -71,46 +86,87 @@ describe("safetensors header", () => {
       scalar_free: { dtype: "BF16", shape: [0], data_offsets: [16, 16] },
     };
     const h = await readSafetensorsHeader(await writeTemp(safetensorsBytes(header, 16)));
-    assert.deepEqual(h.tensors.map((t) => [t.name, t.byteLength]), [["a", 8], ["b", 8], ["empty", 0], ["scalar_free", 0]]);
-    const empty = await readSafetensorsHeader(await writeTemp(safetensorsBytes({ z: { dtype: "U8", shape: [0], data_offsets: [0, 0] } }, 0)));
+    assert.deepEqual(
+      h.tensors.map((t) => [t.name, t.byteLength]),
+      [
+        ["a", 8],
+        ["b", 8],
+        ["empty", 0],
+        ["scalar_free", 0],
+      ],
+    );
+    const empty = await readSafetensorsHeader(
+      await writeTemp(safetensorsBytes({ z: { dtype: "U8", shape: [0], data_offsets: [0, 0] } }, 0)),
+    );
     assert.equal(empty.tensors.length, 1);
   });
 
   it("still names overlapping tensors", async () => {
-    const header = { a: { dtype: "F32", shape: [2], data_offsets: [0, 8] }, b: { dtype: "F32", shape: [2], data_offsets: [4, 12] } };
-    await rejects(readSafetensorsHeader(await writeTemp(safetensorsBytes(header, 12))), "TENSOR_OVERLAP", /tensors a and b overlap at byte/);
+    const header = {
+      a: { dtype: "F32", shape: [2], data_offsets: [0, 8] },
+      b: { dtype: "F32", shape: [2], data_offsets: [4, 12] },
+    };
+    await rejects(
+      readSafetensorsHeader(await writeTemp(safetensorsBytes(header, 12))),
+      "TENSOR_OVERLAP",
+      /tensors a and b overlap at byte/,
+    );
   });
 
   for (const dtype of ["constructor", "toString", "__proto__", "hasOwnProperty"]) {
     it(`refuses dtype "${dtype}" (not looked up through the prototype chain)`, async () => {
       const header = { a: { dtype, shape: [2], data_offsets: [0, 8] } };
-      await rejects(readSafetensorsHeader(await writeTemp(safetensorsBytes(header, 8))), "SAFETENSORS_DTYPE_UNSUPPORTED", new RegExp(`tensor a has dtype ${dtype}, not one of F64`));
+      await rejects(
+        readSafetensorsHeader(await writeTemp(safetensorsBytes(header, 8))),
+        "SAFETENSORS_DTYPE_UNSUPPORTED",
+        new RegExp(`tensor a has dtype ${dtype}, not one of F64`),
+      );
     });
   }
 
   it("refuses a 200k-deep shape cleanly (no stack overflow)", async () => {
     const deep = "[".repeat(200_000) + "]".repeat(200_000);
     const text = `{"a":{"dtype":"F32","shape":${deep},"data_offsets":[0,8]}}`;
-    await rejects(readSafetensorsHeader(await writeTemp(safetensorsBytes(text, 8))), "SAFETENSORS_HEADER_INVALID", /tensor a: shape .* is not a list of non-negative integers/);
+    await rejects(
+      readSafetensorsHeader(await writeTemp(safetensorsBytes(text, 8))),
+      "SAFETENSORS_HEADER_INVALID",
+      /tensor a: shape .* is not a list of non-negative integers/,
+    );
   });
 
   it("refuses a shape of absurd rank or size with a short message", async () => {
     const long = { a: { dtype: "F32", shape: new Array(100_000).fill(1), data_offsets: [0, 4] } };
-    await assert.rejects(readSafetensorsHeader(await writeTemp(safetensorsBytes(long, 4))), (e: CheckpointError) => e.code === "SAFETENSORS_HEADER_INVALID" && /has 100000 dimensions/.test(e.message) && e.message.length < 400);
+    await assert.rejects(
+      readSafetensorsHeader(await writeTemp(safetensorsBytes(long, 4))),
+      (e: CheckpointError) =>
+        e.code === "SAFETENSORS_HEADER_INVALID" && /has 100000 dimensions/.test(e.message) && e.message.length < 400,
+    );
     const huge = { a: { dtype: "F32", shape: [2 ** 40, 2 ** 40], data_offsets: [0, 4] } };
-    await rejects(readSafetensorsHeader(await writeTemp(safetensorsBytes(huge, 4))), "SAFETENSORS_HEADER_INVALID", /shape \[1099511627776,1099511627776\] of F32 is larger than any file/);
+    await rejects(
+      readSafetensorsHeader(await writeTemp(safetensorsBytes(huge, 4))),
+      "SAFETENSORS_HEADER_INVALID",
+      /shape \[1099511627776,1099511627776\] of F32 is larger than any file/,
+    );
   });
 
   it("refuses metadata that is not a map of strings", async () => {
     const header = { __metadata__: [1, 2], a: { dtype: "F32", shape: [2], data_offsets: [0, 8] } };
-    await rejects(readSafetensorsHeader(await writeTemp(safetensorsBytes(header, 8))), "SAFETENSORS_HEADER_INVALID", /__metadata__ is not a map of strings/);
+    await rejects(
+      readSafetensorsHeader(await writeTemp(safetensorsBytes(header, 8))),
+      "SAFETENSORS_HEADER_INVALID",
+      /__metadata__ is not a map of strings/,
+    );
   });
 
   it("bounds the header length before reading it", async () => {
     // A sparse file of 300 MB whose length field claims 200 MB: refused before anything that size is allocated.
     const file = await writeTemp(safetensorsBytes("{}", 0, 200e6));
     await truncate(file, 300e6);
-    await rejects(readSafetensorsHeader(file), "SAFETENSORS_HEADER_INVALID", /header of 200000000 bytes is larger than the 100000000 allowed/);
+    await rejects(
+      readSafetensorsHeader(file),
+      "SAFETENSORS_HEADER_INVALID",
+      /header of 200000000 bytes is larger than the 100000000 allowed/,
+    );
   });
 
   it("refuses a shard that is not a regular file without opening it for a blocking read", async () => {

@@ -43,7 +43,9 @@ describe("tokenizer", () => {
 
   for (const kind of ["stories260K (byte fallback)", "tiny-llama (byte-level BPE)"]) {
     it(`streams text without ever splitting a character: ${kind}`, async () => {
-      const dir = kind.startsWith("stories") ? await storiesCopy() : await tinyModel({ preset: "tiny-llama", layers: 1 });
+      const dir = kind.startsWith("stories")
+        ? await storiesCopy()
+        : await tinyModel({ preset: "tiny-llama", layers: 1 });
       const t = await TextTokenizer.load(dir);
       for (const s of samples) {
         const ids = t.encode(s, false);
@@ -65,7 +67,11 @@ describe("tokenizer", () => {
     const text = continuation.map((id) => detok.push(id)).join("") + detok.flush();
     assert.equal(text, " named Max.");
     const bare = new StreamingDetokenizer(t);
-    assert.equal(continuation.map((id) => bare.push(id)).join("") + bare.flush(), "named Max.", "without context the decoder strips the space");
+    assert.equal(
+      continuation.map((id) => bare.push(id)).join("") + bare.flush(),
+      "named Max.",
+      "without context the decoder strips the space",
+    );
   });
 
   it("renders the model's chat template", async () => {
@@ -74,7 +80,10 @@ describe("tokenizer", () => {
     const template = await ChatTemplate.load(dir, t.config);
     assert.ok(template);
     const text = template.render([{ role: "user", content: "Hi there" }], { bos_token: t.specialToken("bos_token") });
-    assert.equal(text, "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+    assert.equal(
+      text,
+      "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+    );
     const ids = t.encode(text, false);
     assert.equal(ids[0], t.tokenId("<|begin_of_text|>"));
     assert.equal(ids.filter((id) => id === t.tokenId("<|eot_id|>")).length, 1);
@@ -82,7 +91,10 @@ describe("tokenizer", () => {
 
   it("reads chat_template.jinja when the folder has one", async () => {
     const dir = await storiesCopy();
-    await writeFile(join(dir, "chat_template.jinja"), "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant]");
+    await writeFile(
+      join(dir, "chat_template.jinja"),
+      "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant]",
+    );
     const t = await TextTokenizer.load(dir);
     const template = await ChatTemplate.load(dir, t.config);
     assert.equal(template?.render([{ role: "user", content: "hello" }], {}), "[user] hello\n[assistant]");
@@ -114,7 +126,11 @@ describe("tokenizer files that do not fit the model", () => {
         await m.close();
         return;
       }
-      await rejects(load(dir), "TOKENIZER_CONFIG_INVALID", /tokenizer_config\.json: chat_template: must be a string or a list of \{name, template\}/);
+      await rejects(
+        load(dir),
+        "TOKENIZER_CONFIG_INVALID",
+        /tokenizer_config\.json: chat_template: must be a string or a list of \{name, template\}/,
+      );
     });
   }
 
@@ -140,13 +156,29 @@ describe("tokenizer files that do not fit the model", () => {
   it("a tokenizer with ids beyond the embedding is refused at load, naming both numbers", async () => {
     const dir = await storiesCopy();
     await editJson(join(dir, "tokenizer.json"), (j) => {
-      (j.added_tokens as unknown[]).push({ id: 100000, content: "<big>", single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
+      (j.added_tokens as unknown[]).push({
+        id: 100000,
+        content: "<big>",
+        single_word: false,
+        lstrip: false,
+        rstrip: false,
+        normalized: false,
+        special: true,
+      });
     });
-    await rejects(load(dir), "TOKENIZER_VOCAB_MISMATCH", /tokenizer\.json has token id 100000 \("<big>"\), but config\.json's vocab_size is 512/);
+    await rejects(
+      load(dir),
+      "TOKENIZER_VOCAB_MISMATCH",
+      /tokenizer\.json has token id 100000 \("<big>"\), but config\.json's vocab_size is 512/,
+    );
   });
 
   it("a tokenizer.json of the wrong structure is TOKENIZER_INVALID", async () => {
-    for (const edit of [(j: Record<string, unknown>) => (j.added_tokens = 5), (j: Record<string, unknown>) => (j.added_tokens = [{ id: "x" }]), (j: Record<string, unknown>) => (j.model = null)]) {
+    for (const edit of [
+      (j: Record<string, unknown>) => (j.added_tokens = 5),
+      (j: Record<string, unknown>) => (j.added_tokens = [{ id: "x" }]),
+      (j: Record<string, unknown>) => (j.model = null),
+    ]) {
       const dir = await storiesCopy();
       await editJson(join(dir, "tokenizer.json"), edit);
       await rejects(TextTokenizer.load(dir), "TOKENIZER_INVALID", /tokenizer\.json/);

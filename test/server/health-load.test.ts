@@ -19,12 +19,28 @@ async function longContextTinyModel(): Promise<string> {
 describe("serve under a huge prompt", () => {
   it("/health answers while a 3 MB prompt is being encoded, before that request ends", async (t) => {
     const model = await LayerwiseModel.load(await longContextTinyModel(), { backend: "cpu", context: 16384 });
-    const server = await startServer(model, { host: "127.0.0.1", port: 0, modelName: "tiny", maxBatch: 1, maxBodyBytes: 4 << 20, requestTimeoutMs: 60_000 });
+    const server = await startServer(model, {
+      host: "127.0.0.1",
+      port: 0,
+      modelName: "tiny",
+      maxBatch: 1,
+      maxBodyBytes: 4 << 20,
+      requestTimeoutMs: 60_000,
+    });
     try {
-      await fetch(`${server.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model: "tiny", prompt: "warm up", max_tokens: 1 }) });
-      const prompt = "The model reads the document, then it answers the question. Summarize the report in three sentences. ".repeat(30_000);
+      await fetch(`${server.url}/v1/completions`, {
+        method: "POST",
+        body: JSON.stringify({ model: "tiny", prompt: "warm up", max_tokens: 1 }),
+      });
+      const prompt =
+        "The model reads the document, then it answers the question. Summarize the report in three sentences. ".repeat(
+          30_000,
+        );
       let bigDone = 0;
-      const big = fetch(`${server.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model: "tiny", prompt, max_tokens: 1 }) }).then(async (r) => {
+      const big = fetch(`${server.url}/v1/completions`, {
+        method: "POST",
+        body: JSON.stringify({ model: "tiny", prompt, max_tokens: 1 }),
+      }).then(async (r) => {
         bigDone = performance.now();
         return { status: r.status, body: await r.text() };
       });
@@ -34,7 +50,9 @@ describe("serve under a huge prompt", () => {
       const healthDone = performance.now();
       assert.equal(health.status, 200);
       const r = await big;
-      t.diagnostic(`/health took ${(healthDone - t0).toFixed(1)} ms; the 3 MB prompt's request ended ${(bigDone - healthDone).toFixed(0)} ms after it`);
+      t.diagnostic(
+        `/health took ${(healthDone - t0).toFixed(1)} ms; the 3 MB prompt's request ended ${(bigDone - healthDone).toFixed(0)} ms after it`,
+      );
       assert.ok(healthDone < bigDone, "/health waited for the huge prompt");
       assert.equal(r.status, 400, r.body);
       assert.match(r.body, /PROMPT_TOO_LONG/);

@@ -9,7 +9,9 @@ for (const { name: backend } of backendCases) {
   describe(`serve and Ctrl-C (${backend})`, () => {
     it("exits 0 promptly with an idle connection, a kept-alive one and a slow body connected", async (t) => {
       const dir = await tinyModel({ preset: "tiny-llama", layers: 1 });
-      const child = spawn(process.execPath, [cliPath, "serve", dir, "--backend", backend, "--port", "0"], { stdio: ["ignore", "ignore", "pipe"] });
+      const child = spawn(process.execPath, [cliPath, "serve", dir, "--backend", backend, "--port", "0"], {
+        stdio: ["ignore", "ignore", "pipe"],
+      });
       let stderr = "";
       child.stderr.on("data", (d) => (stderr += d));
       const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
@@ -27,7 +29,7 @@ for (const { name: backend } of backendCases) {
             s.on("error", () => {});
           });
         await open(""); // idle: connected, sends nothing
-        await open("POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{\"model\":"); // slow body
+        await open('POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{"model":'); // slow body
         await open("GET /health HTTP/1.1\r\nhost: x\r\n\r\n"); // answered, then kept alive
         await new Promise((r) => setTimeout(r, 200));
         const t0 = performance.now();

@@ -9,7 +9,14 @@ import { LayerwiseModel } from "../../src/engine/model.js";
 import { startServer, type RunningServer, type ServeOptions } from "../../src/server/index.js";
 import { tinyModel } from "../helpers.js";
 
-const opts: ServeOptions = { host: "127.0.0.1", port: 0, modelName: "tiny", maxBatch: 4, maxBodyBytes: 1 << 20, requestTimeoutMs: 60_000 };
+const opts: ServeOptions = {
+  host: "127.0.0.1",
+  port: 0,
+  modelName: "tiny",
+  maxBatch: 4,
+  maxBodyBytes: 1 << 20,
+  requestTimeoutMs: 60_000,
+};
 
 /** A raw TCP client to the server; `closed` resolves when the server ends the connection. */
 function rawClient(url: string, send = ""): { socket: Socket; opened: Promise<void>; closed: Promise<string> } {
@@ -26,7 +33,9 @@ function rawClient(url: string, send = ""): { socket: Socket; opened: Promise<vo
 /** Fails the test instead of hanging when `p` takes longer than `ms` (a hang guard, not a timing assertion). */
 async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
-  const guard = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: still waiting after ${ms} ms`)), ms)));
+  const guard = new Promise<never>(
+    (_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: still waiting after ${ms} ms`)), ms)),
+  );
   try {
     return await Promise.race([p, guard]);
   } finally {
@@ -34,7 +43,8 @@ async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   }
 }
 
-const slowBody = "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"model\":";
+const slowBody =
+  'POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{"model":';
 
 describe("server connections", () => {
   let dir: string;
@@ -65,7 +75,11 @@ describe("server connections", () => {
     try {
       const slow = rawClient(server.url, slowBody);
       const silent = rawClient(server.url);
-      const [slowGot, silentGot] = await within(Promise.all([slow.closed, silent.closed]), 10_000, "slow clients cut off");
+      const [slowGot, silentGot] = await within(
+        Promise.all([slow.closed, silent.closed]),
+        10_000,
+        "slow clients cut off",
+      );
       assert.match(slowGot, /^HTTP\/1\.1 408/);
       assert.match(silentGot, /^HTTP\/1\.1 408/);
     } finally {
@@ -80,7 +94,11 @@ describe("server connections", () => {
       await Promise.all(kept.map((c) => c.opened));
       while (server.connections() < 2) await new Promise((r) => setTimeout(r, 5));
       const third = rawClient(server.url, "GET /health HTTP/1.1\r\nhost: x\r\n\r\n");
-      assert.equal(await within(third.closed, 5_000, "third connection"), "", "the third connection is closed unanswered");
+      assert.equal(
+        await within(third.closed, 5_000, "third connection"),
+        "",
+        "the third connection is closed unanswered",
+      );
       for (const c of kept) c.socket.destroy();
       while (server.connections() > 0) await new Promise((r) => setTimeout(r, 5));
       assert.equal((await fetch(`${server.url}/health`)).status, 200, "a connection is taken again once others closed");
@@ -101,7 +119,8 @@ describe("server connections", () => {
 
   it("stopping waits for generations up to the drain timeout, then cancels them and answers 503", async () => {
     const server = await startServer(model, { ...opts, drainTimeoutMs: 300 });
-    const body = (stream: boolean) => JSON.stringify({ model: "tiny", prompt: "a long answer", max_tokens: 16000, temperature: 0, stream });
+    const body = (stream: boolean) =>
+      JSON.stringify({ model: "tiny", prompt: "a long answer", max_tokens: 16000, temperature: 0, stream });
     const plain = fetch(`${server.url}/v1/completions`, { method: "POST", body: body(false) });
     const streamed = await fetch(`${server.url}/v1/completions`, { method: "POST", body: body(true) });
     while (server.scheduler.stats().active < 2) await new Promise((r) => setTimeout(r, 5));

@@ -7,7 +7,14 @@ import { CacheError } from "../../src/errors.js";
 import { startServer, type RunningServer } from "../../src/server/index.js";
 import { backendCases, tinyModel } from "../helpers.js";
 
-const opts = { host: "127.0.0.1", port: 0, modelName: "tiny", maxBatch: 4, maxBodyBytes: 4 << 20, requestTimeoutMs: 60_000 };
+const opts = {
+  host: "127.0.0.1",
+  port: 0,
+  modelName: "tiny",
+  maxBatch: 4,
+  maxBodyBytes: 4 << 20,
+  requestTimeoutMs: 60_000,
+};
 
 for (const { name: backend } of backendCases) {
   describe(`server input (${backend})`, () => {
@@ -15,7 +22,11 @@ for (const { name: backend } of backendCases) {
     let server: RunningServer;
     const logged: string[] = [];
     const post = (path: string, body: unknown, headers: Record<string, string> = {}) =>
-      fetch(`${server.url}${path}`, { method: "POST", body: typeof body === "string" ? body : JSON.stringify(body), headers: { "content-type": "application/json", authorization: "Bearer secret", ...headers } });
+      fetch(`${server.url}${path}`, {
+        method: "POST",
+        body: typeof body === "string" ? body : JSON.stringify(body),
+        headers: { "content-type": "application/json", authorization: "Bearer secret", ...headers },
+      });
 
     before(async () => {
       model = await LayerwiseModel.load(await tinyModel({ preset: "tiny-llama", layers: 1 }), { backend, batch: 4 });
@@ -49,17 +60,29 @@ for (const { name: backend } of backendCases) {
     });
 
     it("big arrays are checked in bounded time: counted first, the first bad item named (zod took seconds on them)", async () => {
-      const many = await post("/v1/chat/completions", { model: "tiny", messages: new Array(150_000).fill({ role: "x", content: 1 }) });
+      const many = await post("/v1/chat/completions", {
+        model: "tiny",
+        messages: new Array(150_000).fill({ role: "x", content: 1 }),
+      });
       assert.equal(many.status, 400);
-      assert.match(((await many.json()) as { error: { message: string } }).error.message, /^messages: 150000 messages and content parts; at most 10000$/);
-      const bad = await post("/v1/chat/completions", { model: "tiny", messages: [{ role: "user", content: "hi" }, ...new Array(9000).fill({ role: "x", content: 1 })] });
+      assert.match(
+        ((await many.json()) as { error: { message: string } }).error.message,
+        /^messages: 150000 messages and content parts; at most 10000$/,
+      );
+      const bad = await post("/v1/chat/completions", {
+        model: "tiny",
+        messages: [{ role: "user", content: "hi" }, ...new Array(9000).fill({ role: "x", content: 1 })],
+      });
       assert.equal(bad.status, 400);
       const message = ((await bad.json()) as { error: { message: string } }).error.message;
       assert.match(message, /^messages\.1\.role: /);
       assert.ok(!/messages\.2\./.test(message), message);
       const ids = await post("/v1/completions", { model: "tiny", prompt: new Array(1_200_000).fill(-1) });
       assert.equal(ids.status, 400);
-      assert.match(((await ids.json()) as { error: { message: string } }).error.message, /prompt id -1 at position 0 is outside the vocabulary/);
+      assert.match(
+        ((await ids.json()) as { error: { message: string } }).error.message,
+        /prompt id -1 at position 0 is outside the vocabulary/,
+      );
     });
 
     it("the body limit holds with and without a Content-Length", async () => {
@@ -67,13 +90,24 @@ for (const { name: backend } of backendCases) {
       assert.equal((await post("/v1/completions", big)).status, 413);
       const chunked = new ReadableStream({
         start(c) {
-          for (let i = 0; i < big.length; i += 1 << 20) c.enqueue(new TextEncoder().encode(big.slice(i, i + (1 << 20))));
+          for (let i = 0; i < big.length; i += 1 << 20)
+            c.enqueue(new TextEncoder().encode(big.slice(i, i + (1 << 20))));
           c.close();
         },
       });
-      const res = await fetch(`${server.url}/v1/completions`, { method: "POST", body: chunked, duplex: "half", headers: { authorization: "Bearer secret" } } as RequestInit);
+      const res = await fetch(`${server.url}/v1/completions`, {
+        method: "POST",
+        body: chunked,
+        duplex: "half",
+        headers: { authorization: "Bearer secret" },
+      } as RequestInit);
       assert.equal(res.status, 413);
-      const small = await fetch(`${server.url}/v1/completions`, { method: "POST", body: new Blob([JSON.stringify({ model: "tiny", prompt: "hi", max_tokens: 1 })]).stream(), duplex: "half", headers: { authorization: "Bearer secret" } } as RequestInit);
+      const small = await fetch(`${server.url}/v1/completions`, {
+        method: "POST",
+        body: new Blob([JSON.stringify({ model: "tiny", prompt: "hi", max_tokens: 1 })]).stream(),
+        duplex: "half",
+        headers: { authorization: "Bearer secret" },
+      } as RequestInit);
       assert.equal(small.status, 200);
     });
 
@@ -88,7 +122,8 @@ for (const { name: backend } of backendCases) {
       assert.equal((await fetch(`${server.url}/metrics`, { headers: { authorization: "Bearer wrong" } })).status, 401);
       assert.equal((await fetch(`${server.url}/metrics`, { headers: { authorization: "Bearer secret" } })).status, 200);
       assert.equal((await fetch(`${server.url}/health`)).status, 200);
-      for (const key of ["", "secre", "secret2", "s".repeat(10_000)]) assert.equal((await post("/v1/models", "", { authorization: `Bearer ${key}` })).status, 401, key);
+      for (const key of ["", "secre", "secret2", "s".repeat(10_000)])
+        assert.equal((await post("/v1/models", "", { authorization: `Bearer ${key}` })).status, 401, key);
     });
 
     it("errors show no server paths; the server's log has the whole error", async () => {
@@ -99,7 +134,11 @@ for (const { name: backend } of backendCases) {
       // A failing cache read inside a request: a 500 whose error names a cache file.
       const failing = await LayerwiseModel.load(dir, { backend: "cpu" });
       failing.loadPrefix = async () => {
-        throw new CacheError("CACHE_READ_FAILED", `${dir}/kv-cache/0a1b2c.kv: read failed (EIO)`, `remove ${dir}/kv-cache`);
+        throw new CacheError(
+          "CACHE_READ_FAILED",
+          `${dir}/kv-cache/0a1b2c.kv: read failed (EIO)`,
+          `remove ${dir}/kv-cache`,
+        );
       };
       for (const [m, path, body, status] of [
         [noTemplate, "/v1/chat/completions", { model: "tiny", messages: [{ role: "user", content: "hi" }] }, 400],
@@ -114,7 +153,11 @@ for (const { name: backend } of backendCases) {
           assert.equal(res.status, status, text);
           assert.ok(!text.includes(dir) && !text.includes("/tmp"), `a path in: ${text}`);
           assert.match(text, /CACHE_READ_FAILED|NO_CHAT_TEMPLATE|chat template/);
-          if (status === 500 || body.stream) assert.ok(logged.some((l) => l.includes(`${dir}/kv-cache/0a1b2c.kv`)), `logged: ${logged.join("\n")}`);
+          if (status === 500 || body.stream)
+            assert.ok(
+              logged.some((l) => l.includes(`${dir}/kv-cache/0a1b2c.kv`)),
+              `logged: ${logged.join("\n")}`,
+            );
         } finally {
           await s.stop();
         }

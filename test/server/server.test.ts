@@ -6,16 +6,27 @@ import { LayerwiseModel } from "../../src/engine/model.js";
 import { startServer, type RunningServer } from "../../src/server/index.js";
 import { tinyModel } from "../helpers.js";
 
-const opts = { host: "127.0.0.1", port: 0, modelName: "tiny", maxBatch: 16, maxBodyBytes: 1 << 20, requestTimeoutMs: 60_000 };
+const opts = {
+  host: "127.0.0.1",
+  port: 0,
+  modelName: "tiny",
+  maxBatch: 16,
+  maxBodyBytes: 1 << 20,
+  requestTimeoutMs: 60_000,
+};
 
 describe("serve", () => {
   let model: LayerwiseModel;
   let server: RunningServer;
   let client: OpenAI;
-  const post = (path: string, body: string, headers: Record<string, string> = { "content-type": "application/json" }) => fetch(`${server.url}${path}`, { method: "POST", body, headers });
+  const post = (path: string, body: string, headers: Record<string, string> = { "content-type": "application/json" }) =>
+    fetch(`${server.url}${path}`, { method: "POST", body, headers });
 
   before(async () => {
-    model = await LayerwiseModel.load(await tinyModel({ preset: "tiny-llama", layers: 2 }), { backend: "cpu", batch: 16 });
+    model = await LayerwiseModel.load(await tinyModel({ preset: "tiny-llama", layers: 2 }), {
+      backend: "cpu",
+      batch: 16,
+    });
     server = await startServer(model, opts);
     client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "unused", maxRetries: 0 });
   });
@@ -31,8 +42,19 @@ describe("serve", () => {
     assert.equal(r.object, "chat.completion");
     assert.equal(r.choices[0]!.message.content, solo.text);
     assert.equal(r.choices[0]!.finish_reason, solo.finishReason === "stop" ? "stop" : "length");
-    assert.deepEqual(r.usage, { prompt_tokens: solo.promptTokens, completion_tokens: solo.tokens.length, total_tokens: solo.promptTokens + solo.tokens.length });
-    const stream = await client.chat.completions.create({ model: "tiny", messages, max_tokens: 12, temperature: 0, stream: true, stream_options: { include_usage: true } });
+    assert.deepEqual(r.usage, {
+      prompt_tokens: solo.promptTokens,
+      completion_tokens: solo.tokens.length,
+      total_tokens: solo.promptTokens + solo.tokens.length,
+    });
+    const stream = await client.chat.completions.create({
+      model: "tiny",
+      messages,
+      max_tokens: 12,
+      temperature: 0,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
     let text = "";
     let finish: string | null = null;
     let usage: unknown;
@@ -48,19 +70,41 @@ describe("serve", () => {
 
   it("text completions, plain and streamed, and the model list", async () => {
     const solo = await model.complete("The model reads the document", { maxTokens: 10, temperature: 0 });
-    const r = await client.completions.create({ model: "tiny", prompt: "The model reads the document", max_tokens: 10, temperature: 0 });
+    const r = await client.completions.create({
+      model: "tiny",
+      prompt: "The model reads the document",
+      max_tokens: 10,
+      temperature: 0,
+    });
     assert.equal(r.choices[0]!.text, solo.text);
     let text = "";
-    for await (const chunk of await client.completions.create({ model: "tiny", prompt: "The model reads the document", max_tokens: 10, temperature: 0, stream: true })) text += chunk.choices[0]?.text ?? "";
+    for await (const chunk of await client.completions.create({
+      model: "tiny",
+      prompt: "The model reads the document",
+      max_tokens: 10,
+      temperature: 0,
+      stream: true,
+    }))
+      text += chunk.choices[0]?.text ?? "";
     assert.equal(text, solo.text);
     const models = await client.models.list();
-    assert.deepEqual(models.data.map((m) => m.id), ["tiny"]);
+    assert.deepEqual(
+      models.data.map((m) => m.id),
+      ["tiny"],
+    );
   });
 
   it("stop strings end the text and are left out", async () => {
-    const full = (await client.completions.create({ model: "tiny", prompt: "answer", max_tokens: 16, temperature: 0 })).choices[0]!.text;
+    const full = (await client.completions.create({ model: "tiny", prompt: "answer", max_tokens: 16, temperature: 0 }))
+      .choices[0]!.text;
     const stop = full.slice(5, 7);
-    const r = await client.completions.create({ model: "tiny", prompt: "answer", max_tokens: 16, temperature: 0, stop });
+    const r = await client.completions.create({
+      model: "tiny",
+      prompt: "answer",
+      max_tokens: 16,
+      temperature: 0,
+      stop,
+    });
     assert.equal(r.choices[0]!.text, full.slice(0, full.indexOf(stop)));
     assert.equal(r.choices[0]!.finish_reason, "stop");
   });
@@ -68,13 +112,38 @@ describe("serve", () => {
   it("bad requests get 4xx with a message, and the server stays healthy", async () => {
     const cases: [string, Response, number, RegExp][] = [
       ["malformed JSON", await post("/v1/chat/completions", "{ not json"), 400, /not valid JSON/],
-      ["wrong type", await post("/v1/completions", JSON.stringify({ model: "tiny", prompt: "x", max_tokens: "ten" })), 400, /max_tokens/],
-      ["unknown field", await post("/v1/completions", JSON.stringify({ model: "tiny", prompt: "x", temprature: 1 })), 400, /unknown field\(s\) temprature/],
+      [
+        "wrong type",
+        await post("/v1/completions", JSON.stringify({ model: "tiny", prompt: "x", max_tokens: "ten" })),
+        400,
+        /max_tokens/,
+      ],
+      [
+        "unknown field",
+        await post("/v1/completions", JSON.stringify({ model: "tiny", prompt: "x", temprature: 1 })),
+        400,
+        /unknown field\(s\) temprature/,
+      ],
       ["missing messages", await post("/v1/chat/completions", JSON.stringify({ model: "tiny" })), 400, /messages/],
       ["n > 1", await post("/v1/completions", JSON.stringify({ model: "tiny", prompt: "x", n: 2 })), 400, /^n: /],
-      ["unknown model", await post("/v1/completions", JSON.stringify({ model: "gpt-9", prompt: "x" })), 404, /model "gpt-9" does not exist/],
-      ["huge body", await post("/v1/completions", JSON.stringify({ model: "tiny", prompt: "x".repeat(2 << 20) })), 413, /larger than/],
-      ["prompt too long", await post("/v1/completions", JSON.stringify({ model: "tiny", prompt: Array(20000).fill(300) })), 400, /context is 16384/],
+      [
+        "unknown model",
+        await post("/v1/completions", JSON.stringify({ model: "gpt-9", prompt: "x" })),
+        404,
+        /model "gpt-9" does not exist/,
+      ],
+      [
+        "huge body",
+        await post("/v1/completions", JSON.stringify({ model: "tiny", prompt: "x".repeat(2 << 20) })),
+        413,
+        /larger than/,
+      ],
+      [
+        "prompt too long",
+        await post("/v1/completions", JSON.stringify({ model: "tiny", prompt: Array(20000).fill(300) })),
+        400,
+        /context is 16384/,
+      ],
       ["no such route", await fetch(`${server.url}/v1/embeddings`, { method: "POST" }), 404, /no route/],
     ];
     for (const [name, res, status, message] of cases) {
@@ -98,7 +167,14 @@ describe("serve", () => {
     const texts = await Promise.all(
       prompts.map(async (prompt) => {
         let text = "";
-        for await (const chunk of await client.completions.create({ model: "tiny", prompt, max_tokens: 8, temperature: 0, stream: true })) text += chunk.choices[0]?.text ?? "";
+        for await (const chunk of await client.completions.create({
+          model: "tiny",
+          prompt,
+          max_tokens: 8,
+          temperature: 0,
+          stream: true,
+        }))
+          text += chunk.choices[0]?.text ?? "";
         return text;
       }),
     );
@@ -111,14 +187,21 @@ describe("serve", () => {
   it("a client that disconnects cancels its work", async () => {
     const before = server.scheduler.counters.generatedTokens;
     const controller = new AbortController();
-    const res = await post("/v1/completions", JSON.stringify({ model: "tiny", prompt: "a long answer", max_tokens: 16000, temperature: 0, stream: true }), { "content-type": "application/json" });
+    const res = await post(
+      "/v1/completions",
+      JSON.stringify({ model: "tiny", prompt: "a long answer", max_tokens: 16000, temperature: 0, stream: true }),
+      { "content-type": "application/json" },
+    );
     const reader = res.body!.getReader();
     await reader.read(); // the first chunk arrived: the request is running
     await reader.cancel();
     controller.abort();
     for (let i = 0; i < 200 && server.scheduler.stats().active > 0; i++) await new Promise((r) => setTimeout(r, 10));
     assert.equal(server.scheduler.stats().active, 0);
-    assert.ok(server.scheduler.counters.generatedTokens - before < 2000, `${server.scheduler.counters.generatedTokens - before} tokens were generated for a closed connection`);
+    assert.ok(
+      server.scheduler.counters.generatedTokens - before < 2000,
+      `${server.scheduler.counters.generatedTokens - before} tokens were generated for a closed connection`,
+    );
   });
 });
 
@@ -129,7 +212,11 @@ describe("serve options", () => {
     try {
       const body = JSON.stringify({ model: "tiny", prompt: "x", max_tokens: 4 });
       assert.equal((await fetch(`${server.url}/v1/completions`, { method: "POST", body })).status, 401);
-      const ok = await fetch(`${server.url}/v1/completions`, { method: "POST", body, headers: { authorization: "Bearer secret", "content-type": "application/json" } });
+      const ok = await fetch(`${server.url}/v1/completions`, {
+        method: "POST",
+        body,
+        headers: { authorization: "Bearer secret", "content-type": "application/json" },
+      });
       assert.equal(ok.status, 200);
     } finally {
       await server.stop();
@@ -137,8 +224,15 @@ describe("serve options", () => {
     // A timeout short enough that no request finishes, whatever the machine's load.
     const timing = await startServer(model, { ...opts, requestTimeoutMs: 50 });
     try {
-      assert.equal((await model.complete("a long answer", { maxTokens: 200, temperature: 0 })).finishReason, "length", "this prompt runs long without an eos");
-      const slow = await fetch(`${timing.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model: "tiny", prompt: "a long answer", max_tokens: 16000 }) });
+      assert.equal(
+        (await model.complete("a long answer", { maxTokens: 200, temperature: 0 })).finishReason,
+        "length",
+        "this prompt runs long without an eos",
+      );
+      const slow = await fetch(`${timing.url}/v1/completions`, {
+        method: "POST",
+        body: JSON.stringify({ model: "tiny", prompt: "a long answer", max_tokens: 16000 }),
+      });
       assert.equal(slow.status, 504);
       assert.match(((await slow.json()) as { error: { message: string } }).error.message, /ran past 50 ms/);
     } finally {
@@ -151,10 +245,16 @@ describe("serve options", () => {
     const model = await LayerwiseModel.load(await tinyModel({ preset: "tiny-llama", layers: 2 }), { backend: "cpu" });
     const server = await startServer(model, opts);
     try {
-      const inFlight = fetch(`${server.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model: "tiny", prompt: "a long answer", max_tokens: 100 }) });
+      const inFlight = fetch(`${server.url}/v1/completions`, {
+        method: "POST",
+        body: JSON.stringify({ model: "tiny", prompt: "a long answer", max_tokens: 100 }),
+      });
       while (server.scheduler.stats().active === 0) await new Promise((r) => setTimeout(r, 5));
       const stopping = server.stop();
-      const late = await fetch(`${server.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model: "tiny", prompt: "x", max_tokens: 2 }) }).catch(() => undefined);
+      const late = await fetch(`${server.url}/v1/completions`, {
+        method: "POST",
+        body: JSON.stringify({ model: "tiny", prompt: "x", max_tokens: 2 }),
+      }).catch(() => undefined);
       assert.ok(!late || late.status === 503, "a request after stop() is refused");
       const r = await inFlight;
       assert.equal(r.status, 200, "the request in flight finished");

@@ -7,7 +7,8 @@ import { UsageError } from "../../src/errors.js";
 import { makeTestModel, testModelMarker } from "../../src/testmodel/write.js";
 import { runCli, tempDir } from "../helpers.js";
 
-const make = (out: string, o: { shardBytes?: number; layers?: number } = {}) => makeTestModel({ preset: "tiny-llama", dtype: "f32", layers: o.layers ?? 1, out, ...o });
+const make = (out: string, o: { shardBytes?: number; layers?: number } = {}) =>
+  makeTestModel({ preset: "tiny-llama", dtype: "f32", layers: o.layers ?? 1, out, ...o });
 
 async function refused(p: Promise<unknown>, code: string, message: RegExp): Promise<void> {
   await assert.rejects(p, (e: unknown) => {
@@ -37,15 +38,22 @@ describe("make-test-model output folder", () => {
     assert.deepEqual([...marker.files].sort(), (await readdir(out)).filter((n) => n !== testModelMarker).sort());
     assert.ok(marker.files.includes("model.safetensors.index.json"));
     await make(out, { layers: 1 }); // one shard now: the old shards and index go
-    assert.deepEqual((await readdir(out)).sort(), [testModelMarker, "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]);
+    assert.deepEqual((await readdir(out)).sort(), [
+      testModelMarker,
+      "config.json",
+      "generation_config.json",
+      "model.safetensors",
+      "tokenizer.json",
+      "tokenizer_config.json",
+    ]);
   });
 
   it("a user's *.json in a marked folder is never deleted: the rewrite is refused", async () => {
     const out = join(await tempDir(), "m");
     await make(out);
-    await writeFile(join(out, "my-settings.json"), "{\"mine\": true}");
+    await writeFile(join(out, "my-settings.json"), '{"mine": true}');
     await refused(make(out), "OUT_NOT_EMPTY", /holds my-settings\.json, which make-test-model did not write/);
-    assert.equal(await readFile(join(out, "my-settings.json"), "utf8"), "{\"mine\": true}");
+    assert.equal(await readFile(join(out, "my-settings.json"), "utf8"), '{"mine": true}');
     assert.ok((await readdir(out)).includes("config.json"), "nothing was deleted before refusing");
   });
 
@@ -54,7 +62,10 @@ describe("make-test-model output folder", () => {
     const out = join(root, "m");
     await make(out);
     await writeFile(join(root, "outside.json"), "keep");
-    await writeFile(join(out, testModelMarker), JSON.stringify({ preset: "tiny-llama", files: ["../outside.json", "config.json"] }));
+    await writeFile(
+      join(out, testModelMarker),
+      JSON.stringify({ preset: "tiny-llama", files: ["../outside.json", "config.json"] }),
+    );
     await refused(make(out), "OUT_NOT_EMPTY", /marker .* lists \.\.\/outside\.json/);
     assert.equal(await readFile(join(root, "outside.json"), "utf8"), "keep");
     assert.ok((await readdir(out)).includes("config.json"));

@@ -14,17 +14,27 @@ describe("disk space", () => {
     const s = await statfs(dir);
     const free = s.bavail * s.bsize;
     await checkDiskSpace(dir, 1024, "a test", "hint");
-    await assert.rejects(checkDiskSpace(dir, free + 1e12, "the big checkpoint", "free some"), (e: Error & { code: string; hint: string }) => {
-      assert.equal(e.code, "DISK_FULL");
-      assert.match(e.message, /^the big checkpoint needs [\d.]+ [KMGT]iB in .*; its disk has [\d.]+ [KMGT]?i?B free$/);
-      assert.equal(e.hint, "free some");
-      return true;
-    });
+    await assert.rejects(
+      checkDiskSpace(dir, free + 1e12, "the big checkpoint", "free some"),
+      (e: Error & { code: string; hint: string }) => {
+        assert.equal(e.code, "DISK_FULL");
+        assert.match(
+          e.message,
+          /^the big checkpoint needs [\d.]+ [KMGT]iB in .*; its disk has [\d.]+ [KMGT]?i?B free$/,
+        );
+        assert.equal(e.hint, "free some");
+        return true;
+      },
+    );
   });
 
   it("a write that fails with ENOSPC or EDQUOT becomes DISK_FULL naming the file; other errors pass through", () => {
     for (const code of ["ENOSPC", "EDQUOT"]) {
-      const e = writeError("/data/model.safetensors", Object.assign(new Error(`${code}: no space`), { code }), "free disk space") as Error & { code: string };
+      const e = writeError(
+        "/data/model.safetensors",
+        Object.assign(new Error(`${code}: no space`), { code }),
+        "free disk space",
+      ) as Error & { code: string };
       assert.equal(e.code, "DISK_FULL");
       assert.match(e.message, /\/data\/model\.safetensors: no space left/);
     }
@@ -35,7 +45,10 @@ describe("disk space", () => {
   it("make-test-model writes again over a folder a failed run left (its marker says incomplete, a .partial file remains)", async () => {
     const out = join(await mkdtemp(join(tmpdir(), "lw-disk-")), "model");
     await makeTestModel({ preset: "tiny-llama", dtype: "f32", out });
-    await writeFile(join(out, testModelMarker), JSON.stringify({ preset: "tiny-llama", dtype: "f32", complete: false }));
+    await writeFile(
+      join(out, testModelMarker),
+      JSON.stringify({ preset: "tiny-llama", dtype: "f32", complete: false }),
+    );
     await writeFile(join(out, "model.safetensors.partial"), "half");
     await makeTestModel({ preset: "tiny-llama", dtype: "f32", out });
     assert.ok(!(await readdir(out)).some((n) => n.endsWith(".partial")));
@@ -47,7 +60,9 @@ describe("disk space", () => {
     const write = process.stdout.write;
     process.stdout.write = ((chunk: string) => (lines.push(chunk), true)) as typeof process.stdout.write;
     try {
-      printError(Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" }), { json: true });
+      printError(Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" }), {
+        json: true,
+      });
     } finally {
       process.stdout.write = write;
     }

@@ -8,11 +8,18 @@ import { storiesCopy } from "../helpers.js";
 describe("host time", () => {
   it("is free while off, and on sums the time to settle by label, failures included", async () => {
     const work = Promise.resolve(1);
-    assert.equal(timeHost("x", () => work), work, "off: the same promise");
+    assert.equal(
+      timeHost("x", () => work),
+      work,
+      "off: the same promise",
+    );
     runnerTimes.on = true;
     try {
       assert.equal(await timeHost("wait", () => new Promise((resolve) => setTimeout(() => resolve(2), 5))), 2);
-      await assert.rejects(timeHost("wait", () => Promise.reject(new Error("failed"))), /failed/);
+      await assert.rejects(
+        timeHost("wait", () => Promise.reject(new Error("failed"))),
+        /failed/,
+      );
       const entry = runnerTimes.times.take().find((t) => t.what === "wait")!;
       assert.equal(entry.count, 2);
       assert.ok(entry.ms >= 4, `${entry.ms} ms`);
@@ -26,7 +33,10 @@ describe("host time", () => {
     runnerTimes.on = true;
     try {
       await withModel(await storiesCopy(), { prefillChunk: 16, kvBlockTokens: 16 }, async (m) => {
-        await m.complete({ ids: Array.from({ length: 40 }, (_, i) => 1 + (i % 300)) }, { maxTokens: 1, temperature: 0 });
+        await m.complete(
+          { ids: Array.from({ length: 40 }, (_, i) => 1 + (i % 300)) },
+          { maxTokens: 1, temperature: 0 },
+        );
       });
       const times = runnerTimes.times.take();
       const count = (label: string) => times.find((t) => t.what === label)?.count ?? 0;

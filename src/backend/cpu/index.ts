@@ -1,7 +1,19 @@
 // The CPU reference backend: every op as plain TypeScript; the twin every GPU kernel is tested against.
 import type { DType } from "../dtype.js";
 import { f32ToBf16, f32ToF16, fromF32, tensorBytes, tensorCoreInput } from "../dtype.js";
-import type { AttentionOptions, AttentionPart, Backend, DeltaRuleOptions, Fence, GateActivation, HostBuffer, MemoryStats, RecurrentSeq, RopeOptions, Tensor } from "../ops.js";
+import type {
+  AttentionOptions,
+  AttentionPart,
+  Backend,
+  DeltaRuleOptions,
+  Fence,
+  GateActivation,
+  HostBuffer,
+  MemoryStats,
+  RecurrentSeq,
+  RopeOptions,
+  Tensor,
+} from "../ops.js";
 import { topKRows } from "../../util/top-k.js";
 import { rowRuns } from "../row-runs.js";
 import { ScopeStack, runScoped } from "../scope.js";
@@ -67,7 +79,13 @@ export class CpuBackend implements Backend {
     if (this.hostLive.delete(b)) this.memory.hostBytes -= b.bytes.byteLength;
   }
 
-  async copyToDevice(dst: Tensor, dstOffset: number, src: HostBuffer, srcOffset: number, length: number): Promise<void> {
+  async copyToDevice(
+    dst: Tensor,
+    dstOffset: number,
+    src: HostBuffer,
+    srcOffset: number,
+    length: number,
+  ): Promise<void> {
     await this.upload(dst, src.bytes.subarray(srcOffset, srcOffset + length), dstOffset);
   }
 
@@ -84,7 +102,9 @@ export class CpuBackend implements Backend {
     for (const part of rowRuns(dst, dstRow, count)) {
       const d = cpu(part.dst);
       const cols = d.shape[d.shape.length - 1]!;
-      const values = cpu(src).f32().subarray((srcRow + part.done) * cols, (srcRow + part.done + part.rows) * cols);
+      const values = cpu(src)
+        .f32()
+        .subarray((srcRow + part.done) * cols, (srcRow + part.done + part.rows) * cols);
       const base = part.row * cols;
       if (d.data instanceof Float32Array) {
         d.data.set(values, base);
@@ -135,7 +155,9 @@ export class CpuBackend implements Backend {
   }
   matmul(x: Tensor, w: Tensor, bias?: Tensor): Tensor {
     let xc = cpu(x);
-    const half = this.o.emulateTensorCores ? tensorCoreInput(xc.shape[0]!, xc.shape[1]!, w.shape[0]!, w.dtype) : undefined;
+    const half = this.o.emulateTensorCores
+      ? tensorCoreInput(xc.shape[0]!, xc.shape[1]!, w.shape[0]!, w.dtype)
+      : undefined;
     if (half) xc = new CpuTensor(xc.shape, half, new Uint16Array(fromF32(xc.f32(), half).buffer));
     return this.result(math.matmul(xc, cpu(w), bias && cpu(bias)));
   }
@@ -153,7 +175,10 @@ export class CpuBackend implements Backend {
     return { out: this.result(out), lse: this.result(lse) };
   }
   mergeAttention(a: AttentionPart, b: AttentionPart): AttentionPart {
-    const { out, lse } = math.mergeAttention({ out: cpu(a.out), lse: cpu(a.lse) }, { out: cpu(b.out), lse: cpu(b.lse) });
+    const { out, lse } = math.mergeAttention(
+      { out: cpu(a.out), lse: cpu(a.lse) },
+      { out: cpu(b.out), lse: cpu(b.lse) },
+    );
     return { out: this.result(out), lse: this.result(lse) };
   }
   gatedActivation(gate: Tensor, up: Tensor, act: GateActivation): Tensor {
@@ -196,7 +221,9 @@ export class CpuBackend implements Backend {
   rows(x: Tensor, start: number, count: number): Tensor {
     const c = cpu(x);
     const cols = c.shape[1]!;
-    return this.result(f32Tensor([count, cols], Float32Array.from(c.f32().subarray(start * cols, (start + count) * cols))));
+    return this.result(
+      f32Tensor([count, cols], Float32Array.from(c.f32().subarray(start * cols, (start + count) * cols))),
+    );
   }
 
   scoped<T extends Tensor | Promise<Tensor>>(fn: () => T): T {

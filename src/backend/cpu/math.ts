@@ -20,7 +20,10 @@ export function matmul(x: CpuTensor, w: CpuTensor, bias?: CpuTensor): CpuTensor 
       const bj = b ? b[j]! : 0;
       for (let r = r0; r < r1; r++) {
         const base = r * k;
-        let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        let s0 = 0,
+          s1 = 0,
+          s2 = 0,
+          s3 = 0;
         let i = 0;
         for (; i + 3 < k; i += 4) {
           s0 += xs[base + i]! * wr[i]!;
@@ -167,7 +170,10 @@ export function attention(q: CpuTensor, o: AttentionOptions): { out: CpuTensor; 
 }
 
 /** Merges attention over two disjoint key sets from their normalized outputs and log-sum-exps. */
-export function mergeAttention(a: { out: CpuTensor; lse: CpuTensor }, b: { out: CpuTensor; lse: CpuTensor }): { out: CpuTensor; lse: CpuTensor } {
+export function mergeAttention(
+  a: { out: CpuTensor; lse: CpuTensor },
+  b: { out: CpuTensor; lse: CpuTensor },
+): { out: CpuTensor; lse: CpuTensor } {
   const [rows, heads] = a.lse.shape as [number, number];
   const hd = a.out.shape[1]! / heads;
   const [oa, ob, la, lb] = [a.out.f32(), b.out.f32(), a.lse.f32(), b.lse.f32()];
@@ -216,11 +222,17 @@ export function add(a: CpuTensor, b: CpuTensor): CpuTensor {
 }
 
 export function scale(x: CpuTensor, factor: number): CpuTensor {
-  return f32Tensor(x.shape, x.f32().map((v) => v * factor));
+  return f32Tensor(
+    x.shape,
+    x.f32().map((v) => v * factor),
+  );
 }
 
 export function softcap(x: CpuTensor, cap: number): CpuTensor {
-  return f32Tensor(x.shape, x.f32().map((v) => cap * Math.tanh(v / cap)));
+  return f32Tensor(
+    x.shape,
+    x.f32().map((v) => cap * Math.tanh(v / cap)),
+  );
 }
 
 export function clampedSwiglu(gateUp: CpuTensor, alpha: number, limit: number): CpuTensor {

@@ -21,7 +21,8 @@ export class CpuTensor implements Tensor {
     data?: CpuData,
   ) {
     this.data = data ?? allocData(shape, dtype);
-    if (this.data.byteLength !== tensorBytes(shape, dtype)) throw new Error(`CpuTensor: ${this.data.byteLength} bytes for ${dtype} [${shape.join(", ")}]`);
+    if (this.data.byteLength !== tensorBytes(shape, dtype))
+      throw new Error(`CpuTensor: ${this.data.byteLength} bytes for ${dtype} [${shape.join(", ")}]`);
   }
 
   get byteLength(): number {
@@ -66,8 +67,16 @@ export function cpuView(base: CpuTensor, byteOffset: number, shape: readonly num
   const n = numel(shape);
   const bytes = tensorBytes(shape, dtype);
   const start = base.data.byteOffset + byteOffset;
-  if (byteOffset < 0 || byteOffset + bytes > base.data.byteLength) throw new RangeError(`view of ${bytes} bytes of ${dtype} at byte ${byteOffset} overruns a ${base.data.byteLength}-byte tensor`);
-  const data = dtype === "f32" ? new Float32Array(base.data.buffer, start, n) : dtype === "mxfp4" ? new Uint8Array(base.data.buffer, start, bytes) : new Uint16Array(base.data.buffer, start, n);
+  if (byteOffset < 0 || byteOffset + bytes > base.data.byteLength)
+    throw new RangeError(
+      `view of ${bytes} bytes of ${dtype} at byte ${byteOffset} overruns a ${base.data.byteLength}-byte tensor`,
+    );
+  const data =
+    dtype === "f32"
+      ? new Float32Array(base.data.buffer, start, n)
+      : dtype === "mxfp4"
+        ? new Uint8Array(base.data.buffer, start, bytes)
+        : new Uint16Array(base.data.buffer, start, n);
   return new CpuTensor(shape, dtype, data);
 }
 

@@ -45,7 +45,8 @@ export class Allocations {
 
   view(base: Tensor, byteOffset: number, shape: readonly number[], dtype: DType): CudaTensor {
     const b = asCudaTensor(base);
-    if (byteOffset < 0 || b.offset + byteOffset + tensorBytes(shape, dtype) > b.buffer.bytes) throw new RangeError(`view at byte ${byteOffset} overruns a ${b.buffer.bytes}-byte buffer`);
+    if (byteOffset < 0 || b.offset + byteOffset + tensorBytes(shape, dtype) > b.buffer.bytes)
+      throw new RangeError(`view at byte ${byteOffset} overruns a ${b.buffer.bytes}-byte buffer`);
     return new CudaTensor(shape, dtype, b.buffer, b.offset + byteOffset, false);
   }
 

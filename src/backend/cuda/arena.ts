@@ -45,7 +45,8 @@ export class DeviceArena {
   /** Bytes that `use(offset, bytes)` would map. */
   unmappedIn(offset: number, bytes: number): number {
     let n = 0;
-    for (let g = this.first(offset); g <= this.last(offset, bytes); g++) if (this.handles[g] === undefined) n += this.granule;
+    for (let g = this.first(offset); g <= this.last(offset, bytes); g++)
+      if (this.handles[g] === undefined) n += this.granule;
     return n;
   }
 
@@ -69,7 +70,8 @@ export class DeviceArena {
   /** Mapped bytes under no buffer. */
   cachedBytes(): number {
     let n = 0;
-    for (let g = 0; g < this.users.length; g++) if (this.users[g] === 0 && this.handles[g] !== undefined) n += this.granule;
+    for (let g = 0; g < this.users.length; g++)
+      if (this.users[g] === 0 && this.handles[g] !== undefined) n += this.granule;
     return n;
   }
 
@@ -80,7 +82,8 @@ export class DeviceArena {
    */
   trim(bytes = Infinity, keep?: { readonly offset: number; readonly bytes: number }): number {
     bytes = Math.max(bytes, minTrimBytes);
-    const spared = (g: number) => keep !== undefined && g >= this.first(keep.offset) && g <= this.last(keep.offset, keep.bytes);
+    const spared = (g: number) =>
+      keep !== undefined && g >= this.first(keep.offset) && g <= this.last(keep.offset, keep.bytes);
     const unmappable = (g: number) => this.users[g] === 0 && this.handles[g] !== undefined && !spared(g);
     if (!this.users.some((_, g) => unmappable(g))) return 0;
     this.drain();

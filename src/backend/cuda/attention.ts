@@ -37,7 +37,13 @@ export class CudaAttention {
     if (!o.sinks && o.seqs.every((s) => s.blocks.length === 0 || s.qRows === 0)) {
       // No keys at all: zero output, and -Infinity log-sum-exps so a merge ignores this part.
       driver.memsetAsync(out.ptr, 0, out.byteLength, streams.compute);
-      if (lse) driver.copyHtoDAsyncFrom(lse.ptr, new Uint8Array(new Float32Array(rows * heads).fill(-Infinity).buffer), rows * heads * 4, streams.compute);
+      if (lse)
+        driver.copyHtoDAsyncFrom(
+          lse.ptr,
+          new Uint8Array(new Float32Array(rows * heads).fill(-Infinity).buffer),
+          rows * heads * 4,
+          streams.compute,
+        );
       return { out, lse };
     }
     const blocks: KvBlock[] = o.seqs.flatMap((s) => s.blocks);
@@ -61,7 +67,14 @@ export class CudaAttention {
     const ptrBuf = queue.uploadSmall(ptrs, "forget");
     const posBuf = queue.uploadSmall(pos, "forget");
     const reads = [qt, ...blocks.flatMap((b) => [b.k, b.v])];
-    const keys = { seqs: seqBuf.ptr, blockPtrs: ptrBuf.ptr, blockPos: posBuf.ptr, heads, kvHeads, kvCols: kvHeads * headDim };
+    const keys = {
+      seqs: seqBuf.ptr,
+      blockPtrs: ptrBuf.ptr,
+      blockPos: posBuf.ptr,
+      heads,
+      kvHeads,
+      kvCols: kvHeads * headDim,
+    };
     const scores = { scale: o.scale, window: o.slidingWindow ?? 0, softcap: o.softcap ?? 0 };
     const maxQRows = Math.max(...o.seqs.map((s) => s.qRows));
     const tile = tiles.flashTileFor(kvDtype, headDim, maxQRows);
@@ -78,9 +91,13 @@ export class CudaAttention {
         cast: "forget",
       });
     } else {
-      if (headDim > 256) throw new BackendError("CUDA_HEAD_DIM", `head_dim ${headDim} is larger than the 256 the CUDA kernels support`);
+      if (headDim > 256)
+        throw new BackendError("CUDA_HEAD_DIM", `head_dim ${headDim} is larger than the 256 the CUDA kernels support`);
       const maxKeys = Math.max(1, ...o.seqs.map((s) => s.blocks.reduce((n, b) => n + b.length, 0)));
-      const splits = Math.max(1, Math.min(Math.ceil(maxKeys / 128), Math.floor((4 * this.parts.multiprocessors) / Math.max(1, heads * rows))));
+      const splits = Math.max(
+        1,
+        Math.min(Math.ceil(maxKeys / 128), Math.floor((4 * this.parts.multiprocessors) / Math.max(1, heads * rows))),
+      );
       const partO = allocations.alloc([rows * heads * splits * headDim], "f32");
       const partMl = allocations.alloc([rows * heads * splits * 2], "f32");
       queue.launch({
@@ -88,7 +105,16 @@ export class CudaAttention {
         signature: "attn_simt",
         grid: [splits, heads, rows],
         block: [128, 1, 1],
-        args: { partO: partO.ptr, partMl: partMl.ptr, q: qt.ptr, nSeqs: o.seqs.length, headDim, splits, ...keys, ...scores },
+        args: {
+          partO: partO.ptr,
+          partMl: partMl.ptr,
+          q: qt.ptr,
+          nSeqs: o.seqs.length,
+          headDim,
+          splits,
+          ...keys,
+          ...scores,
+        },
         reads,
         cast: "forget",
       });
@@ -96,7 +122,17 @@ export class CudaAttention {
         signature: "attn_merge_splits",
         grid: [rows * heads, 1, 1],
         block: [Math.min(256, Math.ceil(headDim / 32) * 32), 1, 1],
-        args: { out: out.ptr, lse: lse?.ptr ?? 0n, partO: partO.ptr, partMl: partMl.ptr, sinks: sinks?.ptr ?? 0n, heads, rowHeads: rows * heads, headDim, splits },
+        args: {
+          out: out.ptr,
+          lse: lse?.ptr ?? 0n,
+          partO: partO.ptr,
+          partMl: partMl.ptr,
+          sinks: sinks?.ptr ?? 0n,
+          heads,
+          rowHeads: rows * heads,
+          headDim,
+          splits,
+        },
         reads: [sinks],
         cast: "forget",
       });
@@ -119,7 +155,16 @@ export class CudaAttention {
       signature: "merge_attention",
       grid: [rows * heads, 1, 1],
       block: [Math.min(256, Math.ceil(headDim / 32) * 32), 1, 1],
-      args: { out: out.ptr, lse: lse.ptr, oa: ao.ptr, la: al.ptr, ob: bo.ptr, lb: bl.ptr, rowHeads: rows * heads, headDim },
+      args: {
+        out: out.ptr,
+        lse: lse.ptr,
+        oa: ao.ptr,
+        la: al.ptr,
+        ob: bo.ptr,
+        lb: bl.ptr,
+        rowHeads: rows * heads,
+        headDim,
+      },
       reads: [ao, al, bo, bl],
       cast: "forget",
     });

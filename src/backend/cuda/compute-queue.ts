@@ -44,7 +44,9 @@ export class ComputeQueue {
     const kernel = spec.kernel ?? spec.signature;
     const args = orderedArgs(spec.signature, kernel, spec.args);
     this.parts.streams.waitForCopiesInto(spec.reads);
-    this.enqueue(kernel, spec.cast, () => this.parts.kernels.launch(kernel, spec.grid, spec.block, spec.smem ?? 0, this.parts.streams.compute, args));
+    this.enqueue(kernel, spec.cast, () =>
+      this.parts.kernels.launch(kernel, spec.grid, spec.block, spec.smem ?? 0, this.parts.streams.compute, args),
+    );
   }
 
   /** Enqueues `work` on the compute stream (timed as `name` while a profile runs), after doing `cast` to the kept cast. */
@@ -71,7 +73,14 @@ export class ComputeQueue {
     if (c.dtype === "f32") return c;
     const n = numel(c.shape);
     const out = this.parts.allocations.allocOutput(c.shape);
-    this.launch({ kernel: `cast_f32_${c.dtype}`, signature: "cast_f32", ...overElements(n), args: { out: out.ptr, x: c.ptr, n }, reads: [c], cast });
+    this.launch({
+      kernel: `cast_f32_${c.dtype}`,
+      signature: "cast_f32",
+      ...overElements(n),
+      args: { out: out.ptr, x: c.ptr, n },
+      reads: [c],
+      cast,
+    });
     return out;
   }
 

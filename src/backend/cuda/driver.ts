@@ -59,8 +59,10 @@ export class Driver {
       cuMemGetInfo: "int cuMemGetInfo_v2(_Out_ uint64_t *free, _Out_ uint64_t *total)",
       cuMemAlloc: "int cuMemAlloc_v2(_Out_ uint64_t *ptr, uint64_t bytes)",
       cuMemFree: "int cuMemFree_v2(uint64_t ptr)",
-      cuMemGetAllocationGranularity: "int cuMemGetAllocationGranularity(_Out_ uint64_t *granularity, const uint8_t *prop, int option)",
-      cuMemAddressReserve: "int cuMemAddressReserve(_Out_ uint64_t *ptr, uint64_t size, uint64_t alignment, uint64_t addr, uint64_t flags)",
+      cuMemGetAllocationGranularity:
+        "int cuMemGetAllocationGranularity(_Out_ uint64_t *granularity, const uint8_t *prop, int option)",
+      cuMemAddressReserve:
+        "int cuMemAddressReserve(_Out_ uint64_t *ptr, uint64_t size, uint64_t alignment, uint64_t addr, uint64_t flags)",
       cuMemAddressFree: "int cuMemAddressFree(uint64_t ptr, uint64_t size)",
       cuMemCreate: "int cuMemCreate(_Out_ uint64_t *handle, uint64_t size, const uint8_t *prop, uint64_t flags)",
       cuMemRelease: "int cuMemRelease(uint64_t handle)",
@@ -103,7 +105,11 @@ export class Driver {
     try {
       lib = koffi.load("libcuda.so.1");
     } catch (e) {
-      throw new BackendError("CUDA_DRIVER_MISSING", `the NVIDIA driver library libcuda.so.1 could not be loaded: ${(e as Error).message}`, "install the NVIDIA driver, or use --backend cpu");
+      throw new BackendError(
+        "CUDA_DRIVER_MISSING",
+        `the NVIDIA driver library libcuda.so.1 could not be loaded: ${(e as Error).message}`,
+        "install the NVIDIA driver, or use --backend cpu",
+      );
     }
     return new Driver(lib);
   }
@@ -116,7 +122,11 @@ export class Driver {
     this.fns.cuGetErrorName!(result, name);
     this.fns.cuGetErrorString!(result, text);
     const extra = detail ? `; ${detail()}` : "";
-    throw new BackendError(result === CUDA_ERROR_OUT_OF_MEMORY ? "CUDA_OUT_OF_MEMORY" : "CUDA_ERROR", `${call} failed: ${name[0] ?? result} (${text[0] ?? "?"})${extra}`, result === CUDA_ERROR_OUT_OF_MEMORY ? "give a smaller --vram or --prefill-chunk so the plan fits" : undefined);
+    throw new BackendError(
+      result === CUDA_ERROR_OUT_OF_MEMORY ? "CUDA_OUT_OF_MEMORY" : "CUDA_ERROR",
+      `${call} failed: ${name[0] ?? result} (${text[0] ?? "?"})${extra}`,
+      result === CUDA_ERROR_OUT_OF_MEMORY ? "give a smaller --vram or --prefill-chunk so the plan fits" : undefined,
+    );
   }
 
   /** Calls `name` with out-parameters, checks the result and returns the outs' first elements. */
@@ -311,8 +321,19 @@ export class Driver {
   setFunctionAttribute(fn: Handle, attribute: number, value: number, name: string): void {
     this.check(this.fns.cuFuncSetAttribute!(fn, attribute, value), `cuFuncSetAttribute(${name})`);
   }
-  launch(fn: Handle, grid: readonly [number, number, number], block: readonly [number, number, number], smem: number, stream: Handle, params: Handle, name: string): void {
-    this.check(this.fns.cuLaunchKernel!(fn, grid[0], grid[1], grid[2], block[0], block[1], block[2], smem, stream, params, 0n), `launch of ${name} grid [${grid}] block [${block}]`);
+  launch(
+    fn: Handle,
+    grid: readonly [number, number, number],
+    block: readonly [number, number, number],
+    smem: number,
+    stream: Handle,
+    params: Handle,
+    name: string,
+  ): void {
+    this.check(
+      this.fns.cuLaunchKernel!(fn, grid[0], grid[1], grid[2], block[0], block[1], block[2], smem, stream, params, 0n),
+      `launch of ${name} grid [${grid}] block [${block}]`,
+    );
   }
 
   /**
@@ -320,11 +341,31 @@ export class Driver {
    * at device address `address`, read in boxes of 64 columns x `boxRows` rows with the 128-byte swizzle; reads outside
    * the matrix give zeros. Needs cols % 8 == 0 and a 16-byte aligned address.
    */
-  encodeTensorMap(map: Handle, dtype: "bf16" | "f16", address: Handle, rows: number, cols: number, boxRows: number): void {
+  encodeTensorMap(
+    map: Handle,
+    dtype: "bf16" | "f16",
+    address: Handle,
+    rows: number,
+    cols: number,
+    boxRows: number,
+  ): void {
     const dataType = dtype === "bf16" ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
     const dims = new BigUint64Array([BigInt(cols), BigInt(rows)]);
     const strides = new BigUint64Array([BigInt(cols * 2)]);
-    const r = this.fns.cuTensorMapEncodeTiled!(map, dataType, 2, address, dims, strides, new Uint32Array([64, boxRows]), new Uint32Array([1, 1]), 0, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, 0);
+    const r = this.fns.cuTensorMapEncodeTiled!(
+      map,
+      dataType,
+      2,
+      address,
+      dims,
+      strides,
+      new Uint32Array([64, boxRows]),
+      new Uint32Array([1, 1]),
+      0,
+      CU_TENSOR_MAP_SWIZZLE_128B,
+      CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+      0,
+    );
     this.check(r, `cuTensorMapEncodeTiled of a [${rows}, ${cols}] ${dtype} matrix at 0x${address.toString(16)}`);
   }
 

@@ -59,7 +59,15 @@ export class CudaElementwise {
     const half = g.shape[0]! > 4 ? casts.lastHalf : undefined;
     const twin = half ? allocations.alloc(g.shape, half) : undefined;
     const twinKind = half === undefined ? 0 : half === "bf16" ? 1 : 2;
-    const args = { out: out.ptr, gate: g.ptr, up: u.ptr, n, act: { silu: 0, gelu_tanh: 1, sigmoid: 2 }[act], twin: twin?.ptr ?? 0n, twinKind };
+    const args = {
+      out: out.ptr,
+      gate: g.ptr,
+      up: u.ptr,
+      n,
+      act: { silu: 0, gelu_tanh: 1, sigmoid: 2 }[act],
+      twin: twin?.ptr ?? 0n,
+      twinKind,
+    };
     queue.launch({ signature: "gated_act", ...overElements(n), args, reads: [g, u], cast: "forget" });
     if (twin) casts.remember(out, half!, twin);
     return out;
@@ -74,7 +82,17 @@ export class CudaElementwise {
     const pos = queue.uploadSmall(o.positions, "forget");
     const freq = queue.uploadSmall(o.invFreq, "forget");
     const out = allocations.allocOutput(xt.shape);
-    const args = { out: out.ptr, x: xt.ptr, positions: pos.ptr, invFreq: freq.ptr, rows, heads, headDim: o.headDim, half, scale: o.scale };
+    const args = {
+      out: out.ptr,
+      x: xt.ptr,
+      positions: pos.ptr,
+      invFreq: freq.ptr,
+      rows,
+      heads,
+      headDim: o.headDim,
+      half,
+      scale: o.scale,
+    };
     queue.launch({ signature: "rope", ...overElements(rows * heads * half), args, reads: [xt], cast: "forget" });
     allocations.freeAfterEnqueue(pos, freq);
     return out;
@@ -86,7 +104,13 @@ export class CudaElementwise {
     const n = numel(x.shape);
     if (n !== numel(y.shape)) throw new Error(`add: ${n} vs ${numel(y.shape)} values`);
     const out = this.parts.allocations.allocOutput(x.shape);
-    this.parts.queue.launch({ signature: "add_f32", ...overElements(n), args: { out: out.ptr, a: x.ptr, b: y.ptr, n }, reads: [x, y], cast: "forget" });
+    this.parts.queue.launch({
+      signature: "add_f32",
+      ...overElements(n),
+      args: { out: out.ptr, a: x.ptr, b: y.ptr, n },
+      reads: [x, y],
+      cast: "forget",
+    });
     return out;
   }
 
@@ -94,7 +118,13 @@ export class CudaElementwise {
     const t = asCudaTensor(x);
     const n = numel(t.shape);
     const out = this.parts.allocations.allocOutput(t.shape);
-    this.parts.queue.launch({ signature: "scale_f32", ...overElements(n), args: { out: out.ptr, x: t.ptr, s: factor, n }, reads: [t], cast: "forget" });
+    this.parts.queue.launch({
+      signature: "scale_f32",
+      ...overElements(n),
+      args: { out: out.ptr, x: t.ptr, s: factor, n },
+      reads: [t],
+      cast: "forget",
+    });
     return out;
   }
 
@@ -102,7 +132,13 @@ export class CudaElementwise {
     const t = asCudaTensor(x);
     const n = numel(t.shape);
     const out = this.parts.allocations.allocOutput(t.shape);
-    this.parts.queue.launch({ signature: "softcap_f32", ...overElements(n), args: { out: out.ptr, x: t.ptr, cap, n }, reads: [t], cast: "forget" });
+    this.parts.queue.launch({
+      signature: "softcap_f32",
+      ...overElements(n),
+      args: { out: out.ptr, x: t.ptr, cap, n },
+      reads: [t],
+      cast: "forget",
+    });
     return out;
   }
 
@@ -111,7 +147,13 @@ export class CudaElementwise {
     const [rows, cols] = x.shape as [number, number];
     const n = (rows * cols) / 2;
     const out = this.parts.allocations.allocOutput([rows, cols / 2]);
-    this.parts.queue.launch({ signature: "clamped_swiglu", ...overElements(n), args: { out: out.ptr, x: x.ptr, n, alpha: o.alpha, limit: o.limit }, reads: [x], cast: "forget" });
+    this.parts.queue.launch({
+      signature: "clamped_swiglu",
+      ...overElements(n),
+      args: { out: out.ptr, x: x.ptr, n, alpha: o.alpha, limit: o.limit },
+      reads: [x],
+      cast: "forget",
+    });
     return out;
   }
 

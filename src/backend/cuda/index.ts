@@ -4,7 +4,20 @@
 // and one module per family of ops (matmul, attention, elementwise, rows, recurrent, sampling).
 import { BackendError } from "../../errors.js";
 import type { DType } from "../dtype.js";
-import type { AttentionOptions, AttentionPart, Backend, CopyQueue, DeltaRuleOptions, Fence, GateActivation, HostBuffer, MemoryStats, RecurrentSeq, RopeOptions, Tensor } from "../ops.js";
+import type {
+  AttentionOptions,
+  AttentionPart,
+  Backend,
+  CopyQueue,
+  DeltaRuleOptions,
+  Fence,
+  GateActivation,
+  HostBuffer,
+  MemoryStats,
+  RecurrentSeq,
+  RopeOptions,
+  Tensor,
+} from "../ops.js";
 import { runScoped } from "../scope.js";
 import { Allocations } from "./allocations.js";
 import { DeviceArena } from "./arena.js";
@@ -73,16 +86,35 @@ export class CudaBackend implements Backend {
     // Only the pool (its arena), the kernels and the streams call the driver here, in that order; the rest is wiring.
     // The cast cache frees a forgotten cast through the allocations, which forget the cast of a tensor being freed.
     this.pool = new DevicePool(driver, this.arenaFor(driver, device));
-    this.kernels = new Kernels(driver, driver.attribute(device, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN), info.computeCapability === "9.0");
+    this.kernels = new Kernels(
+      driver,
+      driver.attribute(device, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN),
+      info.computeCapability === "9.0",
+    );
     this.streams = new Streams(driver, this.kernels);
     const { pool, kernels, streams, memory } = this;
     const casts = (this.casts = new CastCache((xh) => this.allocations.free(xh)));
-    const allocations = (this.allocations = new Allocations({ driver, pool, streams, casts, memory, contextBytes: () => info.contextBytes }));
+    const allocations = (this.allocations = new Allocations({
+      driver,
+      pool,
+      streams,
+      casts,
+      memory,
+      contextBytes: () => info.contextBytes,
+    }));
     const queue = (this.queue = new ComputeQueue({ kernels, streams, allocations, casts }));
     const tiles = (this.tiles = new TileChoice(kernels));
     this.reads = new HostReads(streams, allocations);
     this.matmulOps = new CudaMatmul({ queue, allocations, casts, tiles, kernels });
-    this.attentionOps = new CudaAttention({ queue, allocations, tiles, kernels, driver, streams, multiprocessors: info.multiprocessors });
+    this.attentionOps = new CudaAttention({
+      queue,
+      allocations,
+      tiles,
+      kernels,
+      driver,
+      streams,
+      multiprocessors: info.multiprocessors,
+    });
     this.elementwiseOps = new CudaElementwise({ queue, allocations, casts, driver, streams });
     this.rowOps = new CudaRows({ queue, allocations, casts, driver, streams });
     this.recurrentOps = new CudaRecurrent({ queue, allocations, kernels });
@@ -97,13 +129,23 @@ export class CudaBackend implements Backend {
     driver.init();
     const version = driver.driverVersion();
     if (version < minDriverVersion) {
-      throw new BackendError("CUDA_DRIVER_TOO_OLD", `the NVIDIA driver supports CUDA ${version / 1000}, layerwise's kernels need ${minDriverVersion / 1000} or newer`, "update the NVIDIA driver to R580 or newer, or use --backend cpu");
+      throw new BackendError(
+        "CUDA_DRIVER_TOO_OLD",
+        `the NVIDIA driver supports CUDA ${version / 1000}, layerwise's kernels need ${minDriverVersion / 1000} or newer`,
+        "update the NVIDIA driver to R580 or newer, or use --backend cpu",
+      );
     }
-    if (driver.deviceCount() <= ordinal) throw new BackendError("CUDA_NO_DEVICE", "the NVIDIA driver found no GPU", "use --backend cpu");
+    if (driver.deviceCount() <= ordinal)
+      throw new BackendError("CUDA_NO_DEVICE", "the NVIDIA driver found no GPU", "use --backend cpu");
     const device = driver.device(ordinal);
     const major = driver.attribute(device, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR);
     const minor = driver.attribute(device, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR);
-    if (major < 8) throw new BackendError("CUDA_GPU_TOO_OLD", `${driver.deviceName(device)} has compute capability ${major}.${minor}; layerwise needs 8.0 (Ampere) or newer`, "use --backend cpu");
+    if (major < 8)
+      throw new BackendError(
+        "CUDA_GPU_TOO_OLD",
+        `${driver.deviceName(device)} has compute capability ${major}.${minor}; layerwise needs 8.0 (Ampere) or newer`,
+        "use --backend cpu",
+      );
     driver.retainPrimaryContext(device);
     return new CudaBackend(driver, device, {
       name: driver.deviceName(device),
@@ -121,7 +163,9 @@ export class CudaBackend implements Backend {
    */
   private arenaFor(driver: Driver, device: number): DeviceArena | undefined {
     if (driver.attribute(device, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED) !== 1) return undefined;
-    return new DeviceArena(driver, device, driver.memGranularity(device), 2 * driver.memInfo().total, () => this.streams.drain());
+    return new DeviceArena(driver, device, driver.memGranularity(device), 2 * driver.memInfo().total, () =>
+      this.streams.drain(),
+    );
   }
 
   get deviceOverheadBytes(): number {
@@ -240,7 +284,13 @@ export class CudaBackend implements Backend {
   }
 
   /** Calls to the driver's allocator and frees so far (each free waits for the device), and waits for copies to the host before reusing memory. */
-  get allocatorStats(): { readonly driverAllocs: number; readonly driverFrees: number; readonly copyWaits: number; readonly copyWaitMs: number; readonly arena?: DeviceArena["stats"] } {
+  get allocatorStats(): {
+    readonly driverAllocs: number;
+    readonly driverFrees: number;
+    readonly copyWaits: number;
+    readonly copyWaitMs: number;
+    readonly arena?: DeviceArena["stats"];
+  } {
     return { ...this.pool.stats, arena: this.pool.arenaStats && { ...this.pool.arenaStats } };
   }
 
@@ -258,11 +308,21 @@ export class CudaBackend implements Backend {
   /** A copy on the compute stream, in op order: like an op's enqueue, it forgets the kept cast. */
   async upload(t: Tensor, bytes: Uint8Array, offset = 0): Promise<void> {
     const c = asCudaTensor(t);
-    this.queue.enqueue("upload", "forget", () => this.driver.copyHtoDAsyncFrom(c.ptr + BigInt(offset), bytes, bytes.byteLength, this.streams.compute));
+    this.queue.enqueue("upload", "forget", () =>
+      this.driver.copyHtoDAsyncFrom(c.ptr + BigInt(offset), bytes, bytes.byteLength, this.streams.compute),
+    );
     this.memory.h2dBytes += bytes.byteLength;
   }
 
-  copyToDevice(dst: Tensor, dstOffset: number, src: HostBuffer, srcOffset: number, length: number, after?: Fence, queue: CopyQueue = "needed"): Promise<void> {
+  copyToDevice(
+    dst: Tensor,
+    dstOffset: number,
+    src: HostBuffer,
+    srcOffset: number,
+    length: number,
+    after?: Fence,
+    queue: CopyQueue = "needed",
+  ): Promise<void> {
     const d = asCudaTensor(dst);
     this.casts.forgetIfIn(d.buffer);
     const copied = this.streams.copyToDevice(d, dstOffset, src as CudaHostBuffer, srcOffset, length, after, queue);

@@ -12,7 +12,13 @@ export interface TensorMapArg {
   boxRows: number;
 }
 /** `ptrs`: an array of pointers passed by value (a struct of them in the kernel, as many as it declares). */
-export type KernelArg = { ptr: Handle } | { ptrs: readonly Handle[] } | { i32: number } | { i64: number } | { f32: number } | { tensorMap: TensorMapArg };
+export type KernelArg =
+  | { ptr: Handle }
+  | { ptrs: readonly Handle[] }
+  | { i32: number }
+  | { i64: number }
+  | { f32: number }
+  | { tensorMap: TensorMapArg };
 
 const modules = ["elementwise", "matmul", "gemm", "attention", "flash", "recurrent", "sampling"] as const;
 /** Modules of sm_90a PTX (wgmma), which only Hopper GPUs (compute capability 9.0) can load. */
@@ -24,9 +30,39 @@ const kernelDir = new URL("../../../../kernels/", import.meta.url);
 // pad: 16-bit values after each tile row (rows apart by depth + pad, so ldmatrix is conflict-free); align: bytes added
 // to align the tiles (Hopper's wgmma reads swizzled, unpadded tiles from a 1 KB boundary, kernels/gemm_sm90.cu).
 export const gemmTiles = {
-  square: { kernel: "gemm_mma_", rows: 128, cols: 128, depth: 32, stages: 3, pad: 8, align: 0, threads: 256, tma: false },
-  deep: { kernel: "gemm_mma_deep_", rows: 128, cols: 128, depth: 64, stages: 3, pad: 8, align: 0, threads: 256, tma: false },
-  hopper: { kernel: "gemm_tma_", rows: 128, cols: 256, depth: 64, stages: 4, pad: 0, align: 1024, threads: 384, tma: true },
+  square: {
+    kernel: "gemm_mma_",
+    rows: 128,
+    cols: 128,
+    depth: 32,
+    stages: 3,
+    pad: 8,
+    align: 0,
+    threads: 256,
+    tma: false,
+  },
+  deep: {
+    kernel: "gemm_mma_deep_",
+    rows: 128,
+    cols: 128,
+    depth: 64,
+    stages: 3,
+    pad: 8,
+    align: 0,
+    threads: 256,
+    tma: false,
+  },
+  hopper: {
+    kernel: "gemm_tma_",
+    rows: 128,
+    cols: 256,
+    depth: 64,
+    stages: 4,
+    pad: 0,
+    align: 1024,
+    threads: 384,
+    tma: true,
+  },
 } as const;
 export type GemmTile = keyof typeof gemmTiles;
 export function gemmSmem(tile: GemmTile): number {
@@ -99,21 +135,26 @@ export class Kernels {
   ) {
     for (const name of modules) this.load(name);
     // Optional: without them the portable kernels run (a driver too old for sm_90a PTX, say).
-    if (hopper) for (const name of hopperModules) {
-      try {
-        this.load(name);
-      } catch {}
-    }
+    if (hopper)
+      for (const name of hopperModules) {
+        try {
+          this.load(name);
+        } catch {}
+      }
     const needs: [string, number][] = [];
     needs.push(["gemm_mma_mxfp4", gemmSmem("square")]);
     for (const dtype of ["bf16", "f16"]) {
-      for (const tile of Object.keys(gemmTiles) as GemmTile[]) if (this.fns.has(gemmKernel(tile, dtype))) needs.push([gemmKernel(tile, dtype), gemmSmem(tile)]);
+      for (const tile of Object.keys(gemmTiles) as GemmTile[])
+        if (this.fns.has(gemmKernel(tile, dtype))) needs.push([gemmKernel(tile, dtype), gemmSmem(tile)]);
       for (const tile of Object.keys(flashTiles) as FlashTile[])
-        for (const hd of flashTiles[tile].headDims) if (this.fns.has(flashKernel(tile, dtype, hd))) needs.push([flashKernel(tile, dtype, hd), flashSmem(hd, tile)]);
+        for (const hd of flashTiles[tile].headDims)
+          if (this.fns.has(flashKernel(tile, dtype, hd)))
+            needs.push([flashKernel(tile, dtype, hd), flashSmem(hd, tile)]);
     }
     for (const kDim of deltaRuleKeyDims) needs.push([`gated_delta_chunked_${kDim}`, deltaChunkSmem(kDim)]);
     for (const [name, smem] of needs) {
-      if (smem <= maxSharedOptin) driver.setFunctionAttribute(this.fn(name), CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem, name);
+      if (smem <= maxSharedOptin)
+        driver.setFunctionAttribute(this.fn(name), CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem, name);
       else this.fns.delete(name); // too little shared memory on this GPU: the exact fallback kernels run instead
     }
     this.argBase = driver.hostAlloc(4096);
@@ -125,7 +166,11 @@ export class Kernels {
     try {
       ptx = readFileSync(new URL(`${name}.ptx`, kernelDir), "utf8");
     } catch (e) {
-      throw new BackendError("CUDA_KERNELS_MISSING", `kernels/${name}.ptx cannot be read: ${(e as Error).message}`, "reinstall layerwise, or run npm run build:kernels where nvcc is installed");
+      throw new BackendError(
+        "CUDA_KERNELS_MISSING",
+        `kernels/${name}.ptx cannot be read: ${(e as Error).message}`,
+        "reinstall layerwise, or run npm run build:kernels where nvcc is installed",
+      );
     }
     const module = this.driver.moduleLoad(ptx, `${name}.ptx`);
     this.loaded.push(module);
@@ -138,7 +183,12 @@ export class Kernels {
 
   private fn(name: string): Handle {
     const f = this.fns.get(name);
-    if (f === undefined) throw new BackendError("CUDA_KERNEL_MISSING", `kernel ${name} is not in the loaded PTX`, "run npm run build:kernels and reinstall");
+    if (f === undefined)
+      throw new BackendError(
+        "CUDA_KERNEL_MISSING",
+        `kernel ${name} is not in the loaded PTX`,
+        "run npm run build:kernels and reinstall",
+      );
     return f;
   }
 
@@ -152,7 +202,15 @@ export class Kernels {
       else if ("i32" in a) v.setInt32(at, a.i32, true);
       else if ("i64" in a) v.setBigInt64(at, BigInt(a.i64), true);
       else if ("f32" in a) v.setFloat32(at, a.f32, true);
-      else this.driver.encodeTensorMap(this.argBase + BigInt(at), a.tensorMap.dtype, a.tensorMap.ptr, a.tensorMap.rows, a.tensorMap.cols, a.tensorMap.boxRows);
+      else
+        this.driver.encodeTensorMap(
+          this.argBase + BigInt(at),
+          a.tensorMap.dtype,
+          a.tensorMap.ptr,
+          a.tensorMap.rows,
+          a.tensorMap.cols,
+          a.tensorMap.boxRows,
+        );
       v.setBigUint64(2048 + 8 * i, this.argBase + BigInt(at), true);
       at += "tensorMap" in a ? 128 : "ptrs" in a ? 8 * a.ptrs.length : 8;
     });

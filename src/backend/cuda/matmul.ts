@@ -6,7 +6,15 @@ import type { Tensor } from "../ops.js";
 import type { Allocations } from "./allocations.js";
 import type { CastCache } from "./cast-cache.js";
 import type { ComputeQueue } from "./compute-queue.js";
-import { gemmKernel, gemmSmem, gemmTiles, gemvColumns, overElements, threadsPerBlock, type Kernels } from "./kernels.js";
+import {
+  gemmKernel,
+  gemmSmem,
+  gemmTiles,
+  gemvColumns,
+  overElements,
+  threadsPerBlock,
+  type Kernels,
+} from "./kernels.js";
 import { asCudaTensor, type CudaTensor, type HalfType } from "./tensor.js";
 import type { TileChoice } from "./tiles.js";
 
@@ -43,27 +51,77 @@ export class CudaMatmul {
       const t = gemmTiles[tile];
       if (skinny) {
         const kernel = `gemm_skinny${m <= 16 ? 1 : m <= 32 ? 2 : 4}_${half}`;
-        queue.launch({ kernel, signature: "matmul", grid: [Math.ceil(n / 32), 1, 1], block: [threadsPerBlock, 1, 1], args: { ...args, x: xh.ptr }, reads: [wt, b], cast: "keep" });
+        queue.launch({
+          kernel,
+          signature: "matmul",
+          grid: [Math.ceil(n / 32), 1, 1],
+          block: [threadsPerBlock, 1, 1],
+          args: { ...args, x: xh.ptr },
+          reads: [wt, b],
+          cast: "keep",
+        });
       } else if (t.tma) {
         const xMap = { dtype: half, ptr: xh.ptr, rows: m, cols: k, boxRows: t.rows };
         const wMap = { dtype: half, ptr: wt.ptr, rows: n, cols: k, boxRows: t.cols };
         const tmaArgs = { y: args.y, xMap, wMap, bias: args.bias, M: m, N: n, K: k };
-        queue.launch({ kernel: mma, signature: "gemm_tma", grid: [Math.ceil(n / t.cols), Math.ceil(m / t.rows), 1], block: [t.threads, 1, 1], args: tmaArgs, reads: [wt, b], smem: gemmSmem(tile), cast: "keep" });
+        queue.launch({
+          kernel: mma,
+          signature: "gemm_tma",
+          grid: [Math.ceil(n / t.cols), Math.ceil(m / t.rows), 1],
+          block: [t.threads, 1, 1],
+          args: tmaArgs,
+          reads: [wt, b],
+          smem: gemmSmem(tile),
+          cast: "keep",
+        });
       } else {
-        queue.launch({ kernel: mma, signature: "matmul", grid: [Math.ceil(n / t.cols), Math.ceil(m / t.rows), 1], block: [t.threads, 1, 1], args: { ...args, x: xh.ptr }, reads: [wt, b], smem: gemmSmem(tile), cast: "keep" });
+        queue.launch({
+          kernel: mma,
+          signature: "matmul",
+          grid: [Math.ceil(n / t.cols), Math.ceil(m / t.rows), 1],
+          block: [t.threads, 1, 1],
+          args: { ...args, x: xh.ptr },
+          reads: [wt, b],
+          smem: gemmSmem(tile),
+          cast: "keep",
+        });
       }
     } else if (m <= 16) {
       const rowsPerLaunch = m === 1 ? 1 : m <= 4 ? 4 : 16;
       const grid = [Math.ceil(n / (8 * gemvColumns(rowsPerLaunch, wt.dtype))), 1, 1] as const;
-      queue.launch({ kernel: `gemv${rowsPerLaunch}_${wt.dtype}`, signature: "matmul", grid, block: [threadsPerBlock, 1, 1], args, reads, cast: "keep" });
+      queue.launch({
+        kernel: `gemv${rowsPerLaunch}_${wt.dtype}`,
+        signature: "matmul",
+        grid,
+        block: [threadsPerBlock, 1, 1],
+        args,
+        reads,
+        cast: "keep",
+      });
     } else if (wt.dtype === "mxfp4") {
       // Few outputs (a router) or no tensor-core GEMM here: the decode kernel, 16 rows at a time.
       for (let r = 0; r < m; r += 16) {
         const rows = { y: out.ptr + BigInt(r * n * 4), x: xt.ptr + BigInt(r * k * 4), M: Math.min(16, m - r) };
-        queue.launch({ kernel: "gemv16_mxfp4", signature: "matmul", grid: [Math.ceil(n / 8), 1, 1], block: [threadsPerBlock, 1, 1], args: { ...args, ...rows }, reads, cast: "keep" });
+        queue.launch({
+          kernel: "gemv16_mxfp4",
+          signature: "matmul",
+          grid: [Math.ceil(n / 8), 1, 1],
+          block: [threadsPerBlock, 1, 1],
+          args: { ...args, ...rows },
+          reads,
+          cast: "keep",
+        });
       }
     } else {
-      queue.launch({ kernel: `gemm_simt_${wt.dtype}`, signature: "matmul", grid: [Math.ceil(n / 64), Math.ceil(m / 64), 1], block: [threadsPerBlock, 1, 1], args, reads, cast: "keep" });
+      queue.launch({
+        kernel: `gemm_simt_${wt.dtype}`,
+        signature: "matmul",
+        grid: [Math.ceil(n / 64), Math.ceil(m / 64), 1],
+        block: [threadsPerBlock, 1, 1],
+        args,
+        reads,
+        cast: "keep",
+      });
     }
     queue.freeF32Copy(b, bias);
     return out;
@@ -80,7 +138,14 @@ export class CudaMatmul {
     casts.forget();
     const [m, k] = x.shape as [number, number];
     const xh = allocations.alloc([m, k], half);
-    queue.launch({ kernel: `cast_rows_${half}`, signature: "cast_rows", ...overElements(m * k), args: { out: xh.ptr, x: x.ptr, n: m * k }, reads: [x], cast: "keep" });
+    queue.launch({
+      kernel: `cast_rows_${half}`,
+      signature: "cast_rows",
+      ...overElements(m * k),
+      args: { out: xh.ptr, x: x.ptr, n: m * k },
+      reads: [x],
+      cast: "keep",
+    });
     casts.remember(x, half, xh);
     return xh;
   }

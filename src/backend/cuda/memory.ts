@@ -81,7 +81,15 @@ export class DevicePool {
   /** Bytes in blocks handed out (not free, not held for a copy). */
   private inUse = 0;
   /** The pool at its largest overrun of the limit, if any: what held the memory then (in use, cached free, held for copies). */
-  overrun?: { readonly bytes: number; readonly request: number; readonly inUse: number; readonly cachedSmall: number; readonly cachedLarge: number; readonly held: number; readonly segments: number };
+  overrun?: {
+    readonly bytes: number;
+    readonly request: number;
+    readonly inUse: number;
+    readonly cachedSmall: number;
+    readonly cachedLarge: number;
+    readonly held: number;
+    readonly segments: number;
+  };
 
   /** The arena's addresses, carved like one segment (never given back whole). */
   private readonly arenaSegment?: Segment;
@@ -128,7 +136,8 @@ export class DevicePool {
       for (const b of this.freeBlocks.large) {
         if (b.bytes < size) continue;
         const unmapped = arena.unmappedIn(b.offset, size);
-        if (unmapped < bestUnmapped || (unmapped === bestUnmapped && b.bytes < best!.bytes)) [best, bestUnmapped] = [b, unmapped];
+        if (unmapped < bestUnmapped || (unmapped === bestUnmapped && b.bytes < best!.bytes))
+          [best, bestUnmapped] = [b, unmapped];
       }
       if (!best) throw new Error(`DevicePool: no ${size} bytes of addresses left in the arena`);
       return best;
@@ -162,12 +171,21 @@ export class DevicePool {
     const sum = (set: Set<Block>) => [...set].reduce((n, b) => n + b.bytes, 0);
     const held = this.held.reduce((n, h) => n + h.block.bytes, 0);
     const cachedLarge = this.arena ? this.arena.cachedBytes() : sum(this.freeBlocks.large);
-    this.overrun = { bytes: this.reserved - this.limit, request, inUse: this.inUse, cachedSmall: sum(this.freeBlocks.small), cachedLarge, held, segments: this.segments.size };
+    this.overrun = {
+      bytes: this.reserved - this.limit,
+      request,
+      inUse: this.inUse,
+      cachedSmall: sum(this.freeBlocks.small),
+      cachedLarge,
+      held,
+      segments: this.segments.size,
+    };
   }
 
   release(b: DeviceBuffer): void {
     b.pendingCopy = undefined;
-    if (b.block.free || this.held.some((h) => h.block === b.block)) throw new Error("DevicePool: buffer released twice");
+    if (b.block.free || this.held.some((h) => h.block === b.block))
+      throw new Error("DevicePool: buffer released twice");
     this.inUse -= b.block.bytes;
     if (b.pendingRead !== undefined) {
       this.held.push({ block: b.block, copied: b.pendingRead });
@@ -179,7 +197,7 @@ export class DevicePool {
 
   /** Frees held buffers whose copies are done; `wait`: waits for all of them first. */
   private reclaim(wait: boolean): void {
-    for (let i = 0; i < this.held.length; ) {
+    for (let i = 0; i < this.held.length;) {
       const { block, copied } = this.held[i]!;
       if (wait) {
         const t0 = performance.now();
@@ -219,7 +237,10 @@ export class DevicePool {
    */
   trim(bytes = Infinity, keep?: { readonly offset: number; readonly bytes: number }): void {
     this.reclaim(bytes === Infinity);
-    const freed = this.freeSegments([...this.segments].filter((s) => this.isEmpty(s)), bytes);
+    const freed = this.freeSegments(
+      [...this.segments].filter((s) => this.isEmpty(s)),
+      bytes,
+    );
     if (this.arena && freed < bytes) this.arena.trim(bytes - freed, keep);
   }
 
@@ -258,7 +279,8 @@ export class DevicePool {
   /** Bytes in free blocks (cached, not given back); for the arena, its mapped granules under no buffer. */
   cachedBytes(): number {
     let n = this.arena?.cachedBytes() ?? 0;
-    for (const set of [this.freeBlocks.small, this.freeBlocks.large]) for (const b of set) if (b.segment !== this.arenaSegment) n += b.bytes;
+    for (const set of [this.freeBlocks.small, this.freeBlocks.large])
+      for (const b of set) if (b.segment !== this.arenaSegment) n += b.bytes;
     return n;
   }
 
@@ -271,7 +293,12 @@ export class DevicePool {
     let best: Block | undefined;
     for (const b of this.freeSet(small)) {
       if (b.bytes < size) continue;
-      if (!best || b.bytes < best.bytes || (b.bytes === best.bytes && b.segment.ptr + BigInt(b.offset) < best.segment.ptr + BigInt(best.offset))) best = b;
+      if (
+        !best ||
+        b.bytes < best.bytes ||
+        (b.bytes === best.bytes && b.segment.ptr + BigInt(b.offset) < best.segment.ptr + BigInt(best.offset))
+      )
+        best = b;
     }
     return best;
   }
@@ -284,7 +311,8 @@ export class DevicePool {
   private newSegment(small: boolean, size: number): Block {
     // The arena's cached granules make room for a whole small segment (KV blocks brought back for decode take the
     // memory a prompt's activations left) rather than a segment per block. (Large requests reach here only without one.)
-    if (this.arena && this.reserved + this.segmentBytes(small, size) > this.limit) this.arena.trim(this.reserved + smallSegmentBytes - this.limit);
+    if (this.arena && this.reserved + this.segmentBytes(small, size) > this.limit)
+      this.arena.trim(this.reserved + smallSegmentBytes - this.limit);
     const bytes = this.segmentBytes(small, size);
     if (this.reserved + bytes > this.limit) this.trim(this.reserved + bytes - this.limit);
     let ptr: Handle;
@@ -308,7 +336,14 @@ export class DevicePool {
   private split(block: Block, size: number): void {
     const rest = block.bytes - size;
     if (rest < (block.segment.small ? smallAlign : largeAlign)) return;
-    const tail: Block = { segment: block.segment, offset: block.offset + size, bytes: rest, free: true, prev: block, next: block.next };
+    const tail: Block = {
+      segment: block.segment,
+      offset: block.offset + size,
+      bytes: rest,
+      free: true,
+      prev: block,
+      next: block.next,
+    };
     if (block.next) block.next.prev = tail;
     block.next = tail;
     block.bytes = size;

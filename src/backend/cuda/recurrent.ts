@@ -22,7 +22,12 @@ export class CudaRecurrent {
     const wt = asCudaTensor(w);
     const [rows, channels] = xt.shape as [number, number];
     const kernel = wt.shape[wt.shape.length - 1]!;
-    if (kernel !== 4) throw new BackendError("CUDA_CONV_KERNEL", `causal conv of width ${kernel}; the CUDA kernel is built for 4`, "use --backend cpu");
+    if (kernel !== 4)
+      throw new BackendError(
+        "CUDA_CONV_KERNEL",
+        `causal conv of width ${kernel}; the CUDA kernel is built for 4`,
+        "use --backend cpu",
+      );
     const out = allocations.allocOutput([rows, channels]);
     const { info, states } = this.uploadSeqs(seqs);
     queue.launch({
@@ -48,14 +53,31 @@ export class CudaRecurrent {
     const rows = x.shape[0]!;
     const recurrent = `gated_delta_rule_${o.kDim}`;
     const chunked = `gated_delta_chunked_${o.kDim}`;
-    if (!kernels.has(recurrent) || o.vDim > 256) throw new BackendError("CUDA_DELTA_RULE_SHAPE", `gated delta rule with key head dim ${o.kDim} and value head dim ${o.vDim}; the CUDA kernel takes ${deltaRuleKeyDims.join(", ")} and at most 256`, "use --backend cpu");
+    if (!kernels.has(recurrent) || o.vDim > 256)
+      throw new BackendError(
+        "CUDA_DELTA_RULE_SHAPE",
+        `gated delta rule with key head dim ${o.kDim} and value head dim ${o.vDim}; the CUDA kernel takes ${deltaRuleKeyDims.join(", ")} and at most 256`,
+        "use --backend cpu",
+      );
     const out = allocations.allocOutput([rows, o.vHeads * o.vDim]);
     const aLog = queue.asF32(o.aLog, "forget");
     const dtBias = queue.asF32(o.dtBias, "forget");
     const useChunked = (s: RecurrentSeq) => s.rows > 1 && kernels.has(chunked);
     const launches = [
-      { kernel: chunked, seqs: o.seqs.filter((s) => useChunked(s)), grid: [o.vHeads, Math.ceil(o.vDim / 32)], threads: 256, smem: deltaChunkSmem(o.kDim) },
-      { kernel: recurrent, seqs: o.seqs.filter((s) => s.rows > 0 && !useChunked(s)), grid: [o.vHeads, 1], threads: Math.ceil(o.vDim / 32) * 32, smem: 0 },
+      {
+        kernel: chunked,
+        seqs: o.seqs.filter((s) => useChunked(s)),
+        grid: [o.vHeads, Math.ceil(o.vDim / 32)],
+        threads: 256,
+        smem: deltaChunkSmem(o.kDim),
+      },
+      {
+        kernel: recurrent,
+        seqs: o.seqs.filter((s) => s.rows > 0 && !useChunked(s)),
+        grid: [o.vHeads, 1],
+        threads: Math.ceil(o.vDim / 32) * 32,
+        smem: 0,
+      },
     ] as const;
     for (const { kernel, seqs, grid, threads, smem } of launches) {
       if (seqs.length === 0) continue;
@@ -65,7 +87,19 @@ export class CudaRecurrent {
         signature: "gated_delta_rule",
         grid: [grid[0], grid[1], seqs.length],
         block: [threads, 1, 1],
-        args: { out: out.ptr, qkv: x.ptr, a: asCudaTensor(a).ptr, b: asCudaTensor(b).ptr, aLog: aLog.ptr, dtBias: dtBias.ptr, seqs: info.ptr, states: states.ptr, kHeads: o.kHeads, vHeads: o.vHeads, vDim: o.vDim },
+        args: {
+          out: out.ptr,
+          qkv: x.ptr,
+          a: asCudaTensor(a).ptr,
+          b: asCudaTensor(b).ptr,
+          aLog: aLog.ptr,
+          dtBias: dtBias.ptr,
+          seqs: info.ptr,
+          states: states.ptr,
+          kHeads: o.kHeads,
+          vHeads: o.vHeads,
+          vDim: o.vDim,
+        },
         reads: [x, a, b, aLog, dtBias, ...seqs.map((s) => s.state)],
         smem,
         cast: "forget",
@@ -80,6 +114,9 @@ export class CudaRecurrent {
   /** Row ranges and state pointers of the sequences of a recurrent op, as two small device buffers. */
   private uploadSeqs(seqs: readonly RecurrentSeq[]): { info: CudaTensor; states: CudaTensor } {
     const { queue } = this.parts;
-    return { info: queue.uploadSmall(Int32Array.from(seqs.flatMap((s) => [s.row, s.rows])), "forget"), states: queue.uploadSmall(BigUint64Array.from(seqs.map((s) => asCudaTensor(s.state).ptr)), "forget") };
+    return {
+      info: queue.uploadSmall(Int32Array.from(seqs.flatMap((s) => [s.row, s.rows])), "forget"),
+      states: queue.uploadSmall(BigUint64Array.from(seqs.map((s) => asCudaTensor(s.state).ptr)), "forget"),
+    };
   }
 }

@@ -28,11 +28,21 @@ export class CudaRows {
     const { queue, allocations } = this.parts;
     const tb = asCudaTensor(table);
     const hidden = tb.shape[1]!;
-    for (const id of ids) if (id < 0 || id >= tb.shape[0]!) throw new RangeError(`embed: token id ${id} outside vocabulary of ${tb.shape[0]}`);
+    for (const id of ids)
+      if (id < 0 || id >= tb.shape[0]!)
+        throw new RangeError(`embed: token id ${id} outside vocabulary of ${tb.shape[0]}`);
     const idBuf = queue.uploadSmall(ids, "forget");
     const out = allocations.allocOutput([ids.length, hidden]);
     const args = { out: out.ptr, table: tb.ptr, ids: idBuf.ptr, hidden };
-    queue.launch({ kernel: `embed_${tb.dtype}`, signature: "embed", grid: [ids.length, 1, 1], block: [threadsPerBlock, 1, 1], args, reads: [tb], cast: "forget" });
+    queue.launch({
+      kernel: `embed_${tb.dtype}`,
+      signature: "embed",
+      grid: [ids.length, 1, 1],
+      block: [threadsPerBlock, 1, 1],
+      args,
+      reads: [tb],
+      cast: "forget",
+    });
     allocations.freeAfterEnqueue(idBuf);
     return out;
   }
@@ -57,7 +67,13 @@ export class CudaRows {
     const ids = queue.uploadSmall(rows, "forget");
     const sc = queue.uploadSmall(scales, "forget");
     const args = { acc: a.ptr, y: t.ptr, rows: ids.ptr, scales: sc.ptr, n: rows.length, cols };
-    queue.launch({ signature: "accumulate_rows", ...overElements(rows.length * cols), args, reads: [a, t], cast: "forget" });
+    queue.launch({
+      signature: "accumulate_rows",
+      ...overElements(rows.length * cols),
+      args,
+      reads: [a, t],
+      cast: "forget",
+    });
     allocations.freeAfterEnqueue(ids, sc);
   }
 
@@ -83,17 +99,38 @@ export class CudaRows {
     streams.waitForCopiesInto([s, ...parts.map((p) => p.dst)]);
     casts.forget();
     if (dtype === "f32") {
-      for (const p of parts) driver.copyDtoDAsync(asCudaTensor(p.dst).ptr + BigInt(p.row * cols * 4), srcPtr(p.done), p.rows * cols * 4, streams.compute);
+      for (const p of parts)
+        driver.copyDtoDAsync(
+          asCudaTensor(p.dst).ptr + BigInt(p.row * cols * 4),
+          srcPtr(p.done),
+          p.rows * cols * 4,
+          streams.compute,
+        );
       return;
     }
     // One launch for up to maxRowBlocks tensors of the run (a chunk's rows across a KV cache's blocks).
     for (let g = 0; g < parts.length; g += maxRowBlocks) {
       const group = parts.slice(g, g + maxRowBlocks);
       const rows = group.reduce((n, p) => n + p.rows, 0);
-      if (rows * cols >= 2 ** 31) throw new RangeError(`writeRows: ${rows} x ${cols} values are more than one launch writes`);
+      if (rows * cols >= 2 ** 31)
+        throw new RangeError(`writeRows: ${rows} x ${cols} values are more than one launch writes`);
       const blocks = Array.from({ length: maxRowBlocks }, (_, i) => (group[i] ? asCudaTensor(group[i].dst).ptr : 0n));
-      const args = { dst: blocks, first: group[0]!.row, blockRows: rowsOf(group[0]!.dst), src: srcPtr(group[0]!.done), rows, cols };
-      queue.launch({ kernel: `write_rows_${dtype}`, signature: "write_rows", ...overElements(rows * cols), args, reads: [], cast: "forget" });
+      const args = {
+        dst: blocks,
+        first: group[0]!.row,
+        blockRows: rowsOf(group[0]!.dst),
+        src: srcPtr(group[0]!.done),
+        rows,
+        cols,
+      };
+      queue.launch({
+        kernel: `write_rows_${dtype}`,
+        signature: "write_rows",
+        ...overElements(rows * cols),
+        args,
+        reads: [],
+        cast: "forget",
+      });
     }
   }
 }

@@ -26,7 +26,10 @@ export class CudaSampling {
       const args = { outIds: out.ptr, outValues: out.ptr + BigInt(4 * rows * k), x: t.ptr, cols, k };
       queue.launch({ signature: "top_k", grid: [rows, 1, 1], block: [1024, 1, 1], args, reads: [t], cast: "forget" });
       const raw = await reads.readRows(out, 0, 1);
-      return { ids: new Int32Array(raw.buffer, raw.byteOffset, rows * k), values: new Float32Array(raw.buffer, raw.byteOffset + 4 * rows * k, rows * k) };
+      return {
+        ids: new Int32Array(raw.buffer, raw.byteOffset, rows * k),
+        values: new Float32Array(raw.buffer, raw.byteOffset + 4 * rows * k, rows * k),
+      };
     } finally {
       allocations.free(out);
     }

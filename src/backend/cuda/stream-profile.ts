@@ -93,7 +93,8 @@ export class StreamProfile {
     this.spans = [];
     const hostWaitIntervals = [...this.waits.intervals];
     const hostWaits = this.waits.take();
-    if (spans.length === 0) return { spanMs: 0, busyMs: 0, byName: [], hostWaits, hostWaitIntervals, gaps: [], worstGaps: [] };
+    if (spans.length === 0)
+      return { spanMs: 0, busyMs: 0, byName: [], hostWaits, hostWaitIntervals, gaps: [], worstGaps: [] };
     await this.driver.eventWait(spans[spans.length - 1]!.end);
     const byName = new Map<string, OpTimes>();
     const gaps = new Map<string, Gap>();
@@ -118,13 +119,21 @@ export class StreamProfile {
         const deviceWait = s.enqueuedMs <= previous.enqueuedMs + previousMs;
         if (deviceWait) gap.deviceWaitMs += idle;
         gaps.set(between, gap);
-        worstGaps.push({ index: i, ops: spans.length, between, ms: idle, previousEnqueuedMs: previous.enqueuedMs, enqueuedMs: s.enqueuedMs, deviceWait });
+        worstGaps.push({
+          index: i,
+          ops: spans.length,
+          between,
+          ms: idle,
+          previousEnqueuedMs: previous.enqueuedMs,
+          enqueuedMs: s.enqueuedMs,
+          deviceWait,
+        });
       }
       previousMs = ms;
       byName.set(s.name, entry);
     });
     const spanMs = this.driver.elapsedMs(spans[0]!.start, spans[spans.length - 1]!.end);
-    for (const s of spans) this.driver.eventDestroy(s.start), this.driver.eventDestroy(s.end);
+    for (const s of spans) (this.driver.eventDestroy(s.start), this.driver.eventDestroy(s.end));
     return {
       spanMs,
       busyMs,

@@ -67,12 +67,24 @@ export class Streams {
     for (let i = 0; i < ringSize; i++) this.events.push(driver.eventCreate());
     this.uploadRingHost = driver.hostAlloc(uploadRingBytes, true);
     const uploadRingDevice = driver.hostDevicePointer(this.uploadRingHost);
-    this.uploadRing = new UploadRing(driver, Driver.view(this.uploadRingHost, uploadRingBytes), (dst, offset, bytes, stream) => {
-      if (this.smallUploads === "copy engine") return driver.copyHtoDAsync(dst, this.uploadRingHost + BigInt(offset), bytes, stream);
-      const words = Math.ceil(bytes / 4);
-      const args = orderedArgs("copy_words", "copy_words", { dst, src: uploadRingDevice + BigInt(offset), n: words });
-      kernels.launch("copy_words", [Math.min(64, Math.ceil(words / threadsPerBlock)), 1, 1], [threadsPerBlock, 1, 1], 0, stream, args);
-    });
+    this.uploadRing = new UploadRing(
+      driver,
+      Driver.view(this.uploadRingHost, uploadRingBytes),
+      (dst, offset, bytes, stream) => {
+        if (this.smallUploads === "copy engine")
+          return driver.copyHtoDAsync(dst, this.uploadRingHost + BigInt(offset), bytes, stream);
+        const words = Math.ceil(bytes / 4);
+        const args = orderedArgs("copy_words", "copy_words", { dst, src: uploadRingDevice + BigInt(offset), n: words });
+        kernels.launch(
+          "copy_words",
+          [Math.min(64, Math.ceil(words / threadsPerBlock)), 1, 1],
+          [threadsPerBlock, 1, 1],
+          0,
+          stream,
+          args,
+        );
+      },
+    );
   }
 
   /**
@@ -108,7 +120,15 @@ export class Streams {
   }
 
   /** Backend.copyToDevice, on a copy stream (the rules above); resolves once the copy is done. */
-  copyToDevice(dst: CudaTensor, dstOffset: number, src: CudaHostBuffer, srcOffset: number, length: number, after?: Fence, queue: CopyQueue = "needed"): Promise<void> {
+  copyToDevice(
+    dst: CudaTensor,
+    dstOffset: number,
+    src: CudaHostBuffer,
+    srcOffset: number,
+    length: number,
+    after?: Fence,
+    queue: CopyQueue = "needed",
+  ): Promise<void> {
     const stream = queue === "prefetch" && this.prefetchStream === "own" ? this.prefetchCopies : this.neededCopies;
     this.driver.streamWaitEvent(stream, ((after ?? this.fence()) as CudaFence).event);
     if (!after) this.driver.streamWaitEvent(stream, this.lastCopyToHost);
@@ -120,7 +140,13 @@ export class Streams {
   }
 
   /** Backend.copyToHost, on hostCopies after the compute so far; resolves once the host may read `dst`. */
-  copyToHost(src: CudaTensor, srcOffset: number, dst: CudaHostBuffer, dstOffset: number, length: number): Promise<void> {
+  copyToHost(
+    src: CudaTensor,
+    srcOffset: number,
+    dst: CudaHostBuffer,
+    dstOffset: number,
+    length: number,
+  ): Promise<void> {
     this.waitForCopiesInto([src]);
     // On its own stream, after the compute so far; the pool reuses src's memory only once this copy is done.
     this.driver.streamWaitEvent(this.hostCopies, (this.fence() as CudaFence).event);
@@ -159,7 +185,8 @@ export class Streams {
 
   /** Blocks the host until every stream has finished all it was given (the arena unmaps memory only then). */
   drain(): void {
-    for (const stream of [this.compute, this.neededCopies, this.prefetchCopies, this.hostCopies]) this.driver.streamSynchronize(stream);
+    for (const stream of [this.compute, this.neededCopies, this.prefetchCopies, this.hostCopies])
+      this.driver.streamSynchronize(stream);
   }
 
   /** GPU milliseconds per repetition of the work `enqueue` puts on the compute stream (benchmarks). */
@@ -191,7 +218,9 @@ export class Streams {
 
   /** Resolves once `event` has happened; while a profile runs, the wait is timed as a wait for `what`. */
   private waitFor(what: string, event: Handle): Promise<void> {
-    return this.profile ? this.profile.hostWait(what, () => this.driver.eventWait(event)) : this.driver.eventWait(event);
+    return this.profile
+      ? this.profile.hostWait(what, () => this.driver.eventWait(event))
+      : this.driver.eventWait(event);
   }
 
   /** Destroys the events, the upload ring and the streams (after a sync: nothing may be in flight). */
