@@ -49,11 +49,10 @@ export const prefillSpanChoices = [Infinity, 32768] as const;
  * per decoded token over any link than the smallest choices', with as many layer slots and no more KV on disk. A
  * bigger chunk's activations take device memory; decode gets it back for KV (the decode share), but not the layers,
  * experts or slots the plan gave up for it, and KV pushed to disk during the prompt is read back by its later chunks.
- * (Llama-3.1-8B at 32k in 8 GB, KV in RAM: 8192-row chunks prefill 13% faster than 2048.) A bigger span keeps a
- * layer's KV of more of the prompt on the device during its pass (kvTransitBlocks) and takes it from the prefill share
- * (decode gets it back too); in exchange the layers' weights pass once per span, and no span re-reads the KV of the
- * spans before it from RAM, chunk after chunk. The smallest choices are the last resort, and their error says what
- * would fit.
+ * (Bigger chunks prefill faster: docs/benchmarks.md, "Figures behind defaults".) A bigger span keeps a layer's KV of
+ * more of the prompt on the device during its pass (kvTransitBlocks) and takes it from the prefill share (decode gets it
+ * back too); in exchange the layers' weights pass once per span, and no span re-reads the KV of the spans before it
+ * from RAM, chunk after chunk. The smallest choices are the last resort, and their error says what would fit.
  */
 export function planPrefill(
   input: Omit<PlanInput, "prefillChunk" | "prefillSpan"> & {

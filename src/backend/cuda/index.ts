@@ -192,8 +192,8 @@ export class CudaBackend implements Backend {
   }
 
   /**
-   * Measured: a 32k prefill of Llama-3.1-8B in 8 GB needed 14% (8192-row chunks) and 17% (2048) more than its live
-   * workspace with plain segments; past the slack, the arena keeps to the budget by unmapping, which drains the GPU.
+   * The allocator's fragmentation measured on a long prefill with plain segments, with a margin (docs/benchmarks.md,
+   * "Figures behind defaults"); past the slack, the arena keeps to the budget by unmapping, which drains the GPU.
    */
   readonly workspaceSlack = 0.2;
 
