@@ -31,7 +31,7 @@ export function predictFullModel(
     layers,
     context,
     checkpoint_bytes: weights,
-    vram_planned_bytes: p.deviceBytes.total + m.backend.deviceOverheadBytes,
+    vram_planned_bytes: p.deviceBytes.total + (p.input.deviceOverheadBytes ?? 0),
     ram_planned_bytes: p.hostBytes.total,
     experts: p.experts,
     per_token_h2d_bytes: bytes.h2dBytes,

@@ -95,14 +95,7 @@ export class Scheduler {
   /** Prefills a request's prompt (reusing a cached prefix) and samples its first token. */
   private async admit(w: Waiting): Promise<void> {
     if (w.job.options.signal?.aborted) {
-      w.resolve({
-        text: "",
-        tokens: [],
-        promptTokens: w.job.promptIds.length,
-        finishReason: "abort",
-        ttftS: 0,
-        decodeSPerToken: 0,
-      });
+      w.resolve(cancelledBeforeStart(w.job.promptIds.length));
       return;
     }
     const seq = this.model.createSequence();
@@ -135,15 +128,7 @@ export class Scheduler {
       this.advance(a, logits!);
     } catch (e) {
       seq.dispose();
-      if (w.job.options.signal?.aborted)
-        w.resolve({
-          text: "",
-          tokens: [],
-          promptTokens: w.job.promptIds.length,
-          finishReason: "abort",
-          ttftS: 0,
-          decodeSPerToken: 0,
-        });
+      if (w.job.options.signal?.aborted) w.resolve(cancelledBeforeStart(w.job.promptIds.length));
       else w.reject(e);
     }
   }
@@ -182,4 +167,9 @@ export class Scheduler {
     a.seq.dispose();
     a.reject(e);
   }
+}
+
+/** The result of a request cancelled before its first token. */
+function cancelledBeforeStart(promptTokens: number): GenerationResult {
+  return { text: "", tokens: [], promptTokens, finishReason: "abort", ttftS: 0, decodeSPerToken: 0 };
 }
