@@ -3,6 +3,7 @@
 import { randomBytes } from "node:crypto";
 import { constants } from "node:fs";
 import { lstat, mkdir, open as fsOpen, rename, unlink, type FileHandle } from "node:fs/promises";
+import { readFully } from "../util/read-fully.js";
 
 /** How the store opens files: every cache file is opened here (tests swap in one whose handles fail). */
 export interface StoreIo {
@@ -94,17 +95,6 @@ export async function readOwnFile(io: StoreIo, path: string, maxBytes: number): 
   } finally {
     await fh.close();
   }
-}
-
-/** Reads into all of `buf` from `position`; returns the bytes read (fewer only at the end of the file). */
-export async function readFully(fh: FileHandle, buf: Uint8Array, position: number): Promise<number> {
-  let n = 0;
-  while (n < buf.byteLength) {
-    const { bytesRead } = await fh.read(buf, n, buf.byteLength - n, position + n);
-    if (bytesRead === 0) break;
-    n += bytesRead;
-  }
-  return n;
 }
 
 export type EntryKind = "missing" | "file" | "folder" | "a symbolic link" | "not a regular file";

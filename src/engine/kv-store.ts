@@ -17,6 +17,7 @@ import { lstat, lutimes, mkdir, readdir } from "node:fs/promises";
 import { join } from "node:path";
 import * as zlib from "node:zlib";
 import { CacheError } from "../errors.js";
+import { readFully } from "../util/read-fully.js";
 import {
   entryKind,
   ioCause,
@@ -25,7 +26,6 @@ import {
   nodeStoreIo,
   openOwnFile,
   ownFolder,
-  readFully,
   readOwnFile,
   removeOwnFile,
   writeOwnFile,

@@ -6,6 +6,7 @@ import { open, stat, type FileHandle } from "node:fs/promises";
 import { basename } from "node:path";
 import { CheckpointError } from "../errors.js";
 import { formatBytes } from "../util/bytes.js";
+import { readFully } from "../util/read-fully.js";
 
 export type ModelFileKind =
   "config" | "index" | "tokenizer" | "tokenizer_config" | "generation_config" | "chat_template";
@@ -170,12 +171,7 @@ export async function readOptionalModelText(file: string, kind: ModelFileKind): 
     }
     // Reads only the size fstat gave: a file that grows meanwhile cannot push past the cap.
     const bytes = new Uint8Array(size);
-    let done = 0;
-    while (done < size) {
-      const { bytesRead } = await fh.read(bytes, done, size - done, done);
-      if (bytesRead === 0) break;
-      done += bytesRead;
-    }
+    const done = await readFully(fh, bytes, 0);
     try {
       return utf8.decode(bytes.subarray(0, done));
     } catch {

@@ -1,6 +1,7 @@
 // The safetensors format: parse and check a file's header before trusting any byte of it; write files for test checkpoints.
 import { open, type FileHandle } from "node:fs/promises";
 import { CheckpointError } from "../errors.js";
+import { readFully } from "../util/read-fully.js";
 import { fileReadError, openRegularFile } from "./model-files.js";
 
 export const safetensorsDTypeBytes = {
@@ -63,11 +64,8 @@ export async function readSafetensorsHeader(file: string): Promise<SafetensorsHe
 
 async function readExactly(fh: FileHandle, file: string, position: number, length: number): Promise<Uint8Array> {
   const bytes = new Uint8Array(length);
-  for (let done = 0; done < length;) {
-    const { bytesRead } = await fh.read(bytes, done, length - done, position + done);
-    if (bytesRead === 0) throw truncated(file, `ended at byte ${position + done} while reading the header`);
-    done += bytesRead;
-  }
+  const done = await readFully(fh, bytes, position);
+  if (done < length) throw truncated(file, `ended at byte ${position + done} while reading the header`);
   return bytes;
 }
 
