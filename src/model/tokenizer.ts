@@ -94,9 +94,27 @@ export class TextTokenizer {
     readonly config: TokenizerConfig,
     readonly vocabSize: number,
     private readonly specialIds: ReadonlySet<number>,
-    /** The most bytes of text one token stands for; null where text of any length can become one token (longestTokenBytes). */
-    readonly maxTokenBytes: number | null,
+    /** Text of any length can become one token (unknown words, fused unknown characters): no byte count bounds tokens. */
+    private readonly unboundedTokens: boolean,
   ) {}
+
+  private longestToken?: number;
+
+  /**
+   * The most bytes of text one token stands for, as its vocabulary spells it (byte-level and "▁" spellings take more
+   * bytes than the text they stand for, so this errs long); null where text of any length can become one token. Only
+   * the prompt encoder asks, so it is counted then (a large vocabulary takes tens of milliseconds).
+   */
+  get maxTokenBytes(): number | null {
+    if (this.unboundedTokens) return null;
+    // An unknown character (up to 4 bytes) may become one short unknown token.
+    if (this.longestToken === undefined) {
+      let longest = 4;
+      for (const token of this.tokenizer.get_vocab(true).keys()) longest = Math.max(longest, Buffer.byteLength(token));
+      this.longestToken = longest;
+    }
+    return this.longestToken;
+  }
 
   static async load(dir: string, o: TokenizerLoadOptions = {}): Promise<TextTokenizer> {
     const file = join(dir, "tokenizer.json");
@@ -150,7 +168,7 @@ export class TextTokenizer {
       config,
       tokenizer.get_vocab(true).size,
       special,
-      longestTokenBytes(raw as TokenizerJson),
+      unboundedTokens((raw as TokenizerJson).model ?? {}),
     );
   }
 
@@ -225,33 +243,23 @@ export class StreamingDetokenizer {
 }
 
 interface TokenizerJson {
-  model?: {
-    type?: string;
-    vocab?: Record<string, number> | [string, number][];
-    unk_token?: string | null;
-    unk_id?: number | null;
-    fuse_unk?: boolean;
-    byte_fallback?: boolean;
-  };
-  added_tokens?: { content?: string }[];
+  model?: TokenizerModelJson;
 }
 
-/**
- * The most bytes of text one token can stand for, as its vocabulary spells it (byte-level and "▁" spellings take more
- * bytes than the text they stand for, so this errs long); null when a model can turn text of any length into one token
- * (unknown words, fused unknown characters), where no byte count bounds the tokens.
- */
-function longestTokenBytes(json: TokenizerJson): number | null {
-  const m = json.model ?? {};
-  if (m.type === "WordPiece" || m.type === "WordLevel") return null;
+interface TokenizerModelJson {
+  type?: string;
+  unk_token?: string | null;
+  unk_id?: number | null;
+  fuse_unk?: boolean;
+  byte_fallback?: boolean;
+}
+
+/** Whether a model can turn text of any length into one token (unknown words, fused unknown characters). */
+function unboundedTokens(m: TokenizerModelJson): boolean {
+  if (m.type === "WordPiece" || m.type === "WordLevel") return true;
   const hasUnk =
     m.type === "Unigram"
       ? m.unk_id !== undefined && m.unk_id !== null
       : m.unk_token !== undefined && m.unk_token !== null;
-  if (hasUnk && !m.byte_fallback && (m.type === "Unigram" || m.fuse_unk)) return null;
-  const tokens = Array.isArray(m.vocab) ? m.vocab.map(([t]) => t) : Object.keys(m.vocab ?? {});
-  let longest = 4; // an unknown character (up to 4 bytes) may become one short unknown token
-  for (const t of tokens) longest = Math.max(longest, Buffer.byteLength(t));
-  for (const t of json.added_tokens ?? []) longest = Math.max(longest, Buffer.byteLength(t.content ?? ""));
-  return longest;
+  return hasUnk && !m.byte_fallback && (m.type === "Unigram" || m.fuse_unk === true);
 }
