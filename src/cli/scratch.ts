@@ -29,11 +29,8 @@ async function removeAbandoned(prefix: string): Promise<void> {
   for (const name of names.filter((n) => n.startsWith(prefix))) {
     const dir = join(tmpdir(), name);
     const owner = await readFile(join(dir, ownerFile), "utf8")
-      .then(
-        (t) => (JSON.parse(t) as { pid?: unknown }).pid,
-        () => undefined,
-      )
-      .catch(() => undefined);
+      .then((t) => (JSON.parse(t) as { pid?: unknown }).pid)
+      .catch(() => undefined); // no owner file, or not ours: left alone
     if (typeof owner === "number" && Number.isInteger(owner) && owner > 0 && !isRunning(owner))
       await removeScratchDir(dir).catch(() => {});
   }
